@@ -1,0 +1,142 @@
+//! Safe wrapper over ggml (from the `llama-cpp-sys-2` crate): quantization, dequantization,
+//! and CPU graphs built in a [`Context`].
+//!
+//! ggml aborts the process on a failed assertion, so every wrapper validates its arguments
+//! (types, block multiples, buffer lengths) before calling in. One FFI call per `unsafe` block.
+#![allow(unsafe_code)]
+
+mod context;
+
+pub use context::{Context, Graph, Tensor};
+
+use llama_cpp_sys_2 as sys;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+
+fn ggml_type(t: GgmlType) -> sys::ggml_type {
+    t.id() as sys::ggml_type
+}
+
+/// ggml's own bytes-per-block and elements-per-block for `t` (used to cross-check our table).
+pub fn type_layout(t: GgmlType) -> (u64, u64) {
+    // SAFETY: `ggml_blck_size` reads a static table indexed by a valid type id (GgmlType only
+    // holds ids that exist in this ggml).
+    let blck = unsafe { sys::ggml_blck_size(ggml_type(t)) };
+    // SAFETY: as above.
+    let size = unsafe { sys::ggml_type_size(ggml_type(t)) };
+    (blck as u64, size as u64)
+}
+
+/// Whether ggml can turn f32 rows into `t` without an importance matrix.
+pub fn can_quantize(t: GgmlType) -> bool {
+    use GgmlType::*;
+    if matches!(t, Q8_1 | Q8_K | I8 | I16 | I32 | I64 | F64) {
+        return false; // no quantize_chunk entry: these are activation or integer types
+    }
+    // SAFETY: reads a static property of a valid type id.
+    !unsafe { sys::ggml_quantize_requires_imatrix(ggml_type(t)) }
+}
+
+/// Quantizes whole rows of `src` (row length `n_per_row`) into `dst` with ggml's quantizer.
+/// `dst` must be exactly the quantized size. Runs on the calling thread: callers parallelize
+/// over row ranges.
+pub fn quantize(t: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8]) -> Result<()> {
+    if !can_quantize(t) {
+        return Err(Error::Ggml(format!("cannot quantize to {t} (unsupported or needs an importance matrix)")));
+    }
+    if n_per_row == 0 || src.len() % n_per_row != 0 {
+        return Err(Error::Ggml(format!("{} values are not whole rows of {n_per_row}", src.len())));
+    }
+    let rows = src.len() / n_per_row;
+    let row_bytes = t
+        .row_bytes(n_per_row as u64)
+        .ok_or_else(|| Error::Ggml(format!("row length {n_per_row} is not a multiple of the {t} block size {}", t.block_size())))?;
+    if dst.len() as u64 != row_bytes * rows as u64 {
+        return Err(Error::Ggml(format!("destination holds {} bytes, {rows} rows of {t} need {}", dst.len(), row_bytes * rows as u64)));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    // SAFETY: `src` holds `rows * n_per_row` f32 and `dst` exactly `rows` quantized rows (both
+    // checked above); start 0 keeps ggml inside them; the type needs no importance matrix, so
+    // a null imatrix is allowed.
+    let written = unsafe {
+        sys::ggml_quantize_chunk(
+            ggml_type(t),
+            src.as_ptr(),
+            dst.as_mut_ptr().cast(),
+            0,
+            rows as i64,
+            n_per_row as i64,
+            std::ptr::null(),
+        )
+    };
+    if written != dst.len() {
+        return Err(Error::Ggml(format!("ggml_quantize_chunk wrote {written} bytes, expected {}", dst.len())));
+    }
+    Ok(())
+}
+
+/// Converts `src` (whole blocks of type `t`) to f32 with ggml's own `to_float`.
+pub fn dequantize(t: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    let n = dst.len() as u64;
+    let need = t
+        .row_bytes(n)
+        .ok_or_else(|| Error::Ggml(format!("{n} values are not whole {t} blocks of {}", t.block_size())))?;
+    if src.len() as u64 != need {
+        return Err(Error::Ggml(format!("{} bytes given, {n} values of {t} need {need}", src.len())));
+    }
+    if t == GgmlType::F32 {
+        for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        }
+        return Ok(());
+    }
+    // SAFETY: returns a pointer to ggml's static traits table entry for a valid type id.
+    let traits = unsafe { sys::ggml_get_type_traits(ggml_type(t)) };
+    // SAFETY: the pointer is non-null and points to static, immutable data for the process lifetime.
+    let to_float = unsafe { traits.as_ref() }
+        .and_then(|tr| tr.to_float)
+        .ok_or_else(|| Error::Ggml(format!("ggml has no dequantizer for {t}")))?;
+    // SAFETY: `src` holds exactly `n` values of type `t` and `dst` has room for `n` f32 (checked above).
+    unsafe { to_float(src.as_ptr().cast(), dst.as_mut_ptr(), n as i64) };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_type_table_matches_ggml() {
+        for t in GgmlType::all() {
+            assert_eq!(type_layout(t), (t.block_size(), t.type_size()), "{t}");
+        }
+    }
+
+    #[test]
+    fn quantize_round_trip_error_is_per_type_bounded() {
+        let n = 512;
+        let src: Vec<f32> = (0..2 * n).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.3).collect();
+        // Relative RMS error bounds; a little above what each format gives on uniform data.
+        for (t, bound) in [(GgmlType::F16, 1e-3), (GgmlType::Q8_0, 0.01), (GgmlType::Q6_K, 0.03), (GgmlType::Q4_K, 0.08), (GgmlType::Q4_0, 0.12)] {
+            let mut q = vec![0u8; t.row_bytes(n as u64).unwrap() as usize * 2];
+            quantize(t, &src, n, &mut q).unwrap();
+            let mut back = vec![0f32; 2 * n];
+            dequantize(t, &q, &mut back).unwrap();
+            let err: f32 = src.iter().zip(&back).map(|(a, b)| (a - b).powi(2)).sum::<f32>().sqrt();
+            let norm: f32 = src.iter().map(|a| a * a).sum::<f32>().sqrt();
+            assert!(err / norm < bound, "{t}: relative error {}", err / norm);
+            assert!(err / norm > 0.0 || t == GgmlType::F16, "{t}: suspiciously exact");
+        }
+    }
+
+    #[test]
+    fn quantize_rejects_bad_shapes_instead_of_aborting() {
+        let src = vec![0f32; 100];
+        assert!(quantize(GgmlType::Q4_0, &src, 100, &mut vec![0u8; 100]).is_err()); // 100 % 32 != 0
+        assert!(quantize(GgmlType::Q4_0, &src[..96], 32, &mut vec![0u8; 10]).is_err()); // wrong dst size
+        assert!(quantize(GgmlType::IQ2_XXS, &src, 100, &mut []).is_err()); // needs an imatrix
+    }
+}

@@ -1,0 +1,3 @@
+//! Compute backends. `ggml` is the only FFI user in the crate.
+
+pub mod ggml;

@@ -1,0 +1,16 @@
+//! dlm: run diffusion language models (DiffuLLaMA first) from quantized GGUF files.
+//!
+//! Data flows one way: file → [`gguf`] → model → logits → sampler → tokens → [`tokenizer`].
+//! Design notes, model facts and the reference sampler: `../shared/DESIGN.md`; the paper is
+//! "Scaling Diffusion Language Models via Adaptation from Autoregressive Models" (ICLR 2025).
+#![deny(unsafe_code)]
+
+pub mod backend;
+pub mod error;
+pub mod gguf;
+pub mod keys;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use gguf::{GgmlType, Gguf, GgufWriter};
+pub use tokenizer::Tokenizer;

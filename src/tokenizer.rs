@@ -1,0 +1,236 @@
+//! Text ↔ token ids, built from GGUF metadata.
+//!
+//! Two sources, tried in order:
+//! 1. `tokenizer.huggingface.json`, the checkpoint's own `tokenizer.json` that `dlm-convert` embeds;
+//! 2. the `tokenizer.ggml.tokens/scores/token_type` arrays every llama.cpp GGUF has
+//!    (`tokenizer.ggml.model = "llama"`: SentencePiece BPE with byte fallback). These are rebuilt
+//!    into the equivalent Hugging Face BPE: SentencePiece merges the adjacent pair whose
+//!    concatenation has the highest score, so every split `(l, r)` of a vocabulary piece with
+//!    both halves in the vocabulary becomes a merge ranked by that piece's score.
+//!
+//! Both give identical ids on the LLaMA tokenizer's published test cases (tests/tokenizer.rs).
+//! BOS is added here, not by the JSON's post-processor, so both paths behave the same.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::gguf::{Gguf, ValueType};
+use crate::keys::{self, token_type};
+
+/// Where a [`Tokenizer`] was built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenizerSource {
+    EmbeddedJson,
+    SpmArrays,
+}
+
+/// A ready tokenizer plus the special ids the runtime needs.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub add_bos: bool,
+    pub source: TokenizerSource,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    /// From the embedded JSON when present, else from the token arrays.
+    pub fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
+        match g.get(keys::HF_JSON) {
+            Some(_) => Self::from_gguf_json(g),
+            None => Self::from_gguf_arrays(g),
+        }
+    }
+
+    /// From `tokenizer.huggingface.json` only.
+    pub fn from_gguf_json(g: &Gguf) -> Result<Tokenizer> {
+        let json = g.get_str(keys::HF_JSON)?;
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| g.metadata_error(keys::HF_JSON, format!("not a valid tokenizer.json: {e}")))?;
+        Self::with_specials(g, inner, TokenizerSource::EmbeddedJson)
+    }
+
+    /// From `tokenizer.ggml.*` arrays only (the path GGUFs from llama.cpp's converter take).
+    pub fn from_gguf_arrays(g: &Gguf) -> Result<Tokenizer> {
+        let model = g.get_str(keys::TOKENIZER_MODEL)?;
+        if model != "llama" {
+            return Err(g.metadata_error(
+                keys::TOKENIZER_MODEL,
+                format!("tokenizer model `{model}` is not supported yet (supported: \"llama\")"),
+            ));
+        }
+        let tokens: Vec<String> = g
+            .get_array(keys::TOKENS, ValueType::String)?
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect();
+        let n = tokens.len();
+        let scores: Vec<f32> = match g.get(keys::SCORES) {
+            None => vec![0.0; n],
+            Some(_) => g.get_array(keys::SCORES, ValueType::F32)?.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
+        };
+        let types: Vec<i32> = match g.get(keys::TOKEN_TYPE) {
+            None => vec![token_type::NORMAL; n],
+            Some(_) => g.get_array(keys::TOKEN_TYPE, ValueType::I32)?.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
+        };
+        for (key, len) in [(keys::SCORES, scores.len()), (keys::TOKEN_TYPE, types.len())] {
+            if len != n {
+                return Err(g.metadata_error(key, format!("{len} entries, but {} has {n}", keys::TOKENS)));
+            }
+        }
+        let unk = match g.get(keys::UNK_ID) {
+            Some(_) => Some(g.get_u32(keys::UNK_ID)?),
+            None => types.iter().position(|&t| t == token_type::UNKNOWN).map(|i| i as u32),
+        };
+        let json = spm_tokenizer_json(&tokens, &scores, &types, unk)?;
+        let inner = json.parse::<tokenizers::Tokenizer>().map_err(tok_err)?;
+        Self::with_specials(g, inner, TokenizerSource::SpmArrays)
+    }
+
+    fn with_specials(g: &Gguf, inner: tokenizers::Tokenizer, source: TokenizerSource) -> Result<Tokenizer> {
+        let opt_u32 = |key: &str| -> Result<Option<u32>> { g.get(key).map(|_| g.get_u32(key)).transpose() };
+        let add_bos = match g.get(keys::ADD_BOS) {
+            Some(_) => g.get_bool(keys::ADD_BOS)?,
+            None => true,
+        };
+        let t = Tokenizer { inner, bos: opt_u32(keys::BOS_ID)?, eos: opt_u32(keys::EOS_ID)?, add_bos, source };
+        for (key, id) in [(keys::BOS_ID, t.bos), (keys::EOS_ID, t.eos)] {
+            if let Some(id) = id.filter(|&id| id as usize >= t.vocab_size()) {
+                return Err(g.metadata_error(key, format!("id {id} is outside the {}-token vocabulary", t.vocab_size())));
+            }
+        }
+        Ok(t)
+    }
+
+    /// Wraps an already-built Hugging Face tokenizer.
+    pub fn from_hf(inner: tokenizers::Tokenizer, bos: Option<u32>, eos: Option<u32>, add_bos: bool) -> Tokenizer {
+        Tokenizer { inner, bos, eos, add_bos, source: TokenizerSource::EmbeddedJson }
+    }
+
+    /// Number of ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`, with BOS first when the model wants it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`, skipping special tokens (BOS, EOS, ...).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(tok_err)
+    }
+
+    /// The text of one token as stored in the vocabulary (e.g. "▁the", "<0x0A>").
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The underlying Hugging Face tokenizer.
+    pub fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+/// The Hugging Face `tokenizer.json` equivalent to a SentencePiece BPE vocabulary
+/// (LLaMA's: byte fallback, "▁" for spaces, a dummy prefix), merges derived from `scores`.
+pub fn spm_tokenizer_json(tokens: &[String], scores: &[f32], types: &[i32], unk: Option<u32>) -> Result<String> {
+    let n = tokens.len();
+    if scores.len() != n || types.len() != n {
+        return Err(Error::Tokenizer(format!("{n} tokens but {} scores and {} types", scores.len(), types.len())));
+    }
+    let mut vocab = serde_json::Map::with_capacity(n);
+    let mut ids: HashMap<&str, u32> = HashMap::with_capacity(n);
+    for (i, t) in tokens.iter().enumerate() {
+        if ids.insert(t, i as u32).is_some() {
+            return Err(Error::Tokenizer(format!("token {t:?} appears twice (second at id {i})")));
+        }
+        vocab.insert(t.clone(), json!(i));
+    }
+    let unk_token = match unk {
+        Some(id) => Some(tokens.get(id as usize).ok_or_else(|| Error::Tokenizer(format!("unknown-token id {id} out of range")))?),
+        None => None,
+    };
+
+    // Every split of a mergeable piece into two pieces that exist.
+    let mut merges: Vec<(f32, u32, u32, u32)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        if !matches!(types[i], token_type::NORMAL | token_type::USER_DEFINED) || piece.chars().nth(1).is_none() {
+            continue;
+        }
+        for (k, _) in piece.char_indices().skip(1) {
+            if let (Some(&l), Some(&r)) = (ids.get(&piece[..k]), ids.get(&piece[k..])) {
+                merges.push((scores[i], i as u32, l, r));
+            }
+        }
+    }
+    // Highest score first; among splits of equal score, the lower piece id, then the left part.
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Vec<_> =
+        merges.iter().map(|&(_, _, l, r)| json!([tokens[l as usize], tokens[r as usize]])).collect();
+
+    let added: Vec<_> = tokens
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| matches!(types[i], token_type::CONTROL | token_type::UNKNOWN))
+        .map(|(i, t)| {
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": true})
+        })
+        .collect();
+
+    let tok = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u{2581}"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}
+        ]},
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+        ]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk_token,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab, "merges": merges
+        }
+    });
+    Ok(tok.to_string())
+}
