@@ -125,7 +125,7 @@ impl GgufWriter {
 
     /// Starts writing to `path` (through a temporary file). Feed every tensor's bytes in order
     /// with [`TensorStream::write_tensor`], then call [`TensorStream::finish`].
-    pub fn create(self, path: impl AsRef<Path>) -> Result<TensorStream> {
+    pub fn create(&self, path: impl AsRef<Path>) -> Result<TensorStream> {
         let path = path.as_ref().to_path_buf();
         let tmp = temp_path(&path);
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -1,0 +1,432 @@
+//! dlm-convert: Hugging Face DiffuLLaMA checkpoint → GGUF (see ../shared/DESIGN.md §3).
+//!
+//! [`Plan::new`] reads and validates everything (config, tokenizer, every tensor's presence,
+//! dtype and shape) before a byte is written; [`Plan::write`] then streams tensor by tensor:
+//! source → f32 → (Q/K permutation) → ggml's quantizer in parallel → temporary file, renamed
+//! over the target only when complete. Peak memory is about one tensor, not the model.
+
+pub mod checkpoint;
+pub mod policy;
+pub mod vocab;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dlm::gguf::{GgufWriter, Value};
+use dlm::{keys, GgmlType};
+use rayon::prelude::*;
+
+pub use checkpoint::{Checkpoint, LlamaConfig, SourceTensor};
+pub use policy::OutType;
+pub use vocab::Vocab;
+
+/// Conversion errors; each names the file, field or tensor at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Input { path: PathBuf, what: String },
+    #[error("{path}: field `{field}`: {what}")]
+    Field { path: PathBuf, field: String, what: String },
+    #[error("tensor `{name}` ({file}): {what}")]
+    Tensor { name: String, file: PathBuf, what: String },
+    #[error(transparent)]
+    Dlm(#[from] dlm::Error),
+}
+
+impl ConvertError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        ConvertError::Io { path: path.to_owned(), source }
+    }
+    pub(crate) fn input(path: &Path, what: String) -> Self {
+        ConvertError::Input { path: path.to_owned(), what }
+    }
+    pub(crate) fn field(path: &Path, field: &str, what: String) -> Self {
+        ConvertError::Field { path: path.to_owned(), field: field.to_owned(), what }
+    }
+}
+
+pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
+
+/// What the user asked for.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub out_type: OutType,
+    /// `--mask-id`: overrides the tokenizer config's mask token and the DiffuLLaMA default.
+    pub mask_id: Option<u32>,
+    pub name: Option<String>,
+}
+
+/// One output tensor.
+#[derive(Clone, Debug)]
+pub struct PlannedTensor {
+    pub hf_name: String,
+    pub name: String,
+    /// ggml order (`shape[0]` is the row length).
+    pub shape: Vec<u64>,
+    pub ggml_type: GgmlType,
+    /// The policy's type when it did not fit the row length and `ggml_type` is the fallback.
+    pub wanted: Option<GgmlType>,
+    /// Heads to permute rows by (Hugging Face rotate-half → ggml interleaved RoPE), for Q and K.
+    pub permute_heads: Option<u64>,
+    pub source: SourceTensor,
+}
+
+impl PlannedTensor {
+    pub fn n_elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// A validated conversion, ready to write.
+pub struct Plan {
+    pub dir: PathBuf,
+    pub config: LlamaConfig,
+    pub checkpoint: Checkpoint,
+    pub tensors: Vec<PlannedTensor>,
+    pub header: GgufWriter,
+    pub mask_id: u32,
+    pub mask_source: &'static str,
+}
+
+/// What a finished conversion did.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub tensors: usize,
+    pub params: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Bytes of tensor data alone (without header, tokenizer and padding).
+    pub tensor_bytes: u64,
+    pub seconds: f64,
+}
+
+impl Summary {
+    /// Bits per weight over all tensors.
+    pub fn bits_per_weight(&self) -> f64 {
+        self.tensor_bytes as f64 * 8.0 / self.params.max(1) as f64
+    }
+}
+
+/// Hugging Face tensor name → (GGUF name, layer).
+fn map_name(hf: &str) -> Option<(String, Option<u64>)> {
+    match hf {
+        "model.embed_tokens.weight" => return Some(("token_embd.weight".into(), None)),
+        "model.norm.weight" => return Some(("output_norm.weight".into(), None)),
+        "lm_head.weight" => return Some(("output.weight".into(), None)),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    let layer: u64 = layer.parse().ok()?;
+    let gg = match leaf {
+        "input_layernorm.weight" => "attn_norm",
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "post_attention_layernorm.weight" => "ffn_norm",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{gg}.weight"), Some(layer)))
+}
+
+/// Tensors present in many HF checkpoints that carry no weights (recomputed at run time).
+fn ignorable(hf: &str) -> bool {
+    hf.ends_with(".rotary_emb.inv_freq")
+}
+
+impl Plan {
+    /// Reads and validates the checkpoint in `dir` against `opts`; writes nothing.
+    pub fn new(dir: &Path, opts: &Options) -> Result<Plan> {
+        if !dir.is_dir() {
+            return Err(ConvertError::input(dir, "not a directory (expected a Hugging Face checkpoint folder)".into()));
+        }
+        let config = LlamaConfig::load(dir)?;
+        let vocab = Vocab::load(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let cfg_path = dir.join("config.json");
+        if vocab.tokens.len() as u64 != config.vocab_size {
+            return Err(ConvertError::field(
+                &cfg_path,
+                "vocab_size",
+                format!("{} but the tokenizer has {} tokens", config.vocab_size, vocab.tokens.len()),
+            ));
+        }
+        let (mask_id, mask_source) = match (opts.mask_id, vocab.mask_from_config) {
+            (Some(id), _) => (id, "--mask-id"),
+            (None, Some(id)) => (id, "tokenizer_config.json mask_token"),
+            (None, None) => (keys::DIFFULLAMA_MASK_ID, "DiffuLLaMA default"),
+        };
+        if mask_id as u64 >= config.vocab_size {
+            return Err(ConvertError::input(
+                dir,
+                format!("mask id {mask_id} ({mask_source}) is outside the {}-token vocabulary", config.vocab_size),
+            ));
+        }
+
+        let c = &config;
+        let (h, hd, f, v) = (c.hidden_size, c.head_dim(), c.intermediate_size, c.vocab_size);
+        let (q_rows, kv_rows) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        // Expected Hugging Face shapes (row-major: [rows, cols]).
+        let expect = |gg: &str| -> Vec<u64> {
+            let leaf = gg.rsplit_once('.').map_or(gg, |(a, _)| a);
+            let leaf = leaf.rsplit('.').next().unwrap_or(leaf);
+            match leaf {
+                "token_embd" | "output" => vec![v, h],
+                "attn_q" => vec![q_rows, h],
+                "attn_k" | "attn_v" => vec![kv_rows, h],
+                "attn_output" => vec![h, q_rows],
+                "ffn_gate" | "ffn_up" => vec![f, h],
+                "ffn_down" => vec![h, f],
+                _ => vec![h], // norms
+            }
+        };
+
+        let mut wanted_names: Vec<(String, String, Option<u64>)> = Vec::new();
+        let mut push = |hf: &str| {
+            let (gg, layer) = map_name(hf).expect("names below are all mapped");
+            wanted_names.push((hf.to_owned(), gg, layer));
+        };
+        push("model.embed_tokens.weight");
+        for i in 0..c.num_hidden_layers {
+            for leaf in [
+                "input_layernorm",
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "post_attention_layernorm",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ] {
+                push(&format!("model.layers.{i}.{leaf}.weight"));
+            }
+        }
+        push("model.norm.weight");
+        let tied = c.tie_word_embeddings && !checkpoint.tensors.contains_key("lm_head.weight");
+        if !tied {
+            push("lm_head.weight");
+        }
+
+        for name in checkpoint.tensors.keys() {
+            if !ignorable(name) && !wanted_names.iter().any(|(hf, _, _)| hf == name) {
+                return Err(ConvertError::input(
+                    dir,
+                    format!("unexpected tensor `{name}` for a {}-layer LLaMA (wrong architecture or layer count?)", c.num_hidden_layers),
+                ));
+            }
+        }
+
+        let mut tensors = Vec::with_capacity(wanted_names.len());
+        for (hf, gg, layer) in wanted_names {
+            let src = checkpoint.tensors.get(&hf).ok_or_else(|| {
+                ConvertError::input(dir, format!("tensor `{hf}` is missing from the checkpoint (needed for {gg})"))
+            })?;
+            let want = expect(&gg);
+            if src.shape != want {
+                return Err(ConvertError::Tensor {
+                    name: hf.clone(),
+                    file: checkpoint.files[src.file].clone(),
+                    what: format!("shape {:?}, but config.json implies {want:?}", src.shape),
+                });
+            }
+            let shape: Vec<u64> = want.iter().rev().copied().collect(); // ggml order
+            let chosen = policy::choose(opts.out_type, &gg, layer, c.num_hidden_layers, shape.len());
+            let ggml_type = policy::fit(chosen, shape[0]);
+            let permute_heads = match gg.rsplit('.').nth(1) {
+                Some("attn_q") => Some(c.num_attention_heads),
+                Some("attn_k") => Some(c.num_key_value_heads),
+                _ => None,
+            };
+            tensors.push(PlannedTensor {
+                hf_name: hf,
+                name: gg,
+                shape,
+                ggml_type,
+                wanted: (ggml_type != chosen).then_some(chosen),
+                permute_heads,
+                source: src.clone(),
+            });
+        }
+
+        let name = opts
+            .name
+            .clone()
+            .or_else(|| c.name.as_ref().map(|n| n.rsplit('/').next().unwrap_or(n).to_owned()))
+            .or_else(|| dir.canonicalize().ok()?.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "DiffuLLaMA".into());
+        let header = build_header(c, &vocab, &name, opts.out_type, mask_id, &tensors)?;
+        Ok(Plan { dir: dir.to_owned(), config, checkpoint, tensors, header, mask_id, mask_source })
+    }
+
+    /// Total bytes of source weights that will be read.
+    pub fn bytes_in(&self) -> u64 {
+        self.tensors.iter().map(|t| (t.source.end - t.source.start) as u64).sum()
+    }
+
+    /// Converts and writes every tensor to `out`. `progress(i, tensor)` is called as each
+    /// tensor is finished.
+    pub fn write(&self, out: &Path, mut progress: impl FnMut(usize, &PlannedTensor)) -> Result<Summary> {
+        let start = Instant::now();
+        let bytes_out = self.header.file_size();
+        let mut stream = self.header.create(out)?;
+        for (i, t) in self.tensors.iter().enumerate() {
+            let data = self.convert_tensor(t)?;
+            stream.write_tensor(&data)?;
+            progress(i, t);
+        }
+        stream.finish()?;
+        Ok(Summary {
+            tensors: self.tensors.len(),
+            params: self.tensors.iter().map(PlannedTensor::n_elements).sum(),
+            bytes_in: self.bytes_in(),
+            bytes_out,
+            tensor_bytes: self.tensors.iter().map(|t| t.ggml_type.tensor_bytes(&t.shape).unwrap_or(0)).sum(),
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// One tensor's output bytes: f32 values, permuted if Q/K, quantized in parallel.
+    pub fn convert_tensor(&self, t: &PlannedTensor) -> Result<Vec<u8>> {
+        let mut values = self.checkpoint.to_f32(&t.source);
+        let row = t.shape[0] as usize;
+        if let Some(heads) = t.permute_heads {
+            values = permute_rope_rows(&values, row, heads as usize);
+        }
+        quantize_parallel(t.ggml_type, &values, row).map_err(|e| ConvertError::Tensor {
+            name: t.hf_name.clone(),
+            file: self.checkpoint.files[t.source.file].clone(),
+            what: e.to_string(),
+        })
+    }
+}
+
+/// Hugging Face's rotate-half Q/K rows → ggml's interleaved (NORM) RoPE layout, as llama.cpp's
+/// converter does: `w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2).reshape(rows, cols)`.
+pub fn permute_rope_rows(w: &[f32], cols: usize, heads: usize) -> Vec<f32> {
+    let rows = w.len() / cols;
+    let hd = rows / heads;
+    let half = hd / 2;
+    let mut out = vec![0f32; w.len()];
+    out.par_chunks_mut(cols).enumerate().for_each(|(dst_row, dst)| {
+        let (h, r) = (dst_row / hd, dst_row % hd);
+        let (i, j) = (r / 2, r % 2);
+        let src_row = h * hd + j * half + i;
+        dst.copy_from_slice(&w[src_row * cols..(src_row + 1) * cols]);
+    });
+    out
+}
+
+/// Quantizes rows in parallel chunks with ggml's quantizer.
+pub fn quantize_parallel(t: GgmlType, values: &[f32], row: usize) -> dlm::Result<Vec<u8>> {
+    let row_bytes = t
+        .row_bytes(row as u64)
+        .ok_or_else(|| dlm::Error::Ggml(format!("row length {row} does not fit {t}")))? as usize;
+    let rows = values.len() / row;
+    let mut out = vec![0u8; rows * row_bytes];
+    if t == GgmlType::F32 {
+        out.par_chunks_mut(4 << 16).zip(values.par_chunks(1 << 16)).for_each(|(o, v)| {
+            for (d, x) in o.chunks_exact_mut(4).zip(v) {
+                d.copy_from_slice(&x.to_le_bytes());
+            }
+        });
+        return Ok(out);
+    }
+    // About 256 KiB of f32 per task: big enough to amortize, small enough to balance.
+    let rows_per_task = ((1 << 16) / row).max(1);
+    out.par_chunks_mut(rows_per_task * row_bytes)
+        .zip(values.par_chunks(rows_per_task * row))
+        .try_for_each(|(dst, src)| dlm::backend::ggml::quantize(t, src, row, dst))?;
+    Ok(out)
+}
+
+fn build_header(
+    c: &LlamaConfig,
+    vocab: &Vocab,
+    name: &str,
+    out_type: OutType,
+    mask_id: u32,
+    tensors: &[PlannedTensor],
+) -> Result<GgufWriter> {
+    let mut w = GgufWriter::new();
+    let a = |k: &str| keys::arch("llama", k);
+    let u32_of = |v: u64, what: &str| -> Result<Value> {
+        u32::try_from(v)
+            .map(Value::U32)
+            .map_err(|_| ConvertError::field(Path::new("config.json"), what, format!("{v} does not fit in 32 bits")))
+    };
+    w.set(keys::ARCHITECTURE, "llama")?;
+    w.set(keys::NAME, name)?;
+    w.set(keys::FILE_TYPE, out_type.file_type())?;
+    w.set(keys::QUANTIZATION_VERSION, 2u32)?;
+    w.set(keys::ALIGNMENT, dlm::gguf::DEFAULT_ALIGNMENT as u32)?;
+    w.set(&a("context_length"), u32_of(c.max_position_embeddings, "max_position_embeddings")?)?;
+    w.set(&a("embedding_length"), u32_of(c.hidden_size, "hidden_size")?)?;
+    w.set(&a("block_count"), u32_of(c.num_hidden_layers, "num_hidden_layers")?)?;
+    w.set(&a("feed_forward_length"), u32_of(c.intermediate_size, "intermediate_size")?)?;
+    w.set(&a("rope.dimension_count"), u32_of(c.head_dim(), "hidden_size")?)?;
+    w.set(&a("attention.head_count"), u32_of(c.num_attention_heads, "num_attention_heads")?)?;
+    w.set(&a("attention.head_count_kv"), u32_of(c.num_key_value_heads, "num_key_value_heads")?)?;
+    w.set(&a("attention.layer_norm_rms_epsilon"), c.rms_norm_eps as f32)?;
+    w.set(&a("rope.freq_base"), c.rope_theta as f32)?;
+    w.set(&a("vocab_size"), u32_of(c.vocab_size, "vocab_size")?)?;
+    w.set(&a("attention.causal"), false)?;
+
+    w.set(keys::TOKENIZER_MODEL, "llama")?;
+    w.set(keys::TOKENS, Value::string_array(vocab.tokens.iter().cloned()))?;
+    w.set(keys::SCORES, Value::f32_array(vocab.scores.iter().copied()))?;
+    w.set(keys::TOKEN_TYPE, Value::i32_array(vocab.types.iter().copied()))?;
+    for (key, id) in [
+        (keys::BOS_ID, vocab.bos.or(c.bos_token_id)),
+        (keys::EOS_ID, vocab.eos.or(c.eos_token_id)),
+        (keys::UNK_ID, vocab.unk),
+        (keys::PAD_ID, vocab.pad),
+    ] {
+        if let Some(id) = id {
+            w.set(key, id)?;
+        }
+    }
+    w.set(keys::ADD_BOS, vocab.add_bos)?;
+    w.set(keys::ADD_EOS, vocab.add_eos)?;
+    w.set(keys::MASK_ID, mask_id)?;
+    w.set(keys::HF_JSON, vocab.hf_json.as_str())?;
+    w.set(keys::SHIFT_LOGITS, true)?;
+
+    for t in tensors {
+        w.add_tensor(&t.name, &t.shape, t.ggml_type)?;
+    }
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_matches_numpy_formula() {
+        // rows = heads * hd; numpy: reshape(heads, 2, hd/2, cols).swapaxes(1, 2)
+        let (heads, hd, cols) = (2usize, 4usize, 3usize);
+        let w: Vec<f32> = (0..heads * hd * cols).map(|x| x as f32).collect();
+        let p = permute_rope_rows(&w, cols, heads);
+        let rows: Vec<usize> = p.chunks(cols).map(|r| r[0] as usize / cols).collect();
+        // head 0: [0, 2, 1, 3], head 1: [4, 6, 5, 7]
+        assert_eq!(rows, vec![0, 2, 1, 3, 4, 6, 5, 7]);
+    }
+
+    #[test]
+    fn names_map_like_llama_cpp() {
+        assert_eq!(map_name("model.layers.12.mlp.down_proj.weight"), Some(("blk.12.ffn_down.weight".into(), Some(12))));
+        assert_eq!(map_name("model.layers.x.mlp.down_proj.weight"), None);
+        assert_eq!(map_name("lm_head.weight").unwrap().0, "output.weight");
+    }
+}

@@ -1,0 +1,293 @@
+//! The tokenizer of a checkpoint, turned into what GGUF stores: llama.cpp's token arrays
+//! (`tokenizer.ggml.tokens/scores/token_type`) plus the Hugging Face JSON itself.
+//!
+//! Sources: `tokenizer.json` (BPE with byte fallback, as LLaMA's fast tokenizer) and/or
+//! SentencePiece's `tokenizer.model`. With `tokenizer.model` the scores are SentencePiece's own;
+//! from `tokenizer.json` alone they are derived from the merge ranks (a piece first produced by
+//! merge *r* scores −r), which makes SentencePiece's "merge the highest-scoring pair" rule pick
+//! the same merges as the BPE model.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use dlm::keys::token_type;
+use serde_json::Value as Json;
+
+use crate::{ConvertError, Result};
+
+/// Everything tokenizer-related that goes into the GGUF.
+#[derive(Clone, Debug)]
+pub struct Vocab {
+    pub tokens: Vec<String>,
+    pub scores: Vec<f32>,
+    pub types: Vec<i32>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub unk: Option<u32>,
+    pub pad: Option<u32>,
+    pub add_bos: bool,
+    pub add_eos: bool,
+    /// The mask token named by `tokenizer_config.json`, if any.
+    pub mask_from_config: Option<u32>,
+    /// The Hugging Face tokenizer JSON to embed (the checkpoint's, or rebuilt from tokenizer.model).
+    pub hf_json: String,
+}
+
+impl Vocab {
+    pub fn id_of(&self, token: &str) -> Option<u32> {
+        self.tokens.iter().position(|t| t == token).map(|i| i as u32)
+    }
+
+    pub fn load(dir: &Path) -> Result<Vocab> {
+        let json_path = dir.join("tokenizer.json");
+        let model_path = dir.join("tokenizer.model");
+        let (mut v, json_text) = match (json_path.exists(), model_path.exists()) {
+            (true, has_model) => {
+                let text = std::fs::read_to_string(&json_path).map_err(|e| ConvertError::io(&json_path, e))?;
+                let mut v = from_hf_json(&json_path, &text)?;
+                if has_model {
+                    // SentencePiece's own scores are the ground truth for llama.cpp's tokenizer.
+                    let sp = from_sentencepiece(&model_path)?;
+                    if sp.tokens == v.tokens {
+                        v.scores = sp.scores;
+                    }
+                }
+                (v, text)
+            }
+            (false, true) => {
+                let v = from_sentencepiece(&model_path)?;
+                let json = dlm::tokenizer::spm_tokenizer_json(&v.tokens, &v.scores, &v.types, v.unk)
+                    .map_err(|e| ConvertError::input(&model_path, e.to_string()))?;
+                (v, json)
+            }
+            (false, false) => {
+                return Err(ConvertError::input(dir, "no tokenizer found: expected tokenizer.json or tokenizer.model".into()))
+            }
+        };
+        v.hf_json = json_text;
+        // Check the JSON really loads in the runtime's tokenizer library.
+        v.hf_json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| ConvertError::input(&json_path, format!("the tokenizers library cannot load it: {e}")))?;
+        apply_tokenizer_config(dir, &mut v)?;
+        Ok(v)
+    }
+}
+
+fn byte_token(t: &str) -> bool {
+    t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && u8::from_str_radix(&t[3..5], 16).is_ok()
+}
+
+fn from_hf_json(path: &Path, text: &str) -> Result<Vocab> {
+    let j: Json = serde_json::from_str(text).map_err(|e| ConvertError::input(path, format!("not valid JSON: {e}")))?;
+    let model = &j["model"];
+    let ty = model["type"].as_str().unwrap_or("");
+    if ty != "BPE" {
+        return Err(ConvertError::field(path, "model.type", format!("`{ty}` is not supported; expected \"BPE\" (LLaMA)")));
+    }
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| ConvertError::field(path, "model.vocab", "expected an object of token -> id".into()))?;
+    let mut by_id: HashMap<u32, String> = HashMap::with_capacity(vocab.len());
+    let mut special: HashMap<u32, bool> = HashMap::new();
+    let id_of = |v: &Json, field: &str| -> Result<u32> {
+        v.as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| ConvertError::field(path, field, format!("token id {v} is not a u32")))
+    };
+    for (tok, id) in vocab {
+        by_id.insert(id_of(id, "model.vocab")?, tok.clone());
+    }
+    for added in j["added_tokens"].as_array().into_iter().flatten() {
+        let id = id_of(&added["id"], "added_tokens")?;
+        let content = added["content"].as_str().unwrap_or_default().to_owned();
+        if let Some(prev) = by_id.insert(id, content.clone()) {
+            if prev != content {
+                return Err(ConvertError::field(path, "added_tokens", format!("id {id} is both {prev:?} and {content:?}")));
+            }
+        }
+        special.insert(id, added["special"].as_bool().unwrap_or(false));
+    }
+    let n = by_id.len() as u32;
+    let tokens: Vec<String> = (0..n)
+        .map(|i| by_id.remove(&i).ok_or_else(|| ConvertError::field(path, "model.vocab", format!("ids are not dense: id {i} is missing"))))
+        .collect::<Result<_>>()?;
+    let ids: HashMap<&str, u32> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i as u32)).collect();
+
+    // Merge ranks -> scores.
+    let merges = model["merges"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut first_rank: Vec<Option<usize>> = vec![None; tokens.len()];
+    for (rank, m) in merges.iter().enumerate() {
+        let (l, r) = match m {
+            Json::String(s) => s.split_once(' ').unwrap_or((s, "")),
+            Json::Array(a) if a.len() == 2 => (a[0].as_str().unwrap_or(""), a[1].as_str().unwrap_or("")),
+            _ => return Err(ConvertError::field(path, "model.merges", format!("merge {rank} is neither \"a b\" nor [a, b]"))),
+        };
+        if let Some(&id) = ids.get(format!("{l}{r}").as_str()) {
+            first_rank[id as usize].get_or_insert(rank);
+        }
+    }
+    let unk_token = model["unk_token"].as_str();
+    let unk = unk_token.and_then(|u| ids.get(u).copied());
+    let nm = merges.len() as f32;
+    let mut scores = Vec::with_capacity(tokens.len());
+    let mut types = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        let i32_ = i as u32;
+        let ty = if Some(i32_) == unk {
+            token_type::UNKNOWN
+        } else if let Some(&sp) = special.get(&i32_) {
+            if sp { token_type::CONTROL } else { token_type::USER_DEFINED }
+        } else if byte_token(t) {
+            token_type::BYTE
+        } else {
+            token_type::NORMAL
+        };
+        types.push(ty);
+        scores.push(match (ty, first_rank[i]) {
+            (token_type::NORMAL, Some(r)) => -(r as f32),
+            (token_type::NORMAL, None) => -(nm + i as f32),
+            _ => 0.0,
+        });
+    }
+    Ok(Vocab {
+        tokens,
+        scores,
+        types,
+        bos: None,
+        eos: None,
+        unk,
+        pad: None,
+        add_bos: true,
+        add_eos: false,
+        mask_from_config: None,
+        hf_json: String::new(),
+    })
+}
+
+/// Reads SentencePiece's `ModelProto` (field 1: repeated `SentencePiece { piece = 1; score = 2; type = 3 }`).
+fn from_sentencepiece(path: &Path) -> Result<Vocab> {
+    let bytes = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
+    let bad = |what: &str| ConvertError::input(path, format!("not a SentencePiece model: {what}"));
+    let (mut tokens, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
+    let mut r = Proto { buf: &bytes, pos: 0 };
+    while let Some((field, wire)) = r.key().map_err(|_| bad("truncated field key"))? {
+        match (field, wire) {
+            (1, 2) => {
+                let msg = r.bytes().map_err(|_| bad("truncated piece"))?;
+                let mut p = Proto { buf: msg, pos: 0 };
+                let (mut piece, mut score, mut ty) = (String::new(), 0f32, 1i32);
+                while let Some((f, w)) = p.key().map_err(|_| bad("truncated piece field"))? {
+                    match (f, w) {
+                        (1, 2) => piece = String::from_utf8(p.bytes().map_err(|_| bad("piece"))?.to_vec()).map_err(|_| bad("piece is not UTF-8"))?,
+                        (2, 5) => score = f32::from_le_bytes(p.fixed::<4>().map_err(|_| bad("score"))?),
+                        (3, 0) => ty = p.varint().map_err(|_| bad("type"))? as i32,
+                        _ => p.skip(w).map_err(|_| bad("piece field"))?,
+                    }
+                }
+                tokens.push(piece);
+                scores.push(score);
+                types.push(ty);
+            }
+            _ => r.skip(wire).map_err(|_| bad("field"))?,
+        }
+    }
+    if tokens.is_empty() {
+        return Err(bad("no pieces"));
+    }
+    let unk = types.iter().position(|&t| t == token_type::UNKNOWN).map(|i| i as u32);
+    Ok(Vocab {
+        tokens,
+        scores,
+        types,
+        bos: None,
+        eos: None,
+        unk,
+        pad: None,
+        add_bos: true,
+        add_eos: false,
+        mask_from_config: None,
+        hf_json: String::new(),
+    })
+}
+
+struct Proto<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Proto<'a> {
+    fn varint(&mut self) -> std::result::Result<u64, ()> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos).ok_or(())?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(())
+    }
+    fn key(&mut self) -> std::result::Result<Option<(u64, u8)>, ()> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        let k = self.varint()?;
+        Ok(Some((k >> 3, (k & 7) as u8)))
+    }
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], ()> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or(())?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn bytes(&mut self) -> std::result::Result<&'a [u8], ()> {
+        let n = usize::try_from(self.varint()?).map_err(|_| ())?;
+        self.take(n)
+    }
+    fn fixed<const N: usize>(&mut self) -> std::result::Result<[u8; N], ()> {
+        self.take(N)?.try_into().map_err(|_| ())
+    }
+    fn skip(&mut self, wire: u8) -> std::result::Result<(), ()> {
+        match wire {
+            0 => self.varint().map(drop),
+            1 => self.take(8).map(drop),
+            2 => self.bytes().map(drop),
+            5 => self.take(4).map(drop),
+            _ => Err(()),
+        }
+    }
+}
+
+/// `tokenizer_config.json`: special tokens, BOS/EOS switches and an optional mask token.
+fn apply_tokenizer_config(dir: &Path, v: &mut Vocab) -> Result<()> {
+    let path = dir.join("tokenizer_config.json");
+    let cfg: Json = if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| ConvertError::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| ConvertError::input(&path, format!("not valid JSON: {e}")))?
+    } else {
+        Json::Null
+    };
+    // A special token is a string or an AddedToken object {"content": ...}.
+    let token_id = |field: &str| -> Result<Option<u32>> {
+        let content = match &cfg[field] {
+            Json::String(s) => s.as_str(),
+            Json::Object(o) => o.get("content").and_then(Json::as_str).unwrap_or(""),
+            _ => return Ok(None),
+        };
+        v.id_of(content)
+            .map(Some)
+            .ok_or_else(|| ConvertError::field(&path, field, format!("token {content:?} is not in the vocabulary")))
+    };
+    let (bos, eos, unk) = (token_id("bos_token")?, token_id("eos_token")?, token_id("unk_token")?);
+    let (pad, mask) = (token_id("pad_token")?, token_id("mask_token")?);
+    v.bos = bos.or_else(|| v.id_of("<s>"));
+    v.eos = eos.or_else(|| v.id_of("</s>"));
+    v.unk = unk.or(v.unk);
+    v.pad = pad;
+    v.mask_from_config = mask;
+    v.add_bos = cfg["add_bos_token"].as_bool().unwrap_or(true);
+    v.add_eos = cfg["add_eos_token"].as_bool().unwrap_or(false);
+    Ok(())
+}
