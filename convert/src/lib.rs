@@ -23,12 +23,8 @@ pub use vocab::Vocab;
 /// Conversion errors; each names the file, field or tensor at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: {what}")]
     Input { path: PathBuf, what: String },
     #[error("{path}: field `{field}`: {what}")]
@@ -41,7 +37,7 @@ pub enum ConvertError {
 
 impl ConvertError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        ConvertError::Io { path: path.to_owned(), source }
+        ConvertError::Io { path: path.to_owned(), err: source }
     }
     pub(crate) fn input(path: &Path, what: String) -> Self {
         ConvertError::Input { path: path.to_owned(), what }

@@ -128,7 +128,7 @@ impl GgufWriter {
     pub fn create(&self, path: impl AsRef<Path>) -> Result<TensorStream> {
         let path = path.as_ref().to_path_buf();
         let tmp = temp_path(&path);
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let file = File::create(&tmp).map_err(|e| Error::io(&path, e))?;
         let mut stream = TensorStream {
             alignment: self.alignment(),
             tensors: self.tensors.clone(),

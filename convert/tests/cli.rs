@@ -1,0 +1,244 @@
+//! dlm-convert end to end: small random checkpoints in the real HF layout (tests/make_checkpoint.py)
+//! converted to every type, checked by PyPI `gguf` (tests/check_gguf.py) and by our own reader and
+//! tokenizer; bad inputs give a clear error and leave no output behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use dlm::gguf::Gguf;
+use dlm::tokenizer::TokenizerSource;
+use dlm::Tokenizer;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+fn python(args: &[&str]) -> Output {
+    Command::new("python3").args(args).current_dir(root()).output().expect("python3 runs")
+}
+
+fn ensure_data() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let out = python(&["tests/fetch_data.py"]);
+        assert!(out.status.success(), "fetch_data.py: {}", String::from_utf8_lossy(&out.stderr));
+    });
+}
+
+fn make_checkpoint(dir: &Path, extra: &[&str]) {
+    ensure_data();
+    let mut args = vec!["tests/make_checkpoint.py", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = python(&args);
+    assert!(out.status.success(), "make_checkpoint.py: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn convert(input: &Path, output: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dlm-convert"))
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .arg("--quiet")
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn assert_ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "dlm-convert failed: {err}");
+    err
+}
+
+fn pycheck(hf: &Path, gguf: &Path, kind: &str, extra: &[&str]) {
+    let mut args = vec!["tests/check_gguf.py", hf.to_str().unwrap(), gguf.to_str().unwrap(), kind];
+    args.extend_from_slice(extra);
+    let out = python(&args);
+    assert!(
+        out.status.success(),
+        "check_gguf.py {kind}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+}
+
+const PROMPTS: &[&str] = &["Today is a wonderful day,", " grabbed\n\ttabs 🦙Ꙋ", "ти"];
+
+#[test]
+fn every_type_matches_the_source_by_pypi_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    make_checkpoint(&hf, &["--dtype", "bf16", "--shards", "2"]);
+    let reference = Tokenizer::from_hf(tokenizers::Tokenizer::from_file(hf.join("tokenizer.json")).unwrap(), Some(1), Some(2), true);
+    for kind in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q6_k"] {
+        let out = tmp.path().join(format!("m-{kind}.gguf"));
+        let log = assert_ok(&convert(&hf, &out, &["--type", kind]));
+        assert!(log.contains("21 tensors") && log.contains("bits/weight"), "summary missing: {log}");
+        pycheck(&hf, &out, kind, &[]);
+
+        // Our own reader and both tokenizer paths on the written file.
+        let g = Gguf::open(&out).unwrap();
+        assert_eq!(g.tensors().len(), 21);
+        assert_eq!(g.get_u32(dlm::keys::MASK_ID).unwrap(), 811);
+        assert!(g.get_bool(dlm::keys::SHIFT_LOGITS).unwrap());
+        let embedded = Tokenizer::from_gguf(&g).unwrap();
+        let rebuilt = Tokenizer::from_gguf_arrays(&g).unwrap();
+        assert_eq!((embedded.source, rebuilt.source), (TokenizerSource::EmbeddedJson, TokenizerSource::SpmArrays));
+        for p in PROMPTS {
+            let want = reference.encode(p).unwrap();
+            assert_eq!(embedded.encode(p).unwrap(), want, "{kind}: embedded, {p:?}");
+            assert_eq!(rebuilt.encode(p).unwrap(), want, "{kind}: rebuilt from arrays, {p:?}");
+        }
+    }
+}
+
+#[test]
+fn ragged_rows_fall_back_and_tied_gqa_f16_sources_convert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    // FFN 640 is not a multiple of 256: ffn_down rows cannot be K-quants.
+    make_checkpoint(&hf, &["--ffn", "640", "--dtype", "f16", "--shards", "1", "--tie", "--kv-heads", "2"]);
+    let out = tmp.path().join("m.gguf");
+    let log = assert_ok(&convert(&hf, &out, &["--type", "q4_k_m", "--mask-id", "5"]));
+    assert!(log.contains("note: blk.0.ffn_down.weight") && log.contains("using q8_0"), "fallback not reported: {log}");
+    assert!(log.contains("note: blk.1.ffn_down.weight") && log.contains("using q5_0"), "fallback not reported: {log}");
+    pycheck(&hf, &out, "q4_k_m", &["--mask-id", "5"]);
+    let g = Gguf::open(&out).unwrap();
+    assert!(g.tensor("output.weight").is_none(), "tied embeddings write no output.weight");
+    assert_eq!(g.get_u32("llama.attention.head_count_kv").unwrap(), 2);
+}
+
+#[test]
+fn f32_source_with_mask_token_in_tokenizer_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    make_checkpoint(&hf, &["--dtype", "f32", "--shards", "3", "--layers", "3"]);
+    let cfg_path = hf.join("tokenizer_config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["mask_token"] = serde_json::json!({"content": "<unk>", "special": true});
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let out = tmp.path().join("m.gguf");
+    let log = assert_ok(&convert(&hf, &out, &["--type", "f32"]));
+    assert!(log.contains("mask id 0 (tokenizer_config.json mask_token)"), "{log}");
+    pycheck(&hf, &out, "f32", &["--mask-id", "0"]);
+}
+
+/// A broken checkpoint: what to break, and words the error must contain.
+struct Case {
+    what: &'static str,
+    breaks: fn(&Path),
+    expect: &'static [&'static str],
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+fn write_safetensors(path: &Path, name: &str, dtype: &str, shape: &[u64], bytes: &[u8]) {
+    let header = serde_json::json!({ name: {"dtype": dtype, "shape": shape, "data_offsets": [0, bytes.len()]} }).to_string();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(bytes);
+    std::fs::write(path, out).unwrap();
+}
+
+const CASES: &[Case] = &[
+    Case { what: "no config", breaks: |d| std::fs::remove_file(d.join("config.json")).unwrap(), expect: &["config.json", "No such file"] },
+    Case { what: "config not JSON", breaks: |d| std::fs::write(d.join("config.json"), "{oops").unwrap(), expect: &["config.json", "not valid JSON"] },
+    Case {
+        what: "not llama",
+        breaks: |d| edit_json(&d.join("config.json"), |v| {
+            v["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+            v["model_type"] = serde_json::json!("gpt2");
+        }),
+        expect: &["architectures", "LlamaForCausalLM"],
+    },
+    Case {
+        what: "heads do not divide",
+        breaks: |d| edit_json(&d.join("config.json"), |v| v["num_attention_heads"] = serde_json::json!(3)),
+        expect: &["num_attention_heads", "does not divide"],
+    },
+    Case {
+        what: "shape disagrees with config",
+        breaks: |d| edit_json(&d.join("config.json"), |v| v["intermediate_size"] = serde_json::json!(512)),
+        expect: &["model.layers.0.mlp.gate_proj.weight", "shape [768, 256]", "[512, 256]"],
+    },
+    Case {
+        what: "missing tensor",
+        breaks: |d| edit_json(&d.join("config.json"), |v| v["num_hidden_layers"] = serde_json::json!(3)),
+        expect: &["model.layers.2.input_layernorm.weight", "missing"],
+    },
+    Case {
+        what: "extra layer",
+        breaks: |d| edit_json(&d.join("config.json"), |v| v["num_hidden_layers"] = serde_json::json!(1)),
+        expect: &["unexpected tensor `model.layers.1."],
+    },
+    Case {
+        what: "tokenizer and vocab disagree",
+        breaks: |d| edit_json(&d.join("config.json"), |v| v["vocab_size"] = serde_json::json!(32001)),
+        expect: &["vocab_size", "32001", "tokenizer has 32000"],
+    },
+    Case {
+        what: "no tokenizer",
+        breaks: |d| std::fs::remove_file(d.join("tokenizer.json")).unwrap(),
+        expect: &["no tokenizer found", "tokenizer.json or tokenizer.model"],
+    },
+    Case {
+        what: "unsupported dtype",
+        breaks: |d| write_safetensors(&d.join("model.safetensors"), "model.norm.weight", "I64", &[2], &[0u8; 16]),
+        expect: &["model.safetensors", "model.norm.weight", "I64", "expected BF16, F16 or F32"],
+    },
+    Case {
+        what: "corrupt safetensors",
+        breaks: |d| std::fs::write(d.join("model.safetensors"), b"\x10\0\0\0\0\0\0\0{not json}").unwrap(),
+        expect: &["model.safetensors", "not a valid safetensors file"],
+    },
+    Case {
+        what: "mask id out of range",
+        breaks: |d| edit_json(&d.join("tokenizer_config.json"), |v| v["mask_token"] = serde_json::json!("<nope>")),
+        expect: &["tokenizer_config.json", "mask_token", "<nope>"],
+    },
+    Case {
+        what: "rope scaling",
+        breaks: |d| edit_json(&d.join("config.json"), |v| v["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 2.0})),
+        expect: &["rope_scaling", "not supported"],
+    },
+];
+
+#[test]
+fn bad_inputs_fail_clearly_and_leave_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pristine = tmp.path().join("pristine");
+    make_checkpoint(&pristine, &["--dtype", "bf16", "--shards", "1"]);
+    for case in CASES {
+        let hf = tmp.path().join("broken");
+        let _ = std::fs::remove_dir_all(&hf);
+        std::fs::create_dir(&hf).unwrap();
+        for e in std::fs::read_dir(&pristine).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), hf.join(e.file_name())).unwrap();
+        }
+        (case.breaks)(&hf);
+        let outdir = tmp.path().join("out");
+        let _ = std::fs::remove_dir_all(&outdir);
+        std::fs::create_dir(&outdir).unwrap();
+        let out = convert(&hf, &outdir.join("m.gguf"), &["--type", "q4_0"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: exit code, stderr: {err}", case.what);
+        assert!(err.starts_with("error: "), "{}: {err}", case.what);
+        assert!(!err.contains("panicked"), "{}: {err}", case.what);
+        for needle in case.expect {
+            assert!(err.contains(needle), "{}: `{needle}` not in: {err}", case.what);
+        }
+        let left: Vec<PathBuf> = std::fs::read_dir(&outdir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(left.is_empty(), "{}: left {left:?}", case.what);
+    }
+    // An output folder that does not exist: named in the error.
+    let out = convert(&pristine, &tmp.path().join("no/such/dir/m.gguf"), &["--type", "q8_0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no/such/dir"), "{err}");
+}
