@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
@@ -225,21 +224,26 @@ impl Checkpoint {
         &self.maps[t.file][t.start..t.end]
     }
 
-    /// A tensor's values as f32 (converted in parallel).
+    /// Row `row` (of length `n`) of a tensor, decoded to f32 into `out`.
+    pub fn decode_row(&self, t: &SourceTensor, row: usize, out: &mut [f32]) {
+        let n = out.len();
+        let size = t.dtype.size();
+        decode(t.dtype, &self.bytes(t)[row * n * size..(row + 1) * n * size], out);
+    }
+
+    /// A whole tensor as f32.
     pub fn to_f32(&self, t: &SourceTensor) -> Vec<f32> {
-        let src = self.bytes(t);
-        let n = src.len() / t.dtype.size();
-        let mut out = vec![0f32; n];
-        const CHUNK: usize = 1 << 16;
-        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK * t.dtype.size())).for_each(|(o, s)| match t.dtype {
-            SourceDtype::F32 => o.iter_mut().zip(s.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            SourceDtype::F16 => {
-                o.iter_mut().zip(s.chunks_exact(2)).for_each(|(d, b)| *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            }
-            SourceDtype::BF16 => {
-                o.iter_mut().zip(s.chunks_exact(2)).for_each(|(d, b)| *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            }
-        });
+        let mut out = vec![0f32; (t.end - t.start) / t.dtype.size()];
+        decode(t.dtype, self.bytes(t), &mut out);
         out
+    }
+}
+
+/// Little-endian `dtype` values to f32.
+pub fn decode(dtype: SourceDtype, src: &[u8], out: &mut [f32]) {
+    match dtype {
+        SourceDtype::F32 => out.iter_mut().zip(src.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        SourceDtype::F16 => out.iter_mut().zip(src.chunks_exact(2)).for_each(|(d, b)| *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        SourceDtype::BF16 => out.iter_mut().zip(src.chunks_exact(2)).for_each(|(d, b)| *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
     }
 }

@@ -292,57 +292,76 @@ impl Plan {
         })
     }
 
-    /// One tensor's output bytes: f32 values, permuted if Q/K, quantized in parallel.
+    /// One tensor's output bytes. Each parallel task takes a run of output rows, decodes the
+    /// matching source rows (through the Q/K permutation) into a small f32 buffer and quantizes
+    /// it straight into the output: no full-size f32 copy of the tensor is ever made.
     pub fn convert_tensor(&self, t: &PlannedTensor) -> Result<Vec<u8>> {
-        let mut values = self.checkpoint.to_f32(&t.source);
         let row = t.shape[0] as usize;
-        if let Some(heads) = t.permute_heads {
-            values = permute_rope_rows(&values, row, heads as usize);
-        }
-        quantize_parallel(t.ggml_type, &values, row).map_err(|e| ConvertError::Tensor {
+        let rows = (t.n_elements() / t.shape[0]) as usize;
+        let err = |what: String| ConvertError::Tensor {
             name: t.hf_name.clone(),
             file: self.checkpoint.files[t.source.file].clone(),
-            what: e.to_string(),
-        })
+            what,
+        };
+        let row_bytes = t.ggml_type.row_bytes(row as u64).ok_or_else(|| err(format!("rows of {row} do not fit {}", t.ggml_type)))? as usize;
+        let src_row = |r: usize| match t.permute_heads {
+            Some(heads) => rope_source_row(r, rows, heads as usize),
+            None => r,
+        };
+        let rows_per_task = rows_per_task(row);
+        let mut out = vec![0u8; rows * row_bytes];
+        out.par_chunks_mut(rows_per_task * row_bytes)
+            .enumerate()
+            .try_for_each_init(Vec::new, |buf: &mut Vec<f32>, (chunk, dst)| {
+                let n = dst.len() / row_bytes;
+                buf.resize(n * row, 0.0);
+                for (k, vals) in buf.chunks_exact_mut(row).enumerate() {
+                    self.checkpoint.decode_row(&t.source, src_row(chunk * rows_per_task + k), vals);
+                }
+                quantize_into(t.ggml_type, buf, row, dst)
+            })
+            .map_err(|e| err(e.to_string()))?;
+        Ok(out)
     }
 }
 
-/// Hugging Face's rotate-half Q/K rows → ggml's interleaved (NORM) RoPE layout, as llama.cpp's
-/// converter does: `w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2).reshape(rows, cols)`.
-pub fn permute_rope_rows(w: &[f32], cols: usize, heads: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
-    let hd = rows / heads;
-    let half = hd / 2;
-    let mut out = vec![0f32; w.len()];
-    out.par_chunks_mut(cols).enumerate().for_each(|(dst_row, dst)| {
-        let (h, r) = (dst_row / hd, dst_row % hd);
-        let (i, j) = (r / 2, r % 2);
-        let src_row = h * hd + j * half + i;
-        dst.copy_from_slice(&w[src_row * cols..(src_row + 1) * cols]);
-    });
-    out
+/// Rows per parallel task: about 256 KiB of f32, enough to amortize, small enough to balance.
+fn rows_per_task(row: usize) -> usize {
+    ((1 << 16) / row).max(1)
 }
 
-/// Quantizes rows in parallel chunks with ggml's quantizer.
+/// For output row `dst_row` of a Q or K weight with `rows` rows and `heads` heads, the
+/// Hugging Face (rotate-half) row it comes from. ggml's NORM RoPE rotates adjacent pairs
+/// (2i, 2i+1) where Hugging Face rotates (i, i + head_dim/2): llama.cpp's converter does
+/// `w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2).reshape(rows, cols)`.
+pub fn rope_source_row(dst_row: usize, rows: usize, heads: usize) -> usize {
+    let hd = rows / heads;
+    let (h, r) = (dst_row / hd, dst_row % hd);
+    h * hd + (r % 2) * (hd / 2) + r / 2
+}
+
+/// `values` (whole rows of `row`) into `dst` as type `t`.
+fn quantize_into(t: GgmlType, values: &[f32], row: usize, dst: &mut [u8]) -> dlm::Result<()> {
+    if t == GgmlType::F32 {
+        for (d, x) in dst.chunks_exact_mut(4).zip(values) {
+            d.copy_from_slice(&x.to_le_bytes());
+        }
+        return Ok(());
+    }
+    dlm::backend::ggml::quantize(t, values, row, dst)
+}
+
+/// Quantizes rows of `values` in parallel with ggml's quantizer alone: the bound a conversion
+/// can approach (benches/convert.rs compares the two).
 pub fn quantize_parallel(t: GgmlType, values: &[f32], row: usize) -> dlm::Result<Vec<u8>> {
     let row_bytes = t
         .row_bytes(row as u64)
         .ok_or_else(|| dlm::Error::Ggml(format!("row length {row} does not fit {t}")))? as usize;
-    let rows = values.len() / row;
-    let mut out = vec![0u8; rows * row_bytes];
-    if t == GgmlType::F32 {
-        out.par_chunks_mut(4 << 16).zip(values.par_chunks(1 << 16)).for_each(|(o, v)| {
-            for (d, x) in o.chunks_exact_mut(4).zip(v) {
-                d.copy_from_slice(&x.to_le_bytes());
-            }
-        });
-        return Ok(out);
-    }
-    // About 256 KiB of f32 per task: big enough to amortize, small enough to balance.
-    let rows_per_task = ((1 << 16) / row).max(1);
-    out.par_chunks_mut(rows_per_task * row_bytes)
-        .zip(values.par_chunks(rows_per_task * row))
-        .try_for_each(|(dst, src)| dlm::backend::ggml::quantize(t, src, row, dst))?;
+    let per = rows_per_task(row);
+    let mut out = vec![0u8; values.len() / row * row_bytes];
+    out.par_chunks_mut(per * row_bytes)
+        .zip(values.par_chunks(per * row))
+        .try_for_each(|(dst, src)| quantize_into(t, src, row, dst))?;
     Ok(out)
 }
 
@@ -410,13 +429,12 @@ mod tests {
 
     #[test]
     fn permutation_matches_numpy_formula() {
-        // rows = heads * hd; numpy: reshape(heads, 2, hd/2, cols).swapaxes(1, 2)
-        let (heads, hd, cols) = (2usize, 4usize, 3usize);
-        let w: Vec<f32> = (0..heads * hd * cols).map(|x| x as f32).collect();
-        let p = permute_rope_rows(&w, cols, heads);
-        let rows: Vec<usize> = p.chunks(cols).map(|r| r[0] as usize / cols).collect();
-        // head 0: [0, 2, 1, 3], head 1: [4, 6, 5, 7]
+        // numpy: np.arange(8).reshape(2, 2, 2).swapaxes(1, 2).reshape(8) == [0, 2, 1, 3, 4, 6, 5, 7]
+        let rows: Vec<usize> = (0..8).map(|r| rope_source_row(r, 8, 2)).collect();
         assert_eq!(rows, vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        // head_dim 6: [0, 3, 1, 4, 2, 5]
+        let rows: Vec<usize> = (0..6).map(|r| rope_source_row(r, 6, 1)).collect();
+        assert_eq!(rows, vec![0, 3, 1, 4, 2, 5]);
     }
 
     #[test]

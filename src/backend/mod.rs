@@ -1,3 +1,4 @@
 //! Compute backends. `ggml` is the only FFI user in the crate.
 
+#[cfg(feature = "ggml")]
 pub mod ggml;

@@ -198,8 +198,8 @@ mod tests {
     #[test]
     fn quantized_mul_mat_matches_scalar_reference() {
         let (k, m, n) = (64usize, 5usize, 3usize);
-        let w: Vec<f32> = (0..k * m).map(|i| ((i * 7919 % 211) as f32 / 105.0 - 1.0)).collect();
-        let x: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 97) as f32 / 48.0 - 1.0)).collect();
+        let w: Vec<f32> = (0..k * m).map(|i| (i * 7919 % 211) as f32 / 105.0 - 1.0).collect();
+        let x: Vec<f32> = (0..k * n).map(|i| (i * 104729 % 97) as f32 / 48.0 - 1.0).collect();
         let mut wq = vec![0u8; GgmlType::Q8_0.row_bytes(k as u64).unwrap() as usize * m];
         quantize(GgmlType::Q8_0, &w, k, &mut wq).unwrap();
         let mut wd = vec![0f32; k * m];

