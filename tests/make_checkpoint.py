@@ -19,7 +19,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 TOKENIZER = HERE / "data" / "llama-tokenizer"
-VOCAB = 32000
+VOCAB = 32000  # the real LLaMA tokenizer; --spm replaces it with a SentencePiece model's size
 
 
 def to_dtype_bytes(a: np.ndarray, dtype: str) -> bytes:
@@ -107,8 +107,13 @@ def main():
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tie", action="store_true", help="tie lm_head to the embedding (no lm_head.weight)")
+    ap.add_argument("--spm", type=Path, help="use this SentencePiece tokenizer.model instead of tokenizer.json")
     args = ap.parse_args()
     args.kv_heads = args.kv_heads or args.heads
+    global VOCAB
+    if args.spm:
+        import sentencepiece
+        VOCAB = sentencepiece.SentencePieceProcessor(model_file=str(args.spm)).get_piece_size()
     if not (TOKENIZER / "tokenizer.json").exists():
         raise SystemExit(f"{TOKENIZER}/tokenizer.json missing: run tests/fetch_data.py first")
 
@@ -138,7 +143,10 @@ def main():
         "_name_or_path": "diffullama-tiny-random",
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    shutil.copy(TOKENIZER / "tokenizer.json", out / "tokenizer.json")
+    if args.spm:
+        shutil.copy(args.spm, out / "tokenizer.model")
+    else:
+        shutil.copy(TOKENIZER / "tokenizer.json", out / "tokenizer.json")
     shutil.copy(TOKENIZER / "tokenizer_config.json", out / "tokenizer_config.json")
 
     w = make_weights(args)

@@ -165,11 +165,16 @@ fn from_hf_json(path: &Path, text: &str) -> Result<Vocab> {
     })
 }
 
-/// Reads SentencePiece's `ModelProto` (field 1: repeated `SentencePiece { piece = 1; score = 2; type = 3 }`).
+/// Reads SentencePiece's `ModelProto`: field 1 `repeated SentencePiece { piece = 1; score = 2;
+/// type = 3 }`, field 2 `TrainerSpec { model_type = 3 }`, field 3 `NormalizerSpec { name = 1;
+/// add_dummy_prefix = 3; remove_extra_whitespaces = 4 }`. Only LLaMA-style models are accepted
+/// (BPE, identity normalization, whitespace kept), since that is what the runtime rebuilds.
 fn from_sentencepiece(path: &Path) -> Result<Vocab> {
     let bytes = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
     let bad = |what: &str| ConvertError::input(path, format!("not a SentencePiece model: {what}"));
     let (mut tokens, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
+    // proto2 defaults: UNIGRAM, "nmt_nfkc"-style normalization unless named, both flags true.
+    let (mut model_type, mut norm_name, mut remove_ws) = (1u64, String::new(), true);
     let mut r = Proto { buf: &bytes, pos: 0 };
     while let Some((field, wire)) = r.key().map_err(|_| bad("truncated field key"))? {
         match (field, wire) {
@@ -189,11 +194,40 @@ fn from_sentencepiece(path: &Path) -> Result<Vocab> {
                 scores.push(score);
                 types.push(ty);
             }
+            (2, 2) => {
+                let mut p = Proto { buf: r.bytes().map_err(|_| bad("trainer_spec"))?, pos: 0 };
+                while let Some((f, w)) = p.key().map_err(|_| bad("trainer_spec field"))? {
+                    match (f, w) {
+                        (3, 0) => model_type = p.varint().map_err(|_| bad("model_type"))?,
+                        _ => p.skip(w).map_err(|_| bad("trainer_spec field"))?,
+                    }
+                }
+            }
+            (3, 2) => {
+                let mut p = Proto { buf: r.bytes().map_err(|_| bad("normalizer_spec"))?, pos: 0 };
+                while let Some((f, w)) = p.key().map_err(|_| bad("normalizer_spec field"))? {
+                    match (f, w) {
+                        (1, 2) => norm_name = String::from_utf8_lossy(p.bytes().map_err(|_| bad("name"))?).into_owned(),
+                        (4, 0) => remove_ws = p.varint().map_err(|_| bad("remove_extra_whitespaces"))? != 0,
+                        _ => p.skip(w).map_err(|_| bad("normalizer_spec field"))?,
+                    }
+                }
+            }
             _ => r.skip(wire).map_err(|_| bad("field"))?,
         }
     }
     if tokens.is_empty() {
         return Err(bad("no pieces"));
+    }
+    let unsupported = |field: &str, what: String| ConvertError::field(path, field, format!("{what}; only LLaMA-style SentencePiece models are supported (or provide tokenizer.json)"));
+    if model_type != 2 {
+        return Err(unsupported("trainer_spec.model_type", format!("model type {model_type} is not BPE (2)")));
+    }
+    if norm_name != "identity" {
+        return Err(unsupported("normalizer_spec.name", format!("normalization {norm_name:?} is not \"identity\"")));
+    }
+    if remove_ws {
+        return Err(unsupported("normalizer_spec.remove_extra_whitespaces", "is true".into()));
     }
     let unk = types.iter().position(|&t| t == token_type::UNKNOWN).map(|i| i as u32);
     Ok(Vocab {

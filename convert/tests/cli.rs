@@ -242,3 +242,49 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no/such/dir"), "{err}");
 }
+
+fn spm_cases(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["text"].as_str().unwrap().to_owned(), c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()))
+        .collect()
+}
+
+#[test]
+fn sentencepiece_model_without_tokenizer_json_matches_sentencepiece() {
+    ensure_data();
+    let tmp = tempfile::tempdir().unwrap();
+    let spm = tmp.path().join("spm");
+    let out = python(&["tests/make_spm.py", spm.to_str().unwrap()]);
+    assert!(out.status.success(), "make_spm.py: {}", String::from_utf8_lossy(&out.stderr));
+    let hf = tmp.path().join("hf");
+    make_checkpoint(&hf, &["--spm", spm.join("tokenizer.model").to_str().unwrap(), "--shards", "1"]);
+    assert!(!hf.join("tokenizer.json").exists());
+    let gguf = tmp.path().join("m.gguf");
+    // 811 is outside a 600-token vocabulary: the default must be refused, an explicit id accepted.
+    let err = String::from_utf8_lossy(&convert(&hf, &gguf, &["--type", "q8_0"]).stderr).into_owned();
+    assert!(err.contains("mask id 811") && err.contains("600-token"), "{err}");
+    assert_ok(&convert(&hf, &gguf, &["--type", "q8_0", "--mask-id", "3"]));
+    let g = Gguf::open(&gguf).unwrap();
+    let embedded = Tokenizer::from_gguf(&g).unwrap();
+    let rebuilt = Tokenizer::from_gguf_arrays(&g).unwrap();
+    let cases = spm_cases(&spm.join("spm_cases.json"));
+    assert!(cases.len() >= 15);
+    for (text, want) in &cases {
+        assert_eq!(&embedded.encode(text).unwrap(), want, "embedded JSON: {text:?}");
+        assert_eq!(&rebuilt.encode(text).unwrap(), want, "arrays: {text:?}");
+    }
+    // Scores are SentencePiece's own, not derived.
+    let scores = g.get_array(dlm::keys::SCORES, dlm::gguf::ValueType::F32).unwrap();
+    assert!(scores.iter().any(|s| s.as_f64().unwrap() != 0.0));
+
+    // A unigram model would tokenize differently: refused with the field named.
+    let uni = tmp.path().join("uni");
+    assert!(python(&["tests/make_spm.py", uni.to_str().unwrap(), "unigram"]).status.success());
+    std::fs::copy(uni.join("tokenizer.model"), hf.join("tokenizer.model")).unwrap();
+    let out = convert(&hf, &tmp.path().join("u.gguf"), &["--type", "q8_0", "--mask-id", "3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("trainer_spec.model_type") && err.contains("not BPE"), "{err}");
+}
