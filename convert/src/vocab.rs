@@ -34,6 +34,23 @@ pub struct Vocab {
 }
 
 impl Vocab {
+    /// Token arrays with defaults for everything `tokenizer_config.json` may later set.
+    fn from_arrays(tokens: Vec<String>, scores: Vec<f32>, types: Vec<i32>, unk: Option<u32>) -> Vocab {
+        Vocab {
+            tokens,
+            scores,
+            types,
+            bos: None,
+            eos: None,
+            unk,
+            pad: None,
+            add_bos: true,
+            add_eos: false,
+            mask_from_config: None,
+            hf_json: String::new(),
+        }
+    }
+
     pub fn id_of(&self, token: &str) -> Option<u32> {
         self.tokens.iter().position(|t| t == token).map(|i| i as u32)
     }
@@ -150,19 +167,7 @@ fn from_hf_json(path: &Path, text: &str) -> Result<Vocab> {
             _ => 0.0,
         });
     }
-    Ok(Vocab {
-        tokens,
-        scores,
-        types,
-        bos: None,
-        eos: None,
-        unk,
-        pad: None,
-        add_bos: true,
-        add_eos: false,
-        mask_from_config: None,
-        hf_json: String::new(),
-    })
+    Ok(Vocab::from_arrays(tokens, scores, types, unk))
 }
 
 /// Reads SentencePiece's `ModelProto`: field 1 `repeated SentencePiece { piece = 1; score = 2;
@@ -230,19 +235,7 @@ fn from_sentencepiece(path: &Path) -> Result<Vocab> {
         return Err(unsupported("normalizer_spec.remove_extra_whitespaces", "is true".into()));
     }
     let unk = types.iter().position(|&t| t == token_type::UNKNOWN).map(|i| i as u32);
-    Ok(Vocab {
-        tokens,
-        scores,
-        types,
-        bos: None,
-        eos: None,
-        unk,
-        pad: None,
-        add_bos: true,
-        add_eos: false,
-        mask_from_config: None,
-        hf_json: String::new(),
-    })
+    Ok(Vocab::from_arrays(tokens, scores, types, unk))
 }
 
 struct Proto<'a> {
