@@ -8,9 +8,14 @@
 pub mod backend;
 pub mod error;
 pub mod gguf;
+pub mod graph;
 pub mod keys;
+#[cfg(feature = "ggml")]
+pub mod model;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use gguf::{GgmlType, Gguf, GgufWriter};
 pub use tokenizer::Tokenizer;
+#[cfg(feature = "ggml")]
+pub use model::{LoadOptions, Model};

@@ -142,6 +142,12 @@ impl Gguf {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// The whole data section (every tensor's bytes at its offset), borrowed from the map.
+    pub fn data_section(&self) -> &[u8] {
+        let bytes = self.storage.bytes();
+        &bytes[(self.data_offset as usize).min(bytes.len())..]
+    }
+
     /// The bytes of `info`, borrowed from the map (validated at open time).
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + info.offset) as usize;

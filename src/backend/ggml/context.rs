@@ -41,14 +41,23 @@ pub struct Graph<'c> {
 impl Context {
     /// A context whose pool holds `mem_bytes` of tensor data and metadata.
     pub fn new(mem_bytes: usize) -> Result<Context> {
+        Self::with_params(mem_bytes, false)
+    }
+
+    /// With `no_alloc`, the pool holds tensor headers only and data lives in backend buffers.
+    pub(crate) fn with_params(mem_bytes: usize, no_alloc: bool) -> Result<Context> {
         // SAFETY: idempotent one-time initialisation of ggml's CPU tables.
         unsafe { sys::ggml_cpu_init() };
-        let params = sys::ggml_init_params { mem_size: mem_bytes, mem_buffer: std::ptr::null_mut(), no_alloc: false };
+        let params = sys::ggml_init_params { mem_size: mem_bytes, mem_buffer: std::ptr::null_mut(), no_alloc };
         // SAFETY: a null `mem_buffer` asks ggml to allocate the pool itself; the result is
         // checked for null (allocation failure).
         let raw = unsafe { sys::ggml_init(params) };
         let raw = NonNull::new(raw).ok_or_else(|| Error::Ggml(format!("ggml_init failed for {mem_bytes} bytes")))?;
         Ok(Context { raw })
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::ggml_context {
+        self.raw.as_ptr()
     }
 
     fn free_bytes(&self) -> usize {

@@ -6,8 +6,10 @@
 #![allow(unsafe_code)]
 
 mod context;
+mod exec;
 
 pub use context::{Context, Graph, Tensor};
+pub use exec::{Builder, Executor, TensorRef, Weights};
 
 use llama_cpp_sys_2 as sys;
 

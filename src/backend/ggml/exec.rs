@@ -1,0 +1,306 @@
+//! Running model graphs on ggml's CPU backend.
+//!
+//! - [`Weights`]: tensor headers in a metadata-only context whose data points straight into the
+//!   GGUF memory map (a CPU backend buffer wrapping the map): no copy of the weights is made.
+//! - [`Builder`]: implements [`crate::graph::Ops`] by adding ggml nodes to a graph context.
+//! - [`Executor`]: a CPU backend plus a graph allocator; builds a graph once per token count,
+//!   keeps it, and per call sets the inputs, computes, and reads the output back.
+
+use std::collections::HashMap;
+use std::ptr::NonNull;
+
+use llama_cpp_sys_2 as sys;
+
+use super::{ggml_type, Context};
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, Gguf, TensorInfo};
+use crate::graph::Ops;
+
+/// ggml's `GGML_ROPE_TYPE_NORM`: rotate adjacent pairs (LLaMA as converted by llama.cpp).
+const ROPE_TYPE_NORM: i32 = 0;
+/// Nodes a graph may hold; a 32-layer LLaMA needs about 700.
+const GRAPH_SIZE: usize = 8192;
+
+/// A tensor inside the contexts of one [`Executor`]/[`Weights`] pair.
+///
+/// Invariant: a `TensorRef` is only created by this module, from a tensor of a context that the
+/// owner of the handle keeps alive (the model owns its `Weights` and its `Executor`, which owns
+/// the cached graph context) for as long as it uses the handle.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorRef(NonNull<sys::ggml_tensor>);
+
+impl TensorRef {
+    fn ptr(self) -> *mut sys::ggml_tensor {
+        self.0.as_ptr()
+    }
+}
+
+/// A ggml backend buffer, freed on drop.
+struct Buffer(NonNull<sys::ggml_backend_buffer>);
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: the buffer came from ggml and is freed exactly once; tensors using it are
+        // owned by the same struct and dropped with it.
+        unsafe { sys::ggml_backend_buffer_free(self.0.as_ptr()) };
+    }
+}
+
+impl Context {
+    /// A context that holds tensor headers only (data lives in backend buffers).
+    pub(crate) fn metadata_only(n_tensors: usize, with_graph: bool) -> Result<Context> {
+        // SAFETY: pure functions returning constants.
+        let per_tensor = unsafe { sys::ggml_tensor_overhead() };
+        // SAFETY: as above.
+        let graph = if with_graph { unsafe { sys::ggml_graph_overhead_custom(GRAPH_SIZE, false) } } else { 0 };
+        Context::with_params(n_tensors * per_tensor + graph + 1024, true)
+    }
+}
+
+/// Model weights as ggml tensors over the GGUF map.
+pub struct Weights {
+    // Field order is drop order: tensors (ctx) go before the buffer they point into.
+    // Never read: it owns the tensor headers the handles in `tensors` point to.
+    _ctx: Context,
+    _buffer: Buffer,
+    tensors: HashMap<String, TensorRef>,
+}
+
+impl Weights {
+    /// Wraps every tensor of `gguf` (zero-copy: data stays in the memory map).
+    pub fn map(gguf: &Gguf) -> Result<Weights> {
+        let ctx = Context::metadata_only(gguf.tensors().len() + 1, false)?;
+        let mut tensors = HashMap::with_capacity(gguf.tensors().len());
+        for info in gguf.tensors() {
+            let t = ctx.new_header(info.ggml_type, &info.shape)?;
+            tensors.insert(info.name.clone(), t);
+        }
+        let data = gguf.data_section();
+        // SAFETY: `data` is the mapped data section, alive as long as `gguf` (the model keeps the
+        // Gguf alive longer than its Weights). The CPU backend never writes to weight tensors
+        // (they are only sources of ops), so handing ggml a mutable pointer to read-only pages is
+        // sound; the buffer does not free memory it did not allocate.
+        let buf = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(data.as_ptr() as *mut _, data.len().max(1)) };
+        let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml("cannot wrap the model map as a buffer".into()))?);
+        for info in gguf.tensors() {
+            let t = tensors[&info.name];
+            let addr = tensor_addr(data, info);
+            // SAFETY: `addr` points at `info.size` bytes inside the buffer's range (the reader
+            // validated offset and size against the data section), and the tensor's header was
+            // made for exactly this type and shape.
+            let status = unsafe { sys::ggml_backend_tensor_alloc(buffer.0.as_ptr(), t.ptr(), addr) };
+            if status != 0 {
+                return Err(gguf.tensor_error(&info.name, format!("ggml refused to place the tensor (status {status})")));
+            }
+        }
+        Ok(Weights { _ctx: ctx, _buffer: buffer, tensors })
+    }
+
+    pub fn get(&self, name: &str) -> Option<TensorRef> {
+        self.tensors.get(name).copied()
+    }
+}
+
+fn tensor_addr(data: &[u8], info: &TensorInfo) -> *mut std::ffi::c_void {
+    data[info.offset as usize..].as_ptr() as *mut _
+}
+
+impl Context {
+    fn new_header(&self, t: GgmlType, shape: &[u64]) -> Result<TensorRef> {
+        let mut ne = [1i64; 4];
+        for (n, &d) in ne.iter_mut().zip(shape) {
+            *n = i64::try_from(d).map_err(|_| Error::Ggml(format!("dimension {d} too large")))?;
+        }
+        // SAFETY: a live no-alloc context sized for this many headers; valid type and dims.
+        let raw = unsafe { sys::ggml_new_tensor(self.raw(), ggml_type(t), shape.len() as i32, ne.as_ptr()) };
+        NonNull::new(raw).map(TensorRef).ok_or_else(|| Error::Ggml("context full".into()))
+    }
+}
+
+/// Adds ggml nodes to one graph context. See [`Ops`] for what each op means.
+pub struct Builder<'c> {
+    ctx: &'c Context,
+    inputs: Vec<TensorRef>,
+}
+
+macro_rules! node {
+    ($b:expr, $call:expr) => {{
+        let _ = &$b;
+        // SAFETY: every operand is a live tensor of the weight context or of this builder's
+        // context (TensorRef invariant), and models validate shapes at load, so ggml's shape
+        // assertions hold; the context was sized for GRAPH_SIZE nodes.
+        let raw = unsafe { $call };
+        TensorRef(NonNull::new(raw).expect("ggml graph context sized for the whole graph"))
+    }};
+}
+
+impl Ops for Builder<'_> {
+    type T = TensorRef;
+
+    fn input_i32(&mut self, n: usize) -> TensorRef {
+        let t = node!(self, sys::ggml_new_tensor_1d(self.ctx.raw(), ggml_type(GgmlType::I32), n as i64));
+        // SAFETY: a live tensor of this context.
+        unsafe { sys::ggml_set_input(t.ptr()) };
+        self.inputs.push(t);
+        t
+    }
+    fn get_rows(&mut self, table: TensorRef, ids: TensorRef) -> TensorRef {
+        node!(self, sys::ggml_get_rows(self.ctx.raw(), table.ptr(), ids.ptr()))
+    }
+    fn mul_mat(&mut self, w: TensorRef, x: TensorRef) -> TensorRef {
+        node!(self, sys::ggml_mul_mat(self.ctx.raw(), w.ptr(), x.ptr()))
+    }
+    fn rms_norm(&mut self, x: TensorRef, eps: f32) -> TensorRef {
+        node!(self, sys::ggml_rms_norm(self.ctx.raw(), x.ptr(), eps))
+    }
+    fn mul(&mut self, a: TensorRef, b: TensorRef) -> TensorRef {
+        node!(self, sys::ggml_mul(self.ctx.raw(), a.ptr(), b.ptr()))
+    }
+    fn add(&mut self, a: TensorRef, b: TensorRef) -> TensorRef {
+        node!(self, sys::ggml_add(self.ctx.raw(), a.ptr(), b.ptr()))
+    }
+    fn reshape_3d(&mut self, x: TensorRef, ne: [usize; 3]) -> TensorRef {
+        node!(self, sys::ggml_reshape_3d(self.ctx.raw(), x.ptr(), ne[0] as i64, ne[1] as i64, ne[2] as i64))
+    }
+    fn rope(&mut self, x: TensorRef, pos: TensorRef, n_dims: usize, theta: f32) -> TensorRef {
+        node!(
+            self,
+            sys::ggml_rope_ext(
+                self.ctx.raw(),
+                x.ptr(),
+                pos.ptr(),
+                std::ptr::null_mut(),
+                n_dims as i32,
+                ROPE_TYPE_NORM,
+                0,
+                theta,
+                1.0,
+                0.0,
+                1.0,
+                0.0,
+                0.0
+            )
+        )
+    }
+    fn attention(&mut self, q: TensorRef, k: TensorRef, v: TensorRef, causal: bool) -> TensorRef {
+        let c = self.ctx.raw();
+        // SAFETY: `q` is a live tensor (TensorRef invariant); reading its header is plain access.
+        let [hd, n_head, n, _] = unsafe { q.0.as_ref() }.ne;
+        let q = node!(self, sys::ggml_permute(c, q.ptr(), 0, 2, 1, 3)); // [hd, n, n_head]
+        let k = node!(self, sys::ggml_permute(c, k.ptr(), 0, 2, 1, 3)); // [hd, n, n_head_kv]
+        let kq = node!(self, sys::ggml_mul_mat(c, k.ptr(), q.ptr())); // [n_kv, n, n_head]
+        let kq = if causal { node!(self, sys::ggml_diag_mask_inf(c, kq.ptr(), 0)) } else { kq };
+        let scale = 1.0 / (hd as f32).sqrt();
+        let kq = node!(self, sys::ggml_soft_max_ext(c, kq.ptr(), std::ptr::null_mut(), scale, 0.0));
+        let vt = node!(self, sys::ggml_permute(c, v.ptr(), 1, 2, 0, 3)); // [n, hd, n_head_kv]
+        let vt = node!(self, sys::ggml_cont(c, vt.ptr()));
+        let kqv = node!(self, sys::ggml_mul_mat(c, vt.ptr(), kq.ptr())); // [hd, n, n_head]
+        let kqv = node!(self, sys::ggml_permute(c, kqv.ptr(), 0, 2, 1, 3)); // [hd, n_head, n]
+        node!(self, sys::ggml_cont_2d(c, kqv.ptr(), hd * n_head, n)) // [hd * n_head, n]
+    }
+    fn swiglu(&mut self, gate: TensorRef, up: TensorRef) -> TensorRef {
+        node!(self, sys::ggml_swiglu_split(self.ctx.raw(), gate.ptr(), up.ptr()))
+    }
+}
+
+/// ggml's CPU backend, freed on drop.
+struct CpuBackend(NonNull<sys::ggml_backend>);
+
+impl Drop for CpuBackend {
+    fn drop(&mut self) {
+        // SAFETY: created by ggml_backend_cpu_init, freed once.
+        unsafe { sys::ggml_backend_free(self.0.as_ptr()) };
+    }
+}
+
+/// A graph allocator, freed on drop.
+struct Gallocr(NonNull<sys::ggml_gallocr>);
+
+impl Drop for Gallocr {
+    fn drop(&mut self) {
+        // SAFETY: created by ggml_gallocr_new, freed once; it owns the activation buffer.
+        unsafe { sys::ggml_gallocr_free(self.0.as_ptr()) };
+    }
+}
+
+struct CachedGraph {
+    n: usize,
+    // Drop order: the graph and its tensors live in `ctx`.
+    graph: NonNull<sys::ggml_cgraph>,
+    inputs: Vec<TensorRef>,
+    output: TensorRef,
+    // Owns the graph and its tensors; only kept alive, never read.
+    _ctx: Context,
+}
+
+/// Builds, caches and runs graphs on the CPU backend.
+pub struct Executor {
+    cached: Option<CachedGraph>,
+    galloc: Gallocr,
+    backend: CpuBackend,
+}
+
+impl Executor {
+    pub fn cpu(threads: usize) -> Result<Executor> {
+        // SAFETY: creates a new CPU backend; checked for null.
+        let backend = CpuBackend(NonNull::new(unsafe { sys::ggml_backend_cpu_init() }).ok_or_else(|| Error::Ggml("ggml_backend_cpu_init failed".into()))?);
+        // SAFETY: a live CPU backend.
+        unsafe { sys::ggml_backend_cpu_set_n_threads(backend.0.as_ptr(), threads.clamp(1, 512) as i32) };
+        // SAFETY: returns the static CPU buffer type.
+        let buft = unsafe { sys::ggml_backend_cpu_buffer_type() };
+        // SAFETY: a valid buffer type; checked for null.
+        let galloc = Gallocr(NonNull::new(unsafe { sys::ggml_gallocr_new(buft) }).ok_or_else(|| Error::Ggml("ggml_gallocr_new failed".into()))?);
+        Ok(Executor { cached: None, galloc, backend })
+    }
+
+    /// Runs the graph `build` makes for `n` tokens (built once per `n`, then reused), with
+    /// `inputs` copied into the graph's i32 inputs in the order `build` created them, and
+    /// returns the output tensor as f32.
+    pub fn run(
+        &mut self,
+        n: usize,
+        inputs: &[&[i32]],
+        build: impl FnOnce(&mut Builder<'_>) -> TensorRef,
+    ) -> Result<Vec<f32>> {
+        if self.cached.as_ref().map(|c| c.n) != Some(n) {
+            self.cached = None;
+            let ctx = Context::metadata_only(GRAPH_SIZE, true)?;
+            let mut b = Builder { ctx: &ctx, inputs: Vec::new() };
+            let output = build(&mut b);
+            let inputs = b.inputs;
+            // SAFETY: a live tensor of `ctx`.
+            unsafe { sys::ggml_set_output(output.ptr()) };
+            // SAFETY: `ctx` was sized for a custom graph of GRAPH_SIZE nodes.
+            let graph = unsafe { sys::ggml_new_graph_custom(ctx.raw(), GRAPH_SIZE, false) };
+            let graph = NonNull::new(graph).ok_or_else(|| Error::Ggml("ggml_new_graph_custom failed".into()))?;
+            // SAFETY: graph and output belong to `ctx`.
+            unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), output.ptr()) };
+            // SAFETY: allocates every unallocated tensor of the graph (activations and inputs) in
+            // the allocator's CPU buffer; weights already have data and are left alone.
+            if !unsafe { sys::ggml_gallocr_alloc_graph(self.galloc.0.as_ptr(), graph.as_ptr()) } {
+                return Err(Error::Ggml(format!("cannot allocate the graph for {n} tokens (out of memory?)")));
+            }
+            self.cached = Some(CachedGraph { n, graph, inputs, output, _ctx: ctx });
+        }
+        let g = self.cached.as_ref().expect("built above");
+        if inputs.len() != g.inputs.len() || inputs.iter().any(|i| i.len() != n) {
+            return Err(Error::Invalid(format!("graph takes {} inputs of {n} values", g.inputs.len())));
+        }
+        for (t, data) in g.inputs.iter().zip(inputs) {
+            // SAFETY: the input tensor is allocated (gallocr above), i32, with exactly `n`
+            // elements, and `data` holds `n` i32.
+            unsafe { sys::ggml_backend_tensor_set(t.ptr(), data.as_ptr().cast(), 0, n * 4) };
+        }
+        // SAFETY: a fully allocated graph of live tensors on this backend.
+        let status = unsafe { sys::ggml_backend_graph_compute(self.backend.0.as_ptr(), g.graph.as_ptr()) };
+        if status != 0 {
+            return Err(Error::Ggml(format!("graph compute failed with status {status}")));
+        }
+        // SAFETY: the output is a live, allocated f32 tensor (every op of the op set yields f32).
+        let bytes = unsafe { sys::ggml_nbytes(g.output.ptr()) };
+        let mut out = vec![0f32; bytes / 4];
+        // SAFETY: `out` has room for `bytes` bytes; the tensor holds exactly that many.
+        unsafe { sys::ggml_backend_tensor_get(g.output.ptr(), out.as_mut_ptr().cast(), 0, bytes) };
+        Ok(out)
+    }
+}

@@ -1,0 +1,36 @@
+//! The small op set a model is written against. A backend implements [`Ops`]; a model's forward
+//! pass is written once, top to bottom like the math, in these terms (model/llama.rs), and runs
+//! on every backend that implements them.
+//!
+//! Shapes use ggml's order: `[ne0, ne1, ne2]` with `ne0` contiguous. A weight matrix of a
+//! `y = W x` layer is `[n_in, n_out]`, activations are `[n_embd, n_tokens]`.
+//! Ops do not fail: models validate every shape when they load, before any graph is built.
+
+pub trait Ops {
+    /// A tensor handle, valid only with the backend that made it.
+    type T: Copy;
+
+    /// An i32 vector of `n` values, set by the caller before compute (token ids, positions).
+    fn input_i32(&mut self, n: usize) -> Self::T;
+    /// Rows `ids` of `table` (`[ne0, rows]`, any weight type), as f32 `[ne0, n_ids]`.
+    fn get_rows(&mut self, table: Self::T, ids: Self::T) -> Self::T;
+    /// `w` `[k, m]` times `x` `[k, n]`: `[m, n]` f32.
+    fn mul_mat(&mut self, w: Self::T, x: Self::T) -> Self::T;
+    /// `x / sqrt(mean(x²) + eps)` over `ne0`.
+    fn rms_norm(&mut self, x: Self::T, eps: f32) -> Self::T;
+    /// Elementwise product; `b` broadcasts along the dimensions where it is 1.
+    fn mul(&mut self, a: Self::T, b: Self::T) -> Self::T;
+    /// Elementwise sum of two tensors of the same shape.
+    fn add(&mut self, a: Self::T, b: Self::T) -> Self::T;
+    /// The same data seen as `[ne0, ne1, ne2]`.
+    fn reshape_3d(&mut self, x: Self::T, ne: [usize; 3]) -> Self::T;
+    /// Rotary position embedding, ggml NORM mode (adjacent pairs rotate) on `x` `[head_dim, heads, n]`
+    /// at positions `pos` (i32 `[n]`), over the first `n_dims` of each head.
+    fn rope(&mut self, x: Self::T, pos: Self::T, n_dims: usize, theta: f32) -> Self::T;
+    /// Scaled dot-product attention of `q` `[hd, n_head, n]` over `k`, `v` `[hd, n_head_kv, n]`
+    /// (grouped: query head h reads kv head h / (n_head / n_head_kv)); every position attends to
+    /// every position unless `causal`. Returns `[hd * n_head, n]`.
+    fn attention(&mut self, q: Self::T, k: Self::T, v: Self::T, causal: bool) -> Self::T;
+    /// `silu(gate) * up`.
+    fn swiglu(&mut self, gate: Self::T, up: Self::T) -> Self::T;
+}

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Reference forward pass of a (Diffu)LLaMA checkpoint in numpy, float64, written from the
+Hugging Face `LlamaForCausalLM` semantics and independent of dlm: unpermuted HF weights,
+rotate-half RoPE, RMSNorm, SwiGLU, grouped KV heads, and attention that is bidirectional
+(DiffuLLaMA) unless --causal.
+
+    python3 tests/ref_forward.py HF_DIR --tokens 1,450,11148 --out logits.npy [--causal] [--gguf FILE]
+
+Writes float32 logits of shape [n_tokens, vocab] (row i is the model's output at position i).
+With --gguf, the weights are instead FILE's, dequantized by PyPI `gguf` and mapped back to the
+Hugging Face layout (Q/K rows un-permuted): this isolates a runtime's arithmetic from the loss
+of quantization itself.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check_gguf import load_source  # noqa: E402  (the independent safetensors reader)
+
+
+def rms_norm(x, w, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def rope(x, pos, theta):
+    # x: [n, heads, hd]; HF: cos/sin of cat(freqs, freqs), rotate_half(x) = cat(-x2, x1)
+    hd = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    freqs = np.outer(pos, inv_freq)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return x * cos + np.concatenate([-x2, x1], axis=-1) * sin
+
+
+def forward(cfg, w, tokens, causal=False):
+    h, nh = cfg["hidden_size"], cfg["num_attention_heads"]
+    nkv = cfg.get("num_key_value_heads", nh)
+    hd, eps, theta = h // nh, cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+    n = len(tokens)
+    W = {k: v.astype(np.float64) for k, v in w.items()}
+    pos = np.arange(n, dtype=np.float64)
+    x = W["model.embed_tokens.weight"][tokens]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        a = rms_norm(x, W[p + "input_layernorm.weight"], eps)
+        q = (a @ W[p + "self_attn.q_proj.weight"].T).reshape(n, nh, hd)
+        k = (a @ W[p + "self_attn.k_proj.weight"].T).reshape(n, nkv, hd)
+        v = (a @ W[p + "self_attn.v_proj.weight"].T).reshape(n, nkv, hd)
+        q, k = rope(q, pos, theta), rope(k, pos, theta)
+        k = np.repeat(k, nh // nkv, axis=1)
+        v = np.repeat(v, nh // nkv, axis=1)
+        s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
+        if causal:
+            s = s + np.triu(np.full((n, n), -np.inf), 1)[None]
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        o = np.einsum("hqk,khd->qhd", s, v).reshape(n, nh * hd)
+        x = x + o @ W[p + "self_attn.o_proj.weight"].T
+        a = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
+        g = a @ W[p + "mlp.gate_proj.weight"].T
+        u = a @ W[p + "mlp.up_proj.weight"].T
+        x = x + (g / (1.0 + np.exp(-g)) * u) @ W[p + "mlp.down_proj.weight"].T
+    x = rms_norm(x, W["model.norm.weight"], eps)
+    head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+    return x @ head.T
+
+
+def load_gguf_as_hf(path, cfg):
+    import gguf
+    r = gguf.GGUFReader(path)
+    nh = cfg["num_attention_heads"]
+    nkv = cfg.get("num_key_value_heads", nh)
+    leaf = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+            "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+            "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    w = {}
+    for t in r.tensors:
+        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        a = a.reshape([int(d) for d in reversed(t.shape)])
+        parts = t.name.split(".")
+        if t.name == "token_embd.weight":
+            name = "model.embed_tokens.weight"
+        elif t.name == "output_norm.weight":
+            name = "model.norm.weight"
+        elif t.name == "output.weight":
+            name = "lm_head.weight"
+        else:
+            name = f"model.layers.{parts[1]}.{leaf[parts[2]]}.weight"
+            heads = {"attn_q": nh, "attn_k": nkv}.get(parts[2])
+            if heads:  # undo reshape(h, 2, d/2, c).swapaxes(1, 2)
+                a = a.reshape(heads, a.shape[0] // heads // 2, 2, a.shape[1]).swapaxes(1, 2).reshape(a.shape)
+        w[name] = a
+    return w
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("hf", type=Path)
+    ap.add_argument("--tokens", required=True, help="comma-separated token ids")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--gguf", type=Path, help="use this GGUF's dequantized weights")
+    args = ap.parse_args()
+    cfg = json.loads((args.hf / "config.json").read_text())
+    tokens = [int(t) for t in args.tokens.split(",")]
+    weights = load_gguf_as_hf(args.gguf, cfg) if args.gguf else load_source(args.hf)
+    logits = forward(cfg, weights, tokens, args.causal)
+    np.save(args.out, logits.astype(np.float32))
+
+
+if __name__ == "__main__":
+    main()
