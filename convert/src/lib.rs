@@ -271,22 +271,46 @@ impl Plan {
     }
 
     /// Converts and writes every tensor to `out`. `progress(i, tensor)` is called as each
-    /// tensor is finished.
+    /// tensor is converted. Writing overlaps conversion: a writer thread takes each finished
+    /// tensor through a one-slot channel while the next one is quantized (so at most two
+    /// converted tensors are in memory).
     pub fn write(&self, out: &Path, mut progress: impl FnMut(usize, &PlannedTensor)) -> Result<Summary> {
         let start = Instant::now();
-        let bytes_out = self.header.file_size();
         let mut stream = self.header.create(out)?;
-        for (i, t) in self.tensors.iter().enumerate() {
-            let data = self.convert_tensor(t)?;
-            stream.write_tensor(&data)?;
-            progress(i, t);
-        }
-        stream.finish()?;
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+            let writer = scope.spawn(move || -> Result<dlm::gguf::TensorStream> {
+                for data in rx {
+                    stream.write_tensor(&data)?;
+                }
+                Ok(stream)
+            });
+            let mut converted = Ok(());
+            for (i, t) in self.tensors.iter().enumerate() {
+                match self.convert_tensor(t) {
+                    // A closed channel means the writer failed: its error is returned below.
+                    Ok(data) => {
+                        if tx.send(data).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        converted = Err(e);
+                        break;
+                    }
+                }
+                progress(i, t);
+            }
+            drop(tx);
+            let stream = writer.join().expect("the writer thread does not panic")?;
+            converted?;
+            Ok(stream.finish()?)
+        })?;
         Ok(Summary {
             tensors: self.tensors.len(),
             params: self.tensors.iter().map(PlannedTensor::n_elements).sum(),
             bytes_in: self.bytes_in(),
-            bytes_out,
+            bytes_out: self.header.file_size(),
             tensor_bytes: self.tensors.iter().map(|t| t.ggml_type.tensor_bytes(&t.shape).unwrap_or(0)).sum(),
             seconds: start.elapsed().as_secs_f64(),
         })
