@@ -7,9 +7,11 @@
 
 pub mod backend;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod graph;
 pub mod keys;
+pub mod sample;
 #[cfg(feature = "ggml")]
 pub mod model;
 pub mod tokenizer;

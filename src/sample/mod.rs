@@ -1,0 +1,207 @@
+//! Sampling: which token each masked position would take ([`TokenSampler`]) and which positions
+//! to commit this step ([`Unmasker`], one file per rule).
+//!
+//! Samplers never see a backend: they get logits rows and return decisions. All randomness
+//! comes from one seeded [`Rng`] passed in explicitly, so the same seed gives the same canvas.
+
+mod confidence;
+mod entropy;
+mod margin;
+mod origin;
+mod threshold;
+
+pub use confidence::Confidence;
+pub use entropy::Entropy;
+pub use margin::Margin;
+pub use origin::Origin;
+pub use threshold::Threshold;
+
+/// xoshiro256** seeded through splitmix64: small, fast, and identical on every platform.
+#[derive(Clone, Debug)]
+pub struct Rng([u64; 4]);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Rng([next(), next(), next(), next()])
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        out
+    }
+
+    /// An independent stream for (`seed`, `step`, `position`): token draws then do not depend on
+    /// which positions are sampled, in which order, or on how many threads.
+    pub fn for_position(seed: u64, step: u64, position: u64) -> Rng {
+        Rng::new(seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ position.wrapping_mul(0x9FB2_1C65_1E98_DF25))
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// What one masked position would become, with the scores the unmasking rules rank by.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    pub token: u32,
+    /// Probability of `token` under the sampling distribution.
+    pub confidence: f32,
+    /// Top-1 minus top-2 probability.
+    pub margin: f32,
+    /// Entropy of the distribution (nats).
+    pub entropy: f32,
+}
+
+/// Token sampling: greedy when `temp == 0`, else temperature, then top-k, then top-p
+/// (temperature before top-p, as DiffuLLaMA's reference sampler does).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenSampler {
+    pub temp: f32,
+    /// 0 disables.
+    pub top_k: usize,
+    /// 1.0 disables.
+    pub top_p: f32,
+}
+
+impl TokenSampler {
+    /// Samples from one logits row. Scores use the softmax of `logits / temp` (plain softmax when
+    /// greedy) before truncation.
+    pub fn sample(&self, logits: &[f32], rng: &mut Rng) -> Candidate {
+        let t = if self.temp > 0.0 { self.temp } else { 1.0 };
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut probs: Vec<f32> = logits.iter().map(|&x| ((x - max) / t).exp()).collect();
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= sum);
+        let entropy = -probs.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum::<f32>();
+        let (mut i1, mut p1, mut p2) = (0usize, f32::NEG_INFINITY, 0f32);
+        for (i, &p) in probs.iter().enumerate() {
+            if p > p1 {
+                (i1, p1, p2) = (i, p, p1.max(0.0));
+            } else if p > p2 {
+                p2 = p;
+            }
+        }
+        let token = if self.temp <= 0.0 { i1 } else { self.draw(&probs, rng) };
+        Candidate { token: token as u32, confidence: probs[token], margin: p1 - p2, entropy }
+    }
+
+    /// Draws from `probs` truncated by top-k and top-p.
+    fn draw(&self, probs: &[f32], rng: &mut Rng) -> usize {
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        let keep_k = if self.top_k > 0 { self.top_k.min(probs.len()) } else { probs.len() };
+        if keep_k < probs.len() {
+            order.select_nth_unstable_by(keep_k - 1, |&a, &b| probs[b].total_cmp(&probs[a]));
+            order.truncate(keep_k);
+        }
+        order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        if self.top_p < 1.0 {
+            // Keep the smallest prefix whose mass reaches top_p (at least one token).
+            let mut mass = 0.0;
+            let cut = order.iter().position(|&i| {
+                mass += probs[i];
+                mass >= self.top_p
+            });
+            order.truncate(cut.map_or(order.len(), |c| c + 1));
+        }
+        let total: f64 = order.iter().map(|&i| probs[i] as f64).sum();
+        let mut u = rng.uniform() * total;
+        for &i in &order {
+            u -= probs[i] as f64;
+            if u < 0.0 {
+                return i;
+            }
+        }
+        *order.last().expect("at least one token kept")
+    }
+}
+
+/// Decides which masked positions to commit at a step.
+pub trait Unmasker {
+    /// `cands[i]` is the candidate for the i-th still-masked position (in canvas order);
+    /// `step` counts from 0 and `steps` is the budget for the current block. Returns indices
+    /// into `cands`. On the last step of a block every remaining position must be returned.
+    fn select(&mut self, step: usize, steps: usize, cands: &[Candidate], rng: &mut Rng) -> Vec<usize>;
+}
+
+/// How many positions a linear schedule commits at `step` of `steps` when `remaining` are masked:
+/// the rest split evenly over the steps left, at least one.
+pub fn linear_quota(step: usize, steps: usize, remaining: usize) -> usize {
+    let left = steps.saturating_sub(step).max(1);
+    remaining.div_ceil(left).clamp(1.min(remaining), remaining)
+}
+
+/// The `k` highest-scoring candidates (ties to the leftmost position).
+pub fn top_k_by(cands: &[Candidate], k: usize, score: impl Fn(&Candidate) -> f32) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..cands.len()).collect();
+    idx.sort_by(|&a, &b| score(&cands[b]).total_cmp(&score(&cands[a])).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx.sort_unstable();
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_is_reproducible_and_uniform() {
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        let xs: Vec<f64> = (0..10_000).map(|_| a.uniform()).collect();
+        assert!(xs.iter().all(|&x| x == b.uniform() && (0.0..1.0).contains(&x)));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((mean - 0.5).abs() < 0.01, "{mean}");
+        assert_ne!(Rng::new(8).next_u64(), Rng::new(7).next_u64());
+    }
+
+    #[test]
+    fn greedy_scores_and_truncation() {
+        let logits = [0.0f32, 2.0, 1.0, -1.0];
+        let mut rng = Rng::new(1);
+        let c = TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0 }.sample(&logits, &mut rng);
+        let z: f32 = logits.iter().map(|x| x.exp()).sum();
+        assert_eq!(c.token, 1);
+        assert!((c.confidence - 2f32.exp() / z).abs() < 1e-6);
+        assert!((c.margin - (2f32.exp() - 1f32.exp()) / z).abs() < 1e-6);
+        // top-k 1 and a tiny top-p are greedy too, whatever the temperature.
+        for s in [TokenSampler { temp: 5.0, top_k: 1, top_p: 1.0 }, TokenSampler { temp: 0.9, top_k: 0, top_p: 0.01 }] {
+            assert!((0..200).all(|_| s.sample(&logits, &mut rng).token == 1));
+        }
+        // top-p 0.9 at temperature 1 keeps tokens 1, 2, 0 (mass 0.665+0.245+0.09 > 0.9): never 3.
+        let s = TokenSampler { temp: 1.0, top_k: 0, top_p: 0.9 };
+        let mut seen = [0usize; 4];
+        (0..4000).for_each(|_| seen[s.sample(&logits, &mut rng).token as usize] += 1);
+        assert_eq!(seen[3], 0, "{seen:?}");
+        assert!(seen[1] > seen[2] && seen[2] > seen[0] && seen[0] > 0, "{seen:?}");
+    }
+
+    #[test]
+    fn linear_quota_spreads_the_rest() {
+        let mut remaining = 10;
+        let mut per_step = Vec::new();
+        for step in 0..4 {
+            let k = linear_quota(step, 4, remaining);
+            per_step.push(k);
+            remaining -= k;
+        }
+        assert_eq!(per_step, vec![3, 3, 2, 2]);
+        assert_eq!(linear_quota(3, 4, 5), 5, "the last step takes all");
+    }
+}
