@@ -42,7 +42,11 @@ impl std::fmt::Debug for Model {
 
 impl Model {
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
-        let gguf = Gguf::open(path)?;
+        Self::from_gguf(Gguf::open(path)?, opts)
+    }
+
+    /// Loads from an already opened file (to inspect its metadata first).
+    pub fn from_gguf(gguf: Gguf, opts: &LoadOptions) -> Result<Model> {
         let arch = gguf.get_str(crate::keys::ARCHITECTURE)?;
         if arch != "llama" {
             return Err(gguf.metadata_error(crate::keys::ARCHITECTURE, format!("architecture `{arch}` is not supported (supported: llama)")));

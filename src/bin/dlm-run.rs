@@ -1,0 +1,289 @@
+//! `dlm-run`: generate text with a diffusion language model by parallel unmasking.
+//! stdout carries the generated text only; everything else goes to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+use dlm::generate::{generate, Event, Flow, Forward, GenParams};
+use dlm::sample::{Confidence, Entropy, Margin, Origin, Threshold, TokenSampler, Unmasker};
+use dlm::{keys, Gguf, LoadOptions, Model, Tokenizer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Rule {
+    /// DiffuLLaMA's own: each masked position is committed with probability 1/(t+1)
+    Origin,
+    /// the k most confident positions per step (linear schedule)
+    Confidence,
+    /// the k positions with the largest top-1 − top-2 margin
+    Margin,
+    /// the k positions with the lowest entropy
+    Entropy,
+    /// every position with confidence ≥ --threshold, at least one (Fast-dLLM); steps adapt
+    Threshold,
+}
+
+/// Generate text with a diffusion language model (DiffuLLaMA) from a GGUF file.
+///
+/// The canvas is BOS + prompt + N mask tokens (+ suffix); each step runs the whole sequence
+/// through the model and commits some masked positions, until none are left.
+#[derive(Parser, Debug)]
+#[command(name = "dlm-run", version, after_help = "Example:\n  dlm-run -m diffullama-q4.gguf -p \"Today is a wonderful day,\" -n 128")]
+struct Args {
+    /// GGUF model file
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Prompt (empty: unconditional generation)
+    #[arg(short, long, default_value = "")]
+    prompt: String,
+    /// Tokens to generate
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    n_predict: usize,
+    /// Forward passes (denoising steps)
+    #[arg(long, default_value_t = 64)]
+    steps: usize,
+    /// Which positions to commit each step
+    #[arg(long, value_enum, default_value = "origin")]
+    unmask: Rule,
+    /// Semi-autoregressive blocks of B positions, left to right [default: one block]
+    #[arg(long)]
+    block_length: Option<usize>,
+    /// Confidence threshold for --unmask threshold
+    #[arg(long, default_value_t = 0.9)]
+    threshold: f32,
+    /// Temperature (0: greedy)
+    #[arg(long, default_value_t = 0.9)]
+    temp: f32,
+    /// Top-k (0: off)
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Top-p, applied after temperature (1: off)
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// Random seed [default: random, printed on stderr]
+    #[arg(short, long)]
+    seed: Option<u64>,
+    /// CPU threads [default: all cores]
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Text after the generated span: the model infills between prompt and suffix
+    #[arg(long)]
+    suffix: Option<String>,
+    /// Mask token id [default: from the file, else 811 (DiffuLLaMA)]
+    #[arg(long)]
+    mask_id: Option<u32>,
+    /// Read predictions from the previous position's logits [default: from the file, else true]
+    #[arg(long)]
+    shift: Option<bool>,
+    /// Redraw the canvas on stderr as positions unmask (masked positions dimmed)
+    #[arg(long)]
+    visual: bool,
+    /// Print one JSON object (text, token ids, steps, timings) instead of plain text
+    #[arg(long)]
+    json: bool,
+    /// Write the first step's logits for every position as float32 .npy [seq_len, vocab]
+    #[arg(long, value_name = "PATH.npy")]
+    dump_logits: Option<PathBuf>,
+}
+
+/// Wraps the model to keep the first forward pass's logits for --dump-logits.
+struct Recording<'m> {
+    model: &'m mut Model,
+    first: Option<(usize, Vec<f32>)>,
+    keep: bool,
+}
+
+impl Forward for Recording<'_> {
+    fn forward(&mut self, tokens: &[u32]) -> dlm::Result<Vec<f32>> {
+        let logits = self.model.forward(tokens)?;
+        if self.keep && self.first.is_none() {
+            self.first = Some((tokens.len(), logits.clone()));
+        }
+        Ok(logits)
+    }
+    fn n_vocab(&self) -> usize {
+        self.model.params().n_vocab
+    }
+}
+
+fn write_npy(path: &PathBuf, rows: usize, cols: usize, data: &[f32]) -> anyhow::Result<()> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
+fn check_args(a: &Args) -> anyhow::Result<()> {
+    if a.n_predict == 0 {
+        bail!("-n must be at least 1");
+    }
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    if !(a.temp >= 0.0 && a.temp.is_finite()) {
+        bail!("--temp must be 0 (greedy) or positive, got {}", a.temp);
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], got {}", a.top_p);
+    }
+    if !(a.threshold > 0.0 && a.threshold <= 1.0) {
+        bail!("--threshold must be in (0, 1], got {}", a.threshold);
+    }
+    if a.block_length == Some(0) {
+        bail!("--block-length must be at least 1");
+    }
+    if a.json && a.visual {
+        bail!("--json and --visual cannot be combined (both describe the run)");
+    }
+    Ok(())
+}
+
+/// Diffusion settings from the file, with DiffuLLaMA defaults for GGUFs made by other tools.
+fn diffusion_settings(a: &Args, g: &Gguf) -> anyhow::Result<(u32, bool, Option<bool>)> {
+    let file_mask = g.get(keys::MASK_ID).map(|_| g.get_u32(keys::MASK_ID)).transpose()?;
+    let file_shift = g.get(keys::SHIFT_LOGITS).map(|_| g.get_bool(keys::SHIFT_LOGITS)).transpose()?;
+    let causal_key = keys::arch(g.get_str(keys::ARCHITECTURE)?, "attention.causal");
+    let mut defaulted = Vec::new();
+    let mask = a.mask_id.or(file_mask).unwrap_or_else(|| {
+        defaulted.push(format!("mask id {}", keys::DIFFULLAMA_MASK_ID));
+        keys::DIFFULLAMA_MASK_ID
+    });
+    let shift = a.shift.or(file_shift).unwrap_or_else(|| {
+        defaulted.push("shifted logits".into());
+        true
+    });
+    // Files from llama.cpp's converter say nothing about the mask: DiffuLLaMA is bidirectional.
+    let causal = if g.get(&causal_key).is_none() {
+        defaulted.push("bidirectional attention".into());
+        Some(false)
+    } else {
+        None
+    };
+    if !defaulted.is_empty() {
+        eprintln!(
+            "note: {} has no diffusion metadata; assuming DiffuLLaMA: {} (override with --mask-id / --shift)",
+            g.path().display(),
+            defaulted.join(", ")
+        );
+    }
+    Ok((mask, shift, causal))
+}
+
+fn run(a: Args) -> anyhow::Result<()> {
+    check_args(&a)?;
+    let threads = a.threads.unwrap_or_else(|| LoadOptions::default().threads).max(1);
+    let t_load = Instant::now();
+    let gguf = Gguf::open(&a.model)?;
+    let (mask_id, shift, causal) = diffusion_settings(&a, &gguf)?;
+    let mut model = Model::from_gguf(gguf, &LoadOptions { threads, causal })?;
+    if mask_id as usize >= model.params().n_vocab {
+        bail!("mask id {mask_id} is outside the {}-token vocabulary", model.params().n_vocab);
+    }
+    let tok = Tokenizer::from_gguf(model.gguf())?;
+    let load_s = t_load.elapsed().as_secs_f64();
+
+    let mut prefix = tok.encode(&a.prompt)?;
+    if prefix.is_empty() {
+        prefix.extend(tok.bos.or(Some(1)));
+    }
+    let suffix: Vec<u32> = match &a.suffix {
+        // The suffix continues the text: no BOS, and no dummy-prefix space of its own.
+        Some(s) => {
+            let ids = tok.encode(s)?;
+            ids.into_iter().skip(usize::from(tok.add_bos && tok.bos.is_some())).collect()
+        }
+        None => Vec::new(),
+    };
+    let len = prefix.len() + a.n_predict + suffix.len();
+    let n_ctx = model.params().n_ctx_train;
+    if len > n_ctx {
+        bail!("prompt ({}) + -n ({}) + suffix ({}) = {len} tokens exceeds the model's context of {n_ctx}", prefix.len(), a.n_predict, suffix.len());
+    }
+    let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    if a.seed.is_none() && !a.json {
+        eprintln!("seed: {seed}");
+    }
+    let params = GenParams {
+        n_gen: a.n_predict,
+        steps: a.steps,
+        block_length: a.block_length,
+        sampler: TokenSampler { temp: a.temp, top_k: a.top_k, top_p: a.top_p },
+        seed,
+        mask_id,
+        shift_logits: shift,
+        eos: tok.eos,
+    };
+    let mut unmasker: Box<dyn Unmasker> = match a.unmask {
+        Rule::Origin => Box::new(Origin),
+        Rule::Confidence => Box::new(Confidence),
+        Rule::Margin => Box::new(Margin),
+        Rule::Entropy => Box::new(Entropy),
+        Rule::Threshold => Box::new(Threshold(a.threshold)),
+    };
+    let mut rec = Recording { model: &mut model, first: None, keep: a.dump_logits.is_some() };
+    let start = prefix.len();
+    let gen = generate(&mut rec, &prefix, &suffix, &params, unmasker.as_mut(), |ev| {
+        let Event::Step { step, canvas, masked, .. } = ev;
+        if a.visual {
+            let shown: String = (start..start + a.n_predict)
+                .map(|i| if masked[i] { "\x1b[2m_\x1b[0m".to_string() } else { tok.decode(&canvas[i..i + 1]).unwrap_or_default() })
+                .collect();
+            let left = masked.iter().filter(|&&m| m).count();
+            eprint!("\x1b[2J\x1b[H[step {:>3}, {left} masked]\n{}{shown}\n", step + 1, a.prompt);
+        }
+        Flow::Continue
+    })?;
+    if let (Some(path), Some((rows, logits))) = (&a.dump_logits, &rec.first) {
+        write_npy(path, *rows, logits.len() / rows, logits)?;
+    }
+
+    let text = tok.decode(&gen.tokens)?;
+    let total: f64 = gen.forward_seconds.iter().sum();
+    // Timed from the second step (the first includes graph building and first-touch page faults).
+    let steady: &[f64] = if gen.forward_seconds.len() > 1 { &gen.forward_seconds[1..] } else { &gen.forward_seconds };
+    let ms_per_step = steady.iter().sum::<f64>() / steady.len() as f64 * 1e3;
+    let tps = gen.tokens.len() as f64 / total.max(1e-9);
+    if a.json {
+        let obj = serde_json::json!({
+            "text": text, "tokens": gen.tokens, "prompt_tokens": prefix, "steps": gen.steps, "seed": seed,
+            "load_ms": load_s * 1e3, "ms_per_step": ms_per_step, "tokens_per_second": tps,
+            "forward_ms": gen.forward_seconds.iter().map(|s| s * 1e3).collect::<Vec<_>>(),
+        });
+        println!("{obj}");
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}")?;
+        out.flush()?;
+        eprintln!(
+            "load {:.0} ms | {} steps, {:.1} ms/step (from step 2) | {} tokens in {:.2} s, {:.1} tokens/s",
+            load_s * 1e3,
+            gen.steps,
+            ms_per_step,
+            gen.tokens.len(),
+            total,
+            tps
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! dlm-run end to end: generation output, reproducibility, --dump-logits against the numpy
+//! reference, GGUFs written like llama.cpp's (no diffusion keys), and clear errors (exit 2).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dlm_convert::{Options, OutType, Plan};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python(args: &[&str]) {
+    let out = Command::new("python3").args(args).current_dir(root()).output().expect("python3 runs");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn tiny(dir: &Path) -> PathBuf {
+    python(&["tests/fetch_data.py"]);
+    let hf = dir.join("hf");
+    python(&["tests/make_checkpoint.py", hf.to_str().unwrap(), "--shards", "1"]);
+    hf
+}
+
+fn convert(hf: &Path, kind: OutType) -> PathBuf {
+    let out = hf.with_file_name(format!("m-{}.gguf", kind.name()));
+    Plan::new(hf, &Options { out_type: kind, mask_id: None, name: None }).unwrap().write(&out, |_, _| {}).unwrap();
+    out
+}
+
+fn dlm_run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dlm-run")).args(args).output().unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "dlm-run failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+fn read_npy(path: &Path) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap();
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    b[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn max_rel(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+#[test]
+fn generates_reproducibly_and_dumps_the_reference_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tiny(tmp.path());
+    let gguf = convert(&hf, OutType::F32);
+    let g = gguf.to_str().unwrap();
+    let npy = tmp.path().join("first.npy");
+    let base = ["-m", g, "-p", "Today is a wonderful day,", "-n", "12", "--steps", "4", "-s", "7", "-t", "2", "--json"];
+    let a = json(&dlm_run(&[&base[..], &["--dump-logits", npy.to_str().unwrap()]].concat()));
+    let b = json(&dlm_run(&base));
+    assert_eq!(a["tokens"], b["tokens"], "same seed, same output");
+    assert_eq!(a["text"], b["text"]);
+    let n_tok = a["tokens"].as_array().unwrap().len();
+    assert!(n_tok <= 12 && a["steps"].as_u64().unwrap() <= 4);
+    let c = json(&dlm_run(&[&base[..8], &["-s", "8", "-t", "2", "--json"]].concat()));
+    assert_ne!(a["tokens"], c["tokens"], "another seed, another sample");
+
+    // The first step's logits are the forward pass of BOS + prompt + 12 masks.
+    let mut canvas: Vec<String> = a["prompt_tokens"].as_array().unwrap().iter().map(|t| t.to_string()).collect();
+    canvas.extend(std::iter::repeat_n("811".to_string(), 12));
+    let reference = tmp.path().join("ref.npy");
+    python(&["tests/ref_forward.py", hf.to_str().unwrap(), "--tokens", &canvas.join(","), "--out", reference.to_str().unwrap()]);
+    let err = max_rel(&read_npy(&npy), &read_npy(&reference));
+    assert!(err < 1e-4, "dumped logits vs numpy: {err:.2e}");
+
+    // Plain mode: text on stdout, timings on stderr; suffix infilling; every rule runs.
+    for rule in ["origin", "confidence", "margin", "entropy", "threshold"] {
+        let out = dlm_run(&["-m", g, "-p", "A", "--suffix", " the end.", "-n", "6", "--steps", "3", "--unmask", rule, "-s", "1", "--block-length", "3"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && err.contains("ms/step") && err.contains("tokens/s"), "{rule}: {err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ms/step"));
+    }
+}
+
+#[test]
+fn runs_gguf_written_like_llama_cpp_without_diffusion_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tiny(tmp.path());
+    for kind in ["q8_0", "q4_0"] {
+        let gguf = tmp.path().join(format!("lcpp-{kind}.gguf"));
+        python(&["tests/pygguf_llama.py", hf.to_str().unwrap(), gguf.to_str().unwrap(), kind]);
+        let npy = tmp.path().join("d.npy");
+        let out = dlm_run(&["-m", gguf.to_str().unwrap(), "-p", "Hello", "-n", "6", "--steps", "2", "--temp", "0", "--json", "--dump-logits", npy.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.matches("no diffusion metadata").count(), 1, "said once: {err}");
+        assert!(err.contains("mask id 811") && err.contains("bidirectional"), "{err}");
+        let v = json(&out);
+        let mut canvas: Vec<String> = v["prompt_tokens"].as_array().unwrap().iter().map(|t| t.to_string()).collect();
+        canvas.extend(std::iter::repeat_n("811".to_string(), 6));
+        let reference = tmp.path().join("r.npy");
+        python(&["tests/ref_forward.py", hf.to_str().unwrap(), "--tokens", &canvas.join(","), "--out", reference.to_str().unwrap(), "--gguf", gguf.to_str().unwrap()]);
+        let e = max_rel(&read_npy(&npy), &read_npy(&reference));
+        println!("{kind} (gguf writer, llama.cpp layout) vs its dequantized weights: {e:.2e}");
+        assert!(e < 0.03, "{kind}: {e:.2e}");
+    }
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tiny(tmp.path());
+    let gguf = convert(&hf, OutType::Q8_0);
+    let g = gguf.to_str().unwrap();
+    std::fs::write(tmp.path().join("x.gguf"), b"definitely not").unwrap();
+    let x = tmp.path().join("x.gguf");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["-m", "/no/such.gguf"], "/no/such.gguf"),
+        (vec!["-m", x.to_str().unwrap()], "bad magic"),
+        (vec!["-m", g, "--steps", "0"], "--steps"),
+        (vec!["-m", g, "--top-p", "1.5"], "--top-p"),
+        (vec!["-m", g, "--threshold", "0"], "--threshold"),
+        (vec!["-m", g, "--json", "--visual"], "cannot be combined"),
+        (vec!["-m", g, "-n", "5000"], "exceeds the model's context of 2048"),
+        (vec!["-m", g, "--mask-id", "40000"], "outside the 32000-token vocabulary"),
+    ];
+    for (args, needle) in cases {
+        let out = dlm_run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: ") && err.contains(needle) && err.lines().count() == 1, "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
