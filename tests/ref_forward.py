@@ -5,6 +5,7 @@ rotate-half RoPE, RMSNorm, SwiGLU, grouped KV heads, and attention that is bidir
 (DiffuLLaMA) unless --causal.
 
     python3 tests/ref_forward.py HF_DIR --tokens 1,450,11148 --out logits.npy [--causal] [--gguf FILE]
+    python3 tests/ref_forward.py --gguf FILE --tokens ... --out logits.npy [--causal]   (config from FILE)
 
 Writes float32 logits of shape [n_tokens, vocab] (row i is the model's output at position i).
 With --gguf, the weights are instead FILE's, dequantized by PyPI `gguf` and mapped back to the
@@ -70,6 +71,17 @@ def forward(cfg, w, tokens, causal=False):
     return x @ head.T
 
 
+def config_from_gguf(path):
+    import gguf
+    r = gguf.GGUFReader(path)
+    a = r.fields["general.architecture"].contents()
+    f = lambda k, d=None: r.fields[f"{a}.{k}"].contents() if f"{a}.{k}" in r.fields else d  # noqa: E731
+    return {"hidden_size": f("embedding_length"), "num_attention_heads": f("attention.head_count"),
+            "num_key_value_heads": f("attention.head_count_kv", f("attention.head_count")),
+            "num_hidden_layers": f("block_count"), "rms_norm_eps": f("attention.layer_norm_rms_epsilon"),
+            "rope_theta": f("rope.freq_base", 10000.0)}
+
+
 def load_gguf_as_hf(path, cfg):
     import gguf
     r = gguf.GGUFReader(path)
@@ -100,13 +112,13 @@ def load_gguf_as_hf(path, cfg):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("hf", type=Path)
+    ap.add_argument("hf", type=Path, nargs="?", help="HF checkpoint folder (config.json; weights unless --gguf)")
     ap.add_argument("--tokens", required=True, help="comma-separated token ids")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--gguf", type=Path, help="use this GGUF's dequantized weights")
     args = ap.parse_args()
-    cfg = json.loads((args.hf / "config.json").read_text())
+    cfg = json.loads((args.hf / "config.json").read_text()) if args.hf else config_from_gguf(args.gguf)
     tokens = [int(t) for t in args.tokens.split(",")]
     weights = load_gguf_as_hf(args.gguf, cfg) if args.gguf else load_source(args.hf)
     logits = forward(cfg, weights, tokens, args.causal)
