@@ -2,47 +2,13 @@
 //! the unpermuted source weights), on small random DiffuLLaMA checkpoints converted to each type.
 //! Prints, per type, the max relative error and the top-1 agreement the bounds below come from.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{argmax, checkpoint, convert, python, read_npy};
 use dlm::{LoadOptions, Model};
-use dlm_convert::{Options, OutType, Plan};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python(args: &[&str]) {
-    let out = Command::new("python3").args(args).current_dir(root()).output().expect("python3 runs");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn checkpoint(dir: &Path, extra: &[&str]) {
-    python(&["tests/fetch_data.py"]);
-    let mut args = vec!["tests/make_checkpoint.py", dir.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    python(&args);
-}
-
-fn convert(hf: &Path, kind: OutType) -> PathBuf {
-    let out = hf.with_file_name(format!("{}-{}.gguf", hf.file_name().unwrap().to_string_lossy(), kind.name()));
-    let plan = Plan::new(hf, &Options { out_type: kind, mask_id: None, name: None }).unwrap();
-    plan.write(&out, |_, _| {}).unwrap();
-    out
-}
-
-/// A float32 C-order .npy file: (shape, data).
-fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..6], b"\x93NUMPY");
-    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
-    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
-    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
-    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape = shape_str.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
-    let data = b[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    (shape, data)
-}
+use dlm_convert::OutType;
 
 /// Reference logits from the source weights, or from `gguf`'s dequantized weights.
 fn reference(hf: &Path, tokens: &[u32], causal: bool, gguf: Option<&Path>) -> Vec<f32> {
@@ -69,7 +35,6 @@ fn compare(got: &[f32], want: &[f32], n_vocab: usize) -> (f32, f32) {
     let sq = |it: &mut dyn Iterator<Item = f32>| it.map(|x| x as f64 * x as f64).sum::<f64>();
     let rms = (sq(&mut got.iter().zip(want).map(|(a, b)| a - b)) / sq(&mut want.iter().copied())).sqrt();
     print!("rms relative error {rms:.2e}; ");
-    let argmax = |r: &[f32]| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
     let rows = want.len() / n_vocab;
     let same = (0..rows).filter(|&i| argmax(&got[i * n_vocab..][..n_vocab]) == argmax(&want[i * n_vocab..][..n_vocab])).count();
     (err / scale, same as f32 / rows as f32)

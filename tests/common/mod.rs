@@ -1,0 +1,48 @@
+//! Helpers shared by the integration tests: running the Python references and reading .npy.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `python3 args...` in the repository root; panics with its stderr on failure.
+pub fn python(args: &[&str]) {
+    let out = Command::new("python3").args(args).current_dir(root()).output().expect("python3 runs");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A small random DiffuLLaMA checkpoint at `dir` (tests/make_checkpoint.py with `extra` flags).
+pub fn checkpoint(dir: &Path, extra: &[&str]) {
+    python(&["tests/fetch_data.py"]);
+    let mut args = vec!["tests/make_checkpoint.py", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    python(&args);
+}
+
+/// Converts `hf` with dlm-convert's library to a GGUF beside it.
+pub fn convert(hf: &Path, kind: dlm_convert::OutType) -> PathBuf {
+    let out = hf.with_file_name(format!("{}-{}.gguf", hf.file_name().unwrap().to_string_lossy(), kind.name()));
+    let opts = dlm_convert::Options { out_type: kind, mask_id: None, name: None };
+    dlm_convert::Plan::new(hf, &opts).unwrap().write(&out, |_, _| {}).unwrap();
+    out
+}
+
+/// A float32 C-order .npy file: (shape, data).
+pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..6], b"\x93NUMPY");
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
+    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape = shape_str.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let data = b[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    (shape, data)
+}
+
+pub fn argmax(r: &[f32]) -> usize {
+    r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
+}
