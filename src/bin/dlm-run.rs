@@ -190,6 +190,14 @@ fn run(a: Args) -> anyhow::Result<()> {
         bail!("mask id {mask_id} is outside the {}-token vocabulary", model.params().n_vocab);
     }
     let tok = Tokenizer::from_gguf(model.gguf())?;
+    if tok.vocab_size() != model.params().n_vocab {
+        bail!(
+            "{}: the tokenizer has {} tokens but the model's vocabulary is {}",
+            a.model.display(),
+            tok.vocab_size(),
+            model.params().n_vocab
+        );
+    }
     let load_s = t_load.elapsed().as_secs_f64();
 
     let mut prefix = tok.encode(&a.prompt)?;
