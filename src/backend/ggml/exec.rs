@@ -125,7 +125,6 @@ pub struct Builder<'c> {
 
 macro_rules! node {
     ($b:expr, $call:expr) => {{
-        let _ = &$b;
         // SAFETY: every operand is a live tensor of the weight context or of this builder's
         // context (TensorRef invariant), and models validate shapes at load, so ggml's shape
         // assertions hold; the context was sized for GRAPH_SIZE nodes.
