@@ -7,9 +7,11 @@
 
 mod context;
 mod exec;
+mod llamacpp;
 
 pub use context::{Context, Graph, Tensor};
 pub use exec::{Builder, Executor, TensorRef, Weights};
+pub use llamacpp::LlamaCpp;
 
 use llama_cpp_sys_2 as sys;
 
