@@ -185,7 +185,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     let t_load = Instant::now();
     let gguf = Gguf::open(&a.model)?;
     let (mask_id, shift, causal) = diffusion_settings(&a, &gguf)?;
-    let mut model = Model::from_gguf(gguf, &LoadOptions { threads, causal })?;
+    let mut model = Model::from_gguf(gguf, &LoadOptions { threads, causal, ..Default::default() })?;
     if mask_id as usize >= model.params().n_vocab {
         bail!("mask id {mask_id} is outside the {}-token vocabulary", model.params().n_vocab);
     }

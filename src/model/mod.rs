@@ -17,11 +17,18 @@ pub struct LoadOptions {
     pub threads: usize,
     /// Overrides the file's attention mask (`{arch}.attention.causal`).
     pub causal: Option<bool>,
+    /// Copy matmul weights whose type has interleaved CPU kernels (Q4_0, Q4_K, IQ4_NL on AVX2)
+    /// into ggml's repacked layout at load: faster matmuls for one extra copy of those weights
+    /// in RAM. Off: every weight is used in place from the memory map.
+    pub repack: bool,
+    /// Bidirectional attention through ggml's flash attention (the default) rather than
+    /// explicit scores and soft-max (what llama.cpp runs with flash attention off).
+    pub flash_attn: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { threads: std::thread::available_parallelism().map_or(1, |n| n.get()), causal: None }
+        LoadOptions { threads: std::thread::available_parallelism().map_or(1, |n| n.get()), causal: None, repack: true, flash_attn: true }
     }
 }
 
@@ -30,7 +37,7 @@ pub struct Model {
     // Field order is drop order: graphs, then weight tensors, then the map they point into.
     executor: Executor,
     llama: Llama<TensorRef>,
-    _weights: Weights,
+    weights: Weights,
     gguf: Gguf,
 }
 
@@ -52,13 +59,20 @@ impl Model {
             return Err(gguf.metadata_error(crate::keys::ARCHITECTURE, format!("architecture `{arch}` is not supported (supported: llama)")));
         }
         let params = LlamaParams::from_gguf(&gguf, opts.causal)?;
-        let weights = Weights::map(&gguf)?;
+        // The embedding is read by row lookups, which need the file's layout; every other matrix
+        // is only ever the weight of a matmul.
+        let weights = Weights::map(&gguf, |t| opts.repack && t.name != "token_embd.weight")?;
         let llama = Llama::load(&gguf, params, |name| weights.get(name))?;
-        Ok(Model { executor: Executor::cpu(opts.threads)?, llama, _weights: weights, gguf })
+        Ok(Model { executor: Executor::cpu(opts.threads, opts.flash_attn)?, llama, weights, gguf })
     }
 
     pub fn params(&self) -> &LlamaParams {
         &self.llama.p
+    }
+
+    /// Weight matrices copied into ggml's repacked CPU layout at load (see [`LoadOptions::repack`]).
+    pub fn repacked_tensors(&self) -> usize {
+        self.weights.n_repacked()
     }
 
     pub fn gguf(&self) -> &Gguf {

@@ -63,12 +63,19 @@ pub struct Weights {
     // Never read: it owns the tensor headers the handles in `tensors` point to.
     _ctx: Context,
     _buffer: Buffer,
+    _packed: Option<Buffer>,
     tensors: HashMap<String, TensorRef>,
+    n_repacked: usize,
 }
 
 impl Weights {
-    /// Wraps every tensor of `gguf` (zero-copy: data stays in the memory map).
-    pub fn map(gguf: &Gguf) -> Result<Weights> {
+    /// Wraps every tensor of `gguf`. Tensors for which `repack` says yes (matrices used only as
+    /// the weight of a matmul) are copied once into ggml's CPU_REPACK buffer when this CPU has
+    /// interleaved kernels for their type (Q4_0, Q4_K and IQ4_NL on AVX2), which llama.cpp does
+    /// too and which makes those matmuls much faster; every other tensor stays zero-copy in
+    /// the memory map.
+    pub fn map(gguf: &Gguf, repack: impl Fn(&TensorInfo) -> bool) -> Result<Weights> {
+        super::init_logging();
         let ctx = Context::metadata_only(gguf.tensors().len() + 1, false)?;
         let mut tensors = HashMap::with_capacity(gguf.tensors().len());
         for info in gguf.tensors() {
@@ -76,6 +83,14 @@ impl Weights {
             tensors.insert(info.name.clone(), t);
         }
         let data = gguf.data_section();
+        let candidates: Vec<&TensorInfo> = match repack_buffer_type() {
+            Some(buft) => gguf.tensors().iter().filter(|i| i.shape.len() == 2 && repack(i) && repackable(buft, i)).collect(),
+            None => Vec::new(),
+        };
+        let mut packed = None;
+        if let (Some(buft), false) = (repack_buffer_type(), candidates.is_empty()) {
+            packed = Some(fill_repacked(buft, data, &candidates, &tensors)?);
+        }
         // SAFETY: `data` is the mapped data section, alive as long as `gguf` (the model keeps the
         // Gguf alive longer than its Weights). The CPU backend never writes to weight tensors
         // (they are only sources of ops), so handing ggml a mutable pointer to read-only pages is
@@ -83,6 +98,9 @@ impl Weights {
         let buf = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(data.as_ptr() as *mut _, data.len().max(1)) };
         let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml("cannot wrap the model map as a buffer".into()))?);
         for info in gguf.tensors() {
+            if candidates.iter().any(|c| c.name == info.name) {
+                continue;
+            }
             let t = tensors[&info.name];
             let addr = tensor_addr(data, info);
             // SAFETY: `addr` points at `info.size` bytes inside the buffer's range (the reader
@@ -93,12 +111,101 @@ impl Weights {
                 return Err(gguf.tensor_error(&info.name, format!("ggml refused to place the tensor (status {status})")));
             }
         }
-        Ok(Weights { _ctx: ctx, _buffer: buffer, tensors })
+        Ok(Weights { _ctx: ctx, _buffer: buffer, _packed: packed, tensors, n_repacked: candidates.len() })
     }
 
     pub fn get(&self, name: &str) -> Option<TensorRef> {
         self.tensors.get(name).copied()
     }
+
+    /// How many tensors were repacked for the CPU's interleaved kernels.
+    pub fn n_repacked(&self) -> usize {
+        self.n_repacked
+    }
+}
+
+/// ggml's `CPU_REPACK` buffer type, if this build and CPU have one.
+fn repack_buffer_type() -> Option<sys::ggml_backend_buffer_type_t> {
+    // SAFETY: the CPU registry is static; device 0 is the CPU; the proc address, when present,
+    // has the documented `ggml_backend_dev_get_extra_bufts_t` signature and returns a
+    // null-terminated array of static buffer types.
+    unsafe {
+        let reg = sys::ggml_backend_cpu_reg();
+        let dev = sys::ggml_backend_reg_dev_get(reg, 0);
+        let f = sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_dev_get_extra_bufts".as_ptr());
+        if f.is_null() || dev.is_null() {
+            return None;
+        }
+        let f: sys::ggml_backend_dev_get_extra_bufts_t = std::mem::transmute(f);
+        let mut p = f?(dev);
+        while !p.is_null() && !(*p).is_null() {
+            if std::ffi::CStr::from_ptr(sys::ggml_backend_buft_name(*p)).to_bytes() == b"CPU_REPACK" {
+                return Some(*p);
+            }
+            p = p.add(1);
+        }
+        None
+    }
+}
+
+/// Whether ggml has an interleaved layout for `info` on this CPU: a probe header placed in a
+/// scratch repack buffer gets its kernel table (`extra`) set exactly when one exists.
+fn repackable(buft: sys::ggml_backend_buffer_type_t, info: &TensorInfo) -> bool {
+    let Ok(ctx) = Context::metadata_only(1, false) else { return false };
+    let Ok(t) = ctx.new_header(info.ggml_type, &info.shape) else { return false };
+    // SAFETY: `t` is a live header; the buffer is allocated for exactly its size (memory that
+    // is never written, so never touched), the header placed at its base, and both are freed here.
+    unsafe {
+        let size = sys::ggml_backend_buft_get_alloc_size(buft, t.ptr());
+        let Some(probe) = NonNull::new(sys::ggml_backend_buft_alloc_buffer(buft, size)) else { return false };
+        let probe = Buffer(probe);
+        let base = sys::ggml_backend_buffer_get_base(probe.0.as_ptr());
+        let ok = sys::ggml_backend_tensor_alloc(probe.0.as_ptr(), t.ptr(), base) == 0 && !(*t.ptr()).extra.is_null();
+        drop(probe);
+        ok
+    }
+}
+
+/// One repack buffer holding `candidates`, each converted from its bytes in the map (in
+/// parallel: every tensor is repacked independently into its own range).
+fn fill_repacked(
+    buft: sys::ggml_backend_buffer_type_t,
+    data: &[u8],
+    candidates: &[&TensorInfo],
+    tensors: &HashMap<String, TensorRef>,
+) -> Result<Buffer> {
+    // SAFETY: plain queries on a static buffer type and live headers.
+    let align = unsafe { sys::ggml_backend_buft_get_alignment(buft) }.max(1);
+    let mut offsets = Vec::with_capacity(candidates.len());
+    let mut total = 0usize;
+    for c in candidates {
+        offsets.push(total);
+        // SAFETY: as above.
+        total += unsafe { sys::ggml_backend_buft_get_alloc_size(buft, tensors[&c.name].ptr()) }.next_multiple_of(align);
+    }
+    // SAFETY: allocates `total` bytes of the repack type; checked for null.
+    let buffer = NonNull::new(unsafe { sys::ggml_backend_buft_alloc_buffer(buft, total) })
+        .map(Buffer)
+        .ok_or_else(|| Error::Ggml(format!("cannot allocate {} MiB for repacked weights", total >> 20)))?;
+    // SAFETY: a live buffer.
+    let base = unsafe { sys::ggml_backend_buffer_get_base(buffer.0.as_ptr()) } as usize;
+    for (c, off) in candidates.iter().zip(&offsets) {
+        // SAFETY: each header gets its own aligned range of the buffer, sized by the buffer type.
+        let status = unsafe { sys::ggml_backend_tensor_alloc(buffer.0.as_ptr(), tensors[&c.name].ptr(), (base + off) as *mut _) };
+        if status != 0 {
+            return Err(Error::Ggml(format!("tensor `{}`: cannot place it in the repack buffer (status {status})", c.name)));
+        }
+    }
+    use rayon::prelude::*;
+    let jobs: Vec<(usize, usize, usize)> =
+        candidates.iter().map(|c| (tensors[&c.name].ptr() as usize, c.offset as usize, c.size as usize)).collect();
+    jobs.par_iter().for_each(|&(t, offset, size)| {
+        // SAFETY: `t` is a live header allocated in the repack buffer above with a kernel table
+        // (probed), `data[offset..offset + size]` is exactly its bytes in the map (validated by
+        // the reader), and every job writes only its own tensor's range, so jobs may run at once.
+        unsafe { sys::ggml_backend_tensor_set(t as *mut sys::ggml_tensor, data[offset..offset + size].as_ptr().cast(), 0, size) };
+    });
+    Ok(buffer)
 }
 
 fn tensor_addr(data: &[u8], info: &TensorInfo) -> *mut std::ffi::c_void {
@@ -121,6 +228,7 @@ impl Context {
 pub struct Builder<'c> {
     ctx: &'c Context,
     inputs: Vec<TensorRef>,
+    flash_attn: bool,
 }
 
 macro_rules! node {
@@ -185,11 +293,18 @@ impl Ops for Builder<'_> {
         let c = self.ctx.raw();
         // SAFETY: `q` is a live tensor (TensorRef invariant); reading its header is plain access.
         let [hd, n_head, n, _] = unsafe { q.0.as_ref() }.ne;
+        let scale = 1.0 / (hd as f32).sqrt();
         let q = node!(self, sys::ggml_permute(c, q.ptr(), 0, 2, 1, 3)); // [hd, n, n_head]
         let k = node!(self, sys::ggml_permute(c, k.ptr(), 0, 2, 1, 3)); // [hd, n, n_head_kv]
+        if !causal && self.flash_attn {
+            // Bidirectional: no mask at all, so ggml's tiled flash attention applies; it never
+            // materializes the n × n scores per head.
+            let v = node!(self, sys::ggml_permute(c, v.ptr(), 0, 2, 1, 3)); // [hd, n, n_head_kv]
+            let o = node!(self, sys::ggml_flash_attn_ext(c, q.ptr(), k.ptr(), v.ptr(), std::ptr::null_mut(), scale, 0.0, 0.0));
+            return node!(self, sys::ggml_reshape_2d(c, o.ptr(), hd * n_head, n)); // [hd * n_head, n]
+        }
         let kq = node!(self, sys::ggml_mul_mat(c, k.ptr(), q.ptr())); // [n_kv, n, n_head]
         let kq = if causal { node!(self, sys::ggml_diag_mask_inf(c, kq.ptr(), 0)) } else { kq };
-        let scale = 1.0 / (hd as f32).sqrt();
         let kq = node!(self, sys::ggml_soft_max_ext(c, kq.ptr(), std::ptr::null_mut(), scale, 0.0));
         let vt = node!(self, sys::ggml_permute(c, v.ptr(), 1, 2, 0, 3)); // [n, hd, n_head_kv]
         let vt = node!(self, sys::ggml_cont(c, vt.ptr()));
@@ -235,12 +350,15 @@ struct CachedGraph {
 /// Builds, caches and runs graphs on the CPU backend.
 pub struct Executor {
     cached: Option<CachedGraph>,
+    flash_attn: bool,
     galloc: Gallocr,
     backend: CpuBackend,
 }
 
 impl Executor {
-    pub fn cpu(threads: usize) -> Result<Executor> {
+    /// `flash_attn`: bidirectional attention through `ggml_flash_attn_ext` (O(n) memory per
+    /// head) rather than scores, soft-max and a second matmul.
+    pub fn cpu(threads: usize, flash_attn: bool) -> Result<Executor> {
         // SAFETY: creates a new CPU backend; checked for null.
         let backend = CpuBackend(NonNull::new(unsafe { sys::ggml_backend_cpu_init() }).ok_or_else(|| Error::Ggml("ggml_backend_cpu_init failed".into()))?);
         // SAFETY: a live CPU backend.
@@ -249,7 +367,7 @@ impl Executor {
         let buft = unsafe { sys::ggml_backend_cpu_buffer_type() };
         // SAFETY: a valid buffer type; checked for null.
         let galloc = Gallocr(NonNull::new(unsafe { sys::ggml_gallocr_new(buft) }).ok_or_else(|| Error::Ggml("ggml_gallocr_new failed".into()))?);
-        Ok(Executor { cached: None, galloc, backend })
+        Ok(Executor { cached: None, flash_attn, galloc, backend })
     }
 
     /// Runs the graph `build` makes for `n` tokens (built once per `n`, then reused), with
@@ -264,7 +382,7 @@ impl Executor {
         if self.cached.as_ref().map(|c| c.n) != Some(n) {
             self.cached = None;
             let ctx = Context::metadata_only(GRAPH_SIZE, true)?;
-            let mut b = Builder { ctx: &ctx, inputs: Vec::new() };
+            let mut b = Builder { ctx: &ctx, inputs: Vec::new(), flash_attn: self.flash_attn };
             let output = build(&mut b);
             let inputs = b.inputs;
             // SAFETY: a live tensor of `ctx`.

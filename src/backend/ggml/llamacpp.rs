@@ -52,21 +52,44 @@ fn init_once() {
     });
 }
 
+/// How to run llama.cpp. [`LlamaCppOptions::new`] gives its defaults, which is what
+/// `llama-diffusion-cli` runs.
+#[derive(Clone, Copy, Debug)]
+pub struct LlamaCppOptions {
+    pub threads: usize,
+    /// Longest sequence; all of it goes in one micro-batch (non-causal attention requires it).
+    pub n_ctx: usize,
+    /// K/V cache in f16 (llama.cpp's default) rather than f32.
+    pub f16_cache: bool,
+    /// Flash attention when the backend supports it (llama.cpp's default: auto).
+    pub flash_attn: bool,
+    /// Repack weights for the CPU's interleaved kernels (llama.cpp's default).
+    pub repack: bool,
+}
+
+impl LlamaCppOptions {
+    pub fn new(threads: usize, n_ctx: usize) -> LlamaCppOptions {
+        LlamaCppOptions { threads, n_ctx, f16_cache: true, flash_attn: true, repack: true }
+    }
+
+    /// The arithmetic of our graph with `flash_attn: false`: f32 cache, scores and soft-max
+    /// attention; `repack` as ours.
+    pub fn same_arithmetic(threads: usize, n_ctx: usize, repack: bool) -> LlamaCppOptions {
+        LlamaCppOptions { threads, n_ctx, f16_cache: false, flash_attn: false, repack }
+    }
+}
+
 impl LlamaCpp {
-    /// Loads `path` on the CPU with room for sequences of up to `n_ctx` tokens, all in one
-    /// micro-batch (llama.cpp's non-causal attention requires it), attention made bidirectional.
-    ///
-    /// `exact = false` keeps llama.cpp's defaults (what `llama-diffusion-cli` runs: f16 K/V
-    /// cache, flash attention when supported, weights repacked for the CPU's kernels).
-    /// `exact = true` turns those three off, so llama.cpp does the same arithmetic as our graph.
-    pub fn load(path: &Path, threads: usize, n_ctx: usize, exact: bool) -> Result<LlamaCpp> {
+    /// Loads `path` on the CPU, attention made bidirectional.
+    pub fn load(path: &Path, o: &LlamaCppOptions) -> Result<LlamaCpp> {
+        let (threads, n_ctx) = (o.threads, o.n_ctx);
         init_once();
         let c_path = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| Error::Invalid(format!("{}: path contains a NUL byte", path.display())))?;
         // SAFETY: returns a plain struct of defaults.
         let mut mp = unsafe { sys::llama_model_default_params() };
         mp.n_gpu_layers = 0;
-        mp.use_extra_bufts = !exact;
+        mp.use_extra_bufts = o.repack;
         // SAFETY: a NUL-terminated path and valid parameters; null is checked.
         let model = NonNull::new(unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), mp) })
             .ok_or_else(|| Error::Ggml(format!("{}: llama.cpp could not load the model (set DLM_LLAMA_LOG=1 to see why)", path.display())))?;
@@ -77,8 +100,10 @@ impl LlamaCpp {
         cp.n_threads = threads.clamp(1, 512) as i32;
         cp.n_threads_batch = cp.n_threads;
         cp.no_perf = true;
-        if exact {
+        if !o.flash_attn {
             cp.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        }
+        if !o.f16_cache {
             (cp.type_k, cp.type_v) = (sys::GGML_TYPE_F32, sys::GGML_TYPE_F32);
         }
         // SAFETY: a live model and valid parameters; null is checked.

@@ -11,7 +11,7 @@ mod llamacpp;
 
 pub use context::{Context, Graph, Tensor};
 pub use exec::{Builder, Executor, TensorRef, Weights};
-pub use llamacpp::LlamaCpp;
+pub use llamacpp::{LlamaCpp, LlamaCppOptions};
 
 use llama_cpp_sys_2 as sys;
 
@@ -142,5 +142,25 @@ mod tests {
         assert!(quantize(GgmlType::Q4_0, &src, 100, &mut vec![0u8; 100]).is_err()); // 100 % 32 != 0
         assert!(quantize(GgmlType::Q4_0, &src[..96], 32, &mut vec![0u8; 10]).is_err()); // wrong dst size
         assert!(quantize(GgmlType::IQ2_XXS, &src, 100, &mut []).is_err()); // needs an imatrix
+    }
+}
+
+/// Routes ggml's log: warnings and errors to stderr, chatter (debug, info: one line per repacked
+/// tensor, buffer sizes) dropped unless `DLM_GGML_LOG` is set. Installed once, before the first
+/// model loads.
+pub(crate) fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("DLM_GGML_LOG").is_none() {
+            // SAFETY: `log` is a valid callback for the whole program and ignores its user data.
+            unsafe { sys::ggml_log_set(Some(log), std::ptr::null_mut()) };
+        }
+    });
+}
+
+unsafe extern "C" fn log(level: sys::ggml_log_level, text: *const std::os::raw::c_char, _user: *mut std::ffi::c_void) {
+    if (level == sys::GGML_LOG_LEVEL_WARN || level == sys::GGML_LOG_LEVEL_ERROR) && !text.is_null() {
+        // SAFETY: ggml passes a NUL-terminated message that lives for the call.
+        eprint!("ggml: {}", unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy());
     }
 }

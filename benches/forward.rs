@@ -1,0 +1,70 @@
+//! One forward pass over the whole sequence (the cost of every diffusion step), dlm against
+//! llama.cpp in the same run on the same GGUF: 7B-shaped layers (hidden 4096, 32 heads, FFN
+//! 11008, vocabulary 32000, 2 layers, random weights), q4_0 and q8_0, 128/256/512 tokens.
+//!
+//! The peer is llama.cpp's own `llama_decode` of the same tokens with bidirectional attention
+//! and logits for every position (what `llama-diffusion-cli` does each step), with its default
+//! settings: f16 K/V cache, flash attention, Q4_0 repacked for the CPU. Runs alternate between
+//! the two so drift in the machine's speed hits both; the median of `DLM_BENCH_REPS` (default 3)
+//! runs after one warm-up each is reported.
+//!
+//!     cargo bench --bench forward              # all cases (~5 min on 2 cores)
+//!     cargo bench --bench forward -- q4_0/128  # a subset
+
+mod common;
+
+use common::{gguf, llama7b_2l, median, selected, threads, time};
+use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
+use dlm::{LoadOptions, Model};
+use dlm_convert::OutType;
+
+fn main() {
+    let reps: usize = std::env::var("DLM_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
+    let hf = llama7b_2l();
+    let threads = threads();
+    println!("forward pass, 7B-shaped layers x2, {threads} threads, median of {reps}");
+    println!("{:<12} {:>10} {:>10} {:>10} {:>10} {:>12}", "case", "dlm ms", "llama ms", "dlm GF/s", "llama GF/s", "dlm/llama");
+    for kind in [OutType::Q4_0, OutType::Q8_0] {
+        let lengths: Vec<usize> = [128, 256, 512].into_iter().filter(|n| selected(&format!("{}/{n}", kind.name()))).collect();
+        if lengths.is_empty() {
+            continue;
+        }
+        let file = gguf(&hf, kind);
+        let mut ours = Model::load(&file, &LoadOptions { threads, ..Default::default() }).unwrap();
+        let mut peer = LlamaCpp::load(&file, &LlamaCppOptions::new(threads, 512)).unwrap();
+        let p = ours.params().clone();
+        for n in lengths {
+            let tokens: Vec<u32> = (0..n as u32).map(|i| if i == 0 { 1 } else { 811 + (i * 7919) % 3000 }).collect();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for rep in 0..=reps {
+                let (ta, la) = time(|| ours.forward(&tokens).unwrap());
+                let (tb, lb) = time(|| peer.forward(&tokens).unwrap());
+                assert_eq!(la.len(), lb.len());
+                if rep > 0 {
+                    a.push(ta);
+                    b.push(tb);
+                }
+            }
+            let (ta, tb) = (median(a), median(b));
+            let gf = flops(&p, n) / 1e9;
+            println!(
+                "{:<12} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>11.2}x",
+                format!("{}/{n}", kind.name()),
+                ta * 1e3,
+                tb * 1e3,
+                gf / ta,
+                gf / tb,
+                ta / tb
+            );
+        }
+    }
+}
+
+/// Multiply-adds ×2 of one forward pass of `n` tokens: projections, attention scores and
+/// values, FFN, and the LM head over every position.
+fn flops(p: &dlm::model::LlamaParams, n: usize) -> f64 {
+    let (e, q, kv, ff, v) = (p.n_embd, p.n_head * p.head_dim(), p.n_head_kv * p.head_dim(), p.n_ff, p.n_vocab);
+    let per_layer = e * q + 2 * e * kv + q * e + 3 * e * ff;
+    let attention = 2 * n * q; // scores and weighted values, per token
+    2.0 * n as f64 * (p.n_layer * (per_layer + attention) + e * v) as f64
+}
