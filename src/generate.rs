@@ -12,10 +12,47 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::sample::{Candidate, Rng, TokenSampler, Unmasker};
 
-/// Anything that maps a token sequence to logits (`n × n_vocab`, row-major).
+/// Which positions a forward pass computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Every position, nothing kept.
+    Full,
+    /// Every position, keys and values kept for later [`Pass::Reuse`] passes on a sequence of
+    /// the same length.
+    Store,
+    /// Only positions `start..end`; every other position is represented by its keys/values from
+    /// the last [`Pass::Store`] (an approximation once those positions' context has changed:
+    /// Fast-dLLM's prefix and dual caches).
+    Reuse { start: usize, end: usize },
+}
+
+impl Pass {
+    /// The first computed position.
+    pub fn start(self) -> usize {
+        match self {
+            Pass::Reuse { start, .. } => start,
+            _ => 0,
+        }
+    }
+}
+
+/// Anything that maps a token sequence to logits (row-major, `n_vocab` per row).
 pub trait Forward {
+    /// Logits of every position: `tokens.len() × n_vocab`.
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
     fn n_vocab(&self) -> usize;
+    /// Logits of the positions `rows` (in that order), or of every computed position when
+    /// `None`, computing what `pass` says. The default computes everything exactly (a model
+    /// without a cache or a restricted LM head) and picks the rows out.
+    fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
+        let all = self.forward(tokens)?;
+        let v = self.n_vocab();
+        Ok(match (pass, rows) {
+            (_, Some(rows)) => rows.iter().flat_map(|&r| all[r * v..(r + 1) * v].iter().copied()).collect(),
+            (Pass::Reuse { start, end }, None) => all[start * v..end * v].to_vec(),
+            (_, None) => all,
+        })
+    }
 }
 
 #[cfg(feature = "ggml")]
@@ -26,6 +63,23 @@ impl Forward for crate::Model {
     fn n_vocab(&self) -> usize {
         self.params().n_vocab
     }
+    fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
+        crate::Model::forward_rows(self, tokens, pass, rows)
+    }
+}
+
+/// Fast-dLLM's approximate key/value caches for block decoding. Each block's first step is a
+/// full pass that refreshes the cache; its other steps compute only some positions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Cache {
+    /// Every step computes every position (exact).
+    #[default]
+    None,
+    /// The prompt and finished blocks come from the cache; the current block and everything
+    /// after it are computed.
+    Prefix,
+    /// Only the current block is computed; the prefix and the (masked) suffix come from the cache.
+    Dual,
 }
 
 /// Everything that shapes a generation.
@@ -43,6 +97,10 @@ pub struct GenParams {
     pub shift_logits: bool,
     /// Once committed, positions after it are final and the output stops there.
     pub eos: Option<u32>,
+    pub cache: Cache,
+    /// Run the LM head on every position rather than only the rows the sampler reads
+    /// (same tokens, slower: for measuring what the restriction saves).
+    pub full_lm_head: bool,
 }
 
 /// Progress reports; the callback returns whether to go on.
@@ -101,16 +159,30 @@ pub fn generate(
             if positions.is_empty() {
                 break;
             }
+            let shift = usize::from(p.shift_logits);
+            let rows: Vec<usize> = positions.iter().map(|&i| i - shift).collect();
+            let pass = match p.cache {
+                Cache::None => Pass::Full,
+                _ if s == 0 => Pass::Store,
+                Cache::Prefix => Pass::Reuse { start: range.start - shift, end: canvas.len() },
+                Cache::Dual => Pass::Reuse { start: range.start - shift, end: range.end },
+            };
             let t0 = Instant::now();
-            let logits = model.forward(&canvas)?;
+            // Logits row of the k-th masked position.
+            let (logits, row_of): (Vec<f32>, Box<dyn Fn(usize) -> usize + Sync>) = if p.full_lm_head {
+                let first = pass.start();
+                (model.forward_rows(&canvas, pass, None)?, Box::new(move |k| rows[k] - first))
+            } else {
+                (model.forward_rows(&canvas, pass, Some(&rows))?, Box::new(|k| k))
+            };
             forward_seconds.push(t0.elapsed().as_secs_f64());
             let global_step = forward_seconds.len() as u64;
-            let cands: Vec<Candidate> = positions
-                .par_iter()
-                .map(|&i| {
-                    let row = if p.shift_logits { i - 1 } else { i };
-                    let mut rng = Rng::for_position(p.seed, global_step, i as u64);
-                    p.sampler.sample(&logits[row * n_vocab..(row + 1) * n_vocab], &mut rng)
+            let cands: Vec<Candidate> = (0..positions.len())
+                .into_par_iter()
+                .map(|k| {
+                    let r = row_of(k);
+                    let mut rng = Rng::for_position(p.seed, global_step, positions[k] as u64);
+                    p.sampler.sample(&logits[r * n_vocab..(r + 1) * n_vocab], &mut rng)
                 })
                 .collect();
             let chosen = unmasker.select(s, steps_per_block, &cands, &mut step_rng);

@@ -33,4 +33,14 @@ pub trait Ops {
     fn attention(&mut self, q: Self::T, k: Self::T, v: Self::T, causal: bool) -> Self::T;
     /// `silu(gate) * up`.
     fn swiglu(&mut self, gate: Self::T, up: Self::T) -> Self::T;
+    /// Writes `fresh` `[a, b, m]` over tokens `start..start + m` of the persistent tensor
+    /// `cache` `[a, b, total]` and returns the whole cache, ordered after the write.
+    fn write_tokens(&mut self, cache: Self::T, fresh: Self::T, start: usize) -> Self::T;
+}
+
+/// One layer's cached keys and values, `[head_dim, n_head_kv, total]` each (after RoPE).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerKv<T> {
+    pub k: T,
+    pub v: T,
 }

@@ -38,6 +38,8 @@ fn params(n_gen: usize, steps: usize, shift: bool) -> GenParams {
         mask_id: MASK,
         shift_logits: shift,
         eos: None,
+        cache: Default::default(),
+        full_lm_head: false,
     }
 }
 
@@ -174,6 +176,8 @@ fn origin_reproduces_the_reference_generate_samples_step_for_step() {
             mask_id: 49,
             shift_logits: true,
             eos: None,
+            cache: Default::default(),
+            full_lm_head: false,
         };
         let mut ours = Vec::new();
         let g = generate(&mut Formula, &prefix, &[], &p, &mut Origin, |Event::Step { canvas, .. }| {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use dlm::generate::{generate, Event, Flow, Forward, GenParams};
+use dlm::generate::{generate, Cache, Event, Flow, Forward, GenParams, Pass};
 use dlm::sample::{Confidence, Entropy, Margin, Origin, Threshold, TokenSampler, Unmasker};
 use dlm::{keys, Gguf, LoadOptions, Model, Tokenizer};
 
@@ -24,6 +24,16 @@ enum Rule {
     Entropy,
     /// every position with confidence ≥ --threshold, at least one (Fast-dLLM); steps adapt
     Threshold,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CacheArg {
+    /// exact: every step computes every position
+    None,
+    /// the current block and everything after it are computed; the prefix is cached
+    Prefix,
+    /// only the current block is computed
+    Dual,
 }
 
 /// Generate text with a diffusion language model (DiffuLLaMA) from a GGUF file.
@@ -84,6 +94,10 @@ struct Args {
     /// Print one JSON object (text, token ids, steps, timings) instead of plain text
     #[arg(long)]
     json: bool,
+    /// Key/value cache for block decoding (Fast-dLLM; approximate): `prefix` reuses the prompt
+    /// and finished blocks, `dual` also the masked suffix. Each block starts with a full pass.
+    #[arg(long, value_enum, default_value = "none")]
+    cache: CacheArg,
     /// Write the first step's logits for every position as float32 .npy [seq_len, vocab]
     #[arg(long, value_name = "PATH.npy")]
     dump_logits: Option<PathBuf>,
@@ -106,6 +120,20 @@ impl Forward for Recording<'_> {
     }
     fn n_vocab(&self) -> usize {
         self.model.params().n_vocab
+    }
+    fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> dlm::Result<Vec<f32>> {
+        if !(self.keep && self.first.is_none()) {
+            return self.model.forward_rows(tokens, pass, rows);
+        }
+        // The first pass, whatever the sampler needs, computes every row once for the dump
+        // (and fills the cache when asked to).
+        let all = self.model.forward_rows(tokens, pass, None)?;
+        self.first = Some((tokens.len(), all.clone()));
+        let v = self.n_vocab();
+        Ok(match rows {
+            Some(rows) => rows.iter().flat_map(|&r| all[r * v..(r + 1) * v].iter().copied()).collect(),
+            None => all,
+        })
     }
 }
 
@@ -230,6 +258,12 @@ fn run(a: Args) -> anyhow::Result<()> {
         mask_id,
         shift_logits: shift,
         eos: tok.eos,
+        cache: match a.cache {
+            CacheArg::None => Cache::None,
+            CacheArg::Prefix => Cache::Prefix,
+            CacheArg::Dual => Cache::Dual,
+        },
+        full_lm_head: false,
     };
     let mut unmasker: Box<dyn Unmasker> = match a.unmask {
         Rule::Origin => Box::new(Origin),

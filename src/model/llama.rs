@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::gguf::{GgmlType, Gguf};
-use crate::graph::Ops;
+use crate::graph::{LayerKv, Ops};
 use crate::keys;
 
 /// Hyper-parameters, read once from GGUF metadata and checked against the tensors.
@@ -149,12 +149,15 @@ impl<T: Copy> Llama<T> {
         Ok(Llama { tok_embd, layers, output_norm: tensor("output_norm.weight", &[e], true)?, output, p })
     }
 
-    /// Logits `[n_vocab, n]` for token ids `tokens` at positions `pos` (both i32 inputs of `n`).
-    pub fn forward<O: Ops<T = T>>(&self, o: &mut O, tokens: T, pos: T, n: usize) -> T {
+    /// Logits `[n_vocab, n_out]` for the `n` token ids `tokens` at positions `pos` (i32 inputs).
+    ///
+    /// `kv` says what happens to each layer's keys and values (see [`Kv`]); `out_rows` (i32
+    /// indices into the `n` computed rows) restricts the LM head to those rows, else every row.
+    pub fn forward<O: Ops<T = T>>(&self, o: &mut O, tokens: T, pos: T, n: usize, kv: &Kv<'_, T>, out_rows: Option<T>) -> T {
         let p = &self.p;
         let (hd, eps) = (p.head_dim(), p.rms_eps);
         let mut x = o.get_rows(self.tok_embd, tokens); // [n_embd, n]
-        for l in &self.layers {
+        for (il, l) in self.layers.iter().enumerate() {
             let h = o.rms_norm(x, eps);
             let h = o.mul(h, l.attn_norm); // [n_embd, n]
             let q = o.mul_mat(l.wq, h); // [n_head * hd, n]
@@ -165,6 +168,13 @@ impl<T: Copy> Llama<T> {
             let v = o.reshape_3d(v, [hd, p.n_head_kv, n]);
             let q = o.rope(q, pos, p.rope_dims, p.rope_theta); // [hd, n_head, n]
             let k = o.rope(k, pos, p.rope_dims, p.rope_theta); // [hd, n_head_kv, n]
+            // With a cache, the computed positions' keys/values go into it and attention reads
+            // the whole cache: the other positions' entries are those of the last full pass.
+            let (k, v) = match kv {
+                Kv::None => (k, v),
+                Kv::Store(cache) => (o.write_tokens(cache[il].k, k, 0), o.write_tokens(cache[il].v, v, 0)),
+                Kv::Reuse { cache, start } => (o.write_tokens(cache[il].k, k, *start), o.write_tokens(cache[il].v, v, *start)),
+            };
             let a = o.attention(q, k, v, p.causal); // [n_head * hd, n]
             let a = o.mul_mat(l.wo, a); // [n_embd, n]
             x = o.add(x, a);
@@ -177,8 +187,26 @@ impl<T: Copy> Llama<T> {
             let f = o.mul_mat(l.ffn_down, f); // [n_embd, n]
             x = o.add(x, f);
         }
+        // Only the rows someone reads go through the norm and the LM head.
+        let x = match out_rows {
+            Some(rows) => o.get_rows(x, rows), // [n_embd, n_out]
+            None => x,
+        };
         let x = o.rms_norm(x, eps);
-        let x = o.mul(x, self.output_norm); // [n_embd, n]
-        o.mul_mat(self.output, x) // [n_vocab, n]
+        let x = o.mul(x, self.output_norm); // [n_embd, n_out]
+        o.mul_mat(self.output, x) // [n_vocab, n_out]
     }
+}
+
+/// What a forward pass does with keys and values.
+#[derive(Clone, Copy, Debug)]
+pub enum Kv<'a, T> {
+    /// Nothing kept: every position is computed.
+    None,
+    /// Every position is computed and its keys/values are kept in the cache (sized for exactly
+    /// this sequence).
+    Store(&'a [LayerKv<T>]),
+    /// Only positions `start..start + n` are computed (their keys/values replace the cached
+    /// ones); they attend to every position, the others through the cache.
+    Reuse { cache: &'a [LayerKv<T>], start: usize },
 }

@@ -8,7 +8,8 @@ use crate::backend::ggml::{Executor, TensorRef, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::graph::Ops;
-pub use llama::{Llama, LlamaParams};
+pub use crate::generate::Pass;
+pub use llama::{Kv, Llama, LlamaParams};
 
 /// How to load a model.
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ impl Default for LoadOptions {
 pub struct Model {
     // Field order is drop order: graphs, then weight tensors, then the map they point into.
     executor: Executor,
+    /// Sequence length the key/value cache holds a full pass of, if any.
+    kv_for: Option<usize>,
     llama: Llama<TensorRef>,
     weights: Weights,
     gguf: Gguf,
@@ -63,7 +66,7 @@ impl Model {
         // is only ever the weight of a matmul.
         let weights = Weights::map(&gguf, |t| opts.repack && t.name != "token_embd.weight")?;
         let llama = Llama::load(&gguf, params, |name| weights.get(name))?;
-        Ok(Model { executor: Executor::cpu(opts.threads, opts.flash_attn)?, llama, weights, gguf })
+        Ok(Model { executor: Executor::cpu(opts.threads, opts.flash_attn)?, kv_for: None, llama, weights, gguf })
     }
 
     pub fn params(&self) -> &LlamaParams {
@@ -81,20 +84,85 @@ impl Model {
 
     /// Logits for every position: `n_tokens × n_vocab`, row `i` is the output at position `i`.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let n = tokens.len();
-        let n_vocab = self.llama.p.n_vocab;
-        if n == 0 {
+        self.forward_rows(tokens, Pass::Full, None)
+    }
+
+    /// Logits (`rows.len() × n_vocab`, in the order of `rows`) for the positions `rows` of the
+    /// sequence `tokens`, or for every computed position when `rows` is `None`. The LM head
+    /// runs on those rows only. `pass` says which positions are computed (see [`Pass`]).
+    pub fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
+        let total = tokens.len();
+        let p = &self.llama.p;
+        let n_vocab = p.n_vocab;
+        if total == 0 {
             return Err(Error::Invalid("forward needs at least one token".into()));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(Error::Invalid(format!("token id {bad} is outside the {n_vocab}-token vocabulary")));
         }
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let pos: Vec<i32> = (0..n as i32).collect();
+        let (start, end) = match pass {
+            Pass::Full | Pass::Store => (0, total),
+            Pass::Reuse { start, end } => {
+                if self.kv_for != Some(total) {
+                    return Err(Error::Invalid(format!("no cached keys/values for a sequence of {total} tokens: run a Pass::Store first")));
+                }
+                if start >= end || end > total {
+                    return Err(Error::Invalid(format!("positions {start}..{end} are not a range inside 0..{total}")));
+                }
+                (start, end)
+            }
+        };
+        let n = end - start;
+        // Output rows, local to the computed range, padded to a multiple of 16 by repeating the
+        // last one so that the graph (built per row count) is reused while masks drain.
+        let mut out_rows: Option<Vec<i32>> = None;
+        if let Some(rows) = rows {
+            if rows.is_empty() {
+                return Ok(Vec::new());
+            }
+            if let Some(&bad) = rows.iter().find(|&&r| r < start || r >= end) {
+                return Err(Error::Invalid(format!("row {bad} is not among the computed positions {start}..{end}")));
+            }
+            let mut local: Vec<i32> = rows.iter().map(|&r| (r - start) as i32).collect();
+            let padded = rows.len().next_multiple_of(16);
+            local.resize(padded, *local.last().expect("not empty"));
+            out_rows = Some(local);
+        }
+        let n_rows = rows.map_or(n, |r| r.len());
+        let kind = match pass {
+            Pass::Full => 0,
+            Pass::Store => 1,
+            Pass::Reuse { .. } => 2,
+        };
+        let cache = match pass {
+            Pass::Full => Vec::new(),
+            _ => self.executor.kv_cache(p.n_layer, p.head_dim(), p.n_head_kv, total)?,
+        };
+        if matches!(pass, Pass::Store) {
+            self.kv_for = None; // until the pass succeeds
+        }
+        let ids: Vec<i32> = tokens[start..end].iter().map(|&t| t as i32).collect();
+        let pos: Vec<i32> = (start as i32..end as i32).collect();
+        let key = [kind, total, start, end, out_rows.as_ref().map_or(0, |r| r.len())];
         let llama = &self.llama;
-        self.executor.run(n, &[&ids, &pos], |b| {
-            let (t, p) = (b.input_i32(n), b.input_i32(n));
-            llama.forward(b, t, p, n)
-        })
+        let mut inputs: Vec<&[i32]> = vec![&ids, &pos];
+        if let Some(r) = &out_rows {
+            inputs.push(r);
+        }
+        let mut out = self.executor.run(&key, &inputs, |b| {
+            let (t, ps) = (b.input_i32(n), b.input_i32(n));
+            let rows = out_rows.as_ref().map(|r| b.input_i32(r.len()));
+            let kv = match pass {
+                Pass::Full => Kv::None,
+                Pass::Store => Kv::Store(&cache),
+                Pass::Reuse { .. } => Kv::Reuse { cache: &cache, start },
+            };
+            llama.forward(b, t, ps, n, &kv, rows)
+        })?;
+        if matches!(pass, Pass::Store) {
+            self.kv_for = Some(total);
+        }
+        out.truncate(n_rows * n_vocab);
+        Ok(out)
     }
 }

@@ -14,7 +14,7 @@ use llama_cpp_sys_2 as sys;
 use super::{ggml_type, Context};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
-use crate::graph::Ops;
+use crate::graph::{LayerKv, Ops};
 
 /// ggml's `GGML_ROPE_TYPE_NORM`: rotate adjacent pairs (LLaMA as converted by llama.cpp).
 const ROPE_TYPE_NORM: i32 = 0;
@@ -315,6 +315,11 @@ impl Ops for Builder<'_> {
     fn swiglu(&mut self, gate: TensorRef, up: TensorRef) -> TensorRef {
         node!(self, sys::ggml_swiglu_split(self.ctx.raw(), gate.ptr(), up.ptr()))
     }
+    fn write_tokens(&mut self, cache: TensorRef, fresh: TensorRef, start: usize) -> TensorRef {
+        // SAFETY: a live tensor (TensorRef invariant); reading its header is plain access.
+        let nb = unsafe { cache.0.as_ref() }.nb;
+        node!(self, sys::ggml_set_inplace(self.ctx.raw(), cache.ptr(), fresh.ptr(), nb[1], nb[2], nb[3], start * nb[2]))
+    }
 }
 
 /// ggml's CPU backend, freed on drop.
@@ -338,7 +343,7 @@ impl Drop for Gallocr {
 }
 
 struct CachedGraph {
-    n: usize,
+    key: Vec<usize>,
     // Drop order: the graph and its tensors live in `ctx`.
     graph: NonNull<sys::ggml_cgraph>,
     inputs: Vec<TensorRef>,
@@ -347,9 +352,20 @@ struct CachedGraph {
     _ctx: Context,
 }
 
+/// Persistent per-layer key/value tensors in their own CPU buffer.
+struct KvCache {
+    shape: [usize; 4],
+    layers: Vec<LayerKv<TensorRef>>,
+    // Drop order: headers, then the buffer their data lives in.
+    _ctx: Context,
+    _buffer: Buffer,
+}
+
 /// Builds, caches and runs graphs on the CPU backend.
 pub struct Executor {
+    // Drop order: the graph (which may point at cache tensors) before the cache.
     cached: Option<CachedGraph>,
+    kv: Option<KvCache>,
     flash_attn: bool,
     galloc: Gallocr,
     backend: CpuBackend,
@@ -367,19 +383,40 @@ impl Executor {
         let buft = unsafe { sys::ggml_backend_cpu_buffer_type() };
         // SAFETY: a valid buffer type; checked for null.
         let galloc = Gallocr(NonNull::new(unsafe { sys::ggml_gallocr_new(buft) }).ok_or_else(|| Error::Ggml("ggml_gallocr_new failed".into()))?);
-        Ok(Executor { cached: None, flash_attn, galloc, backend })
+        Ok(Executor { cached: None, kv: None, flash_attn, galloc, backend })
     }
 
-    /// Runs the graph `build` makes for `n` tokens (built once per `n`, then reused), with
-    /// `inputs` copied into the graph's i32 inputs in the order `build` created them, and
-    /// returns the output tensor as f32.
+    /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
+    /// allocated on first use and again whenever the shape changes (contents then undefined).
+    pub fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<TensorRef>>> {
+        let shape = [layers, head_dim, n_head_kv, total];
+        if self.kv.as_ref().map(|c| c.shape) != Some(shape) {
+            self.cached = None; // a cached graph may point at the old tensors
+            self.kv = None;
+            let ctx = Context::metadata_only(2 * layers + 1, false)?;
+            let dims = [head_dim as u64, n_head_kv as u64, total as u64];
+            let layers = (0..layers)
+                .map(|_| Ok(LayerKv { k: ctx.new_header(GgmlType::F32, &dims)?, v: ctx.new_header(GgmlType::F32, &dims)? }))
+                .collect::<Result<Vec<_>>>()?;
+            // SAFETY: a live context of unallocated headers and a live backend; checked for null.
+            let buf = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), self.backend.0.as_ptr()) };
+            let bytes = 8 * shape.iter().product::<usize>();
+            let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml(format!("cannot allocate a {} MiB key/value cache", bytes >> 20)))?);
+            self.kv = Some(KvCache { shape, layers, _ctx: ctx, _buffer: buffer });
+        }
+        Ok(self.kv.as_ref().expect("allocated above").layers.clone())
+    }
+
+    /// Runs the graph `build` makes (built once per distinct `key`, which must determine the
+    /// graph, then reused while the key stays the same), with `inputs` copied into the graph's
+    /// i32 inputs in the order `build` created them, and returns the output tensor as f32.
     pub fn run(
         &mut self,
-        n: usize,
+        key: &[usize],
         inputs: &[&[i32]],
         build: impl FnOnce(&mut Builder<'_>) -> TensorRef,
     ) -> Result<Vec<f32>> {
-        if self.cached.as_ref().map(|c| c.n) != Some(n) {
+        if self.cached.as_ref().map(|c| c.key.as_slice()) != Some(key) {
             self.cached = None;
             let ctx = Context::metadata_only(GRAPH_SIZE, true)?;
             let mut b = Builder { ctx: &ctx, inputs: Vec::new(), flash_attn: self.flash_attn };
@@ -393,20 +430,22 @@ impl Executor {
             // SAFETY: graph and output belong to `ctx`.
             unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), output.ptr()) };
             // SAFETY: allocates every unallocated tensor of the graph (activations and inputs) in
-            // the allocator's CPU buffer; weights already have data and are left alone.
+            // the allocator's CPU buffer; weights and cache tensors already have data.
             if !unsafe { sys::ggml_gallocr_alloc_graph(self.galloc.0.as_ptr(), graph.as_ptr()) } {
-                return Err(Error::Ggml(format!("cannot allocate the graph for {n} tokens (out of memory?)")));
+                return Err(Error::Ggml(format!("cannot allocate the graph {key:?} (out of memory?)")));
             }
-            self.cached = Some(CachedGraph { n, graph, inputs, output, _ctx: ctx });
+            self.cached = Some(CachedGraph { key: key.to_vec(), graph, inputs, output, _ctx: ctx });
         }
         let g = self.cached.as_ref().expect("built above");
-        if inputs.len() != g.inputs.len() || inputs.iter().any(|i| i.len() != n) {
-            return Err(Error::Invalid(format!("graph takes {} inputs of {n} values", g.inputs.len())));
+        // SAFETY: live input tensors (i32 vectors made by input_i32).
+        let sizes: Vec<usize> = g.inputs.iter().map(|t| unsafe { sys::ggml_nelements(t.ptr()) } as usize).collect();
+        if inputs.len() != sizes.len() || inputs.iter().zip(&sizes).any(|(i, &n)| i.len() != n) {
+            return Err(Error::Invalid(format!("graph takes inputs of {sizes:?} values")));
         }
         for (t, data) in g.inputs.iter().zip(inputs) {
-            // SAFETY: the input tensor is allocated (gallocr above), i32, with exactly `n`
-            // elements, and `data` holds `n` i32.
-            unsafe { sys::ggml_backend_tensor_set(t.ptr(), data.as_ptr().cast(), 0, n * 4) };
+            // SAFETY: the input tensor is allocated (gallocr above), i32, with exactly
+            // `data.len()` elements (checked above).
+            unsafe { sys::ggml_backend_tensor_set(t.ptr(), data.as_ptr().cast(), 0, data.len() * 4) };
         }
         // SAFETY: a fully allocated graph of live tensors on this backend.
         let status = unsafe { sys::ggml_backend_graph_compute(self.backend.0.as_ptr(), g.graph.as_ptr()) };
