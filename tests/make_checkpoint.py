@@ -7,7 +7,7 @@ tokenizer from tests/fetch_data.py), and weights as safetensors in bf16, f16 or 
 written by hand here (numpy cannot hold bf16), independently of the Rust code under test.
 
     python3 tests/make_checkpoint.py OUT_DIR [--layers 2 --hidden 256 --heads 4 --kv-heads 4
-        --ffn 768 --dtype bf16 --shards 2 --seed 0 --tie]
+        --ffn 768 --dtype bf16 --shards 2 --seed 0 --lm-head-std 0.05 --tie]
 """
 import argparse
 import json
@@ -71,13 +71,18 @@ def make_weights(args) -> dict:
     h, f, nh, nkv = args.hidden, args.ffn, args.heads, args.kv_heads
     hd = h // nh
 
-    def lin(rows, cols, std):
+    def lin(rows, cols, std, ref_fan_in=256):
+        # `std` is the scale at the tiny default shape; other widths keep the same output
+        # variance (fan-in scaling), so that deep, wide random models stay well conditioned
+        # (attention logits of order 1, not 10: peaked soft-maxes make a random model chaotic,
+        # and then any rounding difference flips most argmaxes).
+        std = std * np.sqrt(ref_fan_in / cols)
         return (rng.standard_normal((rows, cols)) * std).astype(np.float32)
 
     def norm(n):
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
-    w = {"model.embed_tokens.weight": lin(VOCAB, h, 0.5)}
+    w = {"model.embed_tokens.weight": (rng.standard_normal((VOCAB, h)) * 0.5).astype(np.float32)}
     for i in range(args.layers):
         p = f"model.layers.{i}."
         w[p + "input_layernorm.weight"] = norm(h)
@@ -88,10 +93,10 @@ def make_weights(args) -> dict:
         w[p + "post_attention_layernorm.weight"] = norm(h)
         w[p + "mlp.gate_proj.weight"] = lin(f, h, 0.06)
         w[p + "mlp.up_proj.weight"] = lin(f, h, 0.06)
-        w[p + "mlp.down_proj.weight"] = lin(h, f, 0.04)
+        w[p + "mlp.down_proj.weight"] = lin(h, f, 0.04, ref_fan_in=768)
     w["model.norm.weight"] = norm(h)
     if not args.tie:
-        w["lm_head.weight"] = lin(VOCAB, h, 0.05)
+        w["lm_head.weight"] = (rng.standard_normal((VOCAB, h)) * args.lm_head_std).astype(np.float32)
     return w
 
 
@@ -106,6 +111,8 @@ def main():
     ap.add_argument("--dtype", choices=["bf16", "f16", "f32"], default="bf16")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lm-head-std", type=float, default=0.05,
+                    help="scale of lm_head weights: larger makes sharper (more confident) predictions")
     ap.add_argument("--tie", action="store_true", help="tie lm_head to the embedding (no lm_head.weight)")
     ap.add_argument("--spm", type=Path, help="use this SentencePiece tokenizer.model instead of tokenizer.json")
     args = ap.parse_args()

@@ -68,3 +68,13 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// "DiffuLLaMA-1B shape": 22 layers, hidden 2048, 16 heads, FFN 5632, vocabulary 32000, with
+/// the LM head scaled (std 0.2) so that per-position top probabilities spread over ~0.3–1.0
+/// and confidence-based rules have something to act on.
+pub fn diffullama_1b_sharp() -> PathBuf {
+    checkpoint(
+        "diffullama-1b-shape-sharp",
+        &["--layers", "22", "--hidden", "2048", "--heads", "16", "--ffn", "5632", "--shards", "2", "--lm-head-std", "0.2"],
+    )
+}
