@@ -102,6 +102,16 @@ fn grouped_kv_tied_embeddings_and_causal_switch_match_reference() {
         println!("gqa causal={causal}: max relative error {err:.2e}, top-1 {:.0}%", top1 * 100.0);
         assert!(err <= 1e-4 && top1 == 1.0, "causal={causal}: {err:.2e}, {top1}");
     }
+    // From 64 query rows on, ggml runs its tiled flash-attention kernel (bidirectional default);
+    // 150 is not a multiple of the 64-row tile. Both attention paths must match the reference.
+    let long: Vec<u32> = (0..150u32).map(|i| if i == 0 { 1 } else if i % 3 == 0 { 811 } else { (i * 7919) % 32000 }).collect();
+    let want = reference(&hf, &long, false, None);
+    for flash_attn in [true, false] {
+        let mut m = Model::load(&gguf, &LoadOptions { threads: 2, flash_attn, ..Default::default() }).unwrap();
+        let (err, top1) = compare(&m.forward(&long).unwrap(), &want, 32000);
+        println!("150 tokens, flash_attn={flash_attn}: max relative error {err:.2e}, top-1 {:.0}%", top1 * 100.0);
+        assert!(err <= 1e-4 && top1 == 1.0, "flash_attn={flash_attn}: {err:.2e}, {top1}");
+    }
 }
 
 #[test]

@@ -62,6 +62,19 @@ fn generates_reproducibly_and_dumps_the_reference_logits() {
         assert!(out.status.success() && err.contains("ms/step") && err.contains("tokens/s"), "{rule}: {err}");
         assert!(!String::from_utf8_lossy(&out.stdout).contains("ms/step"));
     }
+    // The caches: one step per block makes every step a refreshing full pass, so the output
+    // equals the exact run's; with more steps per block they run and fill every position.
+    let cached = |cache: &str, steps: &str| {
+        json(&dlm_run(&["-m", g, "-p", "A", "-n", "12", "--steps", steps, "--block-length", "4", "--cache", cache, "--temp", "0", "-s", "1", "--json"]))
+    };
+    let exact = cached("none", "3");
+    for cache in ["prefix", "dual"] {
+        assert_eq!(cached(cache, "3")["tokens"], exact["tokens"], "{cache}");
+        let steps = cached(cache, "12")["steps"].as_u64().unwrap();
+        assert!((3..=12).contains(&steps), "{cache}: {steps} steps");
+    }
+    let bad = dlm_run(&["-m", g, "--cache", "everything"]);
+    assert_eq!(bad.status.code(), Some(2));
 }
 
 #[test]
