@@ -53,6 +53,16 @@ pub trait Forward {
             (_, None) => all,
         })
     }
+    /// Logits of the rows `rows[i]` of each sequence `seqs[i]`, sequence after sequence, each
+    /// sequence computed in full and on its own. The default runs them one after another; a
+    /// model that can batches them into one pass.
+    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        for (tokens, rows) in seqs.iter().zip(rows) {
+            out.extend(self.forward_rows(tokens, Pass::Full, Some(rows))?);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(feature = "ggml")]
@@ -65,6 +75,9 @@ impl Forward for crate::Model {
     }
     fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
         crate::Model::forward_rows(self, tokens, pass, rows)
+    }
+    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
+        crate::Model::forward_batch(self, seqs, rows)
     }
 }
 
@@ -126,6 +139,119 @@ pub struct Generation {
     pub forward_seconds: Vec<f64>,
 }
 
+/// One canvas and where its schedule stands: the state [`generate`] and [`generate_batch`] step.
+struct Seq {
+    canvas: Vec<u32>,
+    masked: Vec<bool>,
+    /// The generated span.
+    start: usize,
+    end: usize,
+    block: usize,
+    n_blocks: usize,
+    steps_per_block: usize,
+    /// Current block and step within it.
+    b: usize,
+    s: usize,
+    step_rng: Rng,
+    forward_seconds: Vec<f64>,
+}
+
+impl Seq {
+    fn new(prefix: &[u32], suffix: &[u32], p: &GenParams) -> Result<Seq> {
+        if p.n_gen == 0 || p.steps == 0 {
+            return Err(Error::Invalid("need at least one token to generate and one step".into()));
+        }
+        if p.shift_logits && prefix.is_empty() {
+            return Err(Error::Invalid("with shifted logits the canvas must start with a fixed token (BOS)".into()));
+        }
+        let start = prefix.len();
+        let end = start + p.n_gen;
+        let canvas: Vec<u32> = prefix.iter().copied().chain(std::iter::repeat_n(p.mask_id, p.n_gen)).chain(suffix.iter().copied()).collect();
+        let masked = (0..canvas.len()).map(|i| (start..end).contains(&i)).collect();
+        let block = p.block_length.unwrap_or(p.n_gen).clamp(1, p.n_gen);
+        let n_blocks = p.n_gen.div_ceil(block);
+        let steps_per_block = (p.steps / n_blocks).max(1);
+        Ok(Seq { canvas, masked, start, end, block, n_blocks, steps_per_block, b: 0, s: 0, step_rng: Rng::new(p.seed), forward_seconds: Vec::new() })
+    }
+
+    fn range(&self) -> std::ops::Range<usize> {
+        self.start + self.b * self.block..(self.start + (self.b + 1) * self.block).min(self.end)
+    }
+
+    /// The masked positions of the current block, moving on past finished blocks (and blocks
+    /// whose step budget is spent); empty once the canvas is complete.
+    fn positions(&mut self) -> Vec<usize> {
+        while self.b < self.n_blocks {
+            if self.s < self.steps_per_block {
+                let positions: Vec<usize> = self.range().filter(|&i| self.masked[i]).collect();
+                if !positions.is_empty() {
+                    return positions;
+                }
+            }
+            self.b += 1;
+            self.s = 0;
+        }
+        Vec::new()
+    }
+
+    /// What the next forward pass computes.
+    fn pass(&self, p: &GenParams) -> Pass {
+        let shift = usize::from(p.shift_logits);
+        let range = self.range();
+        match p.cache {
+            Cache::None => Pass::Full,
+            _ if self.s == 0 => Pass::Store,
+            Cache::Prefix => Pass::Reuse { start: range.start - shift, end: self.canvas.len() },
+            Cache::Dual => Pass::Reuse { start: range.start - shift, end: range.end },
+        }
+    }
+
+    /// Samples every position of `positions` from its logits row (`row_of(k)` for the k-th, in
+    /// `logits`), in parallel, each with its own random stream.
+    fn candidates(&self, p: &GenParams, positions: &[usize], logits: &[f32], n_vocab: usize, row_of: impl Fn(usize) -> usize + Sync) -> Vec<Candidate> {
+        let global_step = self.forward_seconds.len() as u64;
+        (0..positions.len())
+            .into_par_iter()
+            .map(|k| {
+                let r = row_of(k);
+                let mut rng = Rng::for_position(p.seed, global_step, positions[k] as u64);
+                p.sampler.sample(&logits[r * n_vocab..(r + 1) * n_vocab], &mut rng)
+            })
+            .collect()
+    }
+
+    /// Lets `unmasker` choose among `cands` (one per position of `positions`), commits them,
+    /// finalizes everything after a committed EOS, and moves to the next step. Returns how many
+    /// positions were committed.
+    fn commit(&mut self, p: &GenParams, positions: &[usize], cands: &[Candidate], unmasker: &mut dyn Unmasker) -> usize {
+        let chosen = unmasker.select(self.s, self.steps_per_block, cands, &mut self.step_rng);
+        for &k in &chosen {
+            self.canvas[positions[k]] = cands[k].token;
+            self.masked[positions[k]] = false;
+        }
+        if let Some(eos) = p.eos {
+            if let Some(e) = (self.start..self.end).find(|&i| !self.masked[i] && self.canvas[i] == eos) {
+                for i in e + 1..self.end {
+                    if self.masked[i] {
+                        self.canvas[i] = eos;
+                        self.masked[i] = false;
+                    }
+                }
+            }
+        }
+        self.s += 1;
+        chosen.len()
+    }
+
+    fn finish(self, p: &GenParams) -> Generation {
+        let mut tokens: Vec<u32> = self.canvas[self.start..self.end].to_vec();
+        if let Some(e) = p.eos.and_then(|eos| tokens.iter().position(|&t| t == eos)) {
+            tokens.truncate(e);
+        }
+        Generation { steps: self.forward_seconds.len(), canvas: self.canvas, tokens, forward_seconds: self.forward_seconds }
+    }
+}
+
 /// Runs the canvas loop. `unmasker` decides commits; `on_event` sees every step.
 pub fn generate(
     model: &mut dyn Forward,
@@ -135,80 +261,97 @@ pub fn generate(
     unmasker: &mut dyn Unmasker,
     mut on_event: impl FnMut(Event<'_>) -> Flow,
 ) -> Result<Generation> {
-    if p.n_gen == 0 || p.steps == 0 {
-        return Err(Error::Invalid("need at least one token to generate and one step".into()));
-    }
-    if p.shift_logits && prefix.is_empty() {
-        return Err(Error::Invalid("with shifted logits the canvas must start with a fixed token (BOS)".into()));
-    }
-    let start = prefix.len();
-    let end = start + p.n_gen;
-    let mut canvas: Vec<u32> = prefix.iter().copied().chain(std::iter::repeat_n(p.mask_id, p.n_gen)).chain(suffix.iter().copied()).collect();
-    let mut masked: Vec<bool> = (0..canvas.len()).map(|i| (start..end).contains(&i)).collect();
-    let block = p.block_length.unwrap_or(p.n_gen).clamp(1, p.n_gen);
-    let n_blocks = p.n_gen.div_ceil(block);
-    let steps_per_block = (p.steps / n_blocks).max(1);
+    let mut seq = Seq::new(prefix, suffix, p)?;
     let n_vocab = model.n_vocab();
-    let mut forward_seconds = Vec::new();
-    let mut step_rng = Rng::new(p.seed);
-
-    'blocks: for b in 0..n_blocks {
-        let range = start + b * block..(start + (b + 1) * block).min(end);
-        for s in 0..steps_per_block {
-            let positions: Vec<usize> = range.clone().filter(|&i| masked[i]).collect();
-            if positions.is_empty() {
-                break;
-            }
-            let shift = usize::from(p.shift_logits);
-            let rows: Vec<usize> = positions.iter().map(|&i| i - shift).collect();
-            let pass = match p.cache {
-                Cache::None => Pass::Full,
-                _ if s == 0 => Pass::Store,
-                Cache::Prefix => Pass::Reuse { start: range.start - shift, end: canvas.len() },
-                Cache::Dual => Pass::Reuse { start: range.start - shift, end: range.end },
-            };
-            let t0 = Instant::now();
-            // Logits row of the k-th masked position.
-            let (logits, row_of): (Vec<f32>, Box<dyn Fn(usize) -> usize + Sync>) = if p.full_lm_head {
-                let first = pass.start();
-                (model.forward_rows(&canvas, pass, None)?, Box::new(move |k| rows[k] - first))
-            } else {
-                (model.forward_rows(&canvas, pass, Some(&rows))?, Box::new(|k| k))
-            };
-            forward_seconds.push(t0.elapsed().as_secs_f64());
-            let global_step = forward_seconds.len() as u64;
-            let cands: Vec<Candidate> = (0..positions.len())
-                .into_par_iter()
-                .map(|k| {
-                    let r = row_of(k);
-                    let mut rng = Rng::for_position(p.seed, global_step, positions[k] as u64);
-                    p.sampler.sample(&logits[r * n_vocab..(r + 1) * n_vocab], &mut rng)
-                })
-                .collect();
-            let chosen = unmasker.select(s, steps_per_block, &cands, &mut step_rng);
-            for &k in &chosen {
-                canvas[positions[k]] = cands[k].token;
-                masked[positions[k]] = false;
-            }
-            if let Some(eos) = p.eos {
-                if let Some(e) = (start..end).find(|&i| !masked[i] && canvas[i] == eos) {
-                    for i in e + 1..end {
-                        if masked[i] {
-                            canvas[i] = eos;
-                            masked[i] = false;
-                        }
-                    }
-                }
-            }
-            let ev = Event::Step { step: forward_seconds.len() - 1, block: b, canvas: &canvas, masked: &masked, committed: chosen.len(), forward_seconds: forward_seconds[forward_seconds.len() - 1] };
-            if on_event(ev) == Flow::Stop {
-                break 'blocks;
-            }
+    let shift = usize::from(p.shift_logits);
+    loop {
+        let positions = seq.positions();
+        if positions.is_empty() {
+            break;
+        }
+        let pass = seq.pass(p);
+        let rows: Vec<usize> = positions.iter().map(|&i| i - shift).collect();
+        let t0 = Instant::now();
+        let (logits, first) = if p.full_lm_head {
+            (model.forward_rows(&seq.canvas, pass, None)?, Some(pass.start()))
+        } else {
+            (model.forward_rows(&seq.canvas, pass, Some(&rows))?, None)
+        };
+        let dt = t0.elapsed().as_secs_f64();
+        seq.forward_seconds.push(dt);
+        // Logits row of the k-th masked position.
+        let cands = seq.candidates(p, &positions, &logits, n_vocab, |k| first.map_or(k, |f| rows[k] - f));
+        let committed = seq.commit(p, &positions, &cands, unmasker);
+        let ev = Event::Step { step: seq.forward_seconds.len() - 1, block: seq.b, canvas: &seq.canvas, masked: &seq.masked, committed, forward_seconds: dt };
+        if on_event(ev) == Flow::Stop {
+            break;
         }
     }
-    let mut tokens: Vec<u32> = canvas[start..end].to_vec();
-    if let Some(e) = p.eos.and_then(|eos| tokens.iter().position(|&t| t == eos)) {
-        tokens.truncate(e);
+    Ok(seq.finish(p))
+}
+
+/// One pass of [`generate_batch`].
+#[derive(Clone, Copy, Debug)]
+pub struct BatchStep {
+    /// Passes so far, from 0.
+    pub step: usize,
+    /// Sequences in this pass (finished ones have left the batch).
+    pub sequences: usize,
+    /// Masked positions left over all sequences after this pass.
+    pub masked: usize,
+    pub forward_seconds: f64,
+}
+
+/// Denoises several canvases together: each pass runs every unfinished sequence through
+/// [`Forward::forward_batch`] (one read of the weights for all of them), then each sequence
+/// samples and commits on its own schedule, exactly as [`generate`] would for it alone with the
+/// same parameters and seed. A sequence whose canvas is complete (or whose EOS finalized the
+/// rest) leaves the batch. Caches are per sequence, so `p.cache` must be [`Cache::None`].
+/// `unmasker` makes one unmasking rule per sequence.
+pub fn generate_batch(
+    model: &mut dyn Forward,
+    prompts: &[(&[u32], &[u32])],
+    p: &GenParams,
+    unmasker: &dyn Fn() -> Box<dyn Unmasker>,
+    mut on_step: impl FnMut(BatchStep) -> Flow,
+) -> Result<Vec<Generation>> {
+    if p.cache != Cache::None {
+        return Err(Error::Invalid("batched generation keeps no key/value cache: use Cache::None (or run the prompts one by one)".into()));
     }
-    Ok(Generation { canvas, tokens, steps: forward_seconds.len(), forward_seconds })
+    if prompts.is_empty() {
+        return Err(Error::Invalid("a batch needs at least one prompt".into()));
+    }
+    let mut seqs = prompts.iter().map(|(prefix, suffix)| Seq::new(prefix, suffix, p)).collect::<Result<Vec<_>>>()?;
+    let mut rules: Vec<Box<dyn Unmasker>> = prompts.iter().map(|_| unmasker()).collect();
+    let n_vocab = model.n_vocab();
+    let shift = usize::from(p.shift_logits);
+    for step in 0.. {
+        let work: Vec<(usize, Vec<usize>)> = seqs.iter_mut().enumerate().map(|(i, s)| (i, s.positions())).filter(|(_, pos)| !pos.is_empty()).collect();
+        if work.is_empty() {
+            break;
+        }
+        let rows: Vec<Vec<usize>> = work
+            .iter()
+            .map(|(i, pos)| if p.full_lm_head { (0..seqs[*i].canvas.len()).collect() } else { pos.iter().map(|&q| q - shift).collect() })
+            .collect();
+        let tokens: Vec<&[u32]> = work.iter().map(|(i, _)| seqs[*i].canvas.as_slice()).collect();
+        let row_refs: Vec<&[usize]> = rows.iter().map(Vec::as_slice).collect();
+        let t0 = Instant::now();
+        let logits = model.forward_batch(&tokens, &row_refs)?;
+        let dt = t0.elapsed().as_secs_f64();
+        let mut offset = 0;
+        for ((i, positions), rows) in work.iter().zip(&rows) {
+            let seq = &mut seqs[*i];
+            seq.forward_seconds.push(dt);
+            let mine = &logits[offset * n_vocab..(offset + rows.len()) * n_vocab];
+            offset += rows.len();
+            let cands = seq.candidates(p, positions, mine, n_vocab, |k| if p.full_lm_head { positions[k] - shift } else { k });
+            seq.commit(p, positions, &cands, rules[*i].as_mut());
+        }
+        let masked = seqs.iter().map(|s| s.masked.iter().filter(|&&m| m).count()).sum();
+        if on_step(BatchStep { step, sequences: work.len(), masked, forward_seconds: dt }) == Flow::Stop {
+            break;
+        }
+    }
+    Ok(seqs.into_iter().map(|s| s.finish(p)).collect())
 }

@@ -33,6 +33,10 @@ pub trait Ops {
     fn attention(&mut self, q: Self::T, k: Self::T, v: Self::T, causal: bool) -> Self::T;
     /// `silu(gate) * up`.
     fn swiglu(&mut self, gate: Self::T, up: Self::T) -> Self::T;
+    /// Tokens `start..start + len` of `x` `[a, b, n]`: a view `[a, b, len]`.
+    fn token_range(&mut self, x: Self::T, start: usize, len: usize) -> Self::T;
+    /// `[a, n_i]` tensors stacked along the tokens: `[a, Σ n_i]`.
+    fn concat_tokens(&mut self, parts: &[Self::T]) -> Self::T;
     /// Writes `fresh` `[a, b, m]` over tokens `start..start + m` of the persistent tensor
     /// `cache` `[a, b, total]` and returns the whole cache, ordered after the write.
     fn write_tokens(&mut self, cache: Self::T, fresh: Self::T, start: usize) -> Self::T;

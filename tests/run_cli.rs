@@ -126,3 +126,53 @@ fn bad_input_is_one_clear_line_and_exit_2() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+#[test]
+fn prompts_from_a_file_run_in_batches_and_match_single_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tiny(tmp.path());
+    let gguf = convert(&hf, OutType::Q8_0);
+    let g = gguf.to_str().unwrap();
+    let file = tmp.path().join("prompts.txt");
+    // A blank line (skipped) and a CRLF ending.
+    std::fs::write(&file, "Today is a wonderful day,\n\nThe capital of France is\r\nOnce upon a time\n").unwrap();
+    let f = file.to_str().unwrap();
+    let prompts = ["Today is a wonderful day,", "The capital of France is", "Once upon a time"];
+    let common = ["-m", g, "-n", "10", "--steps", "5", "-s", "3", "-t", "2", "--json"];
+    let out = dlm_run(&[&common[..], &["-f", f, "-b", "2"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 prompts in 2 batch(es)"), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for (i, prompt) in prompts.iter().enumerate() {
+        assert_eq!(lines[i]["prompt"], *prompt);
+        let alone = json(&dlm_run(&[&common[..], &["-p", prompt]].concat()));
+        assert_eq!(lines[i]["tokens"], alone["tokens"], "prompt {i}: batched differs from alone");
+    }
+    // With a cache the prompts run one after another, with the same per-prompt results.
+    let cached = dlm_run(&[&common[..], &["-f", f, "--cache", "prefix", "--block-length", "5"]].concat());
+    assert!(cached.status.success(), "{}", String::from_utf8_lossy(&cached.stderr));
+    assert!(String::from_utf8_lossy(&cached.stderr).contains("one after another"));
+    assert_eq!(String::from_utf8(cached.stdout).unwrap().lines().count(), 3);
+    // Text mode numbers the completions.
+    let text = dlm_run(&["-m", g, "-n", "4", "--steps", "2", "-f", f]);
+    assert!(text.status.success());
+    let stdout = String::from_utf8(text.stdout).unwrap();
+    assert!(stdout.starts_with("--- 1 ---\n") && stdout.contains("\n--- 3 ---\n"), "{stdout}");
+    // Errors: no prompts, -f with -p, with --dump-logits, a zero batch.
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "\n  \n").unwrap();
+    let e = empty.to_str().unwrap();
+    for (args, says) in [
+        (vec!["-m", g, "-f", e], "no prompts"),
+        (vec!["-m", g, "-f", f, "-p", "hi"], "cannot be used with"),
+        (vec!["-m", g, "-f", f, "--dump-logits", "x.npy"], "--dump-logits"),
+        (vec!["-m", g, "-f", f, "-b", "0"], "--batch-size"),
+        (vec!["-m", g, "-f", "/nonexistent/prompts.txt"], "/nonexistent/prompts.txt"),
+    ] {
+        let out = dlm_run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

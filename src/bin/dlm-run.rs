@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use dlm::generate::{generate, Cache, Event, Flow, Forward, GenParams, Pass};
+use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenParams, Generation, Pass};
 use dlm::sample::{Confidence, Entropy, Margin, Origin, Threshold, TokenSampler, Unmasker};
 use dlm::{keys, Gguf, LoadOptions, Model, Tokenizer};
 
@@ -49,6 +49,13 @@ struct Args {
     /// Prompt (empty: unconditional generation)
     #[arg(short, long, default_value = "")]
     prompt: String,
+    /// Prompts, one per line (blank lines skipped), denoised together in batches of
+    /// --batch-size: each step runs the whole batch through the model at once
+    #[arg(short = 'f', long = "file", value_name = "PROMPTS.txt", conflicts_with = "prompt")]
+    file: Option<PathBuf>,
+    /// Sequences per batch with -f
+    #[arg(short = 'b', long, default_value_t = 8)]
+    batch_size: usize,
     /// Tokens to generate
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n_predict: usize,
@@ -170,6 +177,12 @@ fn check_args(a: &Args) -> anyhow::Result<()> {
     if a.block_length == Some(0) {
         bail!("--block-length must be at least 1");
     }
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if a.file.is_some() && (a.visual || a.dump_logits.is_some()) {
+        bail!("-f cannot be combined with --visual or --dump-logits (they show one canvas)");
+    }
     if a.json && a.visual {
         bail!("--json and --visual cannot be combined (both describe the run)");
     }
@@ -228,10 +241,6 @@ fn run(a: Args) -> anyhow::Result<()> {
     }
     let load_s = t_load.elapsed().as_secs_f64();
 
-    let mut prefix = tok.encode(&a.prompt)?;
-    if prefix.is_empty() {
-        prefix.extend(tok.bos.or(Some(1)));
-    }
     let suffix: Vec<u32> = match &a.suffix {
         // The suffix continues the text: no BOS, and no dummy-prefix space of its own.
         Some(s) => {
@@ -240,10 +249,30 @@ fn run(a: Args) -> anyhow::Result<()> {
         }
         None => Vec::new(),
     };
-    let len = prefix.len() + a.n_predict + suffix.len();
+    let prompts: Vec<String> = match &a.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading prompts from {}", path.display()))?;
+            let lines: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_owned()).filter(|l| !l.trim().is_empty()).collect();
+            if lines.is_empty() {
+                bail!("{}: no prompts (expected one per line)", path.display());
+            }
+            lines
+        }
+        None => vec![a.prompt.clone()],
+    };
     let n_ctx = model.params().n_ctx_train;
-    if len > n_ctx {
-        bail!("prompt ({}) + -n ({}) + suffix ({}) = {len} tokens exceeds the model's context of {n_ctx}", prefix.len(), a.n_predict, suffix.len());
+    let mut prefixes = Vec::with_capacity(prompts.len());
+    for (i, prompt) in prompts.iter().enumerate() {
+        let mut prefix = tok.encode(prompt)?;
+        if prefix.is_empty() {
+            prefix.extend(tok.bos.or(Some(1)));
+        }
+        let len = prefix.len() + a.n_predict + suffix.len();
+        if len > n_ctx {
+            let which = a.file.as_ref().map_or(String::new(), |f| format!("{} prompt {}: ", f.display(), i + 1));
+            bail!("{which}prompt ({}) + -n ({}) + suffix ({}) = {len} tokens exceeds the model's context of {n_ctx}", prefix.len(), a.n_predict, suffix.len());
+        }
+        prefixes.push(prefix);
     }
     let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
     if a.seed.is_none() && !a.json {
@@ -265,16 +294,24 @@ fn run(a: Args) -> anyhow::Result<()> {
         },
         full_lm_head: false,
     };
-    let mut unmasker: Box<dyn Unmasker> = match a.unmask {
-        Rule::Origin => Box::new(Origin),
-        Rule::Confidence => Box::new(Confidence),
-        Rule::Margin => Box::new(Margin),
-        Rule::Entropy => Box::new(Entropy),
-        Rule::Threshold => Box::new(Threshold(a.threshold)),
+    let (unmask, threshold) = (a.unmask, a.threshold);
+    let unmasker = move || -> Box<dyn Unmasker> {
+        match unmask {
+            Rule::Origin => Box::new(Origin),
+            Rule::Confidence => Box::new(Confidence),
+            Rule::Margin => Box::new(Margin),
+            Rule::Entropy => Box::new(Entropy),
+            Rule::Threshold => Box::new(Threshold(threshold)),
+        }
     };
+    if a.file.is_some() {
+        return run_many(&a, &mut model, &tok, &prompts, &prefixes, &suffix, &params, &unmasker, load_s, seed);
+    }
+
+    let prefix = &prefixes[0];
     let mut rec = Recording { model: &mut model, first: None, keep: a.dump_logits.is_some() };
     let start = prefix.len();
-    let gen = generate(&mut rec, &prefix, &suffix, &params, unmasker.as_mut(), |ev| {
+    let gen = generate(&mut rec, prefix, &suffix, &params, unmasker().as_mut(), |ev| {
         let Event::Step { step, canvas, masked, .. } = ev;
         if a.visual {
             let shown: String = (start..start + a.n_predict)
@@ -291,9 +328,7 @@ fn run(a: Args) -> anyhow::Result<()> {
 
     let text = tok.decode(&gen.tokens)?;
     let total: f64 = gen.forward_seconds.iter().sum();
-    // Timed from the second step (the first includes graph building and first-touch page faults).
-    let steady: &[f64] = if gen.forward_seconds.len() > 1 { &gen.forward_seconds[1..] } else { &gen.forward_seconds };
-    let ms_per_step = steady.iter().sum::<f64>() / steady.len() as f64 * 1e3;
+    let ms_per_step = steady_ms(&gen.forward_seconds);
     let tps = gen.tokens.len() as f64 / total.max(1e-9);
     if a.json {
         let obj = serde_json::json!({
@@ -307,15 +342,81 @@ fn run(a: Args) -> anyhow::Result<()> {
         writeln!(out, "{text}")?;
         out.flush()?;
         eprintln!(
-            "load {:.0} ms | {} steps, {:.1} ms/step (from step 2) | {} tokens in {:.2} s, {:.1} tokens/s",
+            "load {:.0} ms | {} steps, {ms_per_step:.1} ms/step (from step 2) | {} tokens in {total:.2} s, {tps:.1} tokens/s",
             load_s * 1e3,
             gen.steps,
-            ms_per_step,
             gen.tokens.len(),
-            total,
-            tps
         );
     }
+    Ok(())
+}
+
+/// Mean milliseconds per pass from the second (the first includes graph building and
+/// first-touch page faults).
+fn steady_ms(seconds: &[f64]) -> f64 {
+    let steady = if seconds.len() > 1 { &seconds[1..] } else { seconds };
+    steady.iter().sum::<f64>() / steady.len().max(1) as f64 * 1e3
+}
+
+/// `-f`: every prompt, in batches (or one by one with a cache), each completion printed in
+/// order: a `--- N ---` line before each in text mode, one JSON object per line with `--json`.
+#[allow(clippy::too_many_arguments)]
+fn run_many(
+    a: &Args,
+    model: &mut Model,
+    tok: &Tokenizer,
+    prompts: &[String],
+    prefixes: &[Vec<u32>],
+    suffix: &[u32],
+    params: &GenParams,
+    unmasker: &dyn Fn() -> Box<dyn Unmasker>,
+    load_s: f64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let mut gens: Vec<Generation> = Vec::with_capacity(prefixes.len());
+    let mut pass_seconds: Vec<f64> = Vec::new();
+    if params.cache != Cache::None {
+        eprintln!("note: a key/value cache belongs to one sequence; the {} prompts run one after another", prefixes.len());
+        for prefix in prefixes {
+            let g = generate(model, prefix, suffix, params, unmasker().as_mut(), |_| Flow::Continue)?;
+            pass_seconds.extend(&g.forward_seconds);
+            gens.push(g);
+        }
+    } else {
+        for chunk in prefixes.chunks(a.batch_size) {
+            let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|p| (p.as_slice(), suffix)).collect();
+            gens.extend(generate_batch(model, &batch, params, unmasker, |s| {
+                pass_seconds.push(s.forward_seconds);
+                Flow::Continue
+            })?);
+        }
+    }
+    let total = t0.elapsed().as_secs_f64();
+    let n_tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
+    let tps = n_tokens as f64 / total.max(1e-9);
+    let mut out = std::io::stdout().lock();
+    for (i, (g, prompt)) in gens.iter().zip(prompts).enumerate() {
+        let text = tok.decode(&g.tokens)?;
+        if a.json {
+            let obj = serde_json::json!({
+                "index": i, "prompt": prompt, "text": text, "tokens": g.tokens, "prompt_tokens": prefixes[i],
+                "steps": g.steps, "seed": seed,
+            });
+            writeln!(out, "{obj}")?;
+        } else {
+            writeln!(out, "--- {} ---\n{text}", i + 1)?;
+        }
+    }
+    out.flush()?;
+    let batches = if params.cache == Cache::None { prefixes.len().div_ceil(a.batch_size) } else { prefixes.len() };
+    eprintln!(
+        "load {:.0} ms | {} prompts in {batches} batch(es): {} passes, {:.1} ms/pass (from pass 2) | {n_tokens} tokens in {total:.2} s, {tps:.1} tokens/s",
+        load_s * 1e3,
+        prefixes.len(),
+        pass_seconds.len(),
+        steady_ms(&pass_seconds),
+    );
     Ok(())
 }
 

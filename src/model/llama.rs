@@ -153,7 +153,12 @@ impl<T: Copy> Llama<T> {
     ///
     /// `kv` says what happens to each layer's keys and values (see [`Kv`]); `out_rows` (i32
     /// indices into the `n` computed rows) restricts the LM head to those rows, else every row.
-    pub fn forward<O: Ops<T = T>>(&self, o: &mut O, tokens: T, pos: T, n: usize, kv: &Kv<'_, T>, out_rows: Option<T>) -> T {
+    /// `seqs` splits the `n` tokens into independent sequences (lengths summing to `n`, each
+    /// with its own positions in `pos`): attention never crosses them, so a batch of
+    /// sequences costs one pass over the weights. With a cache, `seqs` must be `[n]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<O: Ops<T = T>>(&self, o: &mut O, tokens: T, pos: T, n: usize, kv: &Kv<'_, T>, out_rows: Option<T>, seqs: &[usize]) -> T {
+        debug_assert_eq!(seqs.iter().sum::<usize>(), n);
         let p = &self.p;
         let (hd, eps) = (p.head_dim(), p.rms_eps);
         let mut x = o.get_rows(self.tok_embd, tokens); // [n_embd, n]
@@ -175,7 +180,18 @@ impl<T: Copy> Llama<T> {
                 Kv::Store(cache) => (o.write_tokens(cache[il].k, k, 0), o.write_tokens(cache[il].v, v, 0)),
                 Kv::Reuse { cache, start } => (o.write_tokens(cache[il].k, k, *start), o.write_tokens(cache[il].v, v, *start)),
             };
-            let a = o.attention(q, k, v, p.causal); // [n_head * hd, n]
+            let a = if seqs.len() <= 1 {
+                o.attention(q, k, v, p.causal) // [n_head * hd, n]
+            } else {
+                let mut parts = Vec::with_capacity(seqs.len());
+                let mut s0 = 0;
+                for &len in seqs {
+                    let (qs, ks, vs) = (o.token_range(q, s0, len), o.token_range(k, s0, len), o.token_range(v, s0, len));
+                    parts.push(o.attention(qs, ks, vs, p.causal)); // [n_head * hd, len]
+                    s0 += len;
+                }
+                o.concat_tokens(&parts) // [n_head * hd, n]
+            };
             let a = o.mul_mat(l.wo, a); // [n_embd, n]
             x = o.add(x, a);
 

@@ -94,12 +94,7 @@ impl Model {
         let total = tokens.len();
         let p = &self.llama.p;
         let n_vocab = p.n_vocab;
-        if total == 0 {
-            return Err(Error::Invalid("forward needs at least one token".into()));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the {n_vocab}-token vocabulary")));
-        }
+        check_tokens(tokens, n_vocab)?;
         let (start, end) = match pass {
             Pass::Full | Pass::Store => (0, total),
             Pass::Reuse { start, end } => {
@@ -113,8 +108,7 @@ impl Model {
             }
         };
         let n = end - start;
-        // Output rows, local to the computed range, padded to a multiple of 16 by repeating the
-        // last one so that the graph (built per row count) is reused while masks drain.
+        // Output rows, local to the computed range.
         let mut out_rows: Option<Vec<i32>> = None;
         if let Some(rows) = rows {
             if rows.is_empty() {
@@ -123,10 +117,7 @@ impl Model {
             if let Some(&bad) = rows.iter().find(|&&r| r < start || r >= end) {
                 return Err(Error::Invalid(format!("row {bad} is not among the computed positions {start}..{end}")));
             }
-            let mut local: Vec<i32> = rows.iter().map(|&r| (r - start) as i32).collect();
-            let padded = rows.len().next_multiple_of(16);
-            local.resize(padded, *local.last().expect("not empty"));
-            out_rows = Some(local);
+            out_rows = Some(padded_rows(rows.iter().map(|&r| (r - start) as i32).collect()));
         }
         let n_rows = rows.map_or(n, |r| r.len());
         let kind = match pass {
@@ -149,7 +140,8 @@ impl Model {
         if let Some(r) = &out_rows {
             inputs.push(r);
         }
-        let mut out = self.executor.run(&key, &inputs, |b| {
+        let size = graph_size(p.n_layer, 1);
+        let mut out = self.executor.run(&key, size, &inputs, |b| {
             let (t, ps) = (b.input_i32(n), b.input_i32(n));
             let rows = out_rows.as_ref().map(|r| b.input_i32(r.len()));
             let kv = match pass {
@@ -157,7 +149,7 @@ impl Model {
                 Pass::Store => Kv::Store(&cache),
                 Pass::Reuse { .. } => Kv::Reuse { cache: &cache, start },
             };
-            llama.forward(b, t, ps, n, &kv, rows)
+            llama.forward(b, t, ps, n, &kv, rows, &[n])
         })?;
         if matches!(pass, Pass::Store) {
             self.kv_for = Some(total);
@@ -165,4 +157,65 @@ impl Model {
         out.truncate(n_rows * n_vocab);
         Ok(out)
     }
+
+    /// Logits of the rows `rows[i]` of each sequence `seqs[i]` (in that order, sequence after
+    /// sequence: `Σ rows[i].len() × n_vocab`). The sequences run as one batch: every matmul
+    /// reads the weights once for all of them, attention stays within each sequence, and each
+    /// has its own positions from 0, so every sequence's logits are those of a pass on its own.
+    pub fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
+        let n_vocab = self.llama.p.n_vocab;
+        if seqs.is_empty() || seqs.len() != rows.len() {
+            return Err(Error::Invalid(format!("a batch needs one row list per sequence ({} sequences, {} row lists)", seqs.len(), rows.len())));
+        }
+        let (mut ids, mut pos, mut out) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (tokens, rows)) in seqs.iter().zip(rows).enumerate() {
+            check_tokens(tokens, n_vocab).map_err(|e| Error::Invalid(format!("sequence {i} of the batch: {e}")))?;
+            if let Some(&bad) = rows.iter().find(|&&r| r >= tokens.len()) {
+                return Err(Error::Invalid(format!("sequence {i} of the batch: row {bad} is outside its {} positions", tokens.len())));
+            }
+            out.extend(rows.iter().map(|&r| (ids.len() + r) as i32));
+            ids.extend(tokens.iter().map(|&t| t as i32));
+            pos.extend(0..tokens.len() as i32);
+        }
+        let n_rows = out.len();
+        if n_rows == 0 {
+            return Ok(Vec::new());
+        }
+        let out_rows = padded_rows(out);
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let n = ids.len();
+        let key: Vec<usize> = [3, out_rows.len()].into_iter().chain(lens.iter().copied()).collect();
+        let llama = &self.llama;
+        let size = graph_size(llama.p.n_layer, seqs.len());
+        let mut logits = self.executor.run(&key, size, &[&ids, &pos, &out_rows], |b| {
+            let (t, ps, r) = (b.input_i32(n), b.input_i32(n), b.input_i32(out_rows.len()));
+            llama.forward(b, t, ps, n, &Kv::None, Some(r), &lens)
+        })?;
+        logits.truncate(n_rows * n_vocab);
+        Ok(logits)
+    }
+}
+
+/// Tensors and nodes a forward graph may need, generously: a layer makes about 30, plus 8 per
+/// sequence of a batch (views and attention) and one to join them.
+fn graph_size(n_layer: usize, n_seqs: usize) -> usize {
+    1024 + n_layer * (64 + 16 * n_seqs)
+}
+
+fn check_tokens(tokens: &[u32], n_vocab: usize) -> Result<()> {
+    if tokens.is_empty() {
+        return Err(Error::Invalid("forward needs at least one token".into()));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+        return Err(Error::Invalid(format!("token id {bad} is outside the {n_vocab}-token vocabulary")));
+    }
+    Ok(())
+}
+
+/// Output rows padded to a multiple of 16 by repeating the last one, so that the graph (built
+/// per row count) is reused while masks drain. `rows` is not empty.
+fn padded_rows(mut rows: Vec<i32>) -> Vec<i32> {
+    let last = *rows.last().expect("not empty");
+    rows.resize(rows.len().next_multiple_of(16), last);
+    rows
 }

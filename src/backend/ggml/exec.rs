@@ -18,8 +18,6 @@ use crate::graph::{LayerKv, Ops};
 
 /// ggml's `GGML_ROPE_TYPE_NORM`: rotate adjacent pairs (LLaMA as converted by llama.cpp).
 const ROPE_TYPE_NORM: i32 = 0;
-/// Nodes a graph may hold; a 32-layer LLaMA needs about 700.
-const GRAPH_SIZE: usize = 8192;
 
 /// A tensor inside the contexts of one [`Executor`]/[`Weights`] pair.
 ///
@@ -47,12 +45,13 @@ impl Drop for Buffer {
 }
 
 impl Context {
-    /// A context that holds tensor headers only (data lives in backend buffers).
+    /// A context that holds tensor headers only (data lives in backend buffers), and with
+    /// `with_graph` room for a graph of as many nodes.
     pub(crate) fn metadata_only(n_tensors: usize, with_graph: bool) -> Result<Context> {
         // SAFETY: pure functions returning constants.
         let per_tensor = unsafe { sys::ggml_tensor_overhead() };
         // SAFETY: as above.
-        let graph = if with_graph { unsafe { sys::ggml_graph_overhead_custom(GRAPH_SIZE, false) } } else { 0 };
+        let graph = if with_graph { unsafe { sys::ggml_graph_overhead_custom(n_tensors, false) } } else { 0 };
         Context::with_params(n_tensors * per_tensor + graph + 1024, true)
     }
 }
@@ -235,7 +234,7 @@ macro_rules! node {
     ($b:expr, $call:expr) => {{
         // SAFETY: every operand is a live tensor of the weight context or of this builder's
         // context (TensorRef invariant), and models validate shapes at load, so ggml's shape
-        // assertions hold; the context was sized for GRAPH_SIZE nodes.
+        // assertions hold; the context was sized for the whole graph (`graph_size` of `run`).
         let raw = unsafe { $call };
         TensorRef(NonNull::new(raw).expect("ggml graph context sized for the whole graph"))
     }};
@@ -314,6 +313,23 @@ impl Ops for Builder<'_> {
     }
     fn swiglu(&mut self, gate: TensorRef, up: TensorRef) -> TensorRef {
         node!(self, sys::ggml_swiglu_split(self.ctx.raw(), gate.ptr(), up.ptr()))
+    }
+    fn token_range(&mut self, x: TensorRef, start: usize, len: usize) -> TensorRef {
+        // SAFETY: a live tensor (TensorRef invariant); reading its header is plain access.
+        let (ne, nb) = { let t = unsafe { x.0.as_ref() }; (t.ne, t.nb) };
+        node!(self, sys::ggml_view_3d(self.ctx.raw(), x.ptr(), ne[0], ne[1], len as i64, nb[1], nb[2], start * nb[2]))
+    }
+    fn concat_tokens(&mut self, parts: &[TensorRef]) -> TensorRef {
+        // Pairwise, as a balanced tree: each value is copied log2(parts) times, not parts/2.
+        match parts {
+            [] => panic!("concat_tokens needs at least one part"),
+            [one] => *one,
+            _ => {
+                let (a, b) = parts.split_at(parts.len() / 2);
+                let (a, b) = (self.concat_tokens(a), self.concat_tokens(b));
+                node!(self, sys::ggml_concat(self.ctx.raw(), a.ptr(), b.ptr(), 1))
+            }
+        }
     }
     fn write_tokens(&mut self, cache: TensorRef, fresh: TensorRef, start: usize) -> TensorRef {
         // SAFETY: a live tensor (TensorRef invariant); reading its header is plain access.
@@ -410,22 +426,24 @@ impl Executor {
     /// Runs the graph `build` makes (built once per distinct `key`, which must determine the
     /// graph, then reused while the key stays the same), with `inputs` copied into the graph's
     /// i32 inputs in the order `build` created them, and returns the output tensor as f32.
+    /// `graph_size` bounds the tensors and nodes `build` may create.
     pub fn run(
         &mut self,
         key: &[usize],
+        graph_size: usize,
         inputs: &[&[i32]],
         build: impl FnOnce(&mut Builder<'_>) -> TensorRef,
     ) -> Result<Vec<f32>> {
         if self.cached.as_ref().map(|c| c.key.as_slice()) != Some(key) {
             self.cached = None;
-            let ctx = Context::metadata_only(GRAPH_SIZE, true)?;
+            let ctx = Context::metadata_only(graph_size, true)?;
             let mut b = Builder { ctx: &ctx, inputs: Vec::new(), flash_attn: self.flash_attn };
             let output = build(&mut b);
             let inputs = b.inputs;
             // SAFETY: a live tensor of `ctx`.
             unsafe { sys::ggml_set_output(output.ptr()) };
-            // SAFETY: `ctx` was sized for a custom graph of GRAPH_SIZE nodes.
-            let graph = unsafe { sys::ggml_new_graph_custom(ctx.raw(), GRAPH_SIZE, false) };
+            // SAFETY: `ctx` was sized for a custom graph of `graph_size` nodes.
+            let graph = unsafe { sys::ggml_new_graph_custom(ctx.raw(), graph_size, false) };
             let graph = NonNull::new(graph).ok_or_else(|| Error::Ggml("ggml_new_graph_custom failed".into()))?;
             // SAFETY: graph and output belong to `ctx`.
             unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), output.ptr()) };

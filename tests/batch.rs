@@ -1,0 +1,148 @@
+//! Batching: several sequences denoised in one pass must give each sequence exactly what it gets
+//! alone (logits, then tokens under any seed), and finished sequences must leave the batch.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{checkpoint, convert};
+use dlm::generate::{generate, generate_batch, Flow, Forward, GenParams, Pass};
+use dlm::sample::{Confidence, Origin, Threshold, TokenSampler, Unmasker};
+use dlm::{LoadOptions, Model, Result};
+use dlm_convert::OutType;
+
+fn model_file(kind: OutType) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    checkpoint(&hf, &["--kv-heads", "2"]);
+    let gguf = convert(&hf, kind);
+    (tmp, gguf)
+}
+
+/// `n` tokens, BOS first, mask tokens sprinkled in, varied by `salt`.
+fn sequence(n: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| if i == 0 { 1 } else if (i + salt) % 5 == 0 { 811 } else { (i * 7919 + salt * 104_729) % 32000 }).collect()
+}
+
+#[test]
+fn batched_logits_equal_each_sequence_alone() {
+    for (kind, bound) in [(OutType::F32, 1e-6f32), (OutType::Q4_0, 1e-6)] {
+        let (_tmp, file) = model_file(kind);
+        let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
+        // Lengths below, at and above ggml's flash-attention tile, rows in any order.
+        let seqs = [sequence(7, 0), sequence(70, 1), sequence(33, 2), sequence(1, 3)];
+        let rows: [Vec<usize>; 4] = [vec![6, 0, 3], (10..70).rev().collect(), vec![32], vec![0]];
+        let tokens: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let row_refs: Vec<&[usize]> = rows.iter().map(Vec::as_slice).collect();
+        let batched = m.forward_batch(&tokens, &row_refs).unwrap();
+        let alone: Vec<f32> = seqs.iter().zip(&rows).flat_map(|(s, r)| m.forward_rows(s, Pass::Full, Some(r)).unwrap()).collect();
+        assert_eq!(batched.len(), alone.len());
+        let scale = alone.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = batched.iter().zip(&alone).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / scale;
+        eprintln!("{}: batched vs alone max rel {err:.2e}", kind.name());
+        assert!(err <= bound, "{}: {err}", kind.name());
+        // Attention really stays inside each sequence: the same tokens as one sequence differ.
+        let joined: Vec<u32> = seqs[..2].concat();
+        let one = m.forward_rows(&joined, Pass::Full, Some(&[6])).unwrap();
+        let diff = one.iter().zip(&batched[..32000]).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(diff > 1e-3 * scale, "a joined sequence should see the other tokens: {diff}");
+        assert!(m.forward_batch(&tokens[..2], &row_refs[..1]).is_err(), "row lists must match");
+        assert!(m.forward_batch(&[&[1, 2]], &[&[2]]).is_err(), "row outside its sequence");
+    }
+}
+
+fn params(temp: f32, steps: usize, block: Option<usize>) -> GenParams {
+    GenParams {
+        n_gen: 24,
+        steps,
+        block_length: block,
+        sampler: TokenSampler { temp, top_k: 0, top_p: 0.9 },
+        seed: 7,
+        mask_id: 811,
+        shift_logits: true,
+        eos: Some(2),
+        cache: Default::default(),
+        full_lm_head: false,
+    }
+}
+
+#[test]
+fn batched_generation_is_each_prompt_alone() {
+    let (_tmp, file) = model_file(OutType::Q8_0);
+    let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
+    let prompts: [Vec<u32>; 3] = [vec![1, 450, 2462], vec![1, 3118, 338, 263, 4997, 2462, 29892, 322], vec![1]];
+    let suffix: &[u32] = &[29889, 13];
+    type Make = fn() -> Box<dyn Unmasker>;
+    let rules: [(&str, Make); 3] = [("origin", || Box::new(Origin)), ("confidence", || Box::new(Confidence)), ("threshold", || Box::new(Threshold(0.02)))];
+    for (name, make) in rules {
+        for p in [params(0.0, 8, None), params(0.9, 6, Some(8))] {
+            let batch: Vec<(&[u32], &[u32])> = prompts.iter().map(|x| (x.as_slice(), suffix)).collect();
+            let mut sizes = Vec::new();
+            let got = generate_batch(&mut m, &batch, &p, &make, |s| {
+                sizes.push(s.sequences);
+                Flow::Continue
+            })
+            .unwrap();
+            assert_eq!(sizes[0], 3, "{name}: every prompt in the first pass");
+            for (i, prefix) in prompts.iter().enumerate() {
+                let alone = generate(&mut m, prefix, suffix, &p, make().as_mut(), |_| Flow::Continue).unwrap();
+                assert_eq!(got[i].canvas, alone.canvas, "{name} temp {} prompt {i}", p.sampler.temp);
+                assert_eq!(got[i].steps, alone.steps, "{name} prompt {i}");
+            }
+        }
+    }
+    let mut cached = params(0.0, 8, Some(8));
+    cached.cache = dlm::generate::Cache::Prefix;
+    assert!(generate_batch(&mut m, &[(&[1], &[])], &cached, &|| Box::new(Origin), |_| Flow::Continue).is_err());
+}
+
+/// Sequences starting with token 7 predict EOS (2) everywhere with certainty; others predict
+/// token 10 + i at row i with a confidence of about 0.25. Records the batch sizes it is given.
+struct EosFirst {
+    batches: Vec<Vec<usize>>,
+}
+
+impl Forward for EosFirst {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let v = self.n_vocab();
+        let mut l = vec![0f32; tokens.len() * v];
+        for i in 0..tokens.len() {
+            if tokens[0] == 7 {
+                l[i * v + 2] = 30.0;
+            } else {
+                l[i * v + 10 + i] = 3.0;
+            }
+        }
+        Ok(l)
+    }
+    fn n_vocab(&self) -> usize {
+        64
+    }
+    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
+        self.batches.push(seqs.iter().map(|s| s[0] as usize).collect());
+        let mut out = Vec::new();
+        for (s, r) in seqs.iter().zip(rows) {
+            out.extend(self.forward_rows(s, Pass::Full, Some(r))?);
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn finished_sequences_leave_the_batch() {
+    let mut m = EosFirst { batches: Vec::new() };
+    let mut p = params(0.0, 6, None);
+    p.n_gen = 6;
+    p.mask_id = 63;
+    let batch: [(&[u32], &[u32]); 2] = [(&[5, 5], &[]), (&[7, 5], &[])];
+    let got = generate_batch(&mut m, &batch, &p, &|| Box::new(Threshold(0.9)), |_| Flow::Continue).unwrap();
+    // The EOS sequence commits everything in its first pass and leaves; the other takes one
+    // position per pass (confidence 0.25 < 0.9) until its last step commits the rest.
+    assert_eq!(got[1].steps, 1);
+    assert!(got[1].tokens.is_empty(), "cut at the first EOS: {:?}", got[1].tokens);
+    assert_eq!(got[0].steps, 6);
+    assert_eq!(got[0].tokens, (11..17).collect::<Vec<u32>>());
+    assert_eq!(m.batches[0], vec![5, 7]);
+    assert!(m.batches[1..].iter().all(|b| b == &[5]), "{:?}", m.batches);
+    assert_eq!(m.batches.len(), 6);
+}
