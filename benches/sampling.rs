@@ -4,7 +4,7 @@
 //! Model: "DiffuLLaMA-1B shape" (22 layers, hidden 2048, 16 heads, FFN 5632, vocabulary 32000,
 //! random weights, LM head sharpened so confidences spread over ~0.4–1.0), q4_0. A 64-token
 //! prompt, 256 new tokens, `DLM_BENCH_STEPS` steps (default 64), greedy token choice. On
-//! 2 cores the whole table takes about an hour; `DLM_BENCH_KL=0` saves a quarter of it.
+//! 2 cores the whole table takes about two hours; `DLM_BENCH_KL=0` saves a quarter of it.
 //!
 //! Agreement: for each speed-up, the fraction of generated tokens identical to the exact run
 //! it approximates (same rule and blocks, no cache, full LM head; for threshold rules, the
