@@ -3,21 +3,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{checkpoint, convert};
+use common::tiny_gqa_gguf;
 use dlm::generate::{generate, generate_batch, Flow, Forward, GenParams, Pass};
 use dlm::sample::{Confidence, Origin, Threshold, TokenSampler, Unmasker};
 use dlm::{LoadOptions, Model, Result};
 use dlm_convert::OutType;
-
-fn model_file(kind: OutType) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("hf");
-    checkpoint(&hf, &["--kv-heads", "2"]);
-    let gguf = convert(&hf, kind);
-    (tmp, gguf)
-}
 
 /// `n` tokens, BOS first, mask tokens sprinkled in, varied by `salt`.
 fn sequence(n: usize, salt: u32) -> Vec<u32> {
@@ -27,7 +17,7 @@ fn sequence(n: usize, salt: u32) -> Vec<u32> {
 #[test]
 fn batched_logits_equal_each_sequence_alone() {
     for (kind, bound) in [(OutType::F32, 1e-6f32), (OutType::Q4_0, 1e-6)] {
-        let (_tmp, file) = model_file(kind);
+        let (_tmp, file) = tiny_gqa_gguf(kind);
         let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
         // Lengths below, at and above ggml's flash-attention tile, rows in any order.
         let seqs = [sequence(7, 0), sequence(70, 1), sequence(33, 2), sequence(1, 3)];
@@ -68,7 +58,7 @@ fn params(temp: f32, steps: usize, block: Option<usize>) -> GenParams {
 
 #[test]
 fn batched_generation_is_each_prompt_alone() {
-    let (_tmp, file) = model_file(OutType::Q8_0);
+    let (_tmp, file) = tiny_gqa_gguf(OutType::Q8_0);
     let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
     let prompts: [Vec<u32>; 3] = [vec![1, 450, 2462], vec![1, 3118, 338, 263, 4997, 2462, 29892, 322], vec![1]];
     let suffix: &[u32] = &[29889, 13];

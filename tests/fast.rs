@@ -3,23 +3,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{checkpoint, convert};
+use common::tiny_gqa_gguf;
 use dlm::generate::{generate, Cache, Flow, GenParams, Pass};
 use dlm::sample::{Origin, Threshold, TokenSampler, Unmasker};
 use dlm::{LoadOptions, Model};
 use dlm_convert::OutType;
 
 const V: usize = 32000;
-
-fn model_file(kind: OutType) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("hf");
-    checkpoint(&hf, &["--kv-heads", "2"]);
-    let gguf = convert(&hf, kind);
-    (tmp, gguf)
-}
 
 fn canvas(n: usize) -> Vec<u32> {
     (0..n as u32).map(|i| if i == 0 { 1 } else if i % 4 == 0 || i > 20 { 811 } else { (i * 7919) % V as u32 }).collect()
@@ -38,7 +28,7 @@ fn rows_of(all: &[f32], rows: &[usize]) -> Vec<f32> {
 #[test]
 fn restricted_lm_head_gives_the_same_rows() {
     for kind in [OutType::F32, OutType::Q4_0] {
-        let (_tmp, file) = model_file(kind);
+        let (_tmp, file) = tiny_gqa_gguf(kind);
         let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
         let toks = canvas(45);
         let all = m.forward(&toks).unwrap();
@@ -54,7 +44,7 @@ fn restricted_lm_head_gives_the_same_rows() {
 
 #[test]
 fn cache_passes_on_an_unchanged_canvas_equal_the_full_pass() {
-    let (_tmp, file) = model_file(OutType::Q8_0);
+    let (_tmp, file) = tiny_gqa_gguf(OutType::Q8_0);
     let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
     let toks = canvas(50);
     assert!(m.forward_rows(&toks, Pass::Reuse { start: 10, end: 20 }, None).is_err(), "no cache yet");
@@ -109,7 +99,7 @@ fn run(m: &mut Model, p: &GenParams, rule: &mut dyn Unmasker) -> Vec<u32> {
 
 #[test]
 fn restricted_lm_head_generates_exactly_the_same_text() {
-    let (_tmp, file) = model_file(OutType::Q4_0);
+    let (_tmp, file) = tiny_gqa_gguf(OutType::Q4_0);
     let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
     for block in [None, Some(16)] {
         let full = run(&mut m, &params(Cache::None, true, block, 12), &mut Origin);
@@ -123,7 +113,7 @@ fn restricted_lm_head_generates_exactly_the_same_text() {
 
 #[test]
 fn caches_refreshed_every_step_are_exact_and_stale_ones_still_complete() {
-    let (_tmp, file) = model_file(OutType::Q8_0);
+    let (_tmp, file) = tiny_gqa_gguf(OutType::Q8_0);
     let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
     // One step per block: every step is a storing full pass, so the result is the exact one.
     let exact = run(&mut m, &params(Cache::None, false, Some(16), 3), &mut Origin);

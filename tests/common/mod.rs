@@ -46,3 +46,13 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 pub fn argmax(r: &[f32]) -> usize {
     r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
 }
+
+/// The small random checkpoint with grouped KV (2 KV heads) converted to `kind`, in a temporary
+/// folder that lives as long as the returned guard.
+pub fn tiny_gqa_gguf(kind: dlm_convert::OutType) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    checkpoint(&hf, &["--kv-heads", "2"]);
+    let gguf = convert(&hf, kind);
+    (tmp, gguf)
+}
