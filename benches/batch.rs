@@ -10,9 +10,9 @@
 
 mod common;
 
-use common::{diffullama_1b_sharp, gguf, threads, time};
+use common::{diffullama_params, diffullama_1b_sharp, gguf, threads, time};
 use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
-use dlm::generate::{generate, generate_batch, Flow, GenParams};
+use dlm::generate::{generate, generate_batch, Flow};
 use dlm::sample::{Origin, TokenSampler, Unmasker};
 use dlm::{Gguf, LoadOptions, Model, Tokenizer};
 use dlm_convert::OutType;
@@ -32,18 +32,7 @@ fn main() {
     let prompts: Vec<Vec<u32>> = (0..PROMPTS)
         .map(|i| std::iter::once(1).chain(all.iter().cycle().skip(1 + 3 * i).take(PROMPT_LEN - 1).copied()).collect())
         .collect();
-    let p = GenParams {
-        n_gen: N_GEN,
-        steps: STEPS,
-        block_length: None,
-        sampler: TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0 },
-        seed: 1,
-        mask_id: dlm::keys::DIFFULLAMA_MASK_ID,
-        shift_logits: true,
-        eos: None,
-        cache: Default::default(),
-        full_lm_head: false,
-    };
+    let p = diffullama_params(N_GEN, STEPS, TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0 }, 1);
     let total_tokens = (PROMPTS * N_GEN) as f64;
     println!("batching, 1B-shaped q4_0 (22 layers), {threads} threads: {PROMPTS} prompts of {PROMPT_LEN} tokens, {N_GEN} new tokens each, {STEPS} steps, greedy");
     println!();

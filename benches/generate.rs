@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{gguf, llama7b_2l, selected, threads, time};
+use common::{diffullama_params, gguf, llama7b_2l, selected, threads, time};
 use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
-use dlm::generate::{generate, Flow, Forward, GenParams};
+use dlm::generate::{generate, Flow, Forward};
 use dlm::sample::{Origin, Threshold, TokenSampler, Unmasker};
 use dlm::{LoadOptions, Model, Tokenizer};
 use dlm_convert::OutType;
@@ -25,18 +25,7 @@ fn main() {
     let n_ctx = prompt.len() + N_GEN;
     println!("generation, 7B-shaped layers x2, q4_0, {threads} threads: {} prompt tokens, {N_GEN} new, {STEPS} steps", prompt.len());
     println!("{:<22} {:>7} {:>10} {:>10} {:>9}", "case", "steps", "ms/step", "tokens/s", "vs llama");
-    let params = GenParams {
-        n_gen: N_GEN,
-        steps: STEPS,
-        block_length: None,
-        sampler: TokenSampler { temp: 0.9, top_k: 0, top_p: 0.9 },
-        seed: 0,
-        mask_id: dlm::keys::DIFFULLAMA_MASK_ID,
-        shift_logits: true,
-        eos: None,
-        cache: Default::default(),
-        full_lm_head: false,
-    };
+    let params = diffullama_params(N_GEN, STEPS, TokenSampler { temp: 0.9, top_k: 0, top_p: 0.9 }, 0);
     let mut base = None;
     let cases: [(&str, fn() -> Box<dyn Unmasker>, bool); 3] = [
         ("llama.cpp/origin", || Box::new(Origin), true),

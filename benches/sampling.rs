@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{diffullama_1b_sharp, gguf, threads, time};
+use common::{diffullama_params, diffullama_1b_sharp, gguf, threads, time};
 use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
 use dlm::generate::{generate, Cache, Flow, Forward, GenParams, Generation, Pass};
 use dlm::sample::{Confidence, Origin, Threshold, TokenSampler, Unmasker};
@@ -60,16 +60,10 @@ fn unmasker(r: Rule) -> Box<dyn Unmasker> {
 
 fn run(model: &mut dyn Forward, prompt: &[u32], s: Setup, steps: usize) -> (f64, Generation) {
     let p = GenParams {
-        n_gen: N_GEN,
-        steps,
         block_length: s.block,
-        sampler: TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0 },
-        seed: 42,
-        mask_id: dlm::keys::DIFFULLAMA_MASK_ID,
-        shift_logits: true,
-        eos: None,
         cache: s.cache,
         full_lm_head: s.full_lm_head,
+        ..diffullama_params(N_GEN, steps, TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0 }, 42)
     };
     time(|| generate(model, prompt, &[], &p, unmasker(s.rule).as_mut(), |_| Flow::Continue).unwrap())
 }

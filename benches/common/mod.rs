@@ -79,3 +79,20 @@ pub fn diffullama_1b_sharp() -> PathBuf {
         &["--layers", "22", "--hidden", "2048", "--heads", "16", "--ffn", "5632", "--shards", "2", "--lm-head-std", "0.5"],
     )
 }
+
+/// DiffuLLaMA generation settings for the benchmarks: one block, no cache, restricted LM head,
+/// no EOS (every run fills all `n_gen` positions); callers change what their case varies.
+pub fn diffullama_params(n_gen: usize, steps: usize, sampler: dlm::sample::TokenSampler, seed: u64) -> dlm::generate::GenParams {
+    dlm::generate::GenParams {
+        n_gen,
+        steps,
+        block_length: None,
+        sampler,
+        seed,
+        mask_id: dlm::keys::DIFFULLAMA_MASK_ID,
+        shift_logits: true,
+        eos: None,
+        cache: Default::default(),
+        full_lm_head: false,
+    }
+}
