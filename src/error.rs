@@ -27,6 +27,9 @@ pub enum Error {
     /// A ggml call was refused (unsupported type, bad shape) before reaching ggml.
     #[error("ggml: {0}")]
     Ggml(String),
+    /// The GPU backend (wgpu) failed: no adapter, an unsupported shape, a device error.
+    #[error("gpu: {0}")]
+    Gpu(String),
     /// An argument given by the caller is invalid.
     #[error("{0}")]
     Invalid(String),

@@ -42,6 +42,31 @@ pub trait Ops {
     fn write_tokens(&mut self, cache: Self::T, fresh: Self::T, start: usize) -> Self::T;
 }
 
+/// A backend that runs graphs of [`Ops`]: builds (or plans) a graph once per key, then runs it
+/// as often as asked with new i32 inputs.
+pub trait Engine {
+    type T: Copy;
+    type Builder<'a>: Ops<T = Self::T>
+    where
+        Self: 'a;
+
+    /// Runs the graph `build` makes (made once per distinct `key`, which must determine the
+    /// graph, and reused while the key stays the same), with `inputs` copied into the graph's
+    /// i32 inputs in the order `build` created them; returns the output tensor's values.
+    /// `graph_size` bounds the tensors and nodes `build` may create.
+    fn run(
+        &mut self,
+        key: &[usize],
+        graph_size: usize,
+        inputs: &[&[i32]],
+        build: impl FnOnce(&mut Self::Builder<'_>) -> Self::T,
+    ) -> crate::Result<Vec<f32>>;
+
+    /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
+    /// allocated on first use and again whenever the shape changes (contents then undefined).
+    fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> crate::Result<Vec<LayerKv<Self::T>>>;
+}
+
 /// One layer's cached keys and values, `[head_dim, n_head_kv, total]` each (after RoPE).
 #[derive(Clone, Copy, Debug)]
 pub struct LayerKv<T> {

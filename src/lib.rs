@@ -20,4 +20,4 @@ pub use error::{Error, Result};
 pub use gguf::{GgmlType, Gguf, GgufWriter};
 pub use tokenizer::Tokenizer;
 #[cfg(feature = "ggml")]
-pub use model::{LoadOptions, Model};
+pub use model::{Backend, LoadOptions, Model};

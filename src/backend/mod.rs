@@ -2,3 +2,6 @@
 
 #[cfg(feature = "ggml")]
 pub mod ggml;
+
+#[cfg(feature = "wgpu")]
+pub mod wgpu;

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::backend::ggml::{Executor, TensorRef, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::graph::Ops;
+use crate::graph::{Engine, Ops};
 pub use crate::generate::Pass;
 pub use llama::{Kv, Llama, LlamaParams};
 
@@ -25,29 +25,90 @@ pub struct LoadOptions {
     /// Bidirectional attention through ggml's flash attention (the default) rather than
     /// explicit scores and soft-max (what llama.cpp runs with flash attention off).
     pub flash_attn: bool,
+    /// Where the forward pass runs. The library's default is the CPU; `dlm-run` defaults to
+    /// [`Backend::Auto`].
+    pub backend: Backend,
+    /// Which adapter of the GPU backend (its index in `--list-devices`); `None`: the first
+    /// hardware one.
+    pub device: Option<usize>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { threads: std::thread::available_parallelism().map_or(1, |n| n.get()), causal: None, repack: true, flash_attn: true }
+        LoadOptions {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            causal: None,
+            repack: true,
+            flash_attn: true,
+            backend: Backend::Cpu,
+            device: None,
+        }
     }
 }
 
-/// A loaded model on the ggml CPU backend.
+/// Compute backends a model can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A GPU through wgpu when a hardware adapter exists (never a software rasterizer such as
+    /// lavapipe: ggml's CPU kernels are much faster), else the CPU.
+    Auto,
+    /// ggml's CPU kernels.
+    Cpu,
+    /// Our WGSL kernels through wgpu (Vulkan, Metal, DX12); software adapters allowed when
+    /// asked for by index or when no hardware one exists.
+    Wgpu,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Cpu => "cpu",
+            Backend::Wgpu => "wgpu",
+        }
+    }
+}
+
+/// The executor and the weights' handles on one backend.
+// One per loaded model: the variants' size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Engines {
+    Cpu {
+        // Field order is drop order: graphs, then weight tensors (the map outlives both).
+        executor: Executor,
+        llama: Llama<TensorRef>,
+        weights: Weights,
+    },
+    #[cfg(feature = "wgpu")]
+    Wgpu { executor: crate::backend::wgpu::Executor, llama: Llama<crate::backend::wgpu::GpuTensor> },
+}
+
+/// A loaded model on one backend.
 pub struct Model {
-    // Field order is drop order: graphs, then weight tensors, then the map they point into.
-    executor: Executor,
+    // Field order is drop order: the engine (graphs, weights) before the map it points into.
+    engine: Engines,
     /// Sequence length the key/value cache holds a full pass of, if any.
     kv_for: Option<usize>,
-    llama: Llama<TensorRef>,
-    weights: Weights,
+    params: LlamaParams,
     gguf: Gguf,
 }
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("path", &self.gguf.path()).field("params", &self.llama.p).finish()
+        f.debug_struct("Model").field("path", &self.gguf.path()).field("backend", &self.backend_description()).field("params", &self.params).finish()
     }
+}
+
+/// Runs `$body` with `$exec` and `$llama` bound to the engine's executor and weights, whichever
+/// backend it is (the body is compiled once per backend).
+macro_rules! on_engine {
+    ($engine:expr, |$exec:ident, $llama:ident| $body:expr) => {
+        match $engine {
+            Engines::Cpu { executor: $exec, llama: $llama, .. } => $body,
+            #[cfg(feature = "wgpu")]
+            Engines::Wgpu { executor: $exec, llama: $llama } => $body,
+        }
+    };
 }
 
 impl Model {
@@ -62,20 +123,89 @@ impl Model {
             return Err(gguf.metadata_error(crate::keys::ARCHITECTURE, format!("architecture `{arch}` is not supported (supported: llama)")));
         }
         let params = LlamaParams::from_gguf(&gguf, opts.causal)?;
-        // The embedding is read by row lookups, which need the file's layout; every other matrix
-        // is only ever the weight of a matmul.
-        let weights = Weights::map(&gguf, |t| opts.repack && t.name != "token_embd.weight")?;
-        let llama = Llama::load(&gguf, params, |name| weights.get(name))?;
-        Ok(Model { executor: Executor::cpu(opts.threads, opts.flash_attn)?, kv_for: None, llama, weights, gguf })
+        let engine = match opts.backend {
+            Backend::Cpu => None,
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Some(Self::wgpu_engine(&gguf, &params, opts.device, true)?),
+            #[cfg(feature = "wgpu")]
+            Backend::Auto => match crate::backend::wgpu::Gpu::open(opts.device, opts.device.is_some()) {
+                Ok(gpu) => Some(Self::wgpu_engine_on(gpu, &gguf, &params)?),
+                Err(_) => None, // no hardware adapter: the CPU
+            },
+            #[cfg(not(feature = "wgpu"))]
+            Backend::Wgpu => return Err(Error::Invalid("this build has no wgpu backend (built without the `wgpu` feature)".into())),
+            #[cfg(not(feature = "wgpu"))]
+            Backend::Auto => None,
+        };
+        let engine = match engine {
+            Some(e) => e,
+            None => {
+                // The embedding is read by row lookups, which need the file's layout; every
+                // other matrix is only ever the weight of a matmul.
+                let weights = Weights::map(&gguf, |t| opts.repack && t.name != "token_embd.weight")?;
+                let llama = Llama::load(&gguf, params.clone(), |name| weights.get(name))?;
+                Engines::Cpu { executor: Executor::cpu(opts.threads, opts.flash_attn)?, llama, weights }
+            }
+        };
+        Ok(Model { engine, kv_for: None, params, gguf })
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn wgpu_engine(gguf: &Gguf, params: &LlamaParams, device: Option<usize>, allow_software: bool) -> Result<Engines> {
+        Self::wgpu_engine_on(crate::backend::wgpu::Gpu::open(device, allow_software)?, gguf, params)
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn wgpu_engine_on(gpu: crate::backend::wgpu::Gpu, gguf: &Gguf, params: &LlamaParams) -> Result<Engines> {
+        use crate::backend::wgpu::{Executor as GpuExecutor, WeightSet};
+        // Validate names, shapes and types before spending time on the upload.
+        Llama::load(gguf, params.clone(), |_| Some(()))?;
+        let weights = WeightSet::upload(&gpu, gguf)?;
+        if !weights.converted.is_empty() {
+            let types: std::collections::BTreeSet<String> = weights.converted.iter().map(|(_, t)| t.to_string()).collect();
+            eprintln!(
+                "note: {} tensor(s) of type {} have no wgpu kernel; uploaded as f16 (more device memory than the file)",
+                weights.converted.len(),
+                types.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let executor = GpuExecutor::new(gpu, weights);
+        let llama = Llama::load(gguf, params.clone(), |name| executor.weight(name))?;
+        Ok(Engines::Wgpu { executor, llama })
     }
 
     pub fn params(&self) -> &LlamaParams {
-        &self.llama.p
+        &self.params
+    }
+
+    /// Which backend runs the forward pass: `cpu`, or `wgpu` and the adapter.
+    pub fn backend_description(&self) -> String {
+        match &self.engine {
+            Engines::Cpu { .. } => "cpu (ggml)".into(),
+            #[cfg(feature = "wgpu")]
+            Engines::Wgpu { executor, .. } => {
+                let a = executor.gpu().adapter();
+                format!("wgpu ({}, {}, {})", a.name, a.api, a.kind)
+            }
+        }
+    }
+
+    /// The backend the model runs on ([`Backend::Cpu`] or [`Backend::Wgpu`]).
+    pub fn backend(&self) -> Backend {
+        match &self.engine {
+            Engines::Cpu { .. } => Backend::Cpu,
+            #[cfg(feature = "wgpu")]
+            Engines::Wgpu { .. } => Backend::Wgpu,
+        }
     }
 
     /// Weight matrices copied into ggml's repacked CPU layout at load (see [`LoadOptions::repack`]).
     pub fn repacked_tensors(&self) -> usize {
-        self.weights.n_repacked()
+        match &self.engine {
+            Engines::Cpu { weights, .. } => weights.n_repacked(),
+            #[cfg(feature = "wgpu")]
+            Engines::Wgpu { .. } => 0,
+        }
     }
 
     pub fn gguf(&self) -> &Gguf {
@@ -91,71 +221,8 @@ impl Model {
     /// sequence `tokens`, or for every computed position when `rows` is `None`. The LM head
     /// runs on those rows only. `pass` says which positions are computed (see [`Pass`]).
     pub fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
-        let total = tokens.len();
-        let p = &self.llama.p;
-        let n_vocab = p.n_vocab;
-        check_tokens(tokens, n_vocab)?;
-        let (start, end) = match pass {
-            Pass::Full | Pass::Store => (0, total),
-            Pass::Reuse { start, end } => {
-                if self.kv_for != Some(total) {
-                    return Err(Error::Invalid(format!("no cached keys/values for a sequence of {total} tokens: run a Pass::Store first")));
-                }
-                if start >= end || end > total {
-                    return Err(Error::Invalid(format!("positions {start}..{end} are not a range inside 0..{total}")));
-                }
-                (start, end)
-            }
-        };
-        let n = end - start;
-        // Output rows, local to the computed range.
-        let mut out_rows: Option<Vec<i32>> = None;
-        if let Some(rows) = rows {
-            if rows.is_empty() {
-                return Ok(Vec::new());
-            }
-            if let Some(&bad) = rows.iter().find(|&&r| r < start || r >= end) {
-                return Err(Error::Invalid(format!("row {bad} is not among the computed positions {start}..{end}")));
-            }
-            out_rows = Some(padded_rows(rows.iter().map(|&r| (r - start) as i32).collect()));
-        }
-        let n_rows = rows.map_or(n, |r| r.len());
-        let kind = match pass {
-            Pass::Full => 0,
-            Pass::Store => 1,
-            Pass::Reuse { .. } => 2,
-        };
-        let cache = match pass {
-            Pass::Full => Vec::new(),
-            _ => self.executor.kv_cache(p.n_layer, p.head_dim(), p.n_head_kv, total)?,
-        };
-        if matches!(pass, Pass::Store) {
-            self.kv_for = None; // until the pass succeeds
-        }
-        let ids: Vec<i32> = tokens[start..end].iter().map(|&t| t as i32).collect();
-        let pos: Vec<i32> = (start as i32..end as i32).collect();
-        let key = [kind, total, start, end, out_rows.as_ref().map_or(0, |r| r.len())];
-        let llama = &self.llama;
-        let mut inputs: Vec<&[i32]> = vec![&ids, &pos];
-        if let Some(r) = &out_rows {
-            inputs.push(r);
-        }
-        let size = graph_size(p.n_layer, 1);
-        let mut out = self.executor.run(&key, size, &inputs, |b| {
-            let (t, ps) = (b.input_i32(n), b.input_i32(n));
-            let rows = out_rows.as_ref().map(|r| b.input_i32(r.len()));
-            let kv = match pass {
-                Pass::Full => Kv::None,
-                Pass::Store => Kv::Store(&cache),
-                Pass::Reuse { .. } => Kv::Reuse { cache: &cache, start },
-            };
-            llama.forward(b, t, ps, n, &kv, rows, &[n])
-        })?;
-        if matches!(pass, Pass::Store) {
-            self.kv_for = Some(total);
-        }
-        out.truncate(n_rows * n_vocab);
-        Ok(out)
+        let kv_for = &mut self.kv_for;
+        on_engine!(&mut self.engine, |exec, llama| forward_rows_on(exec, llama, kv_for, tokens, pass, rows))
     }
 
     /// Logits of the rows `rows[i]` of each sequence `seqs[i]` (in that order, sequence after
@@ -163,37 +230,116 @@ impl Model {
     /// reads the weights once for all of them, attention stays within each sequence, and each
     /// has its own positions from 0, so every sequence's logits are those of a pass on its own.
     pub fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
-        let n_vocab = self.llama.p.n_vocab;
-        if seqs.is_empty() || seqs.len() != rows.len() {
-            return Err(Error::Invalid(format!("a batch needs one row list per sequence ({} sequences, {} row lists)", seqs.len(), rows.len())));
-        }
-        let (mut ids, mut pos, mut out) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, (tokens, rows)) in seqs.iter().zip(rows).enumerate() {
-            check_tokens(tokens, n_vocab).map_err(|e| Error::Invalid(format!("sequence {i} of the batch: {e}")))?;
-            if let Some(&bad) = rows.iter().find(|&&r| r >= tokens.len()) {
-                return Err(Error::Invalid(format!("sequence {i} of the batch: row {bad} is outside its {} positions", tokens.len())));
+        on_engine!(&mut self.engine, |exec, llama| forward_batch_on(exec, llama, seqs, rows))
+    }
+}
+
+/// [`Model::forward_rows`] on one engine.
+fn forward_rows_on<E: Engine>(
+executor: &mut E,
+llama: &Llama<E::T>,
+kv_for: &mut Option<usize>,
+tokens: &[u32],
+pass: Pass,
+rows: Option<&[usize]>,
+) -> Result<Vec<f32>> {
+    let total = tokens.len();
+    let p = &llama.p;
+    let n_vocab = p.n_vocab;
+    check_tokens(tokens, n_vocab)?;
+    let (start, end) = match pass {
+        Pass::Full | Pass::Store => (0, total),
+        Pass::Reuse { start, end } => {
+            if *kv_for != Some(total) {
+                return Err(Error::Invalid(format!("no cached keys/values for a sequence of {total} tokens: run a Pass::Store first")));
             }
-            out.extend(rows.iter().map(|&r| (ids.len() + r) as i32));
-            ids.extend(tokens.iter().map(|&t| t as i32));
-            pos.extend(0..tokens.len() as i32);
+            if start >= end || end > total {
+                return Err(Error::Invalid(format!("positions {start}..{end} are not a range inside 0..{total}")));
+            }
+            (start, end)
         }
-        let n_rows = out.len();
-        if n_rows == 0 {
+    };
+    let n = end - start;
+    // Output rows, local to the computed range.
+    let mut out_rows: Option<Vec<i32>> = None;
+    if let Some(rows) = rows {
+        if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let out_rows = padded_rows(out);
-        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let n = ids.len();
-        let key: Vec<usize> = [3, out_rows.len()].into_iter().chain(lens.iter().copied()).collect();
-        let llama = &self.llama;
-        let size = graph_size(llama.p.n_layer, seqs.len());
-        let mut logits = self.executor.run(&key, size, &[&ids, &pos, &out_rows], |b| {
-            let (t, ps, r) = (b.input_i32(n), b.input_i32(n), b.input_i32(out_rows.len()));
-            llama.forward(b, t, ps, n, &Kv::None, Some(r), &lens)
-        })?;
-        logits.truncate(n_rows * n_vocab);
-        Ok(logits)
+        if let Some(&bad) = rows.iter().find(|&&r| r < start || r >= end) {
+            return Err(Error::Invalid(format!("row {bad} is not among the computed positions {start}..{end}")));
+        }
+        out_rows = Some(padded_rows(rows.iter().map(|&r| (r - start) as i32).collect()));
     }
+    let n_rows = rows.map_or(n, |r| r.len());
+    let kind = match pass {
+        Pass::Full => 0,
+        Pass::Store => 1,
+        Pass::Reuse { .. } => 2,
+    };
+    let cache = match pass {
+        Pass::Full => Vec::new(),
+        _ => executor.kv_cache(p.n_layer, p.head_dim(), p.n_head_kv, total)?,
+    };
+    if matches!(pass, Pass::Store) {
+        *kv_for = None; // until the pass succeeds
+    }
+    let ids: Vec<i32> = tokens[start..end].iter().map(|&t| t as i32).collect();
+    let pos: Vec<i32> = (start as i32..end as i32).collect();
+    let key = [kind, total, start, end, out_rows.as_ref().map_or(0, |r| r.len())];
+    let mut inputs: Vec<&[i32]> = vec![&ids, &pos];
+    if let Some(r) = &out_rows {
+        inputs.push(r);
+    }
+    let size = graph_size(p.n_layer, 1);
+    let mut out = executor.run(&key, size, &inputs, |b| {
+        let (t, ps) = (b.input_i32(n), b.input_i32(n));
+        let rows = out_rows.as_ref().map(|r| b.input_i32(r.len()));
+        let kv = match pass {
+            Pass::Full => Kv::None,
+            Pass::Store => Kv::Store(&cache),
+            Pass::Reuse { .. } => Kv::Reuse { cache: &cache, start },
+        };
+        llama.forward(b, t, ps, n, &kv, rows, &[n])
+    })?;
+    if matches!(pass, Pass::Store) {
+        *kv_for = Some(total);
+    }
+    out.truncate(n_rows * n_vocab);
+    Ok(out)
+}
+
+/// [`Model::forward_batch`] on one engine.
+fn forward_batch_on<E: Engine>(executor: &mut E, llama: &Llama<E::T>, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
+    let n_vocab = llama.p.n_vocab;
+    if seqs.is_empty() || seqs.len() != rows.len() {
+        return Err(Error::Invalid(format!("a batch needs one row list per sequence ({} sequences, {} row lists)", seqs.len(), rows.len())));
+    }
+    let (mut ids, mut pos, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (tokens, rows)) in seqs.iter().zip(rows).enumerate() {
+        check_tokens(tokens, n_vocab).map_err(|e| Error::Invalid(format!("sequence {i} of the batch: {e}")))?;
+        if let Some(&bad) = rows.iter().find(|&&r| r >= tokens.len()) {
+            return Err(Error::Invalid(format!("sequence {i} of the batch: row {bad} is outside its {} positions", tokens.len())));
+        }
+        out.extend(rows.iter().map(|&r| (ids.len() + r) as i32));
+        ids.extend(tokens.iter().map(|&t| t as i32));
+        pos.extend(0..tokens.len() as i32);
+    }
+    let n_rows = out.len();
+    if n_rows == 0 {
+        return Ok(Vec::new());
+    }
+    let out_rows = padded_rows(out);
+    let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+    let n = ids.len();
+    let key: Vec<usize> = [3, out_rows.len()].into_iter().chain(lens.iter().copied()).collect();
+    let size = graph_size(llama.p.n_layer, seqs.len());
+    let mut logits = executor.run(&key, size, &[&ids, &pos, &out_rows], |b| {
+        let (t, ps, r) = (b.input_i32(n), b.input_i32(n), b.input_i32(out_rows.len()));
+        llama.forward(b, t, ps, n, &Kv::None, Some(r), &lens)
+    })?;
+    logits.truncate(n_rows * n_vocab);
+    Ok(logits)
 }
 
 /// Tensors and nodes a forward graph may need, generously: a layer makes about 30, plus 8 per

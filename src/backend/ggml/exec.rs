@@ -14,7 +14,7 @@ use llama_cpp_sys_2 as sys;
 use super::{ggml_type, Context};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
-use crate::graph::{LayerKv, Ops};
+use crate::graph::{Engine, LayerKv, Ops};
 
 /// ggml's `GGML_ROPE_TYPE_NORM`: rotate adjacent pairs (LLaMA as converted by llama.cpp).
 const ROPE_TYPE_NORM: i32 = 0;
@@ -476,5 +476,18 @@ impl Executor {
         // SAFETY: `out` has room for `bytes` bytes; the tensor holds exactly that many.
         unsafe { sys::ggml_backend_tensor_get(g.output.ptr(), out.as_mut_ptr().cast(), 0, bytes) };
         Ok(out)
+    }
+}
+
+impl Engine for Executor {
+    type T = TensorRef;
+    type Builder<'a> = Builder<'a>;
+
+    fn run(&mut self, key: &[usize], graph_size: usize, inputs: &[&[i32]], build: impl FnOnce(&mut Builder<'_>) -> TensorRef) -> Result<Vec<f32>> {
+        Executor::run(self, key, graph_size, inputs, build)
+    }
+
+    fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<TensorRef>>> {
+        Executor::kv_cache(self, layers, head_dim, n_head_kv, total)
     }
 }

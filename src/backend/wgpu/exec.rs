@@ -1,0 +1,573 @@
+//! Running model graphs on the GPU through wgpu.
+//!
+//! [`Executor`] implements [`Ops`] by recording nodes (dispatches and buffer copies) into a
+//! plan. A plan is made once per graph key, like the ggml executor's cached graphs: activation
+//! buffers are assigned by liveness (a buffer is reused once every reader of its last tensor has
+//! run), parameters go into one uniform buffer, bind groups are made once. A run writes the i32
+//! inputs, encodes every node into one command buffer, submits it once and reads back only the
+//! output tensor.
+
+use std::sync::Arc;
+
+use super::kernels::{Kernel, Layout};
+use super::weights::WeightSet;
+use super::Gpu;
+use crate::error::{Error, Result};
+use crate::graph::{Engine, LayerKv, Ops};
+
+/// Where a tensor's values live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Store {
+    /// A weight (index into the weight set); its chunks are bound per dispatch.
+    Weight(usize),
+    /// A persistent key/value cache buffer.
+    Cache(usize),
+    /// An i32 input of the plan.
+    Input(usize),
+    /// An activation of the plan (a logical buffer, mapped to a physical one by liveness).
+    Act(usize),
+}
+
+/// A tensor handle of one [`Executor`]: weights and caches are valid across plans, everything
+/// else only within the plan that made it.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuTensor(usize);
+
+/// A contiguous tensor: `ne` values from element `off` of its store.
+#[derive(Clone, Copy, Debug)]
+struct Desc {
+    store: Store,
+    off: usize,
+    ne: [usize; 3],
+}
+
+impl Desc {
+    fn numel(&self) -> usize {
+        self.ne.iter().product()
+    }
+}
+
+/// A buffer a node binds: a store, or one chunk of a weight.
+#[derive(Clone, Copy, Debug)]
+enum Bind {
+    Store(Store),
+    Chunk(usize, usize),
+}
+
+enum Node {
+    Dispatch { kernel: Kernel, params: [u32; 12], binds: Vec<Bind>, groups: (u32, u32) },
+    Copy { src: Store, src_off: u64, dst: Store, dst_off: u64, bytes: u64 },
+}
+
+/// Workgroup counts for `n` groups: x capped at the per-dimension limit, the rest in y.
+fn groups_2d(n: usize) -> (u32, u32) {
+    let x = n.clamp(1, 65535);
+    (x as u32, n.div_ceil(x).max(1) as u32)
+}
+
+/// Records a graph (see [`Ops`]).
+pub struct Recorder<'e> {
+    weights: &'e WeightSet,
+    descs: Vec<Desc>,
+    nodes: Vec<Node>,
+    inputs: Vec<usize>,
+    /// Bytes of each activation store.
+    acts: Vec<u64>,
+    error: Option<Error>,
+}
+
+impl Recorder<'_> {
+    fn desc(&self, t: GpuTensor) -> Desc {
+        self.descs[t.0]
+    }
+
+    fn push(&mut self, d: Desc) -> GpuTensor {
+        self.descs.push(d);
+        GpuTensor(self.descs.len() - 1)
+    }
+
+    /// A fresh f32 activation of shape `ne`.
+    fn act(&mut self, ne: [usize; 3]) -> (GpuTensor, Desc) {
+        self.acts.push((ne.iter().product::<usize>() * 4) as u64);
+        let d = Desc { store: Store::Act(self.acts.len() - 1), off: 0, ne };
+        (self.push(d), d)
+    }
+
+    fn fail(&mut self, what: String) {
+        self.error.get_or_insert(Error::Gpu(what));
+    }
+
+    fn dispatch(&mut self, kernel: Kernel, params: [u32; 12], binds: Vec<Bind>, groups: (u32, u32)) {
+        self.nodes.push(Node::Dispatch { kernel, params, binds, groups });
+    }
+
+    /// The binding for an f32 operand (activation, cache, or a one-chunk f32 weight).
+    fn f32_bind(&mut self, d: Desc) -> Bind {
+        match d.store {
+            Store::Weight(w) => {
+                let gw = &self.weights.weights[w];
+                if gw.layout != Layout::F32 || gw.chunks.len() != 1 {
+                    self.fail(format!("weight `{}` is used as an f32 operand but is {:?}", self.weights.names[w], gw.layout));
+                }
+                Bind::Chunk(w, 0)
+            }
+            s => Bind::Store(s),
+        }
+    }
+
+    /// A kernel reading rows through a loader (`get_rows`, `mul_mat`) is given, per chunk:
+    /// (layout, binding, first row, rows, w_off, w_row, w_sc).
+    fn row_sources(&mut self, d: Desc) -> Vec<(Layout, Bind, usize, usize, u32, u32, u32)> {
+        match d.store {
+            Store::Weight(w) => {
+                let gw = &self.weights.weights[w];
+                gw.chunks.iter().enumerate().map(|(i, c)| (gw.layout, Bind::Chunk(w, i), c.row0, c.rows, 0, c.w_row, c.w_sc)).collect()
+            }
+            s => vec![(Layout::F32, Bind::Store(s), 0, d.ne[1] * d.ne[2], d.off as u32, d.ne[0] as u32, 0)],
+        }
+    }
+
+    fn elementwise(&mut self, op: u32, a: GpuTensor, b: GpuTensor) -> GpuTensor {
+        let (da, db) = (self.desc(a), self.desc(b));
+        for i in 0..3 {
+            if db.ne[i] != da.ne[i] && db.ne[i] != 1 {
+                self.fail(format!("elementwise op {op}: shapes {:?} and {:?} do not broadcast", da.ne, db.ne));
+            }
+        }
+        let (y, dy) = self.act(da.ne);
+        let (gx, gy) = groups_2d(da.numel().div_ceil(256));
+        let (ba, bb) = (self.f32_bind(da), self.f32_bind(db));
+        let p = [da.ne[0], da.ne[1], da.ne[2], gx as usize, db.ne[0], db.ne[1], db.ne[2], da.off, db.off, dy.off, 0, 0];
+        self.dispatch(Kernel::Elementwise(op), p.map(|v| v as u32), vec![ba, bb, Bind::Store(dy.store)], (gx, gy));
+        y
+    }
+}
+
+impl Ops for Recorder<'_> {
+    type T = GpuTensor;
+
+    fn input_i32(&mut self, n: usize) -> GpuTensor {
+        self.inputs.push(n);
+        self.push(Desc { store: Store::Input(self.inputs.len() - 1), off: 0, ne: [n, 1, 1] })
+    }
+
+    fn get_rows(&mut self, table: GpuTensor, ids: GpuTensor) -> GpuTensor {
+        let (dt, di) = (self.desc(table), self.desc(ids));
+        let ne0 = dt.ne[0];
+        let n_ids = di.numel();
+        let (y, dy) = self.act([ne0, n_ids, 1]);
+        let (gx, gy) = groups_2d((ne0.div_ceil(4) * n_ids).div_ceil(256));
+        for (layout, bind, row0, rows, w_off, w_row, w_sc) in self.row_sources(dt) {
+            let p = [ne0 as u32, n_ids as u32, di.off as u32, dy.off as u32, row0 as u32, rows as u32, gx, w_off, w_row, w_sc, 0, 0];
+            self.dispatch(Kernel::GetRows(layout), p, vec![bind, Bind::Store(di.store), Bind::Store(dy.store)], (gx, gy));
+        }
+        y
+    }
+
+    fn mul_mat(&mut self, w: GpuTensor, x: GpuTensor) -> GpuTensor {
+        let (dw, dx) = (self.desc(w), self.desc(x));
+        let k = dw.ne[0];
+        let m = dw.ne[1] * dw.ne[2];
+        let n = dx.ne[1] * dx.ne[2];
+        if dx.ne[0] != k {
+            self.fail(format!("mul_mat: weight rows of {k} values, input columns of {}", dx.ne[0]));
+        }
+        let (y, dy) = self.act([m, n, 1]);
+        let bx = self.f32_bind(dx);
+        for (layout, bind, row0, rows, w_off, w_row, w_sc) in self.row_sources(dw) {
+            let p = [rows as u32, n as u32, k as u32, m as u32, row0 as u32, dx.off as u32, dy.off as u32, w_off, w_row, w_sc, 0, 0];
+            let groups = (rows.div_ceil(64) as u32, n.div_ceil(64) as u32);
+            if groups.1 > 65535 {
+                self.fail(format!("mul_mat: {n} columns exceed what one dispatch covers"));
+            }
+            self.dispatch(Kernel::MatMul(layout), p, vec![bind, bx, Bind::Store(dy.store)], groups);
+        }
+        y
+    }
+
+    fn rms_norm(&mut self, x: GpuTensor, eps: f32) -> GpuTensor {
+        let dx = self.desc(x);
+        let rows = dx.ne[1] * dx.ne[2];
+        let (y, dy) = self.act(dx.ne);
+        let (gx, gy) = groups_2d(rows);
+        let bx = self.f32_bind(dx);
+        let p = [dx.ne[0] as u32, rows as u32, dx.off as u32, dy.off as u32, eps.to_bits(), gx, 0, 0, 0, 0, 0, 0];
+        self.dispatch(Kernel::RmsNorm, p, vec![bx, Bind::Store(dy.store)], (gx, gy));
+        y
+    }
+
+    fn mul(&mut self, a: GpuTensor, b: GpuTensor) -> GpuTensor {
+        self.elementwise(1, a, b)
+    }
+
+    fn add(&mut self, a: GpuTensor, b: GpuTensor) -> GpuTensor {
+        self.elementwise(0, a, b)
+    }
+
+    fn reshape_3d(&mut self, x: GpuTensor, ne: [usize; 3]) -> GpuTensor {
+        let d = self.desc(x);
+        if ne.iter().product::<usize>() != d.numel() {
+            self.fail(format!("reshape of {:?} to {ne:?}", d.ne));
+        }
+        self.push(Desc { ne, ..d })
+    }
+
+    fn rope(&mut self, x: GpuTensor, pos: GpuTensor, n_dims: usize, theta: f32) -> GpuTensor {
+        let (dx, dp) = (self.desc(x), self.desc(pos));
+        let (y, dy) = self.act(dx.ne);
+        let (gx, gy) = groups_2d((dx.numel() / 2).div_ceil(256));
+        let bx = self.f32_bind(dx);
+        let p = [dx.ne[0], dx.ne[1], dx.ne[2], gx as usize, dx.off, dy.off, dp.off, n_dims].map(|v| v as u32);
+        let p = [p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], theta.to_bits(), 0, 0, 0];
+        self.dispatch(Kernel::Rope, p, vec![bx, Bind::Store(dp.store), Bind::Store(dy.store)], (gx, gy));
+        y
+    }
+
+    fn attention(&mut self, q: GpuTensor, k: GpuTensor, v: GpuTensor, causal: bool) -> GpuTensor {
+        let (dq, dk, dv) = (self.desc(q), self.desc(k), self.desc(v));
+        let [hd, n_head, n_q] = dq.ne;
+        let (n_head_kv, n_kv) = (dk.ne[1], dk.ne[2]);
+        if hd > 256 || dk.ne[0] != hd || dv.ne != dk.ne || n_head % n_head_kv != 0 {
+            self.fail(format!("attention: q {:?}, k {:?}, v {:?} (head dimension at most 256)", dq.ne, dk.ne, dv.ne));
+        }
+        let (y, dy) = self.act([hd * n_head, n_q, 1]);
+        let (bq, bk, bv) = (self.f32_bind(dq), self.f32_bind(dk), self.f32_bind(dv));
+        let scale = 1.0 / (hd as f32).sqrt();
+        let p = [n_q, n_kv, n_head, n_head_kv, dq.off, dk.off, dv.off, dy.off].map(|v| v as u32);
+        let p = [p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], scale.to_bits(), causal as u32, 0, 0];
+        let groups = (n_q.div_ceil(64) as u32, n_head as u32);
+        self.dispatch(Kernel::Attention(hd as u32), p, vec![bq, bk, bv, Bind::Store(dy.store)], groups);
+        y
+    }
+
+    fn swiglu(&mut self, gate: GpuTensor, up: GpuTensor) -> GpuTensor {
+        self.elementwise(2, gate, up)
+    }
+
+    fn token_range(&mut self, x: GpuTensor, start: usize, len: usize) -> GpuTensor {
+        let d = self.desc(x);
+        if start + len > d.ne[2] {
+            self.fail(format!("tokens {start}..{} of {:?}", start + len, d.ne));
+        }
+        self.push(Desc { off: d.off + start * d.ne[0] * d.ne[1], ne: [d.ne[0], d.ne[1], len], ..d })
+    }
+
+    fn concat_tokens(&mut self, parts: &[GpuTensor]) -> GpuTensor {
+        let ds: Vec<Desc> = parts.iter().map(|&p| self.desc(p)).collect();
+        let a = ds[0].ne[0];
+        let total: usize = ds.iter().map(|d| d.numel() / a).sum();
+        let (y, dy) = self.act([a, total, 1]);
+        let mut at = 0u64;
+        for d in ds {
+            let bytes = (d.numel() * 4) as u64;
+            self.nodes.push(Node::Copy { src: d.store, src_off: (d.off * 4) as u64, dst: dy.store, dst_off: at, bytes });
+            at += bytes;
+        }
+        y
+    }
+
+    fn write_tokens(&mut self, cache: GpuTensor, fresh: GpuTensor, start: usize) -> GpuTensor {
+        let (dc, df) = (self.desc(cache), self.desc(fresh));
+        let per_token = dc.ne[0] * dc.ne[1];
+        if df.numel() % per_token != 0 || start * per_token + df.numel() > dc.numel() {
+            self.fail(format!("writing {:?} at token {start} of a cache {:?}", df.ne, dc.ne));
+        }
+        let dst_off = ((dc.off + start * per_token) * 4) as u64;
+        self.nodes.push(Node::Copy { src: df.store, src_off: (df.off * 4) as u64, dst: dc.store, dst_off, bytes: (df.numel() * 4) as u64 });
+        cache
+    }
+}
+
+/// A planned graph, ready to run.
+struct Plan {
+    key: Vec<usize>,
+    inputs: Vec<Buffer>,
+    /// (pipeline, bind group, workgroups) or a copy, in order.
+    steps: Vec<Step>,
+    output: (Buffer, u64, u64),
+    staging: wgpu::Buffer,
+    // Kept alive for the bind groups.
+    _uniforms: wgpu::Buffer,
+    _acts: Vec<Buffer>,
+}
+
+/// A physical buffer a step reads or writes.
+type Buffer = wgpu::Buffer;
+
+enum Step {
+    Dispatch(Arc<wgpu::ComputePipeline>, wgpu::BindGroup, (u32, u32)),
+    Copy(Buffer, u64, Buffer, u64, u64),
+}
+
+/// Persistent key/value buffers, one K and one V per layer.
+struct KvCache {
+    shape: [usize; 4],
+    layers: Vec<LayerKv<GpuTensor>>,
+}
+
+/// Weights on one GPU, plus the planned graph and the cache.
+pub struct Executor {
+    gpu: Gpu,
+    weights: WeightSet,
+    /// Descriptors valid in every plan: the weights, then the cache tensors.
+    base: Vec<Desc>,
+    caches: Vec<Buffer>,
+    kv: Option<KvCache>,
+    plan: Option<Plan>,
+}
+
+impl Executor {
+    pub fn new(gpu: Gpu, weights: WeightSet) -> Executor {
+        let base = weights
+            .weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Desc { store: Store::Weight(i), off: 0, ne: [w.ne[0], w.ne[1], 1] })
+            .collect();
+        Executor { gpu, weights, base, caches: Vec::new(), kv: None, plan: None }
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    pub fn weights(&self) -> &WeightSet {
+        &self.weights
+    }
+
+    /// The handle of weight `name`.
+    pub fn weight(&self, name: &str) -> Option<GpuTensor> {
+        self.weights.index(name).map(GpuTensor)
+    }
+
+    /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
+    /// allocated on first use and again whenever the shape changes (contents then undefined).
+    pub fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<GpuTensor>>> {
+        let shape = [layers, head_dim, n_head_kv, total];
+        if self.kv.as_ref().map(|c| c.shape) != Some(shape) {
+            self.plan = None;
+            self.base.truncate(self.weights.weights.len());
+            self.caches.clear();
+            let bytes = (head_dim * n_head_kv * total * 4) as u64;
+            if bytes > self.gpu.max_binding() {
+                return Err(Error::Gpu(format!("a {} key/value cache layer exceeds the adapter's binding limit of {}", super::human_bytes(bytes), super::human_bytes(self.gpu.max_binding()))));
+            }
+            let mut out = Vec::with_capacity(layers);
+            for _ in 0..layers {
+                let mut kv = [GpuTensor(0); 2];
+                for t in &mut kv {
+                    let buf = self.gpu.checked("allocating the key/value cache", || {
+                        self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("kv cache"),
+                            size: bytes,
+                            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                            mapped_at_creation: false,
+                        })
+                    })?;
+                    self.caches.push(buf);
+                    self.base.push(Desc { store: Store::Cache(self.caches.len() - 1), off: 0, ne: [head_dim, n_head_kv, total] });
+                    *t = GpuTensor(self.base.len() - 1);
+                }
+                out.push(LayerKv { k: kv[0], v: kv[1] });
+            }
+            self.kv = Some(KvCache { shape, layers: out });
+        }
+        Ok(self.kv.as_ref().expect("allocated above").layers.clone())
+    }
+
+    /// Runs the graph `build` records (planned once per distinct `key`, which must determine
+    /// the graph), with `inputs` written into the graph's i32 inputs in the order `build`
+    /// created them, and returns the output tensor's values.
+    pub fn run(&mut self, key: &[usize], inputs: &[&[i32]], build: impl FnOnce(&mut Recorder<'_>) -> GpuTensor) -> Result<Vec<f32>> {
+        if self.plan.as_ref().map(|p| p.key.as_slice()) != Some(key) {
+            self.plan = None;
+            let mut r = Recorder { weights: &self.weights, descs: self.base.clone(), nodes: Vec::new(), inputs: Vec::new(), acts: Vec::new(), error: None };
+            let out = build(&mut r);
+            let out = r.descs[out.0];
+            if let Some(e) = r.error {
+                return Err(e);
+            }
+            let (nodes, input_sizes, acts) = (r.nodes, r.inputs, r.acts);
+            self.plan = Some(self.make_plan(key, nodes, input_sizes, acts, out)?);
+        }
+        let plan = self.plan.as_ref().expect("planned above");
+        if inputs.len() != plan.inputs.len() || inputs.iter().zip(&plan.inputs).any(|(i, b)| (i.len() * 4) as u64 != b.size().max(4) && !i.is_empty()) {
+            return Err(Error::Invalid(format!("graph takes {} inputs of other sizes", plan.inputs.len())));
+        }
+        let gpu = &self.gpu;
+        gpu.checked("running the graph", || {
+            for (b, data) in plan.inputs.iter().zip(inputs) {
+                gpu.queue.write_buffer(b, 0, bytemuck::cast_slice(data));
+            }
+            let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+            let mut i = 0;
+            while i < plan.steps.len() {
+                if let Step::Copy(src, so, dst, d_o, n) = &plan.steps[i] {
+                    enc.copy_buffer_to_buffer(src, *so, dst, *d_o, *n);
+                    i += 1;
+                    continue;
+                }
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+                while let Some(Step::Dispatch(pipe, bg, (x, y))) = plan.steps.get(i) {
+                    pass.set_pipeline(pipe);
+                    pass.set_bind_group(0, bg, &[]);
+                    pass.dispatch_workgroups(*x, *y, 1);
+                    i += 1;
+                }
+            }
+            let (buf, off, bytes) = &plan.output;
+            enc.copy_buffer_to_buffer(buf, *off, &plan.staging, 0, *bytes);
+            gpu.queue.submit([enc.finish()]);
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        plan.staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("{}: waiting for the graph: {e}", gpu.adapter().name)))?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("the device dropped the read-back".into()))?
+            .map_err(|e| Error::Gpu(format!("reading the output back: {e}")))?;
+        let view = plan.staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("reading the output back: {e}")))?;
+        let out = view.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        drop(view);
+        plan.staging.unmap();
+        Ok(out)
+    }
+
+    fn make_plan(&mut self, key: &[usize], nodes: Vec<Node>, input_sizes: Vec<usize>, acts: Vec<u64>, out: Desc) -> Result<Plan> {
+        let max = self.gpu.max_binding();
+        if let Some(&big) = acts.iter().find(|&&b| b > max) {
+            return Err(Error::Gpu(format!(
+                "an activation of {} exceeds the adapter's storage binding limit of {}: use a shorter sequence or --backend cpu",
+                super::human_bytes(big),
+                super::human_bytes(max)
+            )));
+        }
+        let mut pipelines = Vec::new();
+        for n in &nodes {
+            if let Node::Dispatch { kernel, .. } = n {
+                pipelines.push(self.gpu.pipeline(*kernel)?);
+            }
+        }
+        let stores = |n: &Node| -> Vec<Store> {
+            match n {
+                Node::Dispatch { binds, .. } => binds.iter().filter_map(|b| if let Bind::Store(s) = b { Some(*s) } else { None }).collect(),
+                Node::Copy { src, dst, .. } => vec![*src, *dst],
+            }
+        };
+        // Last node using each activation; the output lives to the end.
+        let mut last = vec![0usize; acts.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            for s in stores(n) {
+                if let Store::Act(a) = s {
+                    last[a] = i;
+                }
+            }
+        }
+        if let Store::Act(a) = out.store {
+            last[a] = usize::MAX;
+        }
+        let gpu = &self.gpu;
+        let (weights, caches) = (&self.weights, &self.caches);
+        let device = &gpu.device;
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let buffer = |label: &str, size: u64, usage: wgpu::BufferUsages| {
+            device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: size.next_multiple_of(4).max(4), usage, mapped_at_creation: false })
+        };
+        gpu.checked("planning the graph", || {
+            // Physical buffers: an activation takes the smallest free buffer that fits (or a new
+            // one) at its first use and gives it back after its last.
+            let mut phys: Vec<Buffer> = Vec::new();
+            let mut free: Vec<usize> = Vec::new();
+            let mut of_act: Vec<Option<usize>> = vec![None; acts.len()];
+            for (i, n) in nodes.iter().enumerate() {
+                let used: Vec<usize> = stores(n).into_iter().filter_map(|s| if let Store::Act(a) = s { Some(a) } else { None }).collect();
+                for &a in &used {
+                    if of_act[a].is_none() {
+                        let fits = free.iter().enumerate().filter(|(_, &p)| phys[p].size() >= acts[a]).min_by_key(|(_, &p)| phys[p].size());
+                        of_act[a] = Some(match fits.map(|(j, _)| j) {
+                            Some(j) => free.swap_remove(j),
+                            None => {
+                                phys.push(buffer("activation", acts[a].next_multiple_of(256), storage));
+                                phys.len() - 1
+                            }
+                        });
+                    }
+                }
+                for &a in &used {
+                    if last[a] == i && !free.contains(&of_act[a].expect("assigned above")) {
+                        free.push(of_act[a].expect("assigned above"));
+                    }
+                }
+            }
+            let inputs: Vec<Buffer> = input_sizes.iter().map(|&n| buffer("input", (n * 4) as u64, storage)).collect();
+            let buffer_of = |s: Store| -> Buffer {
+                match s {
+                    Store::Act(a) => phys[of_act[a].expect("every activation is used by a node")].clone(),
+                    Store::Cache(c) => caches[c].clone(),
+                    Store::Input(i) => inputs[i].clone(),
+                    Store::Weight(_) => unreachable!("weights are bound by chunk"),
+                }
+            };
+            let n_dispatch = pipelines.len();
+            let mut params = vec![0u8; n_dispatch.max(1) * 256];
+            let uniforms = buffer("params", params.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
+            let mut steps = Vec::with_capacity(nodes.len());
+            let mut d = 0;
+            for n in &nodes {
+                match n {
+                    Node::Copy { src, src_off, dst, dst_off, bytes } => {
+                        steps.push(Step::Copy(buffer_of(*src), *src_off, buffer_of(*dst), *dst_off, *bytes));
+                    }
+                    Node::Dispatch { params: p, binds, groups, .. } => {
+                        params[d * 256..d * 256 + 48].copy_from_slice(bytemuck::cast_slice(p));
+                        let bufs: Vec<Buffer> = binds
+                            .iter()
+                            .map(|b| match *b {
+                                Bind::Store(s) => buffer_of(s),
+                                Bind::Chunk(w, c) => weights.weights[w].chunks[c].buffer.clone(),
+                            })
+                            .collect();
+                        let mut entries = vec![wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &uniforms, offset: (d * 256) as u64, size: std::num::NonZeroU64::new(48) }),
+                        }];
+                        for (j, b) in bufs.iter().enumerate() {
+                            entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: b.as_entire_binding() });
+                        }
+                        let pipe = pipelines[d].clone();
+                        let bg = device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipe.get_bind_group_layout(0), entries: &entries });
+                        steps.push(Step::Dispatch(pipe, bg, *groups));
+                        d += 1;
+                    }
+                }
+            }
+            gpu.queue.write_buffer(&uniforms, 0, &params);
+            let out_bytes = (out.numel() * 4) as u64;
+            let staging = buffer("read-back", out_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+            Plan {
+                key: key.to_vec(),
+                output: (buffer_of(out.store), (out.off * 4) as u64, out_bytes),
+                inputs,
+                steps,
+                staging,
+                _uniforms: uniforms,
+                _acts: phys,
+            }
+        })
+    }
+}
+
+impl Engine for Executor {
+    type T = GpuTensor;
+    type Builder<'a> = Recorder<'a>;
+
+    /// `graph_size` does not apply: plans grow as needed.
+    fn run(&mut self, key: &[usize], _graph_size: usize, inputs: &[&[i32]], build: impl FnOnce(&mut Recorder<'_>) -> GpuTensor) -> Result<Vec<f32>> {
+        Executor::run(self, key, inputs, build)
+    }
+
+    fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<GpuTensor>>> {
+        Executor::kv_cache(self, layers, head_dim, n_head_kv, total)
+    }
+}
