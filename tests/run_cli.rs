@@ -176,3 +176,30 @@ fn prompts_from_a_file_run_in_batches_and_match_single_runs() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn backend_flags_pick_the_engine_and_refuse_what_cannot_run() {
+    let list = dlm_run(&["--list-devices"]);
+    assert!(list.status.success());
+    let listed = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(listed.contains("cpu: ggml CPU backend") && listed.contains("--backend auto: "), "{listed}");
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = convert(&tiny(tmp.path()), OutType::F32);
+    let g = gguf.to_str().unwrap();
+    let base = ["-m", g, "-p", "Today is", "-n", "8", "--steps", "4", "--temp", "0", "--unmask", "confidence", "--json"];
+    let cpu = json(&dlm_run(&[&base[..], &["--backend", "cpu"]].concat()));
+    let ngl0 = json(&dlm_run(&[&base[..], &["-ngl", "0"]].concat()));
+    assert_eq!(cpu["tokens"], ngl0["tokens"], "-ngl 0 runs on the CPU");
+    if listed.contains("wgpu device 0") {
+        let gpu = json(&dlm_run(&[&base[..], &["--backend", "wgpu"]].concat()));
+        assert_eq!(cpu["tokens"], gpu["tokens"], "greedy decoding agrees across backends on an f32 model");
+        let partial = dlm_run(&[&base[..], &["--backend", "wgpu", "-ngl", "1"]].concat());
+        assert_eq!(partial.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&partial.stderr).contains("partial offload"), "{}", String::from_utf8_lossy(&partial.stderr));
+    } else {
+        eprintln!("no wgpu adapter: the wgpu half of this test is skipped");
+    }
+    let bad = dlm_run(&[&base[..], &["--backend", "wgpu", "--device", "99"]].concat());
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no wgpu adapter 99"), "{}", String::from_utf8_lossy(&bad.stderr));
+}

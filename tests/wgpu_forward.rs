@@ -52,7 +52,7 @@ fn wgpu_logits_match_the_cpu_backend_per_type() {
         let want = cpu.forward(&tokens).unwrap();
         let got = gpu.forward(&tokens).unwrap();
         let (err, top1) = compare(&got, &want, 32000);
-        println!("{:>5}: wgpu ({}) vs cpu: max relative error {err:.2e}, top-1 {:.0}%", kind.name(), gpu.backend_description(), top1 * 100.0);
+        println!("{:>5}: {} vs cpu: max relative error {err:.2e}, top-1 {:.0}%", kind.name(), gpu.backend_description(), top1 * 100.0);
         assert!(err <= bound, "{}: {err:.2e} > {bound:.0e}", kind.name());
         assert!(top1 >= 0.95, "{}: top-1 agreement {top1}", kind.name());
         // The restricted LM head and a second, different graph on the same executor.
@@ -62,4 +62,32 @@ fn wgpu_logits_match_the_cpu_backend_per_type() {
             assert_eq!(&got_rows[i * 32000..][..32000], &got[r * 32000..][..32000], "row {r}");
         }
     }
+}
+
+#[test]
+fn wgpu_batches_and_cache_passes_match_the_cpu_backend() {
+    if !have_adapter() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    checkpoint(&hf, &["--dtype", "f32"]);
+    let gguf = convert(&hf, OutType::F32);
+    let (mut cpu, mut gpu) = (load(&gguf, Backend::Cpu), load(&gguf, Backend::Wgpu));
+    // A batch of three sequences: attention per sequence, joined outputs.
+    let seqs: [&[u32]; 3] = [&[1, 450, 811, 811, 811], &[1, 2, 3, 811, 811, 811, 811, 811, 811], &[1, 811]];
+    let rows: [&[usize]; 3] = [&[1, 2, 3], &[0, 4, 8], &[1]];
+    let (want, got) = (cpu.forward_batch(&seqs, &rows).unwrap(), gpu.forward_batch(&seqs, &rows).unwrap());
+    let (err, top1) = compare(&got, &want, 32000);
+    assert!(err < 1e-4 && top1 == 1.0, "batch: {err:.2e}, top-1 {top1}");
+    // Store every position's keys/values, then recompute tokens 4..8 against the cache.
+    let tokens: Vec<u32> = (0..12u32).map(|i| if i > 3 { 811 } else { 1 + i * 100 }).collect();
+    for m in [&mut cpu, &mut gpu] {
+        m.forward_rows(&tokens, Pass::Store, None).unwrap();
+    }
+    let reuse = Pass::Reuse { start: 4, end: 8 };
+    let rows = [4usize, 5, 7];
+    let (want, got) = (cpu.forward_rows(&tokens, reuse, Some(&rows)).unwrap(), gpu.forward_rows(&tokens, reuse, Some(&rows)).unwrap());
+    let (err, top1) = compare(&got, &want, 32000);
+    assert!(err < 1e-4 && top1 == 1.0, "cache reuse: {err:.2e}, top-1 {top1}");
 }

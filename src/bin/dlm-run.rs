@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenParams, Generation, Pass};
 use dlm::sample::{Confidence, Entropy, Margin, Origin, Threshold, TokenSampler, Unmasker};
-use dlm::{keys, Gguf, LoadOptions, Model, Tokenizer};
+use dlm::{keys, Backend, Gguf, LoadOptions, Model, Tokenizer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Rule {
@@ -24,6 +24,17 @@ enum Rule {
     Entropy,
     /// every position with confidence ≥ --threshold, at least one (Fast-dLLM); steps adapt
     Threshold,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// a GPU through wgpu when a hardware adapter exists, else the CPU (a software Vulkan
+    /// driver such as lavapipe is never picked: ggml's CPU kernels are faster)
+    Auto,
+    /// ggml's CPU kernels
+    Cpu,
+    /// our WGSL kernels through wgpu (Vulkan, Metal, DX12), software adapters included
+    Wgpu,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -41,11 +52,11 @@ enum CacheArg {
 /// The canvas is BOS + prompt + N mask tokens (+ suffix); each step runs the whole sequence
 /// through the model and commits some masked positions, until none are left.
 #[derive(Parser, Debug)]
-#[command(name = "dlm-run", version, after_help = "Example:\n  dlm-run -m diffullama-q4.gguf -p \"Today is a wonderful day,\" -n 128")]
+#[command(name = "dlm-run", version, arg_required_else_help = true, after_help = "Example:\n  dlm-run -m diffullama-q4.gguf -p \"Today is a wonderful day,\" -n 128")]
 struct Args {
     /// GGUF model file
-    #[arg(short, long)]
-    model: PathBuf,
+    #[arg(short, long, required_unless_present = "list_devices")]
+    model: Option<PathBuf>,
     /// Prompt (empty: unconditional generation)
     #[arg(short, long, default_value = "")]
     prompt: String,
@@ -108,6 +119,19 @@ struct Args {
     /// Write the first step's logits for every position as float32 .npy [seq_len, vocab]
     #[arg(long, value_name = "PATH.npy")]
     dump_logits: Option<PathBuf>,
+    /// Where the model runs
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// GPU to run on: its index in --list-devices [default: the first hardware GPU]
+    #[arg(long, value_name = "N")]
+    device: Option<usize>,
+    /// Layers to run on the GPU (also -ngl, as in llama.cpp): 0 runs everything on the CPU;
+    /// the wgpu backend runs all layers or none [default: all]
+    #[arg(long = "n-gpu-layers", value_name = "N")]
+    n_gpu_layers: Option<usize>,
+    /// List the GPUs this build can use, then exit
+    #[arg(long)]
+    list_devices: bool,
 }
 
 /// Wraps the model to keep the first forward pass's logits for --dump-logits.
@@ -220,13 +244,58 @@ fn diffusion_settings(a: &Args, g: &Gguf) -> anyhow::Result<(u32, bool, Option<b
     Ok((mask, shift, causal))
 }
 
+/// `--list-devices`: every adapter wgpu finds, one per line, with what `auto` would pick.
+fn list_devices() {
+    let list = dlm::backend::wgpu::adapters();
+    println!("cpu: ggml CPU backend ({} threads)", LoadOptions::default().threads);
+    if list.is_empty() {
+        println!("wgpu: no adapters (no Vulkan, Metal or DX12 driver found)");
+    }
+    for d in &list {
+        let note = if d.software { " (software: --backend auto never picks it)" } else { "" };
+        println!("wgpu device {}: {} | {} | {} | {} | max binding {} MiB{note}", d.index, d.name, d.api, d.kind, d.driver, d.max_binding >> 20);
+    }
+    let auto = list.iter().find(|d| !d.software).map_or("cpu".to_string(), |d| format!("wgpu device {}", d.index));
+    println!("--backend auto: {auto}");
+}
+
+/// The backend the flags ask for.
+fn backend_of(a: &Args, n_layer: usize) -> anyhow::Result<Backend> {
+    let backend = match a.backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Cpu => Backend::Cpu,
+        BackendArg::Wgpu => Backend::Wgpu,
+    };
+    match a.n_gpu_layers {
+        Some(0) => {
+            if a.backend == BackendArg::Wgpu {
+                bail!("--backend wgpu with -ngl 0 runs nothing on the GPU: use --backend cpu");
+            }
+            Ok(Backend::Cpu)
+        }
+        Some(n) if n < n_layer && backend != Backend::Cpu => {
+            bail!("-ngl {n}: the wgpu backend runs all {n_layer} layers on the GPU or none (-ngl 0); partial offload needs a ggml GPU backend")
+        }
+        _ => Ok(backend),
+    }
+}
+
 fn run(a: Args) -> anyhow::Result<()> {
+    if a.list_devices {
+        list_devices();
+        return Ok(());
+    }
     check_args(&a)?;
+    let path = a.model.clone().context("-m/--model is required")?;
     let threads = a.threads.unwrap_or_else(|| LoadOptions::default().threads).max(1);
     let t_load = Instant::now();
-    let gguf = Gguf::open(&a.model)?;
+    let gguf = Gguf::open(&path)?;
     let (mask_id, shift, causal) = diffusion_settings(&a, &gguf)?;
-    let mut model = Model::from_gguf(gguf, &LoadOptions { threads, causal, ..Default::default() })?;
+    let n_layer = dlm::model::LlamaParams::from_gguf(&gguf, causal)?.n_layer;
+    let backend = backend_of(&a, n_layer)?;
+    let opts = LoadOptions { threads, causal, backend, device: a.device, ..Default::default() };
+    let mut model = Model::from_gguf(gguf, &opts)?;
+
     if mask_id as usize >= model.params().n_vocab {
         bail!("mask id {mask_id} is outside the {}-token vocabulary", model.params().n_vocab);
     }
@@ -234,7 +303,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     if tok.vocab_size() != model.params().n_vocab {
         bail!(
             "{}: the tokenizer has {} tokens but the model's vocabulary is {}",
-            a.model.display(),
+            path.display(),
             tok.vocab_size(),
             model.params().n_vocab
         );
@@ -333,7 +402,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     if a.json {
         let obj = serde_json::json!({
             "text": text, "tokens": gen.tokens, "prompt_tokens": prefix, "steps": gen.steps, "seed": seed,
-            "load_ms": load_s * 1e3, "ms_per_step": ms_per_step, "tokens_per_second": tps,
+            "backend": model.backend_description(), "load_ms": load_s * 1e3, "ms_per_step": ms_per_step, "tokens_per_second": tps,
             "forward_ms": gen.forward_seconds.iter().map(|s| s * 1e3).collect::<Vec<_>>(),
         });
         println!("{obj}");
@@ -342,7 +411,8 @@ fn run(a: Args) -> anyhow::Result<()> {
         writeln!(out, "{text}")?;
         out.flush()?;
         eprintln!(
-            "load {:.0} ms | {} steps, {ms_per_step:.1} ms/step (from step 2) | {} tokens in {total:.2} s, {tps:.1} tokens/s",
+            "{} | load {:.0} ms | {} steps, {ms_per_step:.1} ms/step (from step 2) | {} tokens in {total:.2} s, {tps:.1} tokens/s",
+            model.backend_description(),
             load_s * 1e3,
             gen.steps,
             gen.tokens.len(),
@@ -411,7 +481,8 @@ fn run_many(
     out.flush()?;
     let batches = if params.cache == Cache::None { prefixes.len().div_ceil(a.batch_size) } else { prefixes.len() };
     eprintln!(
-        "load {:.0} ms | {} prompts in {batches} batch(es): {} passes, {:.1} ms/pass (from pass 2) | {n_tokens} tokens in {total:.2} s, {tps:.1} tokens/s",
+        "{} | load {:.0} ms | {} prompts in {batches} batch(es): {} passes, {:.1} ms/pass (from pass 2) | {n_tokens} tokens in {total:.2} s, {tps:.1} tokens/s",
+        model.backend_description(),
         load_s * 1e3,
         prefixes.len(),
         pass_seconds.len(),
@@ -421,7 +492,16 @@ fn run_many(
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Vulkan drivers probe for a Wayland display when the instance is made; without
+    // XDG_RUNTIME_DIR (headless machines, containers) libwayland prints an "error:" line to
+    // stderr although nothing is wrong. A path that does not exist makes the probe fail quietly.
+    // Set here, before any thread exists.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", "/nonexistent/dlm-headless");
+    }
+    // llama.cpp spells it -ngl; clap's short flags are one letter.
+    let argv = std::env::args_os().map(|a| if a == "-ngl" { "--n-gpu-layers".into() } else { a });
+    let args = Args::parse_from(argv);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
