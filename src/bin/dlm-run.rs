@@ -28,11 +28,17 @@ enum Rule {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
-    /// a GPU through wgpu when a hardware adapter exists, else the CPU (a software Vulkan
-    /// driver such as lavapipe is never picked: ggml's CPU kernels are faster)
+    /// a compiled-in ggml GPU backend's device, else a GPU through wgpu when a hardware adapter
+    /// exists, else the CPU (a software Vulkan driver such as lavapipe is never picked)
     Auto,
     /// ggml's CPU kernels
     Cpu,
+    /// ggml's CUDA backend (build with --features cuda)
+    Cuda,
+    /// ggml's Metal backend (build with --features metal)
+    Metal,
+    /// ggml's Vulkan backend (build with --features vulkan)
+    Vulkan,
     /// our WGSL kernels through wgpu (Vulkan, Metal, DX12), software adapters included
     Wgpu,
 }
@@ -125,8 +131,9 @@ struct Args {
     /// GPU to run on: its index in --list-devices [default: the first hardware GPU]
     #[arg(long, value_name = "N")]
     device: Option<usize>,
-    /// Layers to run on the GPU (also -ngl, as in llama.cpp): 0 runs everything on the CPU;
-    /// the wgpu backend runs all layers or none [default: all]
+    /// Layers whose weights go to the GPU (also -ngl, as in llama.cpp): counted from the last
+    /// layer, the LM head too when all go; 0 runs everything on the CPU. The wgpu backend runs
+    /// all layers or none [default: all]
     #[arg(long = "n-gpu-layers", value_name = "N")]
     n_gpu_layers: Option<usize>,
     /// List the GPUs this build can use, then exit
@@ -244,10 +251,18 @@ fn diffusion_settings(a: &Args, g: &Gguf) -> anyhow::Result<(u32, bool, Option<b
     Ok((mask, shift, causal))
 }
 
-/// `--list-devices`: every adapter wgpu finds, one per line, with what `auto` would pick.
+/// `--list-devices`: every ggml GPU device and wgpu adapter, one per line, with what `auto`
+/// would pick.
 fn list_devices() {
     let list = dlm::backend::wgpu::adapters();
+    let ggml = dlm::backend::ggml::gpu_devices();
     println!("cpu: ggml CPU backend ({} threads)", LoadOptions::default().threads);
+    let mut per_api: std::collections::HashMap<String, usize> = Default::default();
+    for d in &ggml {
+        let i = per_api.entry(d.api.clone()).or_default();
+        println!("{} device {i}: {} | {} | {} MiB free of {} MiB", d.api.to_lowercase(), d.name, d.description, d.memory_free >> 20, d.memory_total >> 20);
+        *i += 1;
+    }
     if list.is_empty() {
         println!("wgpu: no adapters (no Vulkan, Metal or DX12 driver found)");
     }
@@ -255,7 +270,11 @@ fn list_devices() {
         let note = if d.software { " (software: --backend auto never picks it)" } else { "" };
         println!("wgpu device {}: {} | {} | {} | {} | max binding {} MiB{note}", d.index, d.name, d.api, d.kind, d.driver, d.max_binding >> 20);
     }
-    let auto = list.iter().find(|d| !d.software).map_or("cpu".to_string(), |d| format!("wgpu device {}", d.index));
+    let auto = match (ggml.first(), list.iter().find(|d| !d.software)) {
+        (Some(d), _) => format!("{} device 0 ({})", d.api.to_lowercase(), d.name),
+        (None, Some(d)) => format!("wgpu device {} ({})", d.index, d.name),
+        (None, None) => "cpu".to_string(),
+    };
     println!("--backend auto: {auto}");
 }
 
@@ -264,8 +283,12 @@ fn backend_of(a: &Args, n_layer: usize) -> anyhow::Result<Backend> {
     let backend = match a.backend {
         BackendArg::Auto => Backend::Auto,
         BackendArg::Cpu => Backend::Cpu,
+        BackendArg::Cuda => Backend::Cuda,
+        BackendArg::Metal => Backend::Metal,
+        BackendArg::Vulkan => Backend::Vulkan,
         BackendArg::Wgpu => Backend::Wgpu,
     };
+    let ggml_gpu = !dlm::backend::ggml::gpu_devices().is_empty();
     match a.n_gpu_layers {
         Some(0) => {
             if a.backend == BackendArg::Wgpu {
@@ -273,8 +296,8 @@ fn backend_of(a: &Args, n_layer: usize) -> anyhow::Result<Backend> {
             }
             Ok(Backend::Cpu)
         }
-        Some(n) if n < n_layer && backend != Backend::Cpu => {
-            bail!("-ngl {n}: the wgpu backend runs all {n_layer} layers on the GPU or none (-ngl 0); partial offload needs a ggml GPU backend")
+        Some(n) if n < n_layer && (backend == Backend::Wgpu || (backend == Backend::Auto && !ggml_gpu)) => {
+            bail!("-ngl {n}: the wgpu backend runs all {n_layer} layers on the GPU or none (-ngl 0); partial offload needs a ggml GPU backend (--features cuda, metal or vulkan)")
         }
         _ => Ok(backend),
     }
@@ -293,7 +316,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     let (mask_id, shift, causal) = diffusion_settings(&a, &gguf)?;
     let n_layer = dlm::model::LlamaParams::from_gguf(&gguf, causal)?.n_layer;
     let backend = backend_of(&a, n_layer)?;
-    let opts = LoadOptions { threads, causal, backend, device: a.device, ..Default::default() };
+    let opts = LoadOptions { threads, causal, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, ..Default::default() };
     let mut model = Model::from_gguf(gguf, &opts)?;
 
     if mask_id as usize >= model.params().n_vocab {

@@ -28,9 +28,12 @@ pub struct LoadOptions {
     /// Where the forward pass runs. The library's default is the CPU; `dlm-run` defaults to
     /// [`Backend::Auto`].
     pub backend: Backend,
-    /// Which adapter of the GPU backend (its index in `--list-devices`); `None`: the first
-    /// hardware one.
+    /// Which device of the GPU backend (its index among that backend's devices in
+    /// `--list-devices`); `None`: the first hardware one.
     pub device: Option<usize>,
+    /// Layers whose weights go to the GPU with a ggml GPU backend, counted from the last
+    /// layer as in llama.cpp; the LM head goes too when every layer does. `None`: all.
+    pub n_gpu_layers: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -42,6 +45,7 @@ impl Default for LoadOptions {
             flash_attn: true,
             backend: Backend::Cpu,
             device: None,
+            n_gpu_layers: None,
         }
     }
 }
@@ -49,9 +53,16 @@ impl Default for LoadOptions {
 /// Compute backends a model can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// A GPU through wgpu when a hardware adapter exists (never a software rasterizer such as
-    /// lavapipe: ggml's CPU kernels are much faster), else the CPU.
+    /// The first device of a compiled-in ggml GPU backend; else a GPU through wgpu when a
+    /// hardware adapter exists (never a software rasterizer such as lavapipe: ggml's CPU
+    /// kernels are much faster); else the CPU.
     Auto,
+    /// ggml's CUDA backend (built with the `cuda` feature).
+    Cuda,
+    /// ggml's Metal backend (built with the `metal` feature).
+    Metal,
+    /// ggml's Vulkan backend (built with the `vulkan` feature).
+    Vulkan,
     /// ggml's CPU kernels.
     Cpu,
     /// Our WGSL kernels through wgpu (Vulkan, Metal, DX12); software adapters allowed when
@@ -60,9 +71,22 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The ggml registry name of a ggml GPU backend.
+    fn ggml_api(self) -> Option<&'static str> {
+        match self {
+            Backend::Cuda => Some("CUDA"),
+            Backend::Metal => Some("Metal"),
+            Backend::Vulkan => Some("Vulkan"),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
+            Backend::Cuda => "cuda",
+            Backend::Metal => "metal",
+            Backend::Vulkan => "vulkan",
             Backend::Cpu => "cpu",
             Backend::Wgpu => "wgpu",
         }
@@ -91,6 +115,8 @@ pub struct Model {
     kv_for: Option<usize>,
     params: LlamaParams,
     gguf: Gguf,
+    /// The ggml GPU backend's name ("CUDA", "Vulkan") when the ggml engine runs on a device.
+    ggml_api: Option<String>,
 }
 
 impl std::fmt::Debug for Model {
@@ -123,8 +149,11 @@ impl Model {
             return Err(gguf.metadata_error(crate::keys::ARCHITECTURE, format!("architecture `{arch}` is not supported (supported: llama)")));
         }
         let params = LlamaParams::from_gguf(&gguf, opts.causal)?;
+        if let Some(dev) = Self::ggml_device(opts)? {
+            return Self::ggml_gpu(gguf, params, opts, &dev);
+        }
         let engine = match opts.backend {
-            Backend::Cpu => None,
+            Backend::Cpu | Backend::Cuda | Backend::Metal | Backend::Vulkan => None,
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Some(Self::wgpu_engine(&gguf, &params, opts.device, true)?),
             #[cfg(feature = "wgpu")]
@@ -147,7 +176,60 @@ impl Model {
                 Engines::Cpu { executor: Executor::cpu(opts.threads, opts.flash_attn)?, llama, weights }
             }
         };
-        Ok(Model { engine, kv_for: None, params, gguf })
+        Ok(Model { engine, kv_for: None, params, gguf, ggml_api: None })
+    }
+
+    /// The ggml GPU device `opts` asks for: for Cuda/Metal/Vulkan that backend's device (an
+    /// error when the build or the machine has none); for Auto the first of any.
+    fn ggml_device(opts: &LoadOptions) -> Result<Option<crate::backend::ggml::GgmlDevice>> {
+        if opts.n_gpu_layers == Some(0) || !matches!(opts.backend, Backend::Auto | Backend::Cuda | Backend::Metal | Backend::Vulkan) {
+            return Ok(None);
+        }
+        let all = crate::backend::ggml::gpu_devices();
+        let Some(api) = opts.backend.ggml_api() else {
+            // Auto: a ggml GPU device when one exists (an explicit --device means wgpu's list
+            // only when no ggml GPU backend is built in).
+            return Ok(all.into_iter().nth(opts.device.unwrap_or(0)));
+        };
+        let feature = opts.backend.name();
+        let of_api: Vec<_> = all.into_iter().filter(|d| d.api == api).collect();
+        if of_api.is_empty() {
+            let built = match opts.backend {
+                Backend::Cuda => cfg!(feature = "cuda"),
+                Backend::Metal => cfg!(feature = "metal"),
+                _ => cfg!(feature = "vulkan"),
+            };
+            return Err(Error::Invalid(if built {
+                format!("ggml's {api} backend found no device (see --list-devices)")
+            } else {
+                format!("this build has no {api} backend: rebuild with `cargo build --release --features {feature}`")
+            }));
+        }
+        let i = opts.device.unwrap_or(0);
+        let n = of_api.len();
+        of_api.into_iter().nth(i).map(Some).ok_or_else(|| Error::Invalid(format!("no {api} device {i}: {n} found (see --list-devices)")))
+    }
+
+    /// Loads onto a ggml GPU device: the last `n_gpu_layers` layers' weights (and the LM head
+    /// when all are) in device memory, the rest used in place from the map; graphs split by
+    /// ggml's scheduler between the device and the CPU.
+    fn ggml_gpu(gguf: Gguf, params: LlamaParams, opts: &LoadOptions, dev: &crate::backend::ggml::GgmlDevice) -> Result<Model> {
+        let n_layer = params.n_layer;
+        let ngl = opts.n_gpu_layers.unwrap_or(n_layer).min(n_layer);
+        let first_gpu_layer = n_layer - ngl;
+        let offload = move |t: &crate::gguf::TensorInfo| -> bool {
+            let name = t.name.as_str();
+            match name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()) {
+                Some(layer) => layer >= first_gpu_layer,
+                // The embedding is a row lookup: it stays in host memory, as in llama.cpp.
+                None => ngl == n_layer && name != "token_embd.weight",
+            }
+        };
+        let weights = Weights::map_offload(&gguf, |t| opts.repack && t.name != "token_embd.weight", Some((crate::backend::ggml::device_buffer_type(dev), &offload)))?;
+        let llama = Llama::load(&gguf, params.clone(), |name| weights.get(name))?;
+        let executor = Executor::on_device(opts.threads, opts.flash_attn, dev)?;
+        let api = dev.api.clone();
+        Ok(Model { engine: Engines::Cpu { executor, llama, weights }, kv_for: None, params, gguf, ggml_api: Some(api) })
     }
 
     #[cfg(feature = "wgpu")]
@@ -181,7 +263,10 @@ impl Model {
     /// Which backend runs the forward pass: `cpu`, or `wgpu` and the adapter.
     pub fn backend_description(&self) -> String {
         match &self.engine {
-            Engines::Cpu { .. } => "cpu (ggml)".into(),
+            Engines::Cpu { executor, weights, .. } => match (executor.device_name(), &self.ggml_api) {
+                (Some(dev), Some(api)) => format!("ggml {api} ({dev}, {} tensors in device memory)", weights.n_offloaded()),
+                _ => "cpu (ggml)".into(),
+            },
             #[cfg(feature = "wgpu")]
             Engines::Wgpu { executor, .. } => {
                 let a = executor.gpu().adapter();
@@ -193,7 +278,12 @@ impl Model {
     /// The backend the model runs on ([`Backend::Cpu`] or [`Backend::Wgpu`]).
     pub fn backend(&self) -> Backend {
         match &self.engine {
-            Engines::Cpu { .. } => Backend::Cpu,
+            Engines::Cpu { .. } => match self.ggml_api.as_deref() {
+                Some("CUDA") => Backend::Cuda,
+                Some("Metal") => Backend::Metal,
+                Some(_) => Backend::Vulkan,
+                None => Backend::Cpu,
+            },
             #[cfg(feature = "wgpu")]
             Engines::Wgpu { .. } => Backend::Wgpu,
         }

@@ -63,8 +63,10 @@ pub struct Weights {
     _ctx: Context,
     _buffer: Buffer,
     _packed: Option<Buffer>,
+    _device: Option<Buffer>,
     tensors: HashMap<String, TensorRef>,
     n_repacked: usize,
+    n_offloaded: usize,
 }
 
 impl Weights {
@@ -74,6 +76,16 @@ impl Weights {
     /// too and which makes those matmuls much faster; every other tensor stays zero-copy in
     /// the memory map.
     pub fn map(gguf: &Gguf, repack: impl Fn(&TensorInfo) -> bool) -> Result<Weights> {
+        Self::map_offload(gguf, repack, None)
+    }
+
+    /// [`Weights::map`], with the tensors `offload` selects copied once, straight from the map,
+    /// into a buffer of the GPU buffer type `buft` (device memory).
+    pub fn map_offload(
+        gguf: &Gguf,
+        repack: impl Fn(&TensorInfo) -> bool,
+        offload: Option<(sys::ggml_backend_buffer_type_t, &dyn Fn(&TensorInfo) -> bool)>,
+    ) -> Result<Weights> {
         super::init_logging();
         let ctx = Context::metadata_only(gguf.tensors().len() + 1, false)?;
         let mut tensors = HashMap::with_capacity(gguf.tensors().len());
@@ -82,9 +94,15 @@ impl Weights {
             tensors.insert(info.name.clone(), t);
         }
         let data = gguf.data_section();
+        let on_device = |i: &TensorInfo| offload.as_ref().is_some_and(|(_, f)| f(i));
         let candidates: Vec<&TensorInfo> = match repack_buffer_type() {
-            Some(buft) => gguf.tensors().iter().filter(|i| i.shape.len() == 2 && repack(i) && repackable(buft, i)).collect(),
+            Some(buft) => gguf.tensors().iter().filter(|i| !on_device(i) && i.shape.len() == 2 && repack(i) && repackable(buft, i)).collect(),
             None => Vec::new(),
+        };
+        let offloaded: Vec<&TensorInfo> = gguf.tensors().iter().filter(|i| on_device(i)).collect();
+        let device = match offload {
+            Some((buft, _)) if !offloaded.is_empty() => Some(fill_device(buft, data, &offloaded, &tensors)?),
+            _ => None,
         };
         let mut packed = None;
         if let (Some(buft), false) = (repack_buffer_type(), candidates.is_empty()) {
@@ -97,7 +115,7 @@ impl Weights {
         let buf = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(data.as_ptr() as *mut _, data.len().max(1)) };
         let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml("cannot wrap the model map as a buffer".into()))?);
         for info in gguf.tensors() {
-            if candidates.iter().any(|c| c.name == info.name) {
+            if candidates.iter().chain(&offloaded).any(|c| c.name == info.name) {
                 continue;
             }
             let t = tensors[&info.name];
@@ -110,7 +128,12 @@ impl Weights {
                 return Err(gguf.tensor_error(&info.name, format!("ggml refused to place the tensor (status {status})")));
             }
         }
-        Ok(Weights { _ctx: ctx, _buffer: buffer, _packed: packed, tensors, n_repacked: candidates.len() })
+        Ok(Weights { _ctx: ctx, _buffer: buffer, _packed: packed, _device: device, tensors, n_repacked: candidates.len(), n_offloaded: offloaded.len() })
+    }
+
+    /// How many tensors live in device memory.
+    pub fn n_offloaded(&self) -> usize {
+        self.n_offloaded
     }
 
     pub fn get(&self, name: &str) -> Option<TensorRef> {
@@ -204,6 +227,38 @@ fn fill_repacked(
         // the reader), and every job writes only its own tensor's range, so jobs may run at once.
         unsafe { sys::ggml_backend_tensor_set(t as *mut sys::ggml_tensor, data[offset..offset + size].as_ptr().cast(), 0, size) };
     });
+    Ok(buffer)
+}
+
+/// One device buffer holding `tensors`, each copied once from its bytes in the map.
+fn fill_device(buft: sys::ggml_backend_buffer_type_t, data: &[u8], tensors: &[&TensorInfo], headers: &HashMap<String, TensorRef>) -> Result<Buffer> {
+    // SAFETY: a valid buffer type (from a registered device).
+    let align = unsafe { sys::ggml_backend_buft_get_alignment(buft) }.max(1);
+    let mut offsets = Vec::with_capacity(tensors.len());
+    let mut total = 0usize;
+    for t in tensors {
+        offsets.push(total);
+        // SAFETY: a valid buffer type and a live header.
+        total += unsafe { sys::ggml_backend_buft_get_alloc_size(buft, headers[&t.name].ptr()) }.next_multiple_of(align);
+    }
+    // SAFETY: allocates `total` bytes of device memory; checked for null.
+    let buffer = NonNull::new(unsafe { sys::ggml_backend_buft_alloc_buffer(buft, total) })
+        .map(Buffer)
+        .ok_or_else(|| Error::Ggml(format!("cannot allocate {} MiB of device memory for the weights", total >> 20)))?;
+    // SAFETY: a live buffer.
+    let base = unsafe { sys::ggml_backend_buffer_get_base(buffer.0.as_ptr()) } as usize;
+    for (t, off) in tensors.iter().zip(&offsets) {
+        let h = headers[&t.name];
+        // SAFETY: each header gets its own aligned range of the buffer, sized by the buffer type.
+        let status = unsafe { sys::ggml_backend_tensor_alloc(buffer.0.as_ptr(), h.ptr(), (base + off) as *mut _) };
+        if status != 0 {
+            return Err(Error::Ggml(format!("tensor `{}`: cannot place it in device memory (status {status})", t.name)));
+        }
+        let bytes = &data[t.offset as usize..(t.offset + t.size) as usize];
+        // SAFETY: the header was just placed in the device buffer; `bytes` are exactly its
+        // `t.size` bytes in the map (validated by the reader).
+        unsafe { sys::ggml_backend_tensor_set(h.ptr(), bytes.as_ptr().cast(), 0, bytes.len()) };
+    }
     Ok(buffer)
 }
 
@@ -338,14 +393,33 @@ impl Ops for Builder<'_> {
     }
 }
 
-/// ggml's CPU backend, freed on drop.
+/// A ggml backend (the CPU, or a GPU device's), freed on drop.
 struct CpuBackend(NonNull<sys::ggml_backend>);
 
 impl Drop for CpuBackend {
     fn drop(&mut self) {
-        // SAFETY: created by ggml_backend_cpu_init, freed once.
+        // SAFETY: created by ggml_backend_cpu_init or ggml_backend_dev_init, freed once.
         unsafe { sys::ggml_backend_free(self.0.as_ptr()) };
     }
+}
+
+/// A backend scheduler, freed on drop: splits each graph between the GPU backend and the CPU
+/// (ops the GPU backend cannot run, and those on weights left in host memory).
+struct Sched(NonNull<sys::ggml_backend_sched>, usize);
+
+impl Drop for Sched {
+    fn drop(&mut self) {
+        // SAFETY: created by ggml_backend_sched_new, freed once, before its backends.
+        unsafe { sys::ggml_backend_sched_free(self.0.as_ptr()) };
+    }
+}
+
+/// The GPU side of an executor.
+struct Gpu {
+    // Drop order: the scheduler before the backend it uses.
+    sched: Option<Sched>,
+    backend: CpuBackend,
+    name: String,
 }
 
 /// A graph allocator, freed on drop.
@@ -383,6 +457,7 @@ pub struct Executor {
     cached: Option<CachedGraph>,
     kv: Option<KvCache>,
     flash_attn: bool,
+    gpu: Option<Gpu>,
     galloc: Gallocr,
     backend: CpuBackend,
 }
@@ -399,7 +474,23 @@ impl Executor {
         let buft = unsafe { sys::ggml_backend_cpu_buffer_type() };
         // SAFETY: a valid buffer type; checked for null.
         let galloc = Gallocr(NonNull::new(unsafe { sys::ggml_gallocr_new(buft) }).ok_or_else(|| Error::Ggml("ggml_gallocr_new failed".into()))?);
-        Ok(Executor { cached: None, kv: None, flash_attn, galloc, backend })
+        Ok(Executor { cached: None, kv: None, flash_attn, gpu: None, galloc, backend })
+    }
+
+    /// An executor whose graphs run on the GPU device `dev` through a scheduler, with the CPU
+    /// (`threads`) for whatever the device's backend cannot run.
+    pub fn on_device(threads: usize, flash_attn: bool, dev: &super::GgmlDevice) -> Result<Executor> {
+        let mut e = Executor::cpu(threads, flash_attn)?;
+        // SAFETY: a registered device; checked for null.
+        let raw = unsafe { sys::ggml_backend_dev_init(super::device::handle(dev), std::ptr::null()) };
+        let backend = CpuBackend(NonNull::new(raw).ok_or_else(|| Error::Ggml(format!("cannot initialise {} ({})", dev.name, dev.description)))?);
+        e.gpu = Some(Gpu { sched: None, backend, name: dev.name.clone() });
+        Ok(e)
+    }
+
+    /// The GPU device's ggml name, when graphs run on one.
+    pub fn device_name(&self) -> Option<&str> {
+        self.gpu.as_ref().map(|g| g.name.as_str())
     }
 
     /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
@@ -414,8 +505,9 @@ impl Executor {
             let layers = (0..layers)
                 .map(|_| Ok(LayerKv { k: ctx.new_header(GgmlType::F32, &dims)?, v: ctx.new_header(GgmlType::F32, &dims)? }))
                 .collect::<Result<Vec<_>>>()?;
+            let on = self.gpu.as_ref().map_or(self.backend.0, |g| g.backend.0);
             // SAFETY: a live context of unallocated headers and a live backend; checked for null.
-            let buf = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), self.backend.0.as_ptr()) };
+            let buf = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), on.as_ptr()) };
             let bytes = 8 * shape.iter().product::<usize>();
             let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml(format!("cannot allocate a {} MiB key/value cache", bytes >> 20)))?);
             self.kv = Some(KvCache { shape, layers, _ctx: ctx, _buffer: buffer });
@@ -447,14 +539,36 @@ impl Executor {
             let graph = NonNull::new(graph).ok_or_else(|| Error::Ggml("ggml_new_graph_custom failed".into()))?;
             // SAFETY: graph and output belong to `ctx`.
             unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), output.ptr()) };
-            // SAFETY: allocates every unallocated tensor of the graph (activations and inputs) in
-            // the allocator's CPU buffer; weights and cache tensors already have data.
-            if !unsafe { sys::ggml_gallocr_alloc_graph(self.galloc.0.as_ptr(), graph.as_ptr()) } {
-                return Err(Error::Ggml(format!("cannot allocate the graph {key:?} (out of memory?)")));
+            if self.gpu.is_none() {
+                // SAFETY: allocates every unallocated tensor of the graph (activations and
+                // inputs) in the allocator's CPU buffer; weights and caches already have data.
+                if !unsafe { sys::ggml_gallocr_alloc_graph(self.galloc.0.as_ptr(), graph.as_ptr()) } {
+                    return Err(Error::Ggml(format!("cannot allocate the graph {key:?} (out of memory?)")));
+                }
             }
             self.cached = Some(CachedGraph { key: key.to_vec(), graph, inputs, output, _ctx: ctx });
         }
         let g = self.cached.as_ref().expect("built above");
+        if let Some(gpu) = &mut self.gpu {
+            if gpu.sched.as_ref().is_none_or(|s| s.1 < graph_size) {
+                gpu.sched = None;
+                let mut backends = [gpu.backend.0.as_ptr(), self.backend.0.as_ptr()];
+                // SAFETY: two live backends, the CPU last as ggml requires; default buffer
+                // types; no pipeline parallelism; ops on host weights may be offloaded.
+                let raw = unsafe { sys::ggml_backend_sched_new(backends.as_mut_ptr(), std::ptr::null_mut(), 2, graph_size, false, true) };
+                gpu.sched = Some(Sched(NonNull::new(raw).ok_or_else(|| Error::Ggml("ggml_backend_sched_new failed".into()))?, graph_size));
+            }
+            let sched = gpu.sched.as_ref().expect("made above").0.as_ptr();
+            // SAFETY: a live scheduler and a graph of live tensors; the scheduler assigns each
+            // node a backend and allocates activations and inputs in that backend's memory.
+            let ok = unsafe {
+                sys::ggml_backend_sched_reset(sched);
+                sys::ggml_backend_sched_alloc_graph(sched, g.graph.as_ptr())
+            };
+            if !ok {
+                return Err(Error::Ggml(format!("{}: cannot allocate the graph {key:?} (out of device memory?)", gpu.name)));
+            }
+        }
         // SAFETY: live input tensors (i32 vectors made by input_i32).
         let sizes: Vec<usize> = g.inputs.iter().map(|t| unsafe { sys::ggml_nelements(t.ptr()) } as usize).collect();
         if inputs.len() != sizes.len() || inputs.iter().zip(&sizes).any(|(i, &n)| i.len() != n) {
@@ -465,8 +579,12 @@ impl Executor {
             // `data.len()` elements (checked above).
             unsafe { sys::ggml_backend_tensor_set(t.ptr(), data.as_ptr().cast(), 0, data.len() * 4) };
         }
-        // SAFETY: a fully allocated graph of live tensors on this backend.
-        let status = unsafe { sys::ggml_backend_graph_compute(self.backend.0.as_ptr(), g.graph.as_ptr()) };
+        let status = match &self.gpu {
+            // SAFETY: the scheduler allocated this graph just above.
+            Some(gpu) => unsafe { sys::ggml_backend_sched_graph_compute(gpu.sched.as_ref().expect("made above").0.as_ptr(), g.graph.as_ptr()) },
+            // SAFETY: a fully allocated graph of live tensors on this backend.
+            None => unsafe { sys::ggml_backend_graph_compute(self.backend.0.as_ptr(), g.graph.as_ptr()) },
+        };
         if status != 0 {
             return Err(Error::Ggml(format!("graph compute failed with status {status}")));
         }

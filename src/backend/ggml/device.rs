@@ -1,0 +1,77 @@
+//! ggml's GPU devices: whatever GPU backends this build compiled in (features `cuda`, `metal`,
+//! `vulkan`) and found a device for, as listed by ggml's backend registry.
+
+use std::ffi::CStr;
+
+use llama_cpp_sys_2 as sys;
+
+/// One GPU (or accelerator) device ggml can run on.
+#[derive(Clone, Debug)]
+pub struct GgmlDevice {
+    /// Index in ggml's device registry (all devices, the CPU included).
+    pub(crate) registry_index: usize,
+    /// The backend: "CUDA", "Metal", "Vulkan".
+    pub api: String,
+    /// ggml's name for the device ("CUDA0", "Vulkan0").
+    pub name: String,
+    pub description: String,
+    pub memory_free: u64,
+    pub memory_total: u64,
+}
+
+fn text(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: ggml returns NUL-terminated strings that live as long as the static registry.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Every GPU of the compiled-in ggml backends, in registry order.
+pub fn gpu_devices() -> Vec<GgmlDevice> {
+    super::init_logging();
+    // SAFETY: the registry is static and initialised on first use; indices are below the count.
+    let n = unsafe { sys::ggml_backend_dev_count() };
+    let mut out = Vec::new();
+    for i in 0..n {
+        // SAFETY: as above.
+        let dev = unsafe { sys::ggml_backend_dev_get(i) };
+        if dev.is_null() {
+            continue;
+        }
+        // SAFETY: a live static device.
+        let kind = unsafe { sys::ggml_backend_dev_type(dev) };
+        if kind != sys::GGML_BACKEND_DEVICE_TYPE_GPU && kind != sys::GGML_BACKEND_DEVICE_TYPE_IGPU {
+            continue; // the CPU, and accelerators such as BLAS that only speed up the CPU
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: a live device and two out-pointers to locals.
+        unsafe { sys::ggml_backend_dev_memory(dev, &mut free, &mut total) };
+        // SAFETY: a live device; its registry is static.
+        let reg = unsafe { sys::ggml_backend_dev_backend_reg(dev) };
+        out.push(GgmlDevice {
+            registry_index: i,
+            // SAFETY: a live registry.
+            api: text(unsafe { sys::ggml_backend_reg_name(reg) }),
+            // SAFETY: a live device.
+            name: text(unsafe { sys::ggml_backend_dev_name(dev) }),
+            // SAFETY: a live device.
+            description: text(unsafe { sys::ggml_backend_dev_description(dev) }),
+            memory_free: free as u64,
+            memory_total: total as u64,
+        });
+    }
+    out
+}
+
+/// The registry's device handle for `d`.
+pub(crate) fn handle(d: &GgmlDevice) -> sys::ggml_backend_dev_t {
+    // SAFETY: the index came from the registry, which never shrinks.
+    unsafe { sys::ggml_backend_dev_get(d.registry_index) }
+}
+
+/// The device's own buffer type (device memory).
+pub(crate) fn buffer_type(d: &GgmlDevice) -> sys::ggml_backend_buffer_type_t {
+    // SAFETY: a registered device; the buffer type is static.
+    unsafe { sys::ggml_backend_dev_buffer_type(handle(d)) }
+}
