@@ -56,6 +56,9 @@ impl Context {
     }
 }
 
+/// Where offloaded weights go (a device's buffer type) and which tensors go there.
+pub type Offload<'a> = (sys::ggml_backend_buffer_type_t, &'a dyn Fn(&TensorInfo) -> bool);
+
 /// Model weights as ggml tensors over the GGUF map.
 pub struct Weights {
     // Field order is drop order: tensors (ctx) go before the buffer they point into.
@@ -84,7 +87,7 @@ impl Weights {
     pub fn map_offload(
         gguf: &Gguf,
         repack: impl Fn(&TensorInfo) -> bool,
-        offload: Option<(sys::ggml_backend_buffer_type_t, &dyn Fn(&TensorInfo) -> bool)>,
+        offload: Option<Offload<'_>>,
     ) -> Result<Weights> {
         super::init_logging();
         let ctx = Context::metadata_only(gguf.tensors().len() + 1, false)?;
