@@ -71,7 +71,7 @@ pub(crate) fn handle(d: &GgmlDevice) -> sys::ggml_backend_dev_t {
 }
 
 /// The device's own buffer type (device memory).
-pub(crate) fn buffer_type(d: &GgmlDevice) -> sys::ggml_backend_buffer_type_t {
+pub fn buffer_type(d: &GgmlDevice) -> sys::ggml_backend_buffer_type_t {
     // SAFETY: a registered device; the buffer type is static.
     unsafe { sys::ggml_backend_dev_buffer_type(handle(d)) }
 }

@@ -12,7 +12,7 @@ mod llamacpp;
 
 pub use context::{Context, Graph, Tensor};
 pub use device::{gpu_devices, GgmlDevice};
-pub(crate) use device::buffer_type as device_buffer_type;
+pub use device::buffer_type as device_buffer_type;
 pub use exec::{Builder, Executor, TensorRef, Weights};
 pub use llamacpp::{LlamaCpp, LlamaCppOptions};
 
