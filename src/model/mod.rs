@@ -187,9 +187,13 @@ impl Model {
         }
         let all = crate::backend::ggml::gpu_devices();
         let Some(api) = opts.backend.ggml_api() else {
-            // Auto: a ggml GPU device when one exists (an explicit --device means wgpu's list
-            // only when no ggml GPU backend is built in).
-            return Ok(all.into_iter().nth(opts.device.unwrap_or(0)));
+            // Auto: the first ggml GPU backend's device `--device` (default 0) when one exists;
+            // with none, `--device` indexes wgpu's adapters.
+            let Some(api) = all.first().map(|d| d.api.clone()) else { return Ok(None) };
+            let i = opts.device.unwrap_or(0);
+            let of_api: Vec<_> = all.into_iter().filter(|d| d.api == api).collect();
+            let n = of_api.len();
+            return of_api.into_iter().nth(i).map(Some).ok_or_else(|| Error::Invalid(format!("no {api} device {i}: {n} found (see --list-devices)")));
         };
         let feature = opts.backend.name();
         let of_api: Vec<_> = all.into_iter().filter(|d| d.api == api).collect();

@@ -562,12 +562,11 @@ impl Executor {
                 gpu.sched = Some(Sched(NonNull::new(raw).ok_or_else(|| Error::Ggml("ggml_backend_sched_new failed".into()))?, graph_size));
             }
             let sched = gpu.sched.as_ref().expect("made above").0.as_ptr();
+            // SAFETY: a live scheduler; resetting drops its previous assignment.
+            unsafe { sys::ggml_backend_sched_reset(sched) };
             // SAFETY: a live scheduler and a graph of live tensors; the scheduler assigns each
             // node a backend and allocates activations and inputs in that backend's memory.
-            let ok = unsafe {
-                sys::ggml_backend_sched_reset(sched);
-                sys::ggml_backend_sched_alloc_graph(sched, g.graph.as_ptr())
-            };
+            let ok = unsafe { sys::ggml_backend_sched_alloc_graph(sched, g.graph.as_ptr()) };
             if !ok {
                 return Err(Error::Ggml(format!("{}: cannot allocate the graph {key:?} (out of device memory?)", gpu.name)));
             }
