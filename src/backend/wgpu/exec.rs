@@ -282,6 +282,7 @@ impl Ops for Recorder<'_> {
 struct Plan {
     key: Vec<usize>,
     inputs: Vec<Buffer>,
+    input_lens: Vec<usize>,
     /// (pipeline, bind group, workgroups) or a copy, in order.
     steps: Vec<Step>,
     output: (Buffer, u64, u64),
@@ -391,8 +392,8 @@ impl Executor {
             self.plan = Some(self.make_plan(key, nodes, input_sizes, acts, out)?);
         }
         let plan = self.plan.as_ref().expect("planned above");
-        if inputs.len() != plan.inputs.len() || inputs.iter().zip(&plan.inputs).any(|(i, b)| (i.len() * 4) as u64 != b.size().max(4) && !i.is_empty()) {
-            return Err(Error::Invalid(format!("graph takes {} inputs of other sizes", plan.inputs.len())));
+        if inputs.iter().map(|i| i.len()).ne(plan.input_lens.iter().copied()) {
+            return Err(Error::Invalid(format!("graph takes inputs of {:?} values", plan.input_lens)));
         }
         let gpu = &self.gpu;
         gpu.checked("running the graph", || {
@@ -547,6 +548,7 @@ impl Executor {
             let staging = buffer("read-back", out_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
             Plan {
                 key: key.to_vec(),
+                input_lens: input_sizes.clone(),
                 output: (buffer_of(out.store), (out.off * 4) as u64, out_bytes),
                 inputs,
                 steps,
