@@ -199,28 +199,8 @@ fn fill_repacked(
     candidates: &[&TensorInfo],
     tensors: &HashMap<String, TensorRef>,
 ) -> Result<Buffer> {
-    // SAFETY: plain queries on a static buffer type and live headers.
-    let align = unsafe { sys::ggml_backend_buft_get_alignment(buft) }.max(1);
-    let mut offsets = Vec::with_capacity(candidates.len());
-    let mut total = 0usize;
-    for c in candidates {
-        offsets.push(total);
-        // SAFETY: as above.
-        total += unsafe { sys::ggml_backend_buft_get_alloc_size(buft, tensors[&c.name].ptr()) }.next_multiple_of(align);
-    }
-    // SAFETY: allocates `total` bytes of the repack type; checked for null.
-    let buffer = NonNull::new(unsafe { sys::ggml_backend_buft_alloc_buffer(buft, total) })
-        .map(Buffer)
-        .ok_or_else(|| Error::Ggml(format!("cannot allocate {} MiB for repacked weights", total >> 20)))?;
-    // SAFETY: a live buffer.
-    let base = unsafe { sys::ggml_backend_buffer_get_base(buffer.0.as_ptr()) } as usize;
-    for (c, off) in candidates.iter().zip(&offsets) {
-        // SAFETY: each header gets its own aligned range of the buffer, sized by the buffer type.
-        let status = unsafe { sys::ggml_backend_tensor_alloc(buffer.0.as_ptr(), tensors[&c.name].ptr(), (base + off) as *mut _) };
-        if status != 0 {
-            return Err(Error::Ggml(format!("tensor `{}`: cannot place it in the repack buffer (status {status})", c.name)));
-        }
-    }
+    let names: Vec<&str> = candidates.iter().map(|c| c.name.as_str()).collect();
+    let buffer = place_all(buft, &names, tensors, "repacked weights")?;
     use rayon::prelude::*;
     let jobs: Vec<(usize, usize, usize)> =
         candidates.iter().map(|c| (tensors[&c.name].ptr() as usize, c.offset as usize, c.size as usize)).collect();
@@ -233,30 +213,40 @@ fn fill_repacked(
     Ok(buffer)
 }
 
-/// One device buffer holding `tensors`, each copied once from its bytes in the map.
-fn fill_device(buft: sys::ggml_backend_buffer_type_t, data: &[u8], tensors: &[&TensorInfo], headers: &HashMap<String, TensorRef>) -> Result<Buffer> {
-    // SAFETY: a valid buffer type (from a registered device).
+/// One buffer of type `buft` with every tensor of `names` placed at its own aligned range
+/// (`what` names the memory in errors).
+fn place_all(buft: sys::ggml_backend_buffer_type_t, names: &[&str], tensors: &HashMap<String, TensorRef>, what: &str) -> Result<Buffer> {
+    // SAFETY: a valid buffer type (static, or from a registered device).
     let align = unsafe { sys::ggml_backend_buft_get_alignment(buft) }.max(1);
-    let mut offsets = Vec::with_capacity(tensors.len());
+    let mut offsets = Vec::with_capacity(names.len());
     let mut total = 0usize;
-    for t in tensors {
+    for n in names {
         offsets.push(total);
         // SAFETY: a valid buffer type and a live header.
-        total += unsafe { sys::ggml_backend_buft_get_alloc_size(buft, headers[&t.name].ptr()) }.next_multiple_of(align);
+        total += unsafe { sys::ggml_backend_buft_get_alloc_size(buft, tensors[*n].ptr()) }.next_multiple_of(align);
     }
-    // SAFETY: allocates `total` bytes of device memory; checked for null.
+    // SAFETY: allocates `total` bytes of this type; checked for null.
     let buffer = NonNull::new(unsafe { sys::ggml_backend_buft_alloc_buffer(buft, total) })
         .map(Buffer)
-        .ok_or_else(|| Error::Ggml(format!("cannot allocate {} MiB of device memory for the weights", total >> 20)))?;
+        .ok_or_else(|| Error::Ggml(format!("cannot allocate {} MiB for {what}", total >> 20)))?;
     // SAFETY: a live buffer.
     let base = unsafe { sys::ggml_backend_buffer_get_base(buffer.0.as_ptr()) } as usize;
-    for (t, off) in tensors.iter().zip(&offsets) {
-        let h = headers[&t.name];
+    for (n, off) in names.iter().zip(&offsets) {
         // SAFETY: each header gets its own aligned range of the buffer, sized by the buffer type.
-        let status = unsafe { sys::ggml_backend_tensor_alloc(buffer.0.as_ptr(), h.ptr(), (base + off) as *mut _) };
+        let status = unsafe { sys::ggml_backend_tensor_alloc(buffer.0.as_ptr(), tensors[*n].ptr(), (base + off) as *mut _) };
         if status != 0 {
-            return Err(Error::Ggml(format!("tensor `{}`: cannot place it in device memory (status {status})", t.name)));
+            return Err(Error::Ggml(format!("tensor `{n}`: cannot place it in {what} (status {status})")));
         }
+    }
+    Ok(buffer)
+}
+
+/// One device buffer holding `tensors`, each copied once from its bytes in the map.
+fn fill_device(buft: sys::ggml_backend_buffer_type_t, data: &[u8], tensors: &[&TensorInfo], headers: &HashMap<String, TensorRef>) -> Result<Buffer> {
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let buffer = place_all(buft, &names, headers, "the weights in device memory")?;
+    for t in tensors {
+        let h = headers[&t.name];
         let bytes = &data[t.offset as usize..(t.offset + t.size) as usize];
         // SAFETY: the header was just placed in the device buffer; `bytes` are exactly its
         // `t.size` bytes in the map (validated by the reader).
