@@ -44,6 +44,17 @@ impl Drop for Buffer {
     }
 }
 
+impl Buffer {
+    /// Marks the buffer as holding weights: the scheduler then runs each op on the backend
+    /// where its weights live (else it may run a layer on the CPU and copy its device weights
+    /// back every step), and treats host weights as candidates for offloading big batches.
+    fn holds_weights(self) -> Buffer {
+        // SAFETY: a live buffer; this sets one field.
+        unsafe { sys::ggml_backend_buffer_set_usage(self.0.as_ptr(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) };
+        self
+    }
+}
+
 impl Context {
     /// A context that holds tensor headers only (data lives in backend buffers), and with
     /// `with_graph` room for a graph of as many nodes.
@@ -116,7 +127,7 @@ impl Weights {
         // (they are only sources of ops), so handing ggml a mutable pointer to read-only pages is
         // sound; the buffer does not free memory it did not allocate.
         let buf = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(data.as_ptr() as *mut _, data.len().max(1)) };
-        let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml("cannot wrap the model map as a buffer".into()))?);
+        let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml("cannot wrap the model map as a buffer".into()))?).holds_weights();
         for info in gguf.tensors() {
             if candidates.iter().chain(&offloaded).any(|c| c.name == info.name) {
                 continue;
@@ -213,8 +224,8 @@ fn fill_repacked(
     Ok(buffer)
 }
 
-/// One buffer of type `buft` with every tensor of `names` placed at its own aligned range
-/// (`what` names the memory in errors).
+/// One weight buffer of type `buft` with every tensor of `names` placed at its own aligned
+/// range (`what` names the memory in errors).
 fn place_all(buft: sys::ggml_backend_buffer_type_t, names: &[&str], tensors: &HashMap<String, TensorRef>, what: &str) -> Result<Buffer> {
     // SAFETY: a valid buffer type (static, or from a registered device).
     let align = unsafe { sys::ggml_backend_buft_get_alignment(buft) }.max(1);
@@ -227,7 +238,7 @@ fn place_all(buft: sys::ggml_backend_buffer_type_t, names: &[&str], tensors: &Ha
     }
     // SAFETY: allocates `total` bytes of this type; checked for null.
     let buffer = NonNull::new(unsafe { sys::ggml_backend_buft_alloc_buffer(buft, total) })
-        .map(Buffer)
+        .map(|b| Buffer(b).holds_weights())
         .ok_or_else(|| Error::Ggml(format!("cannot allocate {} MiB for {what}", total >> 20)))?;
     // SAFETY: a live buffer.
     let base = unsafe { sys::ggml_backend_buffer_get_base(buffer.0.as_ptr()) } as usize;
@@ -568,6 +579,7 @@ impl Executor {
             let sched = gpu.sched.as_ref().expect("made above").0.as_ptr();
             // SAFETY: a live scheduler; resetting drops its previous assignment.
             unsafe { sys::ggml_backend_sched_reset(sched) };
+            gathers_on_host(sched, g.graph, self.backend.0);
             // SAFETY: a live scheduler and a graph of live tensors; the scheduler assigns each
             // node a backend and allocates activations and inputs in that backend's memory.
             let ok = unsafe { sys::ggml_backend_sched_alloc_graph(sched, g.graph.as_ptr()) };
@@ -600,6 +612,25 @@ impl Executor {
         // SAFETY: `out` has room for `bytes` bytes; the tensor holds exactly that many.
         unsafe { sys::ggml_backend_tensor_get(g.output.ptr(), out.as_mut_ptr().cast(), 0, bytes) };
         Ok(out)
+    }
+}
+
+/// Pins each row gather from a table in host memory (the token embeddings, which stay on the
+/// host as in llama.cpp) to the CPU backend `cpu`: left to itself the scheduler may run the
+/// gather on the device, copying the whole table there every step rather than n rows back.
+fn gathers_on_host(sched: *mut sys::ggml_backend_sched, graph: NonNull<sys::ggml_cgraph>, cpu: NonNull<sys::ggml_backend>) {
+    // SAFETY: a live graph.
+    let n = unsafe { sys::ggml_graph_n_nodes(graph.as_ptr()) };
+    for i in 0..n {
+        // SAFETY: `i` is below the node count; nodes and their sources are live tensors of the
+        // graph's context or of the weights.
+        unsafe {
+            let t = sys::ggml_graph_node(graph.as_ptr(), i);
+            let table = (*t).src[0];
+            if (*t).op == sys::GGML_OP_GET_ROWS && !table.is_null() && !(*table).buffer.is_null() && sys::ggml_backend_buffer_is_host((*table).buffer) {
+                sys::ggml_backend_sched_set_tensor_backend(sched, t, cpu.as_ptr());
+            }
+        }
     }
 }
 
