@@ -260,7 +260,8 @@ fn list_devices() {
     let mut per_api: std::collections::HashMap<String, usize> = Default::default();
     for d in &ggml {
         let i = per_api.entry(d.api.clone()).or_default();
-        println!("{} device {i}: {} | {} | {} MiB free of {} MiB", d.api.to_lowercase(), d.name, d.description, d.memory_free >> 20, d.memory_total >> 20);
+        let note = if d.is_software() { " (software: --backend auto never picks it)" } else { "" };
+        println!("{} device {i}: {} | {} | {} MiB free of {} MiB{note}", d.api.to_lowercase(), d.name, d.description, d.memory_free >> 20, d.memory_total >> 20);
         *i += 1;
     }
     if list.is_empty() {
@@ -270,8 +271,8 @@ fn list_devices() {
         let note = if d.software { " (software: --backend auto never picks it)" } else { "" };
         println!("wgpu device {}: {} | {} | {} | {} | max binding {} MiB{note}", d.index, d.name, d.api, d.kind, d.driver, d.max_binding >> 20);
     }
-    let auto = match (ggml.first(), list.iter().find(|d| !d.software)) {
-        (Some(d), _) => format!("{} device 0 ({})", d.api.to_lowercase(), d.name),
+    let auto = match (ggml.iter().find(|d| !d.is_software()), list.iter().find(|d| !d.software)) {
+        (Some(d), _) => format!("{} ({})", d.api.to_lowercase(), d.name),
         (None, Some(d)) => format!("wgpu device {} ({})", d.index, d.name),
         (None, None) => "cpu".to_string(),
     };
@@ -288,7 +289,7 @@ fn backend_of(a: &Args, n_layer: usize) -> anyhow::Result<Backend> {
         BackendArg::Vulkan => Backend::Vulkan,
         BackendArg::Wgpu => Backend::Wgpu,
     };
-    let ggml_gpu = !dlm::backend::ggml::gpu_devices().is_empty();
+    let ggml_gpu = dlm::backend::ggml::gpu_devices().iter().any(|d| !d.is_software());
     match a.n_gpu_layers {
         Some(0) => {
             if a.backend == BackendArg::Wgpu {

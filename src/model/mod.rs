@@ -188,7 +188,8 @@ impl Model {
         let all = crate::backend::ggml::gpu_devices();
         let Some(api) = opts.backend.ggml_api() else {
             // Auto: the first ggml GPU backend's device `--device` (default 0) when one exists;
-            // with none, `--device` indexes wgpu's adapters.
+            // with none, `--device` indexes wgpu's adapters. Software devices are skipped.
+            let all: Vec<_> = all.into_iter().filter(|d| !d.is_software()).collect();
             let Some(api) = all.first().map(|d| d.api.clone()) else { return Ok(None) };
             let i = opts.device.unwrap_or(0);
             let of_api: Vec<_> = all.into_iter().filter(|d| d.api == api).collect();

@@ -27,6 +27,16 @@ fn text(p: *const std::os::raw::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+impl GgmlDevice {
+    /// A CPU-emulated device (Mesa's lavapipe/llvmpipe, SwiftShader), which ggml-vulkan lists
+    /// only when `GGML_VK_VISIBLE_DEVICES` names it: slower than the ggml CPU backend on the same
+    /// cores, so `--backend auto` never picks one.
+    pub fn is_software(&self) -> bool {
+        let d = self.description.to_ascii_lowercase();
+        ["llvmpipe", "lavapipe", "swiftshader", "softpipe"].iter().any(|s| d.contains(s))
+    }
+}
+
 /// Every GPU of the compiled-in ggml backends, in registry order.
 pub fn gpu_devices() -> Vec<GgmlDevice> {
     super::init_logging();
