@@ -300,10 +300,9 @@ macro_rules! node {
 }
 
 /// Asks for f32 accumulation in a matrix multiply. The CPU always accumulates in f32, but GPU
-/// backends default to f16 accumulation where the device has it (ggml-vulkan on lavapipe: 1.3e-3
-/// relative logit error on an f32 model, 1.0e-6 with f32): "correct to the last logit" wins over
-/// the few percent that costs (none on H100-class tensor cores, whose f16 rate is the same
-/// with f32 accumulation).
+/// backends default to f16 accumulation where the device has it (ggml-vulkan on lavapipe: an
+/// f16 model's logits 9.3e-3 (relative) from the CPU's with f16 accumulation, 1.2e-3 with f32):
+/// "correct to the last logit" wins over what f32 accumulation costs.
 fn f32_accumulation(t: TensorRef) -> TensorRef {
     // SAFETY: `t` is a live mul_mat node (TensorRef invariant); this sets one op parameter.
     unsafe { sys::ggml_mul_mat_set_prec(t.ptr(), sys::GGML_PREC_F32) };
@@ -440,6 +439,34 @@ struct Gpu {
     name: String,
 }
 
+impl Gpu {
+    /// Splits a newly built `graph` between the device and the CPU backend `cpu` and allocates
+    /// it. Once per graph: splitting rewrites the graph's nodes to read the scheduler's copies
+    /// of their inputs, which a second split of the same graph would find stale, so a cached
+    /// graph keeps this allocation (the scheduler is reset only here) and is simply recomputed.
+    fn alloc(&mut self, graph: NonNull<sys::ggml_cgraph>, graph_size: usize, cpu: NonNull<sys::ggml_backend>) -> Result<()> {
+        if self.sched.as_ref().is_none_or(|s| s.1 < graph_size) {
+            self.sched = None;
+            let mut backends = [self.backend.0.as_ptr(), cpu.as_ptr()];
+            // SAFETY: two live backends, the CPU last as ggml requires; default buffer types;
+            // no pipeline parallelism; ops on host weights may be offloaded.
+            let raw = unsafe { sys::ggml_backend_sched_new(backends.as_mut_ptr(), std::ptr::null_mut(), 2, graph_size, false, true) };
+            self.sched = Some(Sched(NonNull::new(raw).ok_or_else(|| Error::Ggml("ggml_backend_sched_new failed".into()))?, graph_size));
+        }
+        let sched = self.sched.as_ref().expect("made above").0.as_ptr();
+        // SAFETY: a live scheduler; resetting drops its previous assignment (the previous
+        // cached graph, already dropped or about to be replaced, is never computed again).
+        unsafe { sys::ggml_backend_sched_reset(sched) };
+        gathers_on_host(sched, graph, cpu);
+        // SAFETY: a live scheduler and a graph of live tensors; the scheduler assigns each node
+        // a backend and allocates activations and inputs in that backend's memory.
+        if !unsafe { sys::ggml_backend_sched_alloc_graph(sched, graph.as_ptr()) } {
+            return Err(Error::Ggml(format!("{}: cannot allocate the graph (out of device memory?)", self.name)));
+        }
+        Ok(())
+    }
+}
+
 /// A graph allocator, freed on drop.
 struct Gallocr(NonNull<sys::ggml_gallocr>);
 
@@ -557,49 +584,33 @@ impl Executor {
             let graph = NonNull::new(graph).ok_or_else(|| Error::Ggml("ggml_new_graph_custom failed".into()))?;
             // SAFETY: graph and output belong to `ctx`.
             unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), output.ptr()) };
-            if self.gpu.is_none() {
-                // SAFETY: allocates every unallocated tensor of the graph (activations and
-                // inputs) in the allocator's CPU buffer; weights and caches already have data.
-                if !unsafe { sys::ggml_gallocr_alloc_graph(self.galloc.0.as_ptr(), graph.as_ptr()) } {
-                    return Err(Error::Ggml(format!("cannot allocate the graph {key:?} (out of memory?)")));
+            match &mut self.gpu {
+                None => {
+                    // SAFETY: allocates every unallocated tensor of the graph (activations and
+                    // inputs) in the allocator's CPU buffer; weights and caches already have data.
+                    if !unsafe { sys::ggml_gallocr_alloc_graph(self.galloc.0.as_ptr(), graph.as_ptr()) } {
+                        return Err(Error::Ggml(format!("cannot allocate the graph {key:?} (out of memory?)")));
+                    }
                 }
+                Some(gpu) => gpu.alloc(graph, graph_size, self.backend.0).map_err(|e| Error::Ggml(format!("{e} {key:?}")))?,
             }
             self.cached = Some(CachedGraph { key: key.to_vec(), graph, inputs, output, _ctx: ctx });
         }
         let g = self.cached.as_ref().expect("built above");
-        if let Some(gpu) = &mut self.gpu {
-            if gpu.sched.as_ref().is_none_or(|s| s.1 < graph_size) {
-                gpu.sched = None;
-                let mut backends = [gpu.backend.0.as_ptr(), self.backend.0.as_ptr()];
-                // SAFETY: two live backends, the CPU last as ggml requires; default buffer
-                // types; no pipeline parallelism; ops on host weights may be offloaded.
-                let raw = unsafe { sys::ggml_backend_sched_new(backends.as_mut_ptr(), std::ptr::null_mut(), 2, graph_size, false, true) };
-                gpu.sched = Some(Sched(NonNull::new(raw).ok_or_else(|| Error::Ggml("ggml_backend_sched_new failed".into()))?, graph_size));
-            }
-            let sched = gpu.sched.as_ref().expect("made above").0.as_ptr();
-            // SAFETY: a live scheduler; resetting drops its previous assignment.
-            unsafe { sys::ggml_backend_sched_reset(sched) };
-            gathers_on_host(sched, g.graph, self.backend.0);
-            // SAFETY: a live scheduler and a graph of live tensors; the scheduler assigns each
-            // node a backend and allocates activations and inputs in that backend's memory.
-            let ok = unsafe { sys::ggml_backend_sched_alloc_graph(sched, g.graph.as_ptr()) };
-            if !ok {
-                return Err(Error::Ggml(format!("{}: cannot allocate the graph {key:?} (out of device memory?)", gpu.name)));
-            }
-        }
         // SAFETY: live input tensors (i32 vectors made by input_i32).
         let sizes: Vec<usize> = g.inputs.iter().map(|t| unsafe { sys::ggml_nelements(t.ptr()) } as usize).collect();
         if inputs.len() != sizes.len() || inputs.iter().zip(&sizes).any(|(i, &n)| i.len() != n) {
             return Err(Error::Invalid(format!("graph takes inputs of {sizes:?} values")));
         }
         for (t, data) in g.inputs.iter().zip(inputs) {
-            // SAFETY: the input tensor is allocated (gallocr above), i32, with exactly
+            // SAFETY: the input tensor was allocated with its graph, i32, with exactly
             // `data.len()` elements (checked above).
             unsafe { sys::ggml_backend_tensor_set(t.ptr(), data.as_ptr().cast(), 0, data.len() * 4) };
         }
         let status = match &self.gpu {
-            // SAFETY: the scheduler allocated this graph just above.
-            Some(gpu) => unsafe { sys::ggml_backend_sched_graph_compute(gpu.sched.as_ref().expect("made above").0.as_ptr(), g.graph.as_ptr()) },
+            // SAFETY: the scheduler allocated this graph when it was built and has not been
+            // reset since (every rebuild allocates anew).
+            Some(gpu) => unsafe { sys::ggml_backend_sched_graph_compute(gpu.sched.as_ref().expect("made with the graph").0.as_ptr(), g.graph.as_ptr()) },
             // SAFETY: a fully allocated graph of live tensors on this backend.
             None => unsafe { sys::ggml_backend_graph_compute(self.backend.0.as_ptr(), g.graph.as_ptr()) },
         };
@@ -615,9 +626,10 @@ impl Executor {
     }
 }
 
-/// Pins each row gather from a table in host memory (the token embeddings, which stay on the
-/// host as in llama.cpp) to the CPU backend `cpu`: left to itself the scheduler may run the
-/// gather on the device, copying the whole table there every step rather than n rows back.
+/// Pins each row gather from a weight table in host memory (the token embeddings, which stay
+/// on the host as in llama.cpp) to the CPU backend `cpu`: left to itself the scheduler may run
+/// the gather on the device, copying the whole table there every step rather than n rows.
+/// Scheduler assignments last until its next reset, so this runs before every allocation.
 fn gathers_on_host(sched: *mut sys::ggml_backend_sched, graph: NonNull<sys::ggml_cgraph>, cpu: NonNull<sys::ggml_backend>) {
     // SAFETY: a live graph.
     let n = unsafe { sys::ggml_graph_n_nodes(graph.as_ptr()) };
@@ -627,7 +639,10 @@ fn gathers_on_host(sched: *mut sys::ggml_backend_sched, graph: NonNull<sys::ggml
         unsafe {
             let t = sys::ggml_graph_node(graph.as_ptr(), i);
             let table = (*t).src[0];
-            if (*t).op == sys::GGML_OP_GET_ROWS && !table.is_null() && !(*table).buffer.is_null() && sys::ggml_backend_buffer_is_host((*table).buffer) {
+            let host_weights = |b: sys::ggml_backend_buffer_t| {
+                !b.is_null() && sys::ggml_backend_buffer_get_usage(b) == sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS && sys::ggml_backend_buffer_is_host(b)
+            };
+            if (*t).op == sys::GGML_OP_GET_ROWS && !table.is_null() && host_weights((*table).buffer) {
                 sys::ggml_backend_sched_set_tensor_backend(sched, t, cpu.as_ptr());
             }
         }
