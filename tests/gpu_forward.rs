@@ -47,7 +47,8 @@ fn tokens() -> Vec<u32> {
 /// the CPU's within that type's bound; also that restricting the LM head to some rows gives
 /// those rows: to 1e-5 with `same_kernels` (the backend runs the same kernels whatever the row
 /// count), else within the type's bound (ggml-vulkan switches to matrix-vector kernels with
-/// f32 operands for few rows, from f16 tiles for many).
+/// f32 operands for few rows, from f16 tiles for many); then the restricted graph once more
+/// with new inputs.
 fn logits_match_per_type(gpu_load: impl Fn(&std::path::Path) -> Model, bounds: &[(OutType, f32)], same_kernels: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let hf = tmp.path().join("hf");
@@ -71,6 +72,15 @@ fn logits_match_per_type(gpu_load: impl Fn(&std::path::Path) -> Model, bounds: &
             let rows_bound = if same_kernels { 1e-5 } else { bound };
             assert!(a < rows_bound && b == 1.0, "row {r}: {a:.2e}");
         }
+        // The same graph again with other tokens and rows, as in the next diffusion step: it
+        // must be recomputed from the new inputs, not read stale ones.
+        let mut next = tokens.clone();
+        next.rotate_left(1);
+        let rows = [2usize, 16, 40, 68];
+        let want = cpu.forward_rows(&next, Pass::Full, Some(&rows)).unwrap();
+        let got = gpu.forward_rows(&next, Pass::Full, Some(&rows)).unwrap();
+        let (err, _) = compare(&got, &want, 32000);
+        assert!(err <= bound, "{} second step: {err:.2e} > {bound:.0e}", kind.name());
     }
 }
 

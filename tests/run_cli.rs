@@ -199,6 +199,14 @@ fn backend_flags_pick_the_engine_and_refuse_what_cannot_run() {
     } else {
         eprintln!("no wgpu adapter: the wgpu half of this test is skipped");
     }
+    // ggml's own GPU backends, in builds with one and a device (lavapipe through ggml-Vulkan
+    // needs GGML_VK_VISIBLE_DEVICES=0): several steps, so cached graphs are run again.
+    for api in ["cuda", "metal", "vulkan"] {
+        if listed.contains(&format!("{api} device 0")) {
+            let gpu = json(&dlm_run(&[&base[..], &["--backend", api]].concat()));
+            assert_eq!(cpu["tokens"], gpu["tokens"], "greedy decoding on ggml {api} agrees with the CPU");
+        }
+    }
     let bad = dlm_run(&[&base[..], &["--backend", "wgpu", "--device", "99"]].concat());
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no wgpu adapter 99"), "{}", String::from_utf8_lossy(&bad.stderr));
