@@ -198,7 +198,7 @@ fn main() {
     for n in &lens {
         if let Some(d) = ggml_devs.first() {
             bounds.insert(*n, matmul_bound_ms(&path, d, layers, *n, reps));
-            println!("{:<44} {:>6} {:>10.2} {:>9.0} {:>10}", format!("bound: ggml matmuls on {}", d.name), n, bounds[n], gflop(layers, *n) / bounds[n] * 1e3, "1.00x");
+            println!("{:<44} {:>6} {:>10.2} {:>9.1} {:>10}", format!("bound: ggml matmuls on {}", d.name), n, bounds[n], gflop(layers, *n) / bounds[n] * 1e3, "1.00x");
         }
     }
     for (backend, device) in backends {
@@ -207,7 +207,7 @@ fn main() {
         for &n in &lens {
             let ms = forward_ms(&mut m, n, reps);
             let vs = bounds.get(&n).map_or("-".to_string(), |b| format!("{:.2}x", ms / b));
-            println!("{:<44} {:>6} {:>10.2} {:>9.0} {:>10}", m.backend_description(), n, ms, gflop(layers, n) / ms * 1e3, vs);
+            println!("{:<44} {:>6} {:>10.2} {:>9.1} {:>10}", m.backend_description(), n, ms, gflop(layers, n) / ms * 1e3, vs);
         }
     }
 }
