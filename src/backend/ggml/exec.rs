@@ -444,7 +444,7 @@ impl Gpu {
     /// it. Once per graph: splitting rewrites the graph's nodes to read the scheduler's copies
     /// of their inputs, which a second split of the same graph would find stale, so a cached
     /// graph keeps this allocation (the scheduler is reset only here) and is simply recomputed.
-    fn alloc(&mut self, graph: NonNull<sys::ggml_cgraph>, graph_size: usize, cpu: NonNull<sys::ggml_backend>) -> Result<()> {
+    fn alloc(&mut self, graph: NonNull<sys::ggml_cgraph>, graph_size: usize, cpu: NonNull<sys::ggml_backend>, key: &[usize]) -> Result<()> {
         if self.sched.as_ref().is_none_or(|s| s.1 < graph_size) {
             self.sched = None;
             let mut backends = [self.backend.0.as_ptr(), cpu.as_ptr()];
@@ -461,7 +461,7 @@ impl Gpu {
         // SAFETY: a live scheduler and a graph of live tensors; the scheduler assigns each node
         // a backend and allocates activations and inputs in that backend's memory.
         if !unsafe { sys::ggml_backend_sched_alloc_graph(sched, graph.as_ptr()) } {
-            return Err(Error::Ggml(format!("{}: cannot allocate the graph (out of device memory?)", self.name)));
+            return Err(Error::Ggml(format!("{}: cannot allocate the graph {key:?} (out of device memory?)", self.name)));
         }
         Ok(())
     }
@@ -592,7 +592,7 @@ impl Executor {
                         return Err(Error::Ggml(format!("cannot allocate the graph {key:?} (out of memory?)")));
                     }
                 }
-                Some(gpu) => gpu.alloc(graph, graph_size, self.backend.0).map_err(|e| Error::Ggml(format!("{e} {key:?}")))?,
+                Some(gpu) => gpu.alloc(graph, graph_size, self.backend.0, key)?,
             }
             self.cached = Some(CachedGraph { key: key.to_vec(), graph, inputs, output, _ctx: ctx });
         }
