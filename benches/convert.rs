@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("convert_7b_shape_2_layers");
     group.sample_size(10);
     for kind in [OutType::Q4_0, OutType::Q8_0] {
-        let plan = Plan::new(&dir, &Options { out_type: kind, mask_id: None, name: None }).unwrap();
+        let plan = Plan::new(&dir, &Options { out_type: kind, mask_id: None, name: None, causal: false }).unwrap();
         group.throughput(Throughput::Bytes(plan.bytes_in()));
         group.bench_function(format!("dlm_convert_{}", kind.name()), |b| {
             b.iter(|| plan.write(&out, |_, _| {}).unwrap());

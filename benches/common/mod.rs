@@ -39,7 +39,7 @@ pub fn gguf(hf: &Path, kind: OutType) -> PathBuf {
     let out = hf.with_file_name(format!("{}-{}.gguf", hf.file_name().unwrap().to_string_lossy(), kind.name()));
     let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if stamp(&out).is_none() || stamp(&out) < stamp(&hf.join("config.json")) {
-        let opts = Options { out_type: kind, mask_id: None, name: None };
+        let opts = Options { out_type: kind, mask_id: None, name: None, causal: false };
         Plan::new(hf, &opts).unwrap().write(&out, |_, _| {}).unwrap();
     }
     out

@@ -56,6 +56,9 @@ pub struct Options {
     /// `--mask-id`: overrides the tokenizer config's mask token and the DiffuLLaMA default.
     pub mask_id: Option<u32>,
     pub name: Option<String>,
+    /// `--causal`: an autoregressive checkpoint; writes `llama.attention.causal = true` so that
+    /// dlm-run keeps the causal mask (decoded left to right with `--block-length 1`).
+    pub causal: bool,
 }
 
 /// One output tensor.
@@ -261,7 +264,7 @@ impl Plan {
             .or_else(|| c.name.as_ref().map(|n| n.rsplit('/').next().unwrap_or(n).to_owned()))
             .or_else(|| dir.canonicalize().ok()?.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "DiffuLLaMA".into());
-        let header = build_header(c, &vocab, &name, opts.out_type, mask_id, &tensors)?;
+        let header = build_header(c, &vocab, &name, opts.out_type, mask_id, opts.causal, &tensors)?;
         Ok(Plan { dir: dir.to_owned(), config, checkpoint, tensors, header, mask_id, mask_source })
     }
 
@@ -395,6 +398,7 @@ fn build_header(
     name: &str,
     out_type: OutType,
     mask_id: u32,
+    causal: bool,
     tensors: &[PlannedTensor],
 ) -> Result<GgufWriter> {
     let mut w = GgufWriter::new();
@@ -419,7 +423,7 @@ fn build_header(
     w.set(&a("attention.layer_norm_rms_epsilon"), c.rms_norm_eps as f32)?;
     w.set(&a("rope.freq_base"), c.rope_theta as f32)?;
     w.set(&a("vocab_size"), u32_of(c.vocab_size, "vocab_size")?)?;
-    w.set(&a("attention.causal"), false)?;
+    w.set(&a("attention.causal"), causal)?;
 
     w.set(keys::TOKENIZER_MODEL, "llama")?;
     w.set(keys::TOKENS, Value::string_array(vocab.tokens.iter().cloned()))?;

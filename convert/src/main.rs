@@ -31,6 +31,11 @@ struct Args {
     /// Model name stored in general.name [default: from config.json or the folder name]
     #[arg(long)]
     name: Option<String>,
+    /// The checkpoint is autoregressive (a LLaMA before diffusion adaptation): keep causal
+    /// attention (llama.attention.causal = true); dlm-run then decodes it left to right with
+    /// --block-length 1
+    #[arg(long)]
+    causal: bool,
     /// Threads for conversion [default: all cores]
     #[arg(short, long)]
     threads: Option<usize>,
@@ -52,7 +57,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(t) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().context("setting up threads")?;
     }
-    let opts = Options { out_type: args.out_type, mask_id: args.mask_id, name: args.name };
+    let opts = Options { out_type: args.out_type, mask_id: args.mask_id, name: args.name, causal: args.causal };
     let plan = Plan::new(&args.input, &opts)
         .with_context(|| format!("cannot convert {}", args.input.display()))?;
     let c = &plan.config;

@@ -25,9 +25,14 @@ pub fn checkpoint(dir: &Path, extra: &[&str]) {
 /// Converts `hf` with dlm-convert's library to a GGUF beside it.
 pub fn convert(hf: &Path, kind: dlm_convert::OutType) -> PathBuf {
     let out = hf.with_file_name(format!("{}-{}.gguf", hf.file_name().unwrap().to_string_lossy(), kind.name()));
-    let opts = dlm_convert::Options { out_type: kind, mask_id: None, name: None };
-    dlm_convert::Plan::new(hf, &opts).unwrap().write(&out, |_, _| {}).unwrap();
+    convert_to(hf, kind, false, &out);
     out
+}
+
+/// Converts `hf` to `out` (`causal`: dlm-convert --causal).
+pub fn convert_to(hf: &Path, kind: dlm_convert::OutType, causal: bool, out: &Path) {
+    let opts = dlm_convert::Options { out_type: kind, mask_id: None, name: None, causal };
+    dlm_convert::Plan::new(hf, &opts).unwrap().write(out, |_, _| {}).unwrap();
 }
 
 /// A float32 C-order .npy file: (shape, data).
