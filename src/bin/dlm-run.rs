@@ -7,51 +7,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use common::{steady_ms, GenArgs, ModelArgs};
 use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenParams, Generation, Pass};
-use dlm::sample::{Confidence, Entropy, Margin, Origin, Threshold, TokenSampler, Unmasker};
-use dlm::{keys, Backend, Gguf, LoadOptions, Model, Tokenizer};
+use dlm::sample::Unmasker;
+use dlm::{Model, Tokenizer};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Rule {
-    /// DiffuLLaMA's own: each masked position is committed with probability 1/(t+1)
-    Origin,
-    /// the k most confident positions per step (linear schedule)
-    Confidence,
-    /// the k positions with the largest top-1 − top-2 margin
-    Margin,
-    /// the k positions with the lowest entropy
-    Entropy,
-    /// every position with confidence ≥ --threshold, at least one (Fast-dLLM); steps adapt
-    Threshold,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum BackendArg {
-    /// a compiled-in ggml GPU backend's device, else a GPU through wgpu when a hardware adapter
-    /// exists, else the CPU (a software Vulkan driver such as lavapipe is never picked)
-    Auto,
-    /// ggml's CPU kernels
-    Cpu,
-    /// ggml's CUDA backend (build with --features cuda)
-    Cuda,
-    /// ggml's Metal backend (build with --features metal)
-    Metal,
-    /// ggml's Vulkan backend (build with --features vulkan)
-    Vulkan,
-    /// our WGSL kernels through wgpu (Vulkan, Metal, DX12), software adapters included
-    Wgpu,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum CacheArg {
-    /// exact: every step computes every position
-    None,
-    /// the current block and everything after it are computed; the prefix is cached
-    Prefix,
-    /// only the current block is computed
-    Dual,
-}
+mod common;
 
 /// Generate text with a diffusion language model (DiffuLLaMA) from a GGUF file.
 ///
@@ -60,9 +22,10 @@ enum CacheArg {
 #[derive(Parser, Debug)]
 #[command(name = "dlm-run", version, arg_required_else_help = true, after_help = "Example:\n  dlm-run -m diffullama-q4.gguf -p \"Today is a wonderful day,\" -n 128")]
 struct Args {
-    /// GGUF model file
-    #[arg(short, long, required_unless_present = "list_devices")]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    m: ModelArgs,
+    #[command(flatten)]
+    gen: GenArgs,
     /// Prompt (empty: unconditional generation)
     #[arg(short, long, default_value = "")]
     prompt: String,
@@ -76,69 +39,18 @@ struct Args {
     /// Tokens to generate
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n_predict: usize,
-    /// Forward passes (denoising steps)
-    #[arg(long, default_value_t = 64)]
-    steps: usize,
-    /// Which positions to commit each step
-    #[arg(long, value_enum, default_value = "origin")]
-    unmask: Rule,
-    /// Semi-autoregressive blocks of B positions, left to right [default: one block]
-    #[arg(long)]
-    block_length: Option<usize>,
-    /// Confidence threshold for --unmask threshold
-    #[arg(long, default_value_t = 0.9)]
-    threshold: f32,
-    /// Temperature (0: greedy)
-    #[arg(long, default_value_t = 0.9)]
-    temp: f32,
-    /// Top-k (0: off)
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Top-p, applied after temperature (1: off)
-    #[arg(long, default_value_t = 0.9)]
-    top_p: f32,
-    /// Random seed [default: random, printed on stderr]
-    #[arg(short, long)]
-    seed: Option<u64>,
-    /// CPU threads [default: all cores]
-    #[arg(short, long)]
-    threads: Option<usize>,
     /// Text after the generated span: the model infills between prompt and suffix
     #[arg(long)]
     suffix: Option<String>,
-    /// Mask token id [default: from the file, else 811 (DiffuLLaMA)]
-    #[arg(long)]
-    mask_id: Option<u32>,
-    /// Read predictions from the previous position's logits [default: from the file, else true]
-    #[arg(long)]
-    shift: Option<bool>,
     /// Redraw the canvas on stderr as positions unmask (masked positions dimmed)
     #[arg(long)]
     visual: bool,
     /// Print one JSON object (text, token ids, steps, timings) instead of plain text
     #[arg(long)]
     json: bool,
-    /// Key/value cache for block decoding (Fast-dLLM; approximate): `prefix` reuses the prompt
-    /// and finished blocks, `dual` also the masked suffix. Each block starts with a full pass.
-    #[arg(long, value_enum, default_value = "none")]
-    cache: CacheArg,
     /// Write the first step's logits for every position as float32 .npy [seq_len, vocab]
     #[arg(long, value_name = "PATH.npy")]
     dump_logits: Option<PathBuf>,
-    /// Where the model runs
-    #[arg(long, value_enum, default_value = "auto")]
-    backend: BackendArg,
-    /// GPU to run on: its index in --list-devices [default: the first hardware GPU]
-    #[arg(long, value_name = "N")]
-    device: Option<usize>,
-    /// Layers whose weights go to the GPU (also -ngl, as in llama.cpp): counted from the last
-    /// layer, the LM head too when all go; 0 runs everything on the CPU. The wgpu backend runs
-    /// all layers or none [default: all]
-    #[arg(long = "n-gpu-layers", value_name = "N")]
-    n_gpu_layers: Option<usize>,
-    /// List the GPUs this build can use, then exit
-    #[arg(long)]
-    list_devices: bool,
 }
 
 /// Wraps the model to keep the first forward pass's logits for --dump-logits.
@@ -193,21 +105,7 @@ fn check_args(a: &Args) -> anyhow::Result<()> {
     if a.n_predict == 0 {
         bail!("-n must be at least 1");
     }
-    if a.steps == 0 {
-        bail!("--steps must be at least 1");
-    }
-    if !(a.temp >= 0.0 && a.temp.is_finite()) {
-        bail!("--temp must be 0 (greedy) or positive, got {}", a.temp);
-    }
-    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1], got {}", a.top_p);
-    }
-    if !(a.threshold > 0.0 && a.threshold <= 1.0) {
-        bail!("--threshold must be in (0, 1], got {}", a.threshold);
-    }
-    if a.block_length == Some(0) {
-        bail!("--block-length must be at least 1");
-    }
+    a.gen.check()?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -220,128 +118,15 @@ fn check_args(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Diffusion settings from the file, with DiffuLLaMA defaults for GGUFs made by other tools.
-fn diffusion_settings(a: &Args, g: &Gguf) -> anyhow::Result<(u32, bool, Option<bool>)> {
-    let file_mask = g.get(keys::MASK_ID).map(|_| g.get_u32(keys::MASK_ID)).transpose()?;
-    let file_shift = g.get(keys::SHIFT_LOGITS).map(|_| g.get_bool(keys::SHIFT_LOGITS)).transpose()?;
-    let causal_key = keys::arch(g.get_str(keys::ARCHITECTURE)?, "attention.causal");
-    let mut defaulted = Vec::new();
-    let mask = a.mask_id.or(file_mask).unwrap_or_else(|| {
-        defaulted.push(format!("mask id {}", keys::DIFFULLAMA_MASK_ID));
-        keys::DIFFULLAMA_MASK_ID
-    });
-    let shift = a.shift.or(file_shift).unwrap_or_else(|| {
-        defaulted.push("shifted logits".into());
-        true
-    });
-    // Files from llama.cpp's converter say nothing about the mask: DiffuLLaMA is bidirectional.
-    let causal = if g.get(&causal_key).is_none() {
-        defaulted.push("bidirectional attention".into());
-        Some(false)
-    } else {
-        None
-    };
-    if !defaulted.is_empty() {
-        eprintln!(
-            "note: {} has no diffusion metadata; assuming DiffuLLaMA: {} (override with --mask-id / --shift)",
-            g.path().display(),
-            defaulted.join(", ")
-        );
-    }
-    Ok((mask, shift, causal))
-}
-
-/// `--list-devices`: every ggml GPU device and wgpu adapter, one per line, with what `auto`
-/// would pick.
-fn list_devices() {
-    let list = dlm::backend::wgpu::adapters();
-    let ggml = dlm::backend::ggml::gpu_devices();
-    println!("cpu: ggml CPU backend ({} threads)", LoadOptions::default().threads);
-    let mut per_api: std::collections::HashMap<String, usize> = Default::default();
-    for d in &ggml {
-        let i = per_api.entry(d.api.clone()).or_default();
-        let note = if d.is_software() { " (software: --backend auto never picks it)" } else { "" };
-        println!("{} device {i}: {} | {} | {} MiB free of {} MiB{note}", d.api.to_lowercase(), d.name, d.description, d.memory_free >> 20, d.memory_total >> 20);
-        *i += 1;
-    }
-    if list.is_empty() {
-        println!("wgpu: no adapters (no Vulkan, Metal or DX12 driver found)");
-    }
-    for d in &list {
-        let note = if d.software { " (software: --backend auto never picks it)" } else { "" };
-        println!("wgpu device {}: {} | {} | {} | {} | max binding {} MiB{note}", d.index, d.name, d.api, d.kind, d.driver, d.max_binding >> 20);
-    }
-    let auto = match (ggml.iter().find(|d| !d.is_software()), list.iter().find(|d| !d.software)) {
-        (Some(d), _) => format!("{} ({})", d.api.to_lowercase(), d.name),
-        (None, Some(d)) => format!("wgpu device {} ({})", d.index, d.name),
-        (None, None) => "cpu".to_string(),
-    };
-    println!("--backend auto: {auto}");
-}
-
-/// The backend the flags ask for.
-fn backend_of(a: &Args, n_layer: usize) -> anyhow::Result<Backend> {
-    let backend = match a.backend {
-        BackendArg::Auto => Backend::Auto,
-        BackendArg::Cpu => Backend::Cpu,
-        BackendArg::Cuda => Backend::Cuda,
-        BackendArg::Metal => Backend::Metal,
-        BackendArg::Vulkan => Backend::Vulkan,
-        BackendArg::Wgpu => Backend::Wgpu,
-    };
-    let ggml_gpu = dlm::backend::ggml::gpu_devices().iter().any(|d| !d.is_software());
-    match a.n_gpu_layers {
-        Some(0) => {
-            if a.backend == BackendArg::Wgpu {
-                bail!("--backend wgpu with -ngl 0 runs nothing on the GPU: use --backend cpu");
-            }
-            Ok(Backend::Cpu)
-        }
-        Some(n) if n < n_layer && (backend == Backend::Wgpu || (backend == Backend::Auto && !ggml_gpu)) => {
-            bail!("-ngl {n}: the wgpu backend runs all {n_layer} layers on the GPU or none (-ngl 0); partial offload needs a ggml GPU backend (--features cuda, metal or vulkan)")
-        }
-        _ => Ok(backend),
-    }
-}
-
 fn run(a: Args) -> anyhow::Result<()> {
-    if a.list_devices {
-        list_devices();
+    if a.m.list_devices {
+        common::list_devices();
         return Ok(());
     }
     check_args(&a)?;
-    let path = a.model.clone().context("-m/--model is required")?;
-    let threads = a.threads.unwrap_or_else(|| LoadOptions::default().threads).max(1);
-    let t_load = Instant::now();
-    let gguf = Gguf::open(&path)?;
-    let (mask_id, shift, causal) = diffusion_settings(&a, &gguf)?;
-    let n_layer = dlm::model::LlamaParams::from_gguf(&gguf, causal)?.n_layer;
-    let backend = backend_of(&a, n_layer)?;
-    let opts = LoadOptions { threads, causal, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, ..Default::default() };
-    let mut model = Model::from_gguf(gguf, &opts)?;
-
-    if mask_id as usize >= model.params().n_vocab {
-        bail!("mask id {mask_id} is outside the {}-token vocabulary", model.params().n_vocab);
-    }
-    let tok = Tokenizer::from_gguf(model.gguf())?;
-    if tok.vocab_size() != model.params().n_vocab {
-        bail!(
-            "{}: the tokenizer has {} tokens but the model's vocabulary is {}",
-            path.display(),
-            tok.vocab_size(),
-            model.params().n_vocab
-        );
-    }
-    let load_s = t_load.elapsed().as_secs_f64();
-
-    let suffix: Vec<u32> = match &a.suffix {
-        // The suffix continues the text: no BOS, and no dummy-prefix space of its own.
-        Some(s) => {
-            let ids = tok.encode(s)?;
-            ids.into_iter().skip(usize::from(tok.add_bos && tok.bos.is_some())).collect()
-        }
-        None => Vec::new(),
-    };
+    let mut l = common::load(&a.m)?;
+    let load_s = l.load_s;
+    let suffix = l.suffix(a.suffix.as_deref().unwrap_or(""))?;
     let prompts: Vec<String> = match &a.file {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading prompts from {}", path.display()))?;
@@ -353,13 +138,10 @@ fn run(a: Args) -> anyhow::Result<()> {
         }
         None => vec![a.prompt.clone()],
     };
-    let n_ctx = model.params().n_ctx_train;
+    let n_ctx = l.n_ctx();
     let mut prefixes = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
-        let mut prefix = tok.encode(prompt)?;
-        if prefix.is_empty() {
-            prefix.extend(tok.bos.or(Some(1)));
-        }
+        let prefix = l.prefix(prompt)?;
         let len = prefix.len() + a.n_predict + suffix.len();
         if len > n_ctx {
             let which = a.file.as_ref().map_or(String::new(), |f| format!("{} prompt {}: ", f.display(), i + 1));
@@ -367,42 +149,19 @@ fn run(a: Args) -> anyhow::Result<()> {
         }
         prefixes.push(prefix);
     }
-    let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
-    if a.seed.is_none() && !a.json {
+    let seed = a.gen.seed();
+    if a.gen.seed.is_none() && !a.json {
         eprintln!("seed: {seed}");
     }
-    let params = GenParams {
-        n_gen: a.n_predict,
-        steps: a.steps,
-        block_length: a.block_length,
-        sampler: TokenSampler { temp: a.temp, top_k: a.top_k, top_p: a.top_p },
-        seed,
-        mask_id,
-        shift_logits: shift,
-        eos: tok.eos,
-        cache: match a.cache {
-            CacheArg::None => Cache::None,
-            CacheArg::Prefix => Cache::Prefix,
-            CacheArg::Dual => Cache::Dual,
-        },
-        full_lm_head: false,
-    };
-    let (unmask, threshold) = (a.unmask, a.threshold);
-    let unmasker = move || -> Box<dyn Unmasker> {
-        match unmask {
-            Rule::Origin => Box::new(Origin),
-            Rule::Confidence => Box::new(Confidence),
-            Rule::Margin => Box::new(Margin),
-            Rule::Entropy => Box::new(Entropy),
-            Rule::Threshold => Box::new(Threshold(threshold)),
-        }
-    };
+    let params = a.gen.params(&l, a.n_predict, a.gen.steps, seed);
+    let unmasker = a.gen.unmasker();
+    let (model, tok) = (&mut l.model, &l.tok);
     if a.file.is_some() {
-        return run_many(&a, &mut model, &tok, &prompts, &prefixes, &suffix, &params, &unmasker, load_s, seed);
+        return run_many(&a, model, tok, &prompts, &prefixes, &suffix, &params, &unmasker, load_s, seed);
     }
 
     let prefix = &prefixes[0];
-    let mut rec = Recording { model: &mut model, first: None, keep: a.dump_logits.is_some() };
+    let mut rec = Recording { model: &mut *model, first: None, keep: a.dump_logits.is_some() };
     let start = prefix.len();
     let gen = generate(&mut rec, prefix, &suffix, &params, unmasker().as_mut(), |ev| {
         let Event::Step { step, canvas, masked, .. } = ev;
@@ -443,13 +202,6 @@ fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Mean milliseconds per pass from the second (the first includes graph building and
-/// first-touch page faults).
-fn steady_ms(seconds: &[f64]) -> f64 {
-    let steady = if seconds.len() > 1 { &seconds[1..] } else { seconds };
-    steady.iter().sum::<f64>() / steady.len().max(1) as f64 * 1e3
 }
 
 /// `-f`: every prompt, in batches (or one by one with a cache), each completion printed in
@@ -516,16 +268,7 @@ fn run_many(
 }
 
 fn main() -> ExitCode {
-    // Vulkan drivers probe for a Wayland display when the instance is made; without
-    // XDG_RUNTIME_DIR (headless machines, containers) libwayland prints an "error:" line to
-    // stderr although nothing is wrong. A path that does not exist makes the probe fail quietly.
-    // Set here, before any thread exists.
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
-        std::env::set_var("XDG_RUNTIME_DIR", "/nonexistent/dlm-headless");
-    }
-    // llama.cpp spells it -ngl; clap's short flags are one letter.
-    let argv = std::env::args_os().map(|a| if a == "-ngl" { "--n-gpu-layers".into() } else { a });
-    let args = Args::parse_from(argv);
+    let args = Args::parse_from(common::init());
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

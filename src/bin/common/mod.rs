@@ -1,0 +1,339 @@
+//! What `dlm-run` and `dlm-eval` share: the model and generation flags, loading a model with its
+//! tokenizer and diffusion settings, and turning flags into [`GenParams`] and an [`Unmasker`].
+//! The two binaries parse the same flags the same way, so an evaluation measures exactly what
+//! `dlm-run` does with those flags.
+
+#![allow(dead_code)] // each binary uses its own part of this module
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, ValueEnum};
+use dlm::generate::{Cache, GenParams};
+use dlm::sample::{Confidence, Entropy, Margin, Origin, Threshold, TokenSampler, Unmasker};
+use dlm::{keys, Backend, Gguf, LoadOptions, Model, Tokenizer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Rule {
+    /// DiffuLLaMA's own: each masked position is committed with probability 1/(t+1)
+    Origin,
+    /// the k most confident positions per step (linear schedule)
+    Confidence,
+    /// the k positions with the largest top-1 − top-2 margin
+    Margin,
+    /// the k positions with the lowest entropy
+    Entropy,
+    /// every position with confidence ≥ --threshold, at least one (Fast-dLLM); steps adapt
+    Threshold,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// a compiled-in ggml GPU backend's device, else a GPU through wgpu when a hardware adapter
+    /// exists, else the CPU (a software Vulkan driver such as lavapipe is never picked)
+    Auto,
+    /// ggml's CPU kernels
+    Cpu,
+    /// ggml's CUDA backend (build with --features cuda)
+    Cuda,
+    /// ggml's Metal backend (build with --features metal)
+    Metal,
+    /// ggml's Vulkan backend (build with --features vulkan)
+    Vulkan,
+    /// our WGSL kernels through wgpu (Vulkan, Metal, DX12), software adapters included
+    Wgpu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CacheArg {
+    /// exact: every step computes every position
+    None,
+    /// the current block and everything after it are computed; the prefix is cached
+    Prefix,
+    /// only the current block is computed
+    Dual,
+}
+
+/// Which model, where it runs, and its diffusion facts.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// GGUF model file
+    #[arg(short, long, required_unless_present = "list_devices")]
+    pub model: Option<PathBuf>,
+    /// CPU threads [default: all cores]
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Mask token id [default: from the file, else 811 (DiffuLLaMA)]
+    #[arg(long)]
+    pub mask_id: Option<u32>,
+    /// Read predictions from the previous position's logits [default: from the file, else true]
+    #[arg(long)]
+    pub shift: Option<bool>,
+    /// Where the model runs
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendArg,
+    /// GPU to run on: its index in --list-devices [default: the first hardware GPU]
+    #[arg(long, value_name = "N")]
+    pub device: Option<usize>,
+    /// Layers whose weights go to the GPU (also -ngl, as in llama.cpp): counted from the last
+    /// layer, the LM head too when all go; 0 runs everything on the CPU. The wgpu backend runs
+    /// all layers or none [default: all]
+    #[arg(long = "n-gpu-layers", value_name = "N")]
+    pub n_gpu_layers: Option<usize>,
+    /// List the GPUs this build can use, then exit
+    #[arg(long)]
+    pub list_devices: bool,
+}
+
+/// How the canvas is denoised.
+#[derive(Args, Debug, Clone)]
+pub struct GenArgs {
+    /// Forward passes (denoising steps)
+    #[arg(long, default_value_t = 64)]
+    pub steps: usize,
+    /// Which positions to commit each step
+    #[arg(long, value_enum, default_value = "origin")]
+    pub unmask: Rule,
+    /// Semi-autoregressive blocks of B positions, left to right [default: one block]
+    #[arg(long)]
+    pub block_length: Option<usize>,
+    /// Confidence threshold for --unmask threshold
+    #[arg(long, default_value_t = 0.9)]
+    pub threshold: f32,
+    /// Temperature (0: greedy)
+    #[arg(long, default_value_t = 0.9)]
+    pub temp: f32,
+    /// Top-k (0: off)
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Top-p, applied after temperature (1: off)
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Random seed [default: random, printed on stderr]
+    #[arg(short, long)]
+    pub seed: Option<u64>,
+    /// Key/value cache for block decoding (Fast-dLLM; approximate): `prefix` reuses the prompt
+    /// and finished blocks, `dual` also the masked suffix. Each block starts with a full pass.
+    #[arg(long, value_enum, default_value = "none")]
+    pub cache: CacheArg,
+}
+
+impl GenArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        if !(self.temp >= 0.0 && self.temp.is_finite()) {
+            bail!("--temp must be 0 (greedy) or positive, got {}", self.temp);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+        }
+        if !(self.threshold > 0.0 && self.threshold <= 1.0) {
+            bail!("--threshold must be in (0, 1], got {}", self.threshold);
+        }
+        if self.block_length == Some(0) {
+            bail!("--block-length must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The generation parameters for `n_gen` positions and `steps` passes.
+    pub fn params(&self, l: &Loaded, n_gen: usize, steps: usize, seed: u64) -> GenParams {
+        GenParams {
+            n_gen,
+            steps,
+            block_length: self.block_length,
+            sampler: TokenSampler { temp: self.temp, top_k: self.top_k, top_p: self.top_p },
+            seed,
+            mask_id: l.mask_id,
+            shift_logits: l.shift,
+            eos: l.tok.eos,
+            cache: match self.cache {
+                CacheArg::None => Cache::None,
+                CacheArg::Prefix => Cache::Prefix,
+                CacheArg::Dual => Cache::Dual,
+            },
+            full_lm_head: false,
+        }
+    }
+
+    /// A factory of the unmasking rule (batches need one per sequence).
+    pub fn unmasker(&self) -> impl Fn() -> Box<dyn Unmasker> {
+        let (unmask, threshold) = (self.unmask, self.threshold);
+        move || -> Box<dyn Unmasker> {
+            match unmask {
+                Rule::Origin => Box::new(Origin),
+                Rule::Confidence => Box::new(Confidence),
+                Rule::Margin => Box::new(Margin),
+                Rule::Entropy => Box::new(Entropy),
+                Rule::Threshold => Box::new(Threshold(threshold)),
+            }
+        }
+    }
+
+    /// `--seed`, or one from the clock.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64))
+    }
+}
+
+/// A loaded model with what generation needs besides it.
+pub struct Loaded {
+    pub model: Model,
+    pub tok: Tokenizer,
+    pub mask_id: u32,
+    pub shift: bool,
+    pub path: PathBuf,
+    pub load_s: f64,
+}
+
+impl Loaded {
+    /// BOS + prompt as the runtime lays it out (BOS alone for an empty prompt).
+    pub fn prefix(&self, prompt: &str) -> anyhow::Result<Vec<u32>> {
+        let mut prefix = self.tok.encode(prompt)?;
+        if prefix.is_empty() {
+            prefix.extend(self.tok.bos.or(Some(1)));
+        }
+        Ok(prefix)
+    }
+
+    /// The suffix continues the text: no BOS.
+    pub fn suffix(&self, suffix: &str) -> anyhow::Result<Vec<u32>> {
+        if suffix.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = self.tok.encode(suffix)?;
+        Ok(ids.into_iter().skip(usize::from(self.tok.add_bos && self.tok.bos.is_some())).collect())
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.model.params().n_ctx_train
+    }
+}
+
+/// Opens the file, resolves the diffusion settings and the backend, loads the model and its
+/// tokenizer, and checks that they agree.
+pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
+    let path = a.model.clone().context("-m/--model is required")?;
+    let threads = a.threads.unwrap_or_else(|| LoadOptions::default().threads).max(1);
+    let t_load = Instant::now();
+    let gguf = Gguf::open(&path)?;
+    let (mask_id, shift, causal) = diffusion_settings(a, &gguf)?;
+    let n_layer = dlm::model::LlamaParams::from_gguf(&gguf, causal)?.n_layer;
+    let backend = backend_of(a, n_layer)?;
+    let opts = LoadOptions { threads, causal, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, ..Default::default() };
+    let model = Model::from_gguf(gguf, &opts)?;
+    if mask_id as usize >= model.params().n_vocab {
+        bail!("mask id {mask_id} is outside the {}-token vocabulary", model.params().n_vocab);
+    }
+    let tok = Tokenizer::from_gguf(model.gguf())?;
+    if tok.vocab_size() != model.params().n_vocab {
+        bail!("{}: the tokenizer has {} tokens but the model's vocabulary is {}", path.display(), tok.vocab_size(), model.params().n_vocab);
+    }
+    Ok(Loaded { model, tok, mask_id, shift, path, load_s: t_load.elapsed().as_secs_f64() })
+}
+
+/// Diffusion settings from the file, with DiffuLLaMA defaults for GGUFs made by other tools.
+fn diffusion_settings(a: &ModelArgs, g: &Gguf) -> anyhow::Result<(u32, bool, Option<bool>)> {
+    let file_mask = g.get(keys::MASK_ID).map(|_| g.get_u32(keys::MASK_ID)).transpose()?;
+    let file_shift = g.get(keys::SHIFT_LOGITS).map(|_| g.get_bool(keys::SHIFT_LOGITS)).transpose()?;
+    let causal_key = keys::arch(g.get_str(keys::ARCHITECTURE)?, "attention.causal");
+    let mut defaulted = Vec::new();
+    let mask = a.mask_id.or(file_mask).unwrap_or_else(|| {
+        defaulted.push(format!("mask id {}", keys::DIFFULLAMA_MASK_ID));
+        keys::DIFFULLAMA_MASK_ID
+    });
+    let shift = a.shift.or(file_shift).unwrap_or_else(|| {
+        defaulted.push("shifted logits".into());
+        true
+    });
+    // Files from llama.cpp's converter say nothing about the mask: DiffuLLaMA is bidirectional.
+    let causal = if g.get(&causal_key).is_none() {
+        defaulted.push("bidirectional attention".into());
+        Some(false)
+    } else {
+        None
+    };
+    if !defaulted.is_empty() {
+        eprintln!(
+            "note: {} has no diffusion metadata; assuming DiffuLLaMA: {} (override with --mask-id / --shift)",
+            g.path().display(),
+            defaulted.join(", ")
+        );
+    }
+    Ok((mask, shift, causal))
+}
+
+/// The backend the flags ask for.
+fn backend_of(a: &ModelArgs, n_layer: usize) -> anyhow::Result<Backend> {
+    let backend = match a.backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Cpu => Backend::Cpu,
+        BackendArg::Cuda => Backend::Cuda,
+        BackendArg::Metal => Backend::Metal,
+        BackendArg::Vulkan => Backend::Vulkan,
+        BackendArg::Wgpu => Backend::Wgpu,
+    };
+    let ggml_gpu = dlm::backend::ggml::gpu_devices().iter().any(|d| !d.is_software());
+    match a.n_gpu_layers {
+        Some(0) => {
+            if a.backend == BackendArg::Wgpu {
+                bail!("--backend wgpu with -ngl 0 runs nothing on the GPU: use --backend cpu");
+            }
+            Ok(Backend::Cpu)
+        }
+        Some(n) if n < n_layer && (backend == Backend::Wgpu || (backend == Backend::Auto && !ggml_gpu)) => {
+            bail!("-ngl {n}: the wgpu backend runs all {n_layer} layers on the GPU or none (-ngl 0); partial offload needs a ggml GPU backend (--features cuda, metal or vulkan)")
+        }
+        _ => Ok(backend),
+    }
+}
+
+/// Mean milliseconds per pass from the second (the first includes graph building and
+/// first-touch page faults).
+pub fn steady_ms(seconds: &[f64]) -> f64 {
+    let steady = if seconds.len() > 1 { &seconds[1..] } else { seconds };
+    steady.iter().sum::<f64>() / steady.len().max(1) as f64 * 1e3
+}
+
+/// Process set-up both binaries need before any thread exists, and `-ngl` spelled as llama.cpp
+/// spells it (clap's short flags are one letter). Returns the arguments to parse.
+pub fn init() -> Vec<std::ffi::OsString> {
+    // Vulkan drivers probe for a Wayland display when the instance is made; without
+    // XDG_RUNTIME_DIR (headless machines, containers) libwayland prints an "error:" line to
+    // stderr although nothing is wrong. A path that does not exist makes the probe fail quietly.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", "/nonexistent/dlm-headless");
+    }
+    std::env::args_os().map(|a| if a == "-ngl" { "--n-gpu-layers".into() } else { a }).collect()
+}
+
+/// `--list-devices`: every ggml GPU device and wgpu adapter, one per line, with what `auto`
+/// would pick.
+pub fn list_devices() {
+    let list = dlm::backend::wgpu::adapters();
+    let ggml = dlm::backend::ggml::gpu_devices();
+    println!("cpu: ggml CPU backend ({} threads)", LoadOptions::default().threads);
+    let mut per_api: std::collections::HashMap<String, usize> = Default::default();
+    for d in &ggml {
+        let i = per_api.entry(d.api.clone()).or_default();
+        let note = if d.is_software() { " (software: --backend auto never picks it)" } else { "" };
+        println!("{} device {i}: {} | {} | {} MiB free of {} MiB{note}", d.api.to_lowercase(), d.name, d.description, d.memory_free >> 20, d.memory_total >> 20);
+        *i += 1;
+    }
+    if list.is_empty() {
+        println!("wgpu: no adapters (no Vulkan, Metal or DX12 driver found)");
+    }
+    for d in &list {
+        let note = if d.software { " (software: --backend auto never picks it)" } else { "" };
+        println!("wgpu device {}: {} | {} | {} | {} | max binding {} MiB{note}", d.index, d.name, d.api, d.kind, d.driver, d.max_binding >> 20);
+    }
+    let auto = match (ggml.iter().find(|d| !d.is_software()), list.iter().find(|d| !d.software)) {
+        (Some(d), _) => format!("{} ({})", d.api.to_lowercase(), d.name),
+        (None, Some(d)) => format!("wgpu device {} ({})", d.index, d.name),
+        (None, None) => "cpu".to_string(),
+    };
+    println!("--backend auto: {auto}");
+}

@@ -1,0 +1,286 @@
+//! `dlm-eval`: exact-match accuracy of a model on a file of problems, through the same
+//! generation code and flags as `dlm-run`, batched. One JSON object on stdout; a table on stderr.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use common::{steady_ms, GenArgs, Loaded, ModelArgs};
+use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
+use dlm::generate::{generate, generate_batch, Cache, Flow, Forward, Generation};
+
+mod common;
+
+/// Evaluate a diffusion language model on held-out problems (exact match per task).
+///
+/// Each line of the problems file is a JSON object: {"task", "prompt", "answer", "n"} and
+/// optionally "suffix" (infilling: text after the generated span) and "pattern" (a regular
+/// expression the trimmed output must match, instead of equalling the answer). "n" is the
+/// answer region in tokens: the canvas is BOS + prompt + n masks + suffix, as `dlm-run -n n
+/// --suffix ...` lays it out, and the output is cut at the first EOS. Every generation flag means
+/// what it means in dlm-run; --steps-frac sets the steps per problem from its region instead.
+#[derive(Parser, Debug)]
+#[command(name = "dlm-eval", version, arg_required_else_help = true, after_help = "Example:\n  dlm-eval -m diffullama-tiny-q4_0.gguf --problems models/tasks/test.jsonl --unmask confidence --temp 0")]
+struct Args {
+    #[command(flatten)]
+    m: ModelArgs,
+    #[command(flatten)]
+    gen: GenArgs,
+    /// Problems, one JSON object per line
+    #[arg(long, value_name = "FILE.jsonl")]
+    problems: Option<PathBuf>,
+    /// Steps per problem as a fraction of its answer region, rounded up [default: 1, unless
+    /// --steps is given]
+    #[arg(long, value_name = "F")]
+    steps_frac: Option<f64>,
+    /// Sequences denoised together in one pass (without --cache)
+    #[arg(short = 'b', long, default_value_t = 16)]
+    batch_size: usize,
+    /// Only these tasks (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// At most this many problems per task
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Run every forward pass through llama.cpp's own `llama_decode` of the whole canvas, one
+    /// sequence at a time (what llama-diffusion-cli does each step), with the same sampler
+    /// loop: the peer's speed (and accuracy) on the same problems. CPU only, no --cache
+    #[arg(long, value_name = "llamacpp")]
+    peer: Option<String>,
+    /// Write every problem's output and verdict here, one JSON object per line
+    #[arg(long, value_name = "OUT.jsonl")]
+    per_problem: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+struct Problem {
+    task: String,
+    prompt: String,
+    answer: String,
+    suffix: String,
+    n: usize,
+    pattern: Option<regex::Regex>,
+}
+
+fn read_problems(path: &PathBuf, a: &Args) -> anyhow::Result<Vec<Problem>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading problems from {}", path.display()))?;
+    let mut out = Vec::new();
+    let mut per_task: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let field = |k: &str| -> anyhow::Result<String> {
+            match v.get(k) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                None if k == "suffix" => Ok(String::new()),
+                _ => bail!("{}: field \"{k}\" must be a string", at()),
+            }
+        };
+        let task = field("task")?;
+        let n = v.get("n").and_then(|n| n.as_u64()).filter(|&n| (1..=4096).contains(&n));
+        let Some(n) = n else { bail!("{}: field \"n\" must be an integer from 1 to 4096 (the answer region in tokens)", at()) };
+        let pattern = match v.get("pattern") {
+            None => None,
+            Some(serde_json::Value::String(p)) => Some(regex::Regex::new(p).with_context(|| format!("{}: field \"pattern\"", at()))?),
+            Some(_) => bail!("{}: field \"pattern\" must be a string", at()),
+        };
+        if !a.tasks.is_empty() && !a.tasks.contains(&task) {
+            continue;
+        }
+        let seen = per_task.entry(task.clone()).or_default();
+        if a.limit.is_some_and(|l| *seen >= l) {
+            continue;
+        }
+        *seen += 1;
+        out.push(Problem { prompt: field("prompt")?, answer: field("answer")?, suffix: field("suffix")?, task, n: n as usize, pattern });
+    }
+    if out.is_empty() {
+        bail!("{}: no problems (after --tasks/--limit)", path.display());
+    }
+    Ok(out)
+}
+
+impl Problem {
+    fn correct(&self, output: &str) -> bool {
+        let out = output.trim();
+        match &self.pattern {
+            Some(re) => re.is_match(out),
+            None => out == self.answer.trim(),
+        }
+    }
+}
+
+/// Steps for a region of `n` tokens.
+fn steps_for(a: &Args, steps_given: bool, n: usize) -> usize {
+    match (a.steps_frac, steps_given) {
+        (Some(f), _) => ((n as f64 * f).ceil() as usize).max(1),
+        (None, true) => a.gen.steps,
+        (None, false) => n,
+    }
+}
+
+fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
+    if a.m.list_devices {
+        common::list_devices();
+        return Ok(());
+    }
+    a.gen.check()?;
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if let Some(f) = a.steps_frac {
+        if !(f > 0.0 && f <= 64.0) {
+            bail!("--steps-frac must be in (0, 64], got {f}");
+        }
+    }
+    let path = a.problems.clone().context("--problems FILE.jsonl is required")?;
+    let problems = read_problems(&path, &a)?;
+    let mut l: Loaded = common::load(&a.m)?;
+    let mut peer = match a.peer.as_deref() {
+        None => None,
+        Some("llamacpp") => {
+            if a.gen.cache != common::CacheArg::None {
+                bail!("--peer llamacpp re-decodes every position each step: it has no --cache");
+            }
+            let threads = a.m.threads.unwrap_or_else(|| dlm::LoadOptions::default().threads).max(1);
+            Some(LlamaCpp::load(&l.path, &LlamaCppOptions::new(threads, l.n_ctx()))?)
+        }
+        Some(other) => bail!("--peer {other}: the only peer is llamacpp"),
+    };
+    let seed = a.gen.seed();
+
+    // Canvases, grouped by (region, steps) so that a batch shares its schedule.
+    let mut canvases = Vec::with_capacity(problems.len());
+    for (i, p) in problems.iter().enumerate() {
+        let (prefix, suffix) = (l.prefix(&p.prompt)?, l.suffix(&p.suffix)?);
+        let len = prefix.len() + p.n + suffix.len();
+        if len > l.n_ctx() {
+            bail!("{} problem {}: {len} tokens exceed the model's context of {}", path.display(), i + 1, l.n_ctx());
+        }
+        canvases.push((prefix, suffix));
+    }
+    let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+    for (i, p) in problems.iter().enumerate() {
+        groups.entry((p.n, steps_for(&a, steps_given, p.n))).or_default().push(i);
+    }
+    let unmasker = a.gen.unmasker();
+    let mut gens: Vec<Option<Generation>> = vec![None; problems.len()];
+    let mut pass_seconds = Vec::new();
+    let params: Vec<_> = groups.keys().map(|&(n, steps)| a.gen.params(&l, n, steps, seed)).collect();
+    let t0 = Instant::now();
+    let fwd: &mut dyn Forward = match peer.as_mut() {
+        Some(p) => p,
+        None => &mut l.model,
+    };
+    for (idx, params) in groups.values().zip(&params) {
+        if params.cache != Cache::None {
+            for &i in idx {
+                let g = generate(fwd, &canvases[i].0, &canvases[i].1, params, unmasker().as_mut(), |_| Flow::Continue)?;
+                pass_seconds.extend(&g.forward_seconds);
+                gens[i] = Some(g);
+            }
+            continue;
+        }
+        for chunk in idx.chunks(a.batch_size) {
+            let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| (canvases[i].0.as_slice(), canvases[i].1.as_slice())).collect();
+            let out = generate_batch(fwd, &batch, params, &unmasker, |s| {
+                pass_seconds.push(s.forward_seconds);
+                Flow::Continue
+            })?;
+            for (&i, g) in chunk.iter().zip(out) {
+                gens[i] = Some(g);
+            }
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+
+    #[derive(Default)]
+    struct Tally {
+        right: usize,
+        total: usize,
+        steps: usize,
+    }
+    let mut tally: BTreeMap<&str, Tally> = BTreeMap::new();
+    let mut per_problem = match &a.per_problem {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        None => None,
+    };
+    let mut positions = 0usize;
+    for (p, g) in problems.iter().zip(&gens) {
+        let g = g.as_ref().context("internal: a problem was not generated")?;
+        let text = l.tok.decode(&g.tokens)?;
+        let ok = p.correct(&text);
+        let t = tally.entry(&p.task).or_default();
+        t.right += usize::from(ok);
+        t.total += 1;
+        t.steps += g.steps;
+        positions += p.n;
+        if let Some(w) = per_problem.as_mut() {
+            let obj = serde_json::json!({"task": p.task, "prompt": p.prompt, "suffix": p.suffix, "answer": p.answer, "output": text, "correct": ok, "steps": g.steps});
+            writeln!(w, "{obj}")?;
+        }
+    }
+    if let Some(mut w) = per_problem {
+        w.flush()?;
+    }
+    let right: usize = tally.values().map(|t| t.right).sum();
+    let tasks: serde_json::Map<String, serde_json::Value> = tally
+        .iter()
+        .map(|(k, t)| {
+            let v = serde_json::json!({"accuracy": t.right as f64 / t.total as f64, "correct": t.right, "problems": t.total, "steps_mean": t.steps as f64 / t.total as f64});
+            (k.to_string(), v)
+        })
+        .collect();
+    let g = &a.gen;
+    let backend = match &peer {
+        Some(_) => "llama.cpp llama_decode (cpu), one sequence at a time".to_string(),
+        None => l.model.backend_description(),
+    };
+    let summary = serde_json::json!({
+        "model": l.path.display().to_string(), "backend": backend,
+        "settings": {
+            "unmask": format!("{:?}", g.unmask).to_lowercase(), "steps_frac": a.steps_frac, "steps": if a.steps_frac.is_none() && steps_given { Some(g.steps) } else { None },
+            "block_length": g.block_length, "cache": format!("{:?}", g.cache).to_lowercase(), "threshold": g.threshold,
+            "temp": g.temp, "top_k": g.top_k, "top_p": g.top_p, "seed": seed, "batch_size": a.batch_size,
+        },
+        "tasks": tasks, "overall": right as f64 / problems.len() as f64, "problems": problems.len(),
+        "forward_passes": pass_seconds.len(), "ms_per_pass": steady_ms(&pass_seconds), "seconds": seconds,
+        "tokens_per_second": positions as f64 / seconds.max(1e-9),
+    });
+    for (k, t) in &tally {
+        eprintln!("{k:>10}: {:5.1} % ({}/{}), {:.1} steps", 100.0 * t.right as f64 / t.total as f64, t.right, t.total, t.steps as f64 / t.total as f64);
+    }
+    eprintln!(
+        "{:>10}: {:5.1} % of {} problems | {} passes in {seconds:.2} s, {:.0} tokens/s | {}",
+        "overall",
+        100.0 * right as f64 / problems.len() as f64,
+        problems.len(),
+        pass_seconds.len(),
+        positions as f64 / seconds.max(1e-9),
+        backend
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{summary}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let matches = Args::command().get_matches_from(common::init());
+    let steps_given = matches.value_source("steps") == Some(clap::parser::ValueSource::CommandLine);
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    match run(args, steps_given) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
