@@ -152,12 +152,14 @@ struct Seq {
     /// Current block and step within it.
     b: usize,
     s: usize,
+    /// Seeds this sequence's commit draws and token draws.
+    seed: u64,
     step_rng: Rng,
     forward_seconds: Vec<f64>,
 }
 
 impl Seq {
-    fn new(prefix: &[u32], suffix: &[u32], p: &GenParams) -> Result<Seq> {
+    fn new(prefix: &[u32], suffix: &[u32], p: &GenParams, seed: u64) -> Result<Seq> {
         if p.n_gen == 0 || p.steps == 0 {
             return Err(Error::Invalid("need at least one token to generate and one step".into()));
         }
@@ -171,7 +173,7 @@ impl Seq {
         let block = p.block_length.unwrap_or(p.n_gen).clamp(1, p.n_gen);
         let n_blocks = p.n_gen.div_ceil(block);
         let steps_per_block = (p.steps / n_blocks).max(1);
-        Ok(Seq { canvas, masked, start, end, block, n_blocks, steps_per_block, b: 0, s: 0, step_rng: Rng::new(p.seed), forward_seconds: Vec::new() })
+        Ok(Seq { canvas, masked, start, end, block, n_blocks, steps_per_block, b: 0, s: 0, seed, step_rng: Rng::new(seed), forward_seconds: Vec::new() })
     }
 
     fn range(&self) -> std::ops::Range<usize> {
@@ -214,7 +216,7 @@ impl Seq {
             .into_par_iter()
             .map(|k| {
                 let r = row_of(k);
-                let mut rng = Rng::for_position(p.seed, global_step, positions[k] as u64);
+                let mut rng = Rng::for_position(self.seed, global_step, positions[k] as u64);
                 p.sampler.sample(&logits[r * n_vocab..(r + 1) * n_vocab], &mut rng)
             })
             .collect()
@@ -261,7 +263,7 @@ pub fn generate(
     unmasker: &mut dyn Unmasker,
     mut on_event: impl FnMut(Event<'_>) -> Flow,
 ) -> Result<Generation> {
-    let mut seq = Seq::new(prefix, suffix, p)?;
+    let mut seq = Seq::new(prefix, suffix, p, p.seed)?;
     let n_vocab = model.n_vocab();
     let shift = usize::from(p.shift_logits);
     loop {
@@ -313,15 +315,32 @@ pub fn generate_batch(
     prompts: &[(&[u32], &[u32])],
     p: &GenParams,
     unmasker: &dyn Fn() -> Box<dyn Unmasker>,
+    on_step: impl FnMut(BatchStep) -> Flow,
+) -> Result<Vec<Generation>> {
+    generate_batch_seeded(model, prompts, &vec![p.seed; prompts.len()], p, unmasker, on_step)
+}
+
+/// [`generate_batch`] with a seed per sequence (`seeds[i]` in place of `p.seed` for
+/// `prompts[i]`): each result equals [`generate`] with that seed, so a batch of independent
+/// problems draws independent schedules.
+pub fn generate_batch_seeded(
+    model: &mut dyn Forward,
+    prompts: &[(&[u32], &[u32])],
+    seeds: &[u64],
+    p: &GenParams,
+    unmasker: &dyn Fn() -> Box<dyn Unmasker>,
     mut on_step: impl FnMut(BatchStep) -> Flow,
 ) -> Result<Vec<Generation>> {
+    if seeds.len() != prompts.len() {
+        return Err(Error::Invalid(format!("{} seeds for {} prompts", seeds.len(), prompts.len())));
+    }
     if p.cache != Cache::None {
         return Err(Error::Invalid("batched generation keeps no key/value cache: use Cache::None (or run the prompts one by one)".into()));
     }
     if prompts.is_empty() {
         return Err(Error::Invalid("a batch needs at least one prompt".into()));
     }
-    let mut seqs = prompts.iter().map(|(prefix, suffix)| Seq::new(prefix, suffix, p)).collect::<Result<Vec<_>>>()?;
+    let mut seqs = prompts.iter().zip(seeds).map(|((prefix, suffix), &seed)| Seq::new(prefix, suffix, p, seed)).collect::<Result<Vec<_>>>()?;
     let mut rules: Vec<Box<dyn Unmasker>> = prompts.iter().map(|_| unmasker()).collect();
     let n_vocab = model.n_vocab();
     let shift = usize::from(p.shift_logits);

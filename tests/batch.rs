@@ -4,7 +4,7 @@
 mod common;
 
 use common::tiny_gqa_gguf;
-use dlm::generate::{generate, generate_batch, Flow, Forward, GenParams, Pass};
+use dlm::generate::{generate, generate_batch, generate_batch_seeded, Flow, Forward, GenParams, Pass};
 use dlm::sample::{Confidence, Origin, Threshold, TokenSampler, Unmasker};
 use dlm::{LoadOptions, Model, Result};
 use dlm_convert::OutType;
@@ -81,6 +81,19 @@ fn batched_generation_is_each_prompt_alone() {
             }
         }
     }
+    // A seed per sequence: each equals generate with its own seed, and the seeds matter.
+    let p = params(0.9, 6, None);
+    let batch: Vec<(&[u32], &[u32])> = prompts.iter().map(|x| (x.as_slice(), suffix)).collect();
+    let seeds = [11u64, 12, 13];
+    let got = generate_batch_seeded(&mut m, &batch, &seeds, &p, &|| Box::new(Origin), |_| Flow::Continue).unwrap();
+    for (i, prefix) in prompts.iter().enumerate() {
+        let own = GenParams { seed: seeds[i], ..p.clone() };
+        let alone = generate(&mut m, prefix, suffix, &own, &mut Origin, |_| Flow::Continue).unwrap();
+        assert_eq!(got[i].canvas, alone.canvas, "seeded prompt {i}");
+    }
+    let same = generate_batch(&mut m, &batch, &p, &|| Box::new(Origin), |_| Flow::Continue).unwrap();
+    assert!(same.iter().zip(&got).any(|(a, b)| a.canvas != b.canvas), "per-sequence seeds changed nothing");
+    assert!(generate_batch_seeded(&mut m, &batch, &seeds[..2], &p, &|| Box::new(Origin), |_| Flow::Continue).is_err());
     let mut cached = params(0.0, 8, Some(8));
     cached.cache = dlm::generate::Cache::Prefix;
     assert!(generate_batch(&mut m, &[(&[1], &[])], &cached, &|| Box::new(Origin), |_| Flow::Continue).is_err());

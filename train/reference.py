@@ -7,6 +7,10 @@ per step, k from the same linear schedule as dlm's), or, with --causal, plain le
 decoding of an autoregressive model. It shares no code with the Rust runtime: weights come from
 the bf16 safetensors, not from a GGUF. Prints one JSON object: accuracy per task and overall.
 
+One addition to the authors' rule, which dlm makes too (`--no-eos-fill` turns it off here): once
+an EOS is committed in the answer region, every masked position after it becomes EOS (the answer
+has ended), so later steps neither predict nor commit there.
+
     python3 train/reference.py models/diffullama-tiny models/tasks/test.jsonl --rule confidence
 """
 import argparse
@@ -64,7 +68,7 @@ def sample(logp, temp, top_p, gen):
 
 
 @torch.no_grad()
-def diffusion(m, x, lo, hi, steps, rule, temp, top_p, mask, gen):
+def diffusion(m, x, lo, hi, steps, rule, temp, top_p, mask, gen, eos=None):
     """Fill x[lo:hi] (all mask tokens); x is a 1-D tensor with BOS first. Shifted logits."""
     T = x.shape[0]
     full = torch.ones(1, 1, T, T, dtype=torch.bool)
@@ -77,6 +81,18 @@ def diffusion(m, x, lo, hi, steps, rule, temp, top_p, mask, gen):
         tok, conf = sample(logp[:-1], temp, top_p, gen)  # row p-1 predicts position p
         return torch.cat([x[:1], tok]), torch.cat([torch.ones(1), conf])
 
+    def eos_fill():
+        if eos is None:
+            return
+        done = (~masked[lo:hi]) & (x[lo:hi] == eos)
+        if done.any():
+            e = lo + int(done.nonzero()[0])
+            after = masked.clone()
+            after[:e + 1] = False
+            after[hi:] = False
+            x[after] = eos
+            masked[after] = False
+
     if rule == "origin":
         # generate_samples: one pass, then for t = steps-1 .. 1 commit with probability 1/(t+1)
         # and predict again; what is still masked after the loop takes the last prediction.
@@ -85,6 +101,7 @@ def diffusion(m, x, lo, hi, steps, rule, temp, top_p, mask, gen):
             commit = masked & (torch.rand(T, generator=gen) < 1.0 / (t + 1))
             x[commit] = x0[commit]
             masked &= ~commit
+            eos_fill()
             x0, _ = predict()
         x[masked] = x0[masked]
         return x
@@ -99,6 +116,7 @@ def diffusion(m, x, lo, hi, steps, rule, temp, top_p, mask, gen):
         for i in order:
             x[i] = x0[i]
             masked[i] = False
+        eos_fill()
     return x
 
 
@@ -123,6 +141,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--causal", action="store_true", help="autoregressive model: greedy left to right")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, help="at most this many problems per task")
+    ap.add_argument("--no-eos-fill", action="store_true", help="the authors' rule exactly: no EOS fill")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     gen = torch.Generator().manual_seed(a.seed)
@@ -133,6 +153,9 @@ def main():
     for line in a.problems.read_text().splitlines():
         p = json.loads(line)
         task = p["task"]
+        p.setdefault("suffix", "")
+        if a.limit is not None and total.get(task, 0) >= a.limit:
+            continue
         prefix, ans, suf = tasks.encode_problem(tok, task, p["prompt"], p["answer"], p["suffix"])
         n = p["n"]
         if a.causal:
@@ -140,7 +163,8 @@ def main():
         else:
             x = torch.tensor(prefix + [mask] * n + suf)
             steps = max(1, math.ceil(n * a.steps_frac))
-            out = diffusion(m, x, len(prefix), len(prefix) + n, steps, a.rule, a.temp, a.top_p, mask, gen)
+            out = diffusion(m, x, len(prefix), len(prefix) + n, steps, a.rule, a.temp, a.top_p, mask, gen,
+                            None if a.no_eos_fill else eos)
             out = out[len(prefix):len(prefix) + n].tolist()
         out = out[:out.index(eos)] if eos in out else out
         ok = tasks.correct(task, p["prompt"], p["answer"], p["suffix"], tok.decode(out))

@@ -40,8 +40,10 @@ def evaluate(model, args, limit=None, backend="cpu"):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def reference(folder, args):
+def reference(folder, args, limit=None):
     cmd = [sys.executable, ROOT / "train" / "reference.py", folder, PROBLEMS] + args
+    if limit:
+        cmd += ["--limit", str(limit)]
     r = subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True)
     return json.loads(r.stdout)
 
@@ -119,11 +121,11 @@ def main():
 
     # The independent PyTorch reference on the bf16 checkpoint.
     for rule in ["confidence", "origin"]:
-        ref = reference(dlm, ["--rule", rule, "--temp", "0"])
+        ref = reference(dlm, ["--rule", rule, "--temp", "0"], limit)
         mine = evaluate(gg["f32"], greedy + ["--unmask", rule], limit)
         results["reference"].append({"rule": rule, "pytorch": ref, "dlm": mine})
         print(f"reference {rule}: pytorch {pct(ref['overall'])} %, dlm f32 {pct(mine['overall'])} %", flush=True)
-    ref_ar = reference(ar, ["--causal"])
+    ref_ar = reference(ar, ["--causal"], limit)
     results["reference"].append({"rule": "causal", "pytorch": ref_ar, "dlm": r_ar})
 
     (ROOT / "models" / "eval.json").write_text(json.dumps(results, indent=1) + "\n")

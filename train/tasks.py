@@ -23,7 +23,7 @@ import re
 
 TASKS = ["copy", "reverse", "sort", "add", "recall", "infill", "english"]
 
-# Answer regions in tokens (leading "▁" + digits/words + EOS padding); checked in region_ok().
+# Answer regions in tokens (leading "▁" + digits/words + EOS padding); encode_problem asserts they fit.
 REGION = {"copy": 8, "reverse": 8, "sort": 9, "add": 6, "recall": 3, "infill": 5, "english": 12}
 
 ADJ = ["wonderful", "sunny", "quiet", "cold", "warm", "bright", "long", "happy"]

@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use common::{steady_ms, GenArgs, Loaded, ModelArgs};
 use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
-use dlm::generate::{generate, generate_batch, Cache, Flow, Forward, Generation};
+use dlm::generate::{generate, generate_batch_seeded, Cache, Flow, Forward, GenParams, Generation};
 
 mod common;
 
@@ -19,10 +19,14 @@ mod common;
 ///
 /// Each line of the problems file is a JSON object: {"task", "prompt", "answer", "n"} and
 /// optionally "suffix" (infilling: text after the generated span) and "pattern" (a regular
-/// expression the trimmed output must match, instead of equalling the answer). "n" is the
+/// expression the whole trimmed output must match, instead of equalling the answer). "n" is the
 /// answer region in tokens: the canvas is BOS + prompt + n masks + suffix, as `dlm-run -n n
 /// --suffix ...` lays it out, and the output is cut at the first EOS. Every generation flag means
-/// what it means in dlm-run; --steps-frac sets the steps per problem from its region instead.
+/// what it means in dlm-run, except that the steps default to one per answer token (--steps
+/// sets a number for every problem, --steps-frac a fraction of each region). The problem on
+/// line L of the file runs with seed --seed + L - 1: exactly `dlm-run -s <that seed>`, and
+/// independent draws for independent problems. "tokens_per_second" counts every position of
+/// the answer regions (EOS padding included) over the generation time.
 #[derive(Parser, Debug)]
 #[command(name = "dlm-eval", version, arg_required_else_help = true, after_help = "Example:\n  dlm-eval -m diffullama-tiny-q4_0.gguf --problems models/tasks/test.jsonl --unmask confidence --temp 0")]
 struct Args {
@@ -35,7 +39,7 @@ struct Args {
     problems: Option<PathBuf>,
     /// Steps per problem as a fraction of its answer region, rounded up [default: 1, unless
     /// --steps is given]
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", conflicts_with = "steps")]
     steps_frac: Option<f64>,
     /// Sequences denoised together in one pass (without --cache)
     #[arg(short = 'b', long, default_value_t = 16)]
@@ -48,7 +52,8 @@ struct Args {
     limit: Option<usize>,
     /// Run every forward pass through llama.cpp's own `llama_decode` of the whole canvas, one
     /// sequence at a time (what llama-diffusion-cli does each step), with the same sampler
-    /// loop: the peer's speed (and accuracy) on the same problems. CPU only, no --cache
+    /// loop: the peer's speed (and accuracy) on the same problems. Bidirectional models on the
+    /// CPU only, no --cache
     #[arg(long, value_name = "llamacpp")]
     peer: Option<String>,
     /// Write every problem's output and verdict here, one JSON object per line
@@ -58,6 +63,8 @@ struct Args {
 
 #[derive(Debug)]
 struct Problem {
+    /// 1-based line in the problems file.
+    line: usize,
     task: String,
     prompt: String,
     answer: String,
@@ -80,12 +87,21 @@ fn read_problems(path: &PathBuf, a: &Args) -> anyhow::Result<Vec<Problem>> {
                 _ => bail!("{}: field \"{k}\" must be a string", at()),
             }
         };
-        let task = field("task")?;
+        let (task, prompt, answer, suffix) = (field("task")?, field("prompt")?, field("answer")?, field("suffix")?);
+        if let Some(obj) = v.as_object() {
+            if let Some(k) = obj.keys().find(|k| !["task", "prompt", "answer", "suffix", "n", "pattern"].contains(&k.as_str())) {
+                bail!("{}: unknown field \"{k}\" (expected task, prompt, answer, n, and optionally suffix, pattern)", at());
+            }
+        }
         let n = v.get("n").and_then(|n| n.as_u64()).filter(|&n| (1..=4096).contains(&n));
         let Some(n) = n else { bail!("{}: field \"n\" must be an integer from 1 to 4096 (the answer region in tokens)", at()) };
         let pattern = match v.get("pattern") {
             None => None,
-            Some(serde_json::Value::String(p)) => Some(regex::Regex::new(p).with_context(|| format!("{}: field \"pattern\"", at()))?),
+            Some(serde_json::Value::String(p)) => Some(regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                // The regex crate's message spans lines (pattern, caret, reason): keep the reason.
+                let why = e.to_string().lines().last().unwrap_or("invalid").trim_start_matches("error: ").to_owned();
+                anyhow::anyhow!("{}: field \"pattern\" is not a regular expression: {why}", at())
+            })?),
             Some(_) => bail!("{}: field \"pattern\" must be a string", at()),
         };
         if !a.tasks.is_empty() && !a.tasks.contains(&task) {
@@ -96,7 +112,7 @@ fn read_problems(path: &PathBuf, a: &Args) -> anyhow::Result<Vec<Problem>> {
             continue;
         }
         *seen += 1;
-        out.push(Problem { prompt: field("prompt")?, answer: field("answer")?, suffix: field("suffix")?, task, n: n as usize, pattern });
+        out.push(Problem { line: i + 1, prompt, answer, suffix, task, n: n as usize, pattern });
     }
     if out.is_empty() {
         bail!("{}: no problems (after --tasks/--limit)", path.display());
@@ -147,6 +163,9 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
                 bail!("--peer llamacpp re-decodes every position each step: it has no --cache");
             }
             let threads = a.m.threads.unwrap_or_else(|| dlm::LoadOptions::default().threads).max(1);
+            if l.model.params().causal || a.m.backend != common::BackendArg::Cpu {
+                bail!("--peer llamacpp runs bidirectional models on the CPU: add --backend cpu, and use a diffusion (non-causal) file");
+            }
             Some(LlamaCpp::load(&l.path, &LlamaCppOptions::new(threads, l.n_ctx()))?)
         }
         Some(other) => bail!("--peer {other}: the only peer is llamacpp"),
@@ -155,11 +174,12 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
 
     // Canvases, grouped by (region, steps) so that a batch shares its schedule.
     let mut canvases = Vec::with_capacity(problems.len());
-    for (i, p) in problems.iter().enumerate() {
-        let (prefix, suffix) = (l.prefix(&p.prompt)?, l.suffix(&p.suffix)?);
+    for p in &problems {
+        let at = || format!("{} line {}", path.display(), p.line);
+        let (prefix, suffix) = (l.prefix(&p.prompt).with_context(at)?, l.suffix(&p.suffix).with_context(at)?);
         let len = prefix.len() + p.n + suffix.len();
         if len > l.n_ctx() {
-            bail!("{} problem {}: {len} tokens exceed the model's context of {}", path.display(), i + 1, l.n_ctx());
+            bail!("{}: {len} tokens exceed the model's context of {}", at(), l.n_ctx());
         }
         canvases.push((prefix, suffix));
     }
@@ -167,6 +187,11 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
     for (i, p) in problems.iter().enumerate() {
         groups.entry((p.n, steps_for(&a, steps_given, p.n))).or_default().push(i);
     }
+    let seed_of = |i: usize| seed.wrapping_add(problems[i].line as u64 - 1);
+    let mut per_problem = match &a.per_problem {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        None => None,
+    };
     let unmasker = a.gen.unmasker();
     let mut gens: Vec<Option<Generation>> = vec![None; problems.len()];
     let mut pass_seconds = Vec::new();
@@ -179,7 +204,8 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
     for (idx, params) in groups.values().zip(&params) {
         if params.cache != Cache::None {
             for &i in idx {
-                let g = generate(fwd, &canvases[i].0, &canvases[i].1, params, unmasker().as_mut(), |_| Flow::Continue)?;
+                let own = GenParams { seed: seed_of(i), ..params.clone() };
+                let g = generate(fwd, &canvases[i].0, &canvases[i].1, &own, unmasker().as_mut(), |_| Flow::Continue)?;
                 pass_seconds.extend(&g.forward_seconds);
                 gens[i] = Some(g);
             }
@@ -187,7 +213,8 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
         }
         for chunk in idx.chunks(a.batch_size) {
             let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| (canvases[i].0.as_slice(), canvases[i].1.as_slice())).collect();
-            let out = generate_batch(fwd, &batch, params, &unmasker, |s| {
+            let seeds: Vec<u64> = chunk.iter().map(|&i| seed_of(i)).collect();
+            let out = generate_batch_seeded(fwd, &batch, &seeds, params, &unmasker, |s| {
                 pass_seconds.push(s.forward_seconds);
                 Flow::Continue
             })?;
@@ -205,12 +232,8 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
         steps: usize,
     }
     let mut tally: BTreeMap<&str, Tally> = BTreeMap::new();
-    let mut per_problem = match &a.per_problem {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
-        None => None,
-    };
     let mut positions = 0usize;
-    for (p, g) in problems.iter().zip(&gens) {
+    for (i, (p, g)) in problems.iter().zip(&gens).enumerate() {
         let g = g.as_ref().context("internal: a problem was not generated")?;
         let text = l.tok.decode(&g.tokens)?;
         let ok = p.correct(&text);
@@ -220,7 +243,7 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
         t.steps += g.steps;
         positions += p.n;
         if let Some(w) = per_problem.as_mut() {
-            let obj = serde_json::json!({"task": p.task, "prompt": p.prompt, "suffix": p.suffix, "answer": p.answer, "output": text, "correct": ok, "steps": g.steps});
+            let obj = serde_json::json!({"line": p.line, "seed": seed_of(i), "task": p.task, "prompt": p.prompt, "suffix": p.suffix, "answer": p.answer, "output": text, "correct": ok, "steps": g.steps});
             writeln!(w, "{obj}")?;
         }
     }
