@@ -244,11 +244,11 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
         positions += p.n;
         if let Some(w) = per_problem.as_mut() {
             let obj = serde_json::json!({"line": p.line, "seed": seed_of(i), "task": p.task, "prompt": p.prompt, "suffix": p.suffix, "answer": p.answer, "output": text, "correct": ok, "steps": g.steps});
-            writeln!(w, "{obj}")?;
+            writeln!(w, "{obj}").with_context(|| format!("writing {}", a.per_problem.as_ref().map_or(String::new(), |p| p.display().to_string())))?;
         }
     }
     if let Some(mut w) = per_problem {
-        w.flush()?;
+        w.flush().with_context(|| format!("writing {}", a.per_problem.as_ref().map_or(String::new(), |p| p.display().to_string())))?;
     }
     let right: usize = tally.values().map(|t| t.right).sum();
     let tasks: serde_json::Map<String, serde_json::Value> = tally
