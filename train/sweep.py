@@ -132,6 +132,11 @@ def main():
     print_tables(results)
 
 
+def cells(r):
+    """The per-task accuracies of one result, then its overall accuracy in bold."""
+    return " | ".join(pct(r["tasks"][k]["accuracy"]) for k in TASKS) + f" | **{pct(r['overall'])}**"
+
+
 def print_tables(res):
     head = "| setting | " + " | ".join(TASKS) + " | all | steps | tokens/s | vs llama.cpp loop |"
     print("\n" + head + "\n|" + "---|" * (head.count("|") - 1))
@@ -139,19 +144,15 @@ def print_tables(res):
         t = r["tasks"]
         steps = sum(v["steps_mean"] * v["problems"] for v in t.values()) / r["problems"]
         ratio = r["subset_tokens_per_second"] / r["peer_tokens_per_second"]
-        print(f"| {r['name']} | " + " | ".join(pct(t[k]["accuracy"]) for k in TASKS)
-              + f" | **{pct(r['overall'])}** | {steps:.1f} | {r['tokens_per_second']:.0f} | {ratio:.2f}x |")
+        print(f"| {r['name']} | {cells(r)} | {steps:.1f} | {r['tokens_per_second']:.0f} | {ratio:.2f}x |")
     print("\n| type | size MB | setting | " + " | ".join(TASKS) + " | all | tokens/s |")
     print("|" + "---|" * (len(TASKS) + 5))
     for r in res["quants"]:
-        t = r["tasks"]
-        print(f"| {r['quant']} | {r['bytes'] / 1e6:.1f} | {r['name']} | " + " | ".join(pct(t[k]["accuracy"]) for k in TASKS)
-              + f" | **{pct(r['overall'])}** | {r['tokens_per_second']:.0f} |")
+        print(f"| {r['quant']} | {r['bytes'] / 1e6:.1f} | {r['name']} | {cells(r)} | {r['tokens_per_second']:.0f} |")
     print("\n| model | " + " | ".join(TASKS) + " | all |")
     print("|" + "---|" * (len(TASKS) + 2))
     for r in res["ar_vs_dlm"]:
-        t = r["tasks"]
-        print(f"| {r['name']} | " + " | ".join(pct(t[k]["accuracy"]) for k in TASKS) + f" | **{pct(r['overall'])}** |")
+        print(f"| {r['name']} | {cells(r)} |")
     print("\n| check | PyTorch (bf16 checkpoint) | dlm f32 GGUF |")
     print("|---|---|---|")
     for r in res["reference"]:

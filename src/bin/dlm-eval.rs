@@ -232,6 +232,7 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
         steps: usize,
     }
     let mut tally: BTreeMap<&str, Tally> = BTreeMap::new();
+    let writing = || format!("writing {}", a.per_problem.as_ref().map_or(String::new(), |p| p.display().to_string()));
     let mut positions = 0usize;
     for (i, (p, g)) in problems.iter().zip(&gens).enumerate() {
         let g = g.as_ref().context("internal: a problem was not generated")?;
@@ -244,11 +245,11 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
         positions += p.n;
         if let Some(w) = per_problem.as_mut() {
             let obj = serde_json::json!({"line": p.line, "seed": seed_of(i), "task": p.task, "prompt": p.prompt, "suffix": p.suffix, "answer": p.answer, "output": text, "correct": ok, "steps": g.steps});
-            writeln!(w, "{obj}").with_context(|| format!("writing {}", a.per_problem.as_ref().map_or(String::new(), |p| p.display().to_string())))?;
+            writeln!(w, "{obj}").with_context(writing)?;
         }
     }
     if let Some(mut w) = per_problem {
-        w.flush().with_context(|| format!("writing {}", a.per_problem.as_ref().map_or(String::new(), |p| p.display().to_string())))?;
+        w.flush().with_context(writing)?;
     }
     let right: usize = tally.values().map(|t| t.right).sum();
     let tasks: serde_json::Map<String, serde_json::Value> = tally
