@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod graph;
 pub mod keys;
 pub mod sample;
+pub mod score;
 #[cfg(feature = "ggml")]
 pub mod model;
 pub mod tokenizer;
