@@ -338,15 +338,21 @@ pub fn likelihoods<F: BatchForward + ?Sized>(fwd: &mut F, targets: &[Target], se
 }
 
 /// Windows `i` seeded by [`item_seed`]`(p.seed, i)`, scored a group at a time (as many windows
-/// as fill one pass): `progress(i, likelihood)` after each window.
-pub fn likelihoods_of_windows<F: BatchForward + ?Sized>(fwd: &mut F, windows: &[Target], p: &ScoreParams, progress: impl FnMut(usize, &Likelihood)) -> Result<(Vec<Likelihood>, Cost)> {
-    let copies = window_masks(fwd, windows, p)?;
+/// as fill one pass; masks are drawn per group, so memory stays that of one group):
+/// `progress(i, likelihood)` after each window.
+pub fn likelihoods_of_windows<F: BatchForward + ?Sized>(fwd: &mut F, windows: &[Target], p: &ScoreParams, mut progress: impl FnMut(usize, &Likelihood)) -> Result<(Vec<Likelihood>, Cost)> {
     let mut out = Vec::with_capacity(windows.len());
-    let mut progress = progress;
-    let cost = score_groups(fwd, windows, &copies, p, per_pass(p), |_, row, label| cross_entropy(row, label), |i, l| {
-        progress(i, &l);
-        out.push(l)
-    })?;
+    let mut cost = Cost::default();
+    let group = per_pass(p);
+    for (g, chunk) in windows.chunks(group).enumerate() {
+        let first = g * group;
+        let copies = window_masks(fwd, chunk, first, p)?;
+        let c = score_groups(fwd, chunk, &copies, p, chunk.len(), |_, row, label| cross_entropy(row, label), |i, l| {
+            progress(first + i, &l);
+            out.push(l)
+        })?;
+        cost.add(&c);
+    }
     Ok((out, cost))
 }
 
@@ -355,12 +361,14 @@ fn per_pass(p: &ScoreParams) -> usize {
     (p.max_seqs / (p.levels * p.draws)).max(1)
 }
 
-fn window_masks<F: BatchForward + ?Sized>(fwd: &F, windows: &[Target], p: &ScoreParams) -> Result<Vec<Vec<Copy>>> {
+/// The masks of `windows`, which are windows `first`, `first + 1`, … of the text.
+fn window_masks<F: BatchForward + ?Sized>(fwd: &F, windows: &[Target], first: usize, p: &ScoreParams) -> Result<Vec<Vec<Copy>>> {
     let n_vocab = fwd.n_vocab();
     windows
         .iter()
         .enumerate()
         .map(|(i, t)| {
+            let i = first + i;
             t.check(p, n_vocab).map_err(|e| Error::Invalid(format!("window {i}: {e}")))?;
             Ok(draw_masks(t, p, item_seed(p.seed, i as u64)))
         })
@@ -573,7 +581,13 @@ fn row_bytes(n_vocab: usize) -> usize {
 pub fn kld_save<F: BatchForward + ?Sized>(fwd: &mut F, windows: &[Target], p: &ScoreParams, model: &str, path: &Path, mut progress: impl FnMut(usize, &Likelihood)) -> Result<(Vec<Likelihood>, Cost)> {
     p.check()?;
     let n_vocab = fwd.n_vocab();
-    let copies = window_masks(fwd, windows, p)?;
+    check_destination(path)?;
+    let copies = window_masks(fwd, windows, 0, p)?;
+    let rows: u64 = copies.iter().flatten().map(|c| c.masked.len() as u64).sum();
+    let bytes = rows.saturating_mul(row_bytes(n_vocab) as u64);
+    if bytes > MAX_BASE_BYTES {
+        return Err(Error::Invalid(format!("{}: the base would hold {rows} rows, {} GB: more than 1 TB (fewer --levels, --draws or --chunks)", path.display(), bytes / 1_000_000_000)));
+    }
     let header = KldHeader {
         model: model.to_string(),
         n_vocab,
@@ -590,7 +604,7 @@ pub fn kld_save<F: BatchForward + ?Sized>(fwd: &mut F, windows: &[Target], p: &S
     };
     let json = serde_json::to_vec(&header).map_err(|e| Error::Invalid(format!("KL header: {e}")))?;
     let tmp = tmp_path(path);
-    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let file = std::fs::File::create(&tmp).map_err(|e| Error::Invalid(format!("{}: cannot create the temporary file beside it: {e}", path.display())))?;
     let mut w = BufWriter::new(file);
     let result = (|| -> Result<(Vec<Likelihood>, Cost)> {
         let io = |e| Error::io(&tmp, e);
@@ -614,19 +628,47 @@ pub fn kld_save<F: BatchForward + ?Sized>(fwd: &mut F, windows: &[Target], p: &S
         Ok((out, cost))
     })();
     drop(w);
-    match result {
-        Ok(r) => {
-            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-            Ok(r)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
+    let result = result.and_then(|r| std::fs::rename(&tmp, path).map(|()| r).map_err(|e| Error::io(path, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A base file is at most this large.
+const MAX_BASE_BYTES: u64 = 1 << 40;
+
+/// Where a base may be written: a new file in an existing directory, or an existing base file
+/// (replaced when the new one is complete). Anything else there (a model, a text, a device, a
+/// link, a directory) is refused, so a slip of the flag cannot destroy it.
+pub fn check_destination(path: &Path) -> Result<()> {
+    let refuse = |why: &str| Err(Error::Invalid(format!("{}: {why}", path.display())));
+    if path.as_os_str().to_string_lossy().ends_with('/') || path.file_name().is_none() {
+        return refuse("names a directory, not a file");
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return refuse("its directory does not exist");
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+        Ok(m) if !m.file_type().is_file() => refuse("exists and is not a regular file: refusing to replace it"),
+        Ok(_) => {
+            let mut magic = [0u8; 8];
+            let is_base = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == KLD_MAGIC;
+            if is_base {
+                Ok(())
+            } else {
+                refuse("exists and is not a dlm KL base file: refusing to replace it")
+            }
         }
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// The temporary file [`kld_save`] writes before renaming it to `path` (for a caller that
+/// removes it on an interrupt).
+pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".tmp{}", std::process::id()));
     path.with_file_name(name)
@@ -643,7 +685,11 @@ impl KldBase {
     pub fn open(path: &Path) -> Result<KldBase> {
         let bad = |what: String| Error::Invalid(format!("{}: not a dlm KL base file: {what}", path.display()));
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file (a base is read by its length: no pipes or devices)".into()));
+        }
+        let len = meta.len();
         let mut reader = BufReader::new(file);
         let mut head = [0u8; 16];
         reader.read_exact(&mut head).map_err(|_| bad(format!("{len} bytes, shorter than its 16-byte start")))?;
@@ -651,15 +697,15 @@ impl KldBase {
             return Err(bad("wrong magic (make one with dlm-score perplexity --kl-divergence-base FILE on the base model)".into()));
         }
         let json_len = u64::from_le_bytes(head[8..16].try_into().unwrap());
-        if json_len > len - 16 {
+        if json_len > len.saturating_sub(16) {
             return Err(bad(format!("header of {json_len} bytes in a file of {len}")));
         }
         let mut json = vec![0u8; json_len as usize];
         reader.read_exact(&mut json).map_err(|e| Error::io(path, e))?;
         let header: KldHeader = serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
         let h = &header;
-        if h.n_vocab == 0 || h.n_vocab > 1 << 24 || h.levels == 0 || h.draws == 0 {
-            return Err(bad(format!("n_vocab {}, levels {}, draws {}", h.n_vocab, h.levels, h.draws)));
+        if h.n_vocab == 0 || h.n_vocab > 1 << 24 || !(1..=1024).contains(&h.levels) || !(1..=1024).contains(&h.draws) || h.levels * h.draws > 65536 {
+            return Err(bad(format!("n_vocab {} (1 to 2^24), levels {} and draws {} (1 to 1024 each, product at most 65536)", h.n_vocab, h.levels, h.draws)));
         }
         let mut rows: u64 = 0;
         for (i, w) in h.windows.iter().enumerate() {
@@ -671,8 +717,15 @@ impl KldBase {
             if let Some(t) = w.tokens.iter().find(|&&t| t as usize >= h.n_vocab) {
                 return Err(wbad(format!("token {t} outside the vocabulary of {}", h.n_vocab)));
             }
+            if w.copies.len() != h.levels * h.draws {
+                return Err(wbad(format!("{} copies, expected one per level and draw ({})", w.copies.len(), h.levels * h.draws)));
+            }
+            let mut seen = vec![false; h.levels * h.draws];
             for (l, d, m) in &w.copies {
-                if *l == 0 || *l > h.levels || *d >= h.draws || m.windows(2).any(|p| p[0] >= p[1]) || m.iter().any(|&j| j >= n || !w.scored[j]) {
+                if *l == 0 || *l > h.levels || *d >= h.draws || std::mem::replace(&mut seen[d * h.levels + l - 1], true) {
+                    return Err(wbad(format!("copy (level {l}, draw {d}) is out of range or repeated")));
+                }
+                if m.windows(2).any(|p| p[0] >= p[1]) || m.iter().any(|&j| j >= n || !w.scored[j]) {
                     return Err(wbad(format!("copy (level {l}, draw {d}) masks positions that are not increasing targets")));
                 }
                 rows += m.len() as u64;
@@ -859,6 +912,20 @@ mod tests {
         assert_eq!(s.score, s2.score);
         assert!(matches!(kld_compare(&mut Toy(12), &mut KldBase::open(&path).unwrap(), &p, |_| {}), Err(Error::Invalid(_))));
         let bytes = std::fs::read(&path).unwrap();
+        // A header that repeats a copy (same level and draw) is refused, whatever the length.
+        let json_len = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+        let mut h: serde_json::Value = serde_json::from_slice(&bytes[16..16 + json_len]).unwrap();
+        let copies = h["windows"][0]["copies"].as_array_mut().unwrap();
+        copies[1] = copies[0].clone();
+        let j = serde_json::to_vec(&h).unwrap();
+        let mut forged = KLD_MAGIC.to_vec();
+        forged.extend((j.len() as u64).to_le_bytes());
+        forged.extend(&j);
+        forged.extend(&bytes[16 + json_len..]);
+        let dup = dir.path().join("dup.kld");
+        std::fs::write(&dup, forged).unwrap();
+        let e = KldBase::open(&dup).err().unwrap().to_string();
+        assert!(e.contains("repeated") || e.contains("bytes"), "{e}");
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         let e = KldBase::open(&path).err().unwrap().to_string();
         assert!(e.contains("truncated"), "{e}");

@@ -186,13 +186,30 @@ fn kl_divergence_is_zero_for_the_same_file_and_grows_as_bits_shrink() {
     let m = f32.to_str().unwrap();
     let e = fails(&["perplexity", "-m", m, "--kl-divergence-base", cut.to_str().unwrap(), "--kl-divergence"]);
     assert!(e.contains("cut.kld") && e.contains("truncated"), "{e}");
-    let e = fails(&["perplexity", "-m", m, "-f", text.to_str().unwrap(), "--kl-divergence-base", b, "--kl-divergence"]);
-    assert!(e.contains("drop -f"), "{e}");
+    // The comparison takes its windows and levels from the base: those flags are refused.
+    let out = dlm_score(&["perplexity", "-m", m, "-f", text.to_str().unwrap(), "--kl-divergence-base", b, "--kl-divergence"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"), "{}", String::from_utf8_lossy(&out.stderr));
     let e = fails(&["perplexity", "-m", m, "--kl-divergence-base", text.to_str().unwrap(), "--kl-divergence"]);
     assert!(e.contains("not a dlm KL base file"), "{e}");
-    // A failed save leaves no file behind (the directory does not exist: nothing half-written).
+    // A base is read by its length: a pipe is refused, not read blindly.
+    let e = fails(&["perplexity", "-m", m, "--kl-divergence-base", "/dev/stdin", "--kl-divergence"]);
+    assert!(e.contains("not a regular file"), "{e}");
+    // Saving never replaces what is not a base (here the text itself, or the model), and a
+    // missing directory is refused before any work.
+    let before = std::fs::read(&text).unwrap();
+    for dest in [text.to_str().unwrap(), m] {
+        let e = fails(&["perplexity", "-m", m, "-f", text.to_str().unwrap(), "--per-line", "--levels", "1", "--kl-divergence-base", dest]);
+        assert!(e.contains("not a dlm KL base file: refusing to replace it"), "{e}");
+    }
+    assert_eq!(std::fs::read(&text).unwrap(), before);
     let e = fails(&["perplexity", "-m", m, "-f", text.to_str().unwrap(), "--per-line", "--levels", "1", "--kl-divergence-base", "/nonexistent/dir/x.kld"]);
-    assert!(e.contains("/nonexistent/dir/x.kld"), "{e}");
+    assert!(e.contains("/nonexistent/dir/x.kld") && e.contains("directory does not exist"), "{e}");
+    // An existing base is replaced only by a complete new one.
+    let again = json_of(&["perplexity", "-m", m, "-f", text.to_str().unwrap(), "--per-line", "--levels", "4", "--kl-divergence-base", b]);
+    assert_eq!(again["score"], saved["score"]);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]
@@ -246,6 +263,13 @@ fn bad_inputs_get_one_line_naming_the_file_and_field() {
         let e = fails(&["choice", "-m", m, "--items", items.to_str().unwrap()]);
         assert!(e.contains("bad.jsonl line 2") && e.contains(want), "{line}: {e}");
     }
+    // --per-item never overwrites the items it reads.
+    let items = tmp.path().join("ok.jsonl");
+    std::fs::write(&items, "{\"context\": \"a\", \"choices\": [\"b\", \"c\"], \"label\": 0}\n").unwrap();
+    let i = items.to_str().unwrap();
+    assert!(fails(&["choice", "-m", m, "--items", i, "--per-item", i]).contains("is the items file itself"));
+    assert!(std::fs::read_to_string(&items).unwrap().contains("choices"));
+    assert!(fails(&["choice", "-m", m, "--items", "/dev/zero"]).contains("must be a regular file"));
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
     let e = fails(&["perplexity", "-m", m, "-f", empty.to_str().unwrap()]);

@@ -130,8 +130,8 @@ struct PerplexityArgs {
     #[arg(short = 'c', long = "ctx-size")]
     ctx: Option<usize>,
     /// Score only the first N windows
-    #[arg(long)]
-    chunks: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    chunks: Option<u64>,
     /// Every non-empty line is a window of its own (BOS + the line, cut at --ctx-size): for
     /// files of independent short documents, such as one solved problem per line
     #[arg(long)]
@@ -139,8 +139,9 @@ struct PerplexityArgs {
     /// Base file of the KL workflow: written (with -f) unless --kl-divergence is given
     #[arg(long, value_name = "FILE")]
     kl_divergence_base: Option<PathBuf>,
-    /// Compare this model with --kl-divergence-base instead of writing it
-    #[arg(long, requires = "kl_divergence_base")]
+    /// Compare this model with --kl-divergence-base instead of writing it (the levels, draws,
+    /// seed and windows are the base's)
+    #[arg(long, requires = "kl_divergence_base", conflicts_with_all = ["levels", "draws", "ctx", "chunks", "per_line", "file"])]
     kl_divergence: bool,
 }
 
@@ -161,8 +162,11 @@ impl Common {
         if !(1..=1024).contains(&p.draws) {
             bail!("--draws must be from 1 to 1024, got {}", p.draws);
         }
-        if p.max_seqs == 0 || p.max_tokens == 0 {
-            bail!("--batch-size and --batch-tokens must be at least 1");
+        if p.levels * p.draws > 65536 {
+            bail!("--levels × --draws is {}: at most 65536 masked copies per sequence", p.levels * p.draws);
+        }
+        if !(1..=4096).contains(&p.max_seqs) || !(1..=65536).contains(&p.max_tokens) {
+            bail!("--batch-size must be from 1 to 4096 and --batch-tokens from 1 to 65536 (got {} and {})", p.max_seqs, p.max_tokens);
         }
         Ok(p)
     }
@@ -190,6 +194,24 @@ fn split_tokens(l: &Loaded, context: &str, continuation: &str) -> anyhow::Result
         return Ok((ctx, cont));
     }
     Ok((ctx, l.suffix(&continuation)?))
+}
+
+/// A text input: a regular file of at most 1 GiB, UTF-8, a leading byte-order mark dropped.
+fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {what} from {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{}: {what} must be a regular file", path.display());
+    }
+    if meta.len() > 1 << 30 {
+        bail!("{}: {what} is {} MB, more than 1 GiB", path.display(), meta.len() >> 20);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()))?;
+    Ok(text.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(text))
+}
+
+/// Text from a file, fit to print on one line: control characters escaped.
+fn printable(s: &str) -> String {
+    s.chars().flat_map(|c| if c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') { c.escape_unicode().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
 fn fmt_se(se: Option<f64>) -> String {
@@ -246,7 +268,7 @@ struct ItemLine {
 }
 
 fn read_items(path: &Path, l: &Loaded, limit: Option<usize>) -> anyhow::Result<Vec<ItemLine>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading items from {}", path.display()))?;
+    let text = read_text(path, "the items")?;
     let mut out = Vec::new();
     let eos = l.tok.eos.unwrap_or(2);
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -308,10 +330,47 @@ fn choice(a: ChoiceArgs) -> anyhow::Result<()> {
     let Some(mut l) = a.c.load()? else { return Ok(()) };
     let p = a.c.params(&l, 32, 1)?;
     let items = read_items(&a.items, &l, a.limit)?;
+    if let Some(out) = &a.per_item {
+        if out.canonicalize().ok().is_some_and(|o| a.items.canonicalize().is_ok_and(|i| i == o)) {
+            bail!("--per-item {} is the items file itself", out.display());
+        }
+        if out.is_dir() {
+            bail!("--per-item {} is a directory", out.display());
+        }
+    }
+    // Written beside the destination and renamed when complete: a failed run leaves any old
+    // file as it was.
     let mut per_item = match &a.per_item {
-        Some(path) => Some((path, std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?))),
+        Some(path) => {
+            let tmp = score::tmp_path(path);
+            let f = std::fs::File::create(&tmp).with_context(|| format!("--per-item {}: cannot create the temporary file beside it", path.display()))?;
+            interrupt::remove_on_interrupt(&tmp);
+            Some((path, tmp, std::io::BufWriter::new(f)))
+        }
         None => None,
     };
+    let r = choose_all(&a, &mut l, &items, &p, per_item.as_mut().map(|(p, t, w)| (*p, &*t, w)));
+    if let Some((path, tmp, w)) = per_item {
+        let finished = match &r {
+            Ok(()) => w
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .with_context(|| format!("writing {}", path.display())),
+            Err(_) => Ok(()),
+        };
+        if r.is_err() || finished.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        interrupt::forget();
+        finished?;
+    }
+    r
+}
+
+fn choose_all(a: &ChoiceArgs, l: &mut Loaded, items: &[ItemLine], p: &ScoreParams, mut per_item: Option<(&PathBuf, &PathBuf, &mut std::io::BufWriter<std::fs::File>)>) -> anyhow::Result<()> {
+    let p = p.clone();
     let tty = std::io::stderr().is_terminal();
     let mut cost = Cost::default();
     let mut per_task: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -323,7 +382,7 @@ fn choice(a: ChoiceArgs) -> anyhow::Result<()> {
     for group in items.chunks(per_group) {
         let its: Vec<Item> = group.iter().map(|g| g.item.clone()).collect();
         let ids: Vec<u64> = group.iter().map(|g| g.line as u64 - 1).collect();
-        let (res, c) = score::choose(&mut l.model, &its, &ids, &p).with_context(|| format!("{} line {}", a.items.display(), group[0].line))?;
+        let (res, c) = score::choose(&mut l.model, &its, &ids, &p).with_context(|| format!("{} scoring {} line {}", l.path.display(), a.items.display(), group[0].line))?;
         cost.add(&c);
         for (g, r) in group.iter().zip(&res) {
             let ok = r.pred == g.item.label;
@@ -332,7 +391,7 @@ fn choice(a: ChoiceArgs) -> anyhow::Result<()> {
             let e = per_task.entry(g.task.clone().unwrap_or_else(|| "all".into())).or_default();
             e.0 += usize::from(ok);
             e.1 += 1;
-            if let Some((path, w)) = per_item.as_mut() {
+            if let Some((path, _, w)) = per_item.as_mut() {
                 let scores: Vec<f64> = r.scores.iter().map(|s| s.score).collect();
                 let elbos: Vec<f64> = r.scores.iter().map(|s| s.elbo).collect();
                 let line = json!({"line": g.line, "task": g.task, "label": g.item.label, "pred": r.pred, "correct": ok, "scores": scores, "elbo": elbos});
@@ -345,9 +404,6 @@ fn choice(a: ChoiceArgs) -> anyhow::Result<()> {
     }
     if tty {
         eprintln!();
-    }
-    if let Some((path, mut w)) = per_item {
-        w.flush().with_context(|| format!("writing {}", path.display()))?;
     }
     let acc = |r: usize, n: usize| {
         let a = r as f64 / n as f64;
@@ -375,9 +431,6 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
     let limits = a.c.params(&l, 8, 1)?;
     if a.kl_divergence {
         let path = a.kl_divergence_base.as_ref().unwrap();
-        if a.file.is_some() {
-            bail!("--kl-divergence reads the text from {}: drop -f", path.display());
-        }
         let mut base = KldBase::open(path)?;
         if base.header.mask_id != l.mask_id || base.header.shift != l.shift {
             bail!("{}: the base was scored with mask id {} and shift {}, this model resolves mask id {} and shift {} (set --mask-id / --shift)", path.display(), base.header.mask_id, base.header.shift, l.mask_id, l.shift);
@@ -398,7 +451,7 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
         if a.c.json {
             println!("{}", json!({"model": l.path, "base": path, "base_model": base.header.model, "kld": s, "cost": cost_json(&cost)}));
         } else {
-            println!("base: {} ({} windows, {} masked rows)", base.header.model, s.windows, s.rows);
+            println!("base: {} ({} windows, {} masked rows)", printable(&base.header.model), s.windows, s.rows);
             println!("====== Score ======");
             println!("score base: {:.4}  this: {:.4}  Δ: {:+.4} ± {:.4}", s.score_base, s.score, s.score - s.score_base, s.score_delta_se);
             println!("bound base: {:.4}  this: {:.4} nats/token (PPL ≤ {:.3} vs {:.3})", s.elbo_base, s.elbo, s.elbo_base.exp(), s.elbo.exp());
@@ -419,7 +472,7 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let file = a.file.as_ref().context("-f FILE is required (the text to score)")?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = read_text(file, "the text")?;
     let ctx = a.ctx.unwrap_or(l.n_ctx().min(512));
     if ctx < 2 || ctx > l.n_ctx() {
         bail!("--ctx-size must be from 2 to the model's context of {}, got {ctx}", l.n_ctx());
@@ -446,15 +499,16 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
         score::windows(&tokens, l.tok.bos, ctx).with_context(|| file.display().to_string())?
     };
     if let Some(n) = a.chunks {
-        wins.truncate(n.max(1));
-    }
-    if let Some(path) = &a.kl_divergence_base {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dir.is_dir() || path.is_dir() {
-            bail!("--kl-divergence-base {}: cannot write there (no such directory, or a directory itself)", path.display());
-        }
+        wins.truncate(n as usize);
     }
     let n_targets: usize = wins.iter().map(|w| w.n_scored()).sum();
+    if let Some(path) = &a.kl_divergence_base {
+        score::check_destination(path).context("--kl-divergence-base")?;
+        // Expected rows: every target is masked at level t with probability t/T.
+        let rows = n_targets as f64 * (limits.levels + 1) as f64 / 2.0 * limits.draws as f64;
+        eprintln!("writing about {:.2} GB of distributions to {}", rows * (8.0 + 2.0 * l.model.params().n_vocab as f64) / 1e9, path.display());
+        interrupt::remove_on_interrupt(&score::tmp_path(path));
+    }
     eprintln!("perplexity: {} windows of ≤ {ctx} tokens ({n_targets} targets), {} levels × {} draws", wins.len(), limits.levels, limits.draws);
     let (mut vals, mut weights) = (Vec::new(), Vec::new());
     let mut report = |i: usize, r: &Likelihood| {
@@ -487,8 +541,40 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ctrl-C during a run that writes a file: the temporary file goes, then exit 130.
+mod interrupt {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static TMP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub fn install() {
+        // The handler runs on its own thread (not in the signal context): it may lock and do I/O.
+        let _ = ctrlc::set_handler(|| {
+            for p in TMP.lock().map(|v| v.clone()).unwrap_or_default() {
+                let _ = std::fs::remove_file(p);
+            }
+            eprintln!("\ninterrupted");
+            std::process::exit(130);
+        });
+    }
+
+    pub fn remove_on_interrupt(p: &Path) {
+        if let Ok(mut v) = TMP.lock() {
+            v.push(p.to_path_buf());
+        }
+    }
+
+    pub fn forget() {
+        if let Ok(mut v) = TMP.lock() {
+            v.clear();
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse_from(common::init());
+    interrupt::install();
     let r = match cli.mode {
         Mode::Likelihood(a) => likelihood(a),
         Mode::Choice(a) => choice(a),
