@@ -139,7 +139,7 @@ fn prompts_from_a_file_run_in_batches_and_match_single_runs() {
     let f = file.to_str().unwrap();
     let prompts = ["Today is a wonderful day,", "The capital of France is", "Once upon a time"];
     let common = ["-m", g, "-n", "10", "--steps", "5", "-s", "3", "-t", "2", "--json"];
-    let out = dlm_run(&[&common[..], &["-f", f, "-b", "2"]].concat());
+    let out = dlm_run(&[&common[..], &["--prompts", f, "-b", "2"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("3 prompts in 2 batch(es)"), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -150,25 +150,27 @@ fn prompts_from_a_file_run_in_batches_and_match_single_runs() {
         assert_eq!(lines[i]["tokens"], alone["tokens"], "prompt {i}: batched differs from alone");
     }
     // With a cache the prompts run one after another, with the same per-prompt results.
-    let cached = dlm_run(&[&common[..], &["-f", f, "--cache", "prefix", "--block-length", "5"]].concat());
+    let cached = dlm_run(&[&common[..], &["--prompts", f, "--cache", "prefix", "--block-length", "5"]].concat());
     assert!(cached.status.success(), "{}", String::from_utf8_lossy(&cached.stderr));
     assert!(String::from_utf8_lossy(&cached.stderr).contains("one after another"));
     assert_eq!(String::from_utf8(cached.stdout).unwrap().lines().count(), 3);
     // Text mode numbers the completions.
-    let text = dlm_run(&["-m", g, "-n", "4", "--steps", "2", "-f", f]);
+    let text = dlm_run(&["-m", g, "-n", "4", "--steps", "2", "--prompts", f]);
     assert!(text.status.success());
     let stdout = String::from_utf8(text.stdout).unwrap();
     assert!(stdout.starts_with("--- 1 ---\n") && stdout.contains("\n--- 3 ---\n"), "{stdout}");
-    // Errors: no prompts, -f with -p, with --dump-logits, a zero batch.
+    // Errors: no prompts, --prompts with -p or -f, with --dump-logits, a zero batch.
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "\n  \n").unwrap();
     let e = empty.to_str().unwrap();
     for (args, says) in [
-        (vec!["-m", g, "-f", e], "no prompts"),
-        (vec!["-m", g, "-f", f, "-p", "hi"], "cannot be used with"),
-        (vec!["-m", g, "-f", f, "--dump-logits", "x.npy"], "--dump-logits"),
-        (vec!["-m", g, "-f", f, "-b", "0"], "--batch-size"),
-        (vec!["-m", g, "-f", "/nonexistent/prompts.txt"], "/nonexistent/prompts.txt"),
+        (vec!["-m", g, "--prompts", e], "no prompts"),
+        (vec!["-m", g, "--prompts", f, "-p", "hi"], "cannot be used with"),
+        (vec!["-m", g, "--prompts", f, "-f", f], "cannot be used with"),
+        (vec!["-m", g, "--prompts", f, "--dump-logits", "x.npy"], "--dump-logits"),
+        (vec!["-m", g, "--prompts", f, "-b", "0"], "--batch-size"),
+        (vec!["-m", g, "--prompts", "/nonexistent/prompts.txt"], "/nonexistent/prompts.txt"),
+        (vec!["-m", g, "-f", "/nonexistent/prompt.txt"], "/nonexistent/prompt.txt"),
     ] {
         let out = dlm_run(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -210,4 +212,56 @@ fn backend_flags_pick_the_engine_and_refuse_what_cannot_run() {
     let bad = dlm_run(&[&base[..], &["--backend", "wgpu", "--device", "99"]].concat());
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no wgpu adapter 99"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+/// dlm-run with `input` on standard input.
+fn dlm_run_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm-run"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn prompt_input_follows_llama_cpp_habits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tiny(tmp.path());
+    let gguf = convert(&hf, OutType::Q8_0);
+    let g = gguf.to_str().unwrap();
+    let common = ["-m", g, "-n", "4", "--steps", "2", "-s", "3", "-t", "2", "--json"];
+    // As typed in a shell: a backslash and an n. `text` has the newline itself.
+    let multi = r"Today is a wonderful day,\nThe capital of France is";
+    let text = multi.replace(r"\n", "\n");
+    let by_p = json(&dlm_run(&[&common[..], &["-p", &text]].concat()));
+    // -f is one prompt, the whole file (its trailing newline dropped): a two-line file is one
+    // generation, the same as -p with that text.
+    let file = tmp.path().join("prompt.txt");
+    std::fs::write(&file, format!("{}\n", text)).unwrap();
+    let by_f = json(&dlm_run(&[&common[..], &["-f", file.to_str().unwrap()]].concat()));
+    assert_eq!(by_f["prompt_tokens"], by_p["prompt_tokens"]);
+    assert_eq!(by_f["tokens"], by_p["tokens"]);
+    // The same text on standard input, when there is no -p.
+    let by_stdin = json(&dlm_run_stdin(&common, &format!("{}\n", text)));
+    assert_eq!(by_stdin["prompt_tokens"], by_p["prompt_tokens"]);
+    // -e turns a typed \n into a newline; without it the backslash stays.
+    let escaped = json(&dlm_run(&[&common[..], &["-e", "-p", multi]].concat()));
+    assert_eq!(escaped["prompt_tokens"], by_p["prompt_tokens"]);
+    let raw = json(&dlm_run(&[&common[..], &["-p", multi]].concat()));
+    assert_ne!(raw["prompt_tokens"], by_p["prompt_tokens"]);
+    // --prompts - reads a batch from standard input: one JSON line per prompt.
+    let out = dlm_run_stdin(&[&common[..], &["--prompts", "-"]].concat(), &format!("{}\n", text));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
+    // Special-token text in a prompt is warned about.
+    let out = dlm_run(&[&common[..], &["-p", "Hello <s> world"]].concat());
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: the prompt contains the text of a special token"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = dlm_run(&[&common[..], &["-p", "Hello world"]].concat());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("special token"));
 }

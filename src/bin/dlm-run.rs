@@ -1,8 +1,8 @@
 //! `dlm-run`: generate text with a diffusion language model by parallel unmasking.
 //! stdout carries the generated text only; everything else goes to stderr.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -26,16 +26,25 @@ struct Args {
     m: ModelArgs,
     #[command(flatten)]
     gen: GenArgs,
-    /// Prompt (empty: unconditional generation)
-    #[arg(short, long, default_value = "")]
-    prompt: String,
-    /// Prompts, one per line (blank lines skipped), denoised together in batches of
-    /// --batch-size: each step runs the whole batch through the model at once
-    #[arg(short = 'f', long = "file", value_name = "PROMPTS.txt", conflicts_with = "prompt")]
+    /// Prompt [default: standard input when it is a pipe or a file, else empty: unconditional
+    /// generation]
+    #[arg(short, long)]
+    prompt: Option<String>,
+    /// Read the prompt from FILE, all of it (one trailing newline dropped), as llama.cpp's -f
+    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "prompt")]
     file: Option<PathBuf>,
-    /// Sequences per batch with -f
+    /// A batch of prompts, one per line (blank lines skipped; `-` reads standard input),
+    /// denoised together in batches of --batch-size: each step runs the whole batch through
+    /// the model at once
+    #[arg(long, value_name = "PROMPTS.txt", conflicts_with_all = ["prompt", "file"])]
+    prompts: Option<PathBuf>,
+    /// Sequences per batch with --prompts
     #[arg(short = 'b', long, default_value_t = 8)]
     batch_size: usize,
+    /// Turn \n, \t, \r, \\, \", \' in -p and --suffix into the characters they name
+    /// (llama.cpp's -e)
+    #[arg(short = 'e', long)]
+    escape: bool,
     /// Tokens to generate
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n_predict: usize,
@@ -109,8 +118,8 @@ fn check_args(a: &Args) -> anyhow::Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    if a.file.is_some() && (a.visual || a.dump_logits.is_some()) {
-        bail!("-f cannot be combined with --visual or --dump-logits (they show one canvas)");
+    if a.prompts.is_some() && (a.visual || a.dump_logits.is_some()) {
+        bail!("--prompts cannot be combined with --visual or --dump-logits (they show one canvas)");
     }
     if a.json && a.visual {
         bail!("--json and --visual cannot be combined (both describe the run)");
@@ -126,25 +135,37 @@ fn run(a: Args) -> anyhow::Result<()> {
     check_args(&a)?;
     let mut l = common::load(&a.m)?;
     let load_s = l.load_s;
-    let suffix = l.suffix(a.suffix.as_deref().unwrap_or(""))?;
-    let prompts: Vec<String> = match &a.file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading prompts from {}", path.display()))?;
+    let esc = |t: &str| if a.escape { unescape(t) } else { t.to_owned() };
+    let suffix = l.suffix(&esc(a.suffix.as_deref().unwrap_or("")))?;
+    let prompts: Vec<String> = match (&a.prompts, &a.file, &a.prompt) {
+        (Some(path), _, _) => {
+            let text = read_input(path, "prompts")?;
             let lines: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_owned()).filter(|l| !l.trim().is_empty()).collect();
             if lines.is_empty() {
                 bail!("{}: no prompts (expected one per line)", path.display());
             }
             lines
         }
-        None => vec![a.prompt.clone()],
+        (None, Some(path), _) => vec![strip_newline(read_input(path, "the prompt")?)],
+        (None, None, Some(p)) => vec![esc(p)],
+        (None, None, None) if !std::io::stdin().is_terminal() => vec![strip_newline(read_input(Path::new("-"), "the prompt")?)],
+        (None, None, None) => vec![String::new()],
     };
+    for (i, prompt) in prompts.iter().enumerate() {
+        let ids = l.tok.encode(prompt)?;
+        let special: Vec<u32> = [l.tok.bos, l.tok.eos].into_iter().flatten().collect();
+        if ids.iter().skip(usize::from(l.tok.add_bos)).any(|t| special.contains(t)) {
+            let which = if prompts.len() > 1 { format!("prompt {}", i + 1) } else { "the prompt".into() };
+            eprintln!("warning: {which} contains the text of a special token (such as <s> or </s>), tokenized as BOS/EOS itself");
+        }
+    }
     let n_ctx = l.n_ctx();
     let mut prefixes = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
         let prefix = l.prefix(prompt)?;
         let len = prefix.len() + a.n_predict + suffix.len();
         if len > n_ctx {
-            let which = a.file.as_ref().map_or(String::new(), |f| format!("{} prompt {}: ", f.display(), i + 1));
+            let which = a.prompts.as_ref().map_or(String::new(), |f| format!("{} prompt {}: ", f.display(), i + 1));
             bail!("{which}prompt ({}) + -n ({}) + suffix ({}) = {len} tokens exceeds the model's context of {n_ctx}", prefix.len(), a.n_predict, suffix.len());
         }
         prefixes.push(prefix);
@@ -156,7 +177,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     let params = a.gen.params(&l, a.n_predict, a.gen.steps, seed);
     let unmasker = a.gen.unmasker();
     let (model, tok) = (&mut l.model, &l.tok);
-    if a.file.is_some() {
+    if a.prompts.is_some() {
         return run_many(&a, model, tok, &prompts, &prefixes, &suffix, &params, &unmasker, load_s, seed);
     }
 
@@ -170,7 +191,7 @@ fn run(a: Args) -> anyhow::Result<()> {
                 .map(|i| if masked[i] { "\x1b[2m_\x1b[0m".to_string() } else { tok.decode(&canvas[i..i + 1]).unwrap_or_default() })
                 .collect();
             let left = masked.iter().filter(|&&m| m).count();
-            eprint!("\x1b[2J\x1b[H[step {:>3}, {left} masked]\n{}{shown}\n", step + 1, a.prompt);
+            eprint!("\x1b[2J\x1b[H[step {:>3}, {left} masked]\n{}{shown}\n", step + 1, prompts[0]);
         }
         Flow::Continue
     })?;
@@ -204,7 +225,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `-f`: every prompt, in batches (or one by one with a cache), each completion printed in
+/// `--prompts`: every prompt, in batches (or one by one with a cache), each completion printed in
 /// order: a `--- N ---` line before each in text mode, one JSON object per line with `--json`.
 #[allow(clippy::too_many_arguments)]
 fn run_many(
@@ -265,6 +286,56 @@ fn run_many(
         steady_ms(&pass_seconds),
     );
     Ok(())
+}
+
+/// A file's text, or standard input's for `-`.
+fn read_input(path: &Path, what: &str) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).with_context(|| format!("reading {what} from standard input"))?;
+        return Ok(text);
+    }
+    if path.is_dir() {
+        bail!("{}: a directory, expected a text file with {what}", path.display());
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()))
+}
+
+/// One trailing newline (LF or CRLF) dropped, as llama.cpp does with -f.
+fn strip_newline(mut s: String) -> String {
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    s
+}
+
+/// llama.cpp's -e escapes: \n \t \r \\ \" \'; any other backslash stays as it is.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.peek().copied() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('\\') => out.push('\\'),
+            Some('"') => out.push('"'),
+            Some('\'') => out.push('\''),
+            _ => {
+                out.push('\\');
+                continue;
+            }
+        }
+        it.next();
+    }
+    out
 }
 
 fn main() -> ExitCode {
