@@ -5,6 +5,7 @@
 //! "Scaling Diffusion Language Models via Adaptation from Autoregressive Models" (ICLR 2025).
 #![deny(unsafe_code)]
 
+pub mod atomic;
 pub mod backend;
 pub mod error;
 pub mod generate;

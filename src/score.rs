@@ -19,7 +19,7 @@
 //! forward passes as the limits allow ([`ScoreParams::max_seqs`], [`ScoreParams::max_tokens`]),
 //! with the LM head on the masked rows only.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::sample::Rng;
@@ -577,7 +577,7 @@ fn row_bytes(n_vocab: usize) -> usize {
 }
 
 /// First pass: scores `windows` (as [`likelihoods_of_windows`] does) and writes every masked
-/// row's distribution to `path` (atomically: a temporary file beside it, renamed when complete).
+/// row's distribution to `path` (an [`crate::atomic::AtomicFile`]: complete or not at all).
 pub fn kld_save<F: BatchForward + ?Sized>(fwd: &mut F, windows: &[Target], p: &ScoreParams, model: &str, path: &Path, mut progress: impl FnMut(usize, &Likelihood)) -> Result<(Vec<Likelihood>, Cost)> {
     p.check()?;
     let n_vocab = fwd.n_vocab();
@@ -603,36 +603,24 @@ pub fn kld_save<F: BatchForward + ?Sized>(fwd: &mut F, windows: &[Target], p: &S
             .collect(),
     };
     let json = serde_json::to_vec(&header).map_err(|e| Error::Invalid(format!("KL header: {e}")))?;
-    let tmp = tmp_path(path);
-    let file = std::fs::File::create(&tmp).map_err(|e| Error::Invalid(format!("{}: cannot create the temporary file beside it: {e}", path.display())))?;
-    let mut w = BufWriter::new(file);
-    let result = (|| -> Result<(Vec<Likelihood>, Cost)> {
-        let io = |e| Error::io(&tmp, e);
-        w.write_all(KLD_MAGIC).map_err(io)?;
-        w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
-        w.write_all(&json).map_err(io)?;
-        let mut out = Vec::new();
-        let mut buf = Vec::with_capacity(row_bytes(n_vocab));
-        let ce = |_: usize, row: &[f32], label: u32| {
-            buf.clear();
-            encode_row(row, &mut buf)?;
-            w.write_all(&buf).map_err(io)?;
-            cross_entropy(row, label)
-        };
-        let cost = score_groups(fwd, windows, &copies, p, per_pass(p), ce, |i, l| {
-            progress(i, &l);
-            out.push(l)
-        })?;
-        w.flush().map_err(io)?;
-        w.get_ref().sync_all().map_err(io)?;
-        Ok((out, cost))
-    })();
-    drop(w);
-    let result = result.and_then(|r| std::fs::rename(&tmp, path).map(|()| r).map_err(|e| Error::io(path, e)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut w = crate::atomic::AtomicFile::create(path)?;
+    w.write_all(KLD_MAGIC)?;
+    w.write_all(&(json.len() as u64).to_le_bytes())?;
+    w.write_all(&json)?;
+    let mut out = Vec::new();
+    let mut buf = Vec::with_capacity(row_bytes(n_vocab));
+    let ce = |_: usize, row: &[f32], label: u32| {
+        buf.clear();
+        encode_row(row, &mut buf)?;
+        w.write_all(&buf)?;
+        cross_entropy(row, label)
+    };
+    let cost = score_groups(fwd, windows, &copies, p, per_pass(p), ce, |i, l| {
+        progress(i, &l);
+        out.push(l)
+    })?;
+    w.finish()?;
+    Ok((out, cost))
 }
 
 /// A base file is at most this large.
@@ -664,14 +652,6 @@ pub fn check_destination(path: &Path) -> Result<()> {
             }
         }
     }
-}
-
-/// The temporary file [`kld_save`] writes before renaming it to `path` (for a caller that
-/// removes it on an interrupt).
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
 }
 
 /// A base file opened for comparison: its header, checked against the file's length.

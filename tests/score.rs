@@ -208,7 +208,7 @@ fn kl_divergence_is_zero_for_the_same_file_and_grows_as_bits_shrink() {
     // An existing base is replaced only by a complete new one.
     let again = json_of(&["perplexity", "-m", m, "-f", text.to_str().unwrap(), "--per-line", "--levels", "4", "--kl-divergence-base", b]);
     assert_eq!(again["score"], saved["score"]);
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".partial")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 

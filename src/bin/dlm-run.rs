@@ -1,7 +1,7 @@
 //! `dlm-run`: generate text with a diffusion language model by parallel unmasking.
 //! stdout carries the generated text only; everything else goes to stderr.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -139,16 +139,17 @@ fn run(a: Args) -> anyhow::Result<()> {
     let suffix = l.suffix(&esc(a.suffix.as_deref().unwrap_or("")))?;
     let prompts: Vec<String> = match (&a.prompts, &a.file, &a.prompt) {
         (Some(path), _, _) => {
-            let text = read_input(path, "prompts")?;
+            let text = common::read_text(path, "prompts", true)?;
             let lines: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_owned()).filter(|l| !l.trim().is_empty()).collect();
             if lines.is_empty() {
-                bail!("{}: no prompts (expected one per line)", path.display());
+                let at = if path == Path::new("-") { "standard input".into() } else { path.display().to_string() };
+                bail!("{at}: no prompts (expected one per line)");
             }
             lines
         }
-        (None, Some(path), _) => vec![strip_newline(read_input(path, "the prompt")?)],
+        (None, Some(path), _) => vec![strip_newline(common::read_text(path, "the prompt", true)?)],
         (None, None, Some(p)) => vec![esc(p)],
-        (None, None, None) if !std::io::stdin().is_terminal() => vec![strip_newline(read_input(Path::new("-"), "the prompt")?)],
+        (None, None, None) if !std::io::stdin().is_terminal() => vec![strip_newline(common::read_text(Path::new("-"), "the prompt", true)?)],
         (None, None, None) => vec![String::new()],
     };
     for (i, prompt) in prompts.iter().enumerate() {
@@ -286,19 +287,6 @@ fn run_many(
         steady_ms(&pass_seconds),
     );
     Ok(())
-}
-
-/// A file's text, or standard input's for `-`.
-fn read_input(path: &Path, what: &str) -> anyhow::Result<String> {
-    if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).with_context(|| format!("reading {what} from standard input"))?;
-        return Ok(text);
-    }
-    if path.is_dir() {
-        bail!("{}: a directory, expected a text file with {what}", path.display());
-    }
-    std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()))
 }
 
 /// One trailing newline (LF or CRLF) dropped, as llama.cpp does with -f.

@@ -3,13 +3,14 @@
 //! (llama-perplexity's --kl-divergence workflow). See `dlm::score` for the definitions.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use common::{Loaded, ModelArgs};
+use dlm::atomic::AtomicFile;
 use dlm::score::{self, Cost, Item, KldBase, Likelihood, ScoreParams, Target};
 use serde_json::json;
 
@@ -196,19 +197,6 @@ fn split_tokens(l: &Loaded, context: &str, continuation: &str) -> anyhow::Result
     Ok((ctx, l.suffix(&continuation)?))
 }
 
-/// A text input: a regular file of at most 1 GiB, UTF-8, a leading byte-order mark dropped.
-fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {what} from {}", path.display()))?;
-    if !meta.is_file() {
-        bail!("{}: {what} must be a regular file", path.display());
-    }
-    if meta.len() > 1 << 30 {
-        bail!("{}: {what} is {} MB, more than 1 GiB", path.display(), meta.len() >> 20);
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()))?;
-    Ok(text.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(text))
-}
-
 /// Text from a file, fit to print on one line: control characters escaped.
 fn printable(s: &str) -> String {
     s.chars().flat_map(|c| if c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') { c.escape_unicode().collect::<Vec<_>>() } else { vec![c] }).collect()
@@ -268,7 +256,7 @@ struct ItemLine {
 }
 
 fn read_items(path: &Path, l: &Loaded, limit: Option<usize>) -> anyhow::Result<Vec<ItemLine>> {
-    let text = read_text(path, "the items")?;
+    let text = common::read_text(path, "the items", false)?;
     let mut out = Vec::new();
     let eos = l.tok.eos.unwrap_or(2);
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -338,39 +326,24 @@ fn choice(a: ChoiceArgs) -> anyhow::Result<()> {
             bail!("--per-item {} is a directory", out.display());
         }
     }
-    // Written beside the destination and renamed when complete: a failed run leaves any old
-    // file as it was.
+    // Complete or not at all: a failed run leaves any old file as it was.
     let mut per_item = match &a.per_item {
         Some(path) => {
-            let tmp = score::tmp_path(path);
-            let f = std::fs::File::create(&tmp).with_context(|| format!("--per-item {}: cannot create the temporary file beside it", path.display()))?;
-            interrupt::remove_on_interrupt(&tmp);
-            Some((path, tmp, std::io::BufWriter::new(f)))
+            let f = AtomicFile::create(path).context("--per-item")?;
+            interrupt::remove_on_interrupt(&dlm::atomic::temp_path(path));
+            Some(f)
         }
         None => None,
     };
-    let r = choose_all(&a, &mut l, &items, &p, per_item.as_mut().map(|(p, t, w)| (*p, &*t, w)));
-    if let Some((path, tmp, w)) = per_item {
-        let finished = match &r {
-            Ok(()) => w
-                .into_inner()
-                .map_err(|e| e.into_error())
-                .and_then(|f| f.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, path))
-                .with_context(|| format!("writing {}", path.display())),
-            Err(_) => Ok(()),
-        };
-        if r.is_err() || finished.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        interrupt::forget();
-        finished?;
+    choose_all(&a, &mut l, &items, &p, per_item.as_mut())?;
+    if let Some(f) = per_item {
+        f.finish()?;
     }
-    r
+    interrupt::forget();
+    Ok(())
 }
 
-fn choose_all(a: &ChoiceArgs, l: &mut Loaded, items: &[ItemLine], p: &ScoreParams, mut per_item: Option<(&PathBuf, &PathBuf, &mut std::io::BufWriter<std::fs::File>)>) -> anyhow::Result<()> {
-    let p = p.clone();
+fn choose_all(a: &ChoiceArgs, l: &mut Loaded, items: &[ItemLine], p: &ScoreParams, mut per_item: Option<&mut AtomicFile>) -> anyhow::Result<()> {
     let tty = std::io::stderr().is_terminal();
     let mut cost = Cost::default();
     let mut per_task: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -391,11 +364,11 @@ fn choose_all(a: &ChoiceArgs, l: &mut Loaded, items: &[ItemLine], p: &ScoreParam
             let e = per_task.entry(g.task.clone().unwrap_or_else(|| "all".into())).or_default();
             e.0 += usize::from(ok);
             e.1 += 1;
-            if let Some((path, _, w)) = per_item.as_mut() {
+            if let Some(w) = per_item.as_mut() {
                 let scores: Vec<f64> = r.scores.iter().map(|s| s.score).collect();
                 let elbos: Vec<f64> = r.scores.iter().map(|s| s.elbo).collect();
                 let line = json!({"line": g.line, "task": g.task, "label": g.item.label, "pred": r.pred, "correct": ok, "scores": scores, "elbo": elbos});
-                writeln!(w, "{line}").with_context(|| format!("writing {}", path.display()))?;
+                w.write_all(format!("{line}\n").as_bytes())?;
             }
         }
         if tty {
@@ -472,7 +445,7 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let file = a.file.as_ref().context("-f FILE is required (the text to score)")?;
-    let text = read_text(file, "the text")?;
+    let text = common::read_text(file, "the text", false)?;
     let ctx = a.ctx.unwrap_or(l.n_ctx().min(512));
     if ctx < 2 || ctx > l.n_ctx() {
         bail!("--ctx-size must be from 2 to the model's context of {}, got {ctx}", l.n_ctx());
@@ -507,7 +480,7 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
         // Expected rows: every target is masked at level t with probability t/T.
         let rows = n_targets as f64 * (limits.levels + 1) as f64 / 2.0 * limits.draws as f64;
         eprintln!("writing about {:.2} GB of distributions to {}", rows * (8.0 + 2.0 * l.model.params().n_vocab as f64) / 1e9, path.display());
-        interrupt::remove_on_interrupt(&score::tmp_path(path));
+        interrupt::remove_on_interrupt(&dlm::atomic::temp_path(path));
     }
     eprintln!("perplexity: {} windows of ≤ {ctx} tokens ({n_targets} targets), {} levels × {} draws", wins.len(), limits.levels, limits.draws);
     let (mut vals, mut weights) = (Vec::new(), Vec::new());

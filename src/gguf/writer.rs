@@ -4,11 +4,10 @@
 //! renamed over it only when every tensor has been written and flushed: a failed or interrupted
 //! run never leaves a truncated `.gguf` behind.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{GgmlType, Value, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, MAX_TENSOR_NAME};
+use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
 
 /// A tensor to be written: name, ggml-order shape and type.
@@ -126,42 +125,25 @@ impl GgufWriter {
     /// Starts writing to `path` (through a temporary file). Feed every tensor's bytes in order
     /// with [`TensorStream::write_tensor`], then call [`TensorStream::finish`].
     pub fn create(&self, path: impl AsRef<Path>) -> Result<TensorStream> {
-        let path = path.as_ref().to_path_buf();
-        let tmp = temp_path(&path);
-        let file = File::create(&tmp).map_err(|e| Error::io(&path, e))?;
-        let mut stream = TensorStream {
-            alignment: self.alignment(),
-            tensors: self.tensors.clone(),
-            next: 0,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-            tmp,
-            path,
-        };
+        let mut stream = TensorStream { alignment: self.alignment(), tensors: self.tensors.clone(), next: 0, file: AtomicFile::create(path)? };
         let header = self.header_bytes();
         stream.write_raw(&header)?;
         Ok(stream)
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out.gguf".into());
-    path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
-}
-
-/// Open output of [`GgufWriter::create`]. Dropping it without `finish` deletes the temporary file.
+/// Open output of [`GgufWriter::create`]. Dropping it without `finish` deletes the temporary file
+/// ([`AtomicFile`]).
 pub struct TensorStream {
     alignment: u64,
     tensors: Vec<TensorSpec>,
     next: usize,
-    file: Option<BufWriter<File>>,
-    tmp: PathBuf,
-    path: PathBuf,
+    file: AtomicFile,
 }
 
 impl TensorStream {
     fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        let file = self.file.as_mut().expect("file is present until finish");
-        file.write_all(bytes).map_err(|e| Error::io(&self.tmp, e))
+        self.file.write_all(bytes)
     }
 
     /// The tensor whose data is expected next, if any.
@@ -174,7 +156,7 @@ impl TensorStream {
         let spec = self
             .tensors
             .get(self.next)
-            .ok_or_else(|| Error::Invalid(format!("{}: more tensor data than declared tensors", self.path.display())))?;
+            .ok_or_else(|| Error::Invalid(format!("{}: more tensor data than declared tensors", self.file.path().display())))?;
         let size = spec.size();
         if data.len() as u64 != size {
             return Err(Error::Invalid(format!(
@@ -193,29 +175,16 @@ impl TensorStream {
     }
 
     /// Flushes, syncs and renames the temporary file over the target.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
         if self.next != self.tensors.len() {
             return Err(Error::Invalid(format!(
                 "{}: only {} of {} tensors were written",
-                self.path.display(),
+                self.file.path().display(),
                 self.next,
                 self.tensors.len()
             )));
         }
-        let file = self.file.take().expect("file is present until finish");
-        let file = file.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
-        Ok(())
-    }
-}
-
-impl Drop for TensorStream {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        self.file.finish()
     }
 }
 

@@ -5,7 +5,8 @@
 
 #![allow(dead_code)] // each binary uses its own part of this module
 
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -340,4 +341,31 @@ pub fn list_devices() {
         (None, None) => "cpu".to_string(),
     };
     println!("--backend auto: {auto}");
+}
+
+/// A text input of at most 1 GiB, UTF-8, a leading byte-order mark dropped: a regular file, or
+/// with `streams` also standard input (`-`), a pipe or a device (read up to the limit).
+pub fn read_text(path: &Path, what: &str, streams: bool) -> anyhow::Result<String> {
+    const MAX: u64 = 1 << 30;
+    let stdin = path == Path::new("-") && streams;
+    let at = if stdin { "standard input".to_string() } else { path.display().to_string() };
+    let mut bytes = Vec::new();
+    if stdin {
+        std::io::stdin().take(MAX + 1).read_to_end(&mut bytes).with_context(|| format!("reading {what} from {at}"))?;
+    } else {
+        let meta = std::fs::metadata(path).with_context(|| format!("reading {what} from {at}"))?;
+        if meta.is_dir() {
+            bail!("{at}: a directory, expected a text file with {what}");
+        }
+        if !streams && !meta.is_file() {
+            bail!("{at}: {what} must be a regular file");
+        }
+        let file = std::fs::File::open(path).with_context(|| format!("reading {what} from {at}"))?;
+        file.take(MAX + 1).read_to_end(&mut bytes).with_context(|| format!("reading {what} from {at}"))?;
+    }
+    if bytes.len() as u64 > MAX {
+        bail!("{at}: {what} is more than 1 GiB");
+    }
+    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{at}: {what} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))?;
+    Ok(text.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(text))
 }
