@@ -289,11 +289,13 @@ fn read_items(path: &Path, l: &Loaded, limit: Option<usize>) -> anyhow::Result<V
             None => None,
             Some(x) => Some(x.as_u64().filter(|&n| (1..=4096).contains(&n)).with_context(|| format!("{at}: field \"n\" must be an integer from 1 to 4096"))? as usize),
         };
-        let ctx = l.prefix(&context)?;
         let suffix = l.suffix(&suffix)?;
+        // The context's tokens as split_tokens cut them (trailing spaces belong to the choices).
+        let mut ctx = Vec::new();
         let mut toks = Vec::new();
         for (k, c) in choices.iter().enumerate() {
-            let (_, mut t) = split_tokens(l, &context, c)?;
+            let (c_toks, mut t) = split_tokens(l, &context, c)?;
+            ctx = c_toks;
             if t.is_empty() {
                 bail!("{at}: choice {k} is empty");
             }
