@@ -7,6 +7,7 @@
 
 pub mod atomic;
 pub mod backend;
+pub mod cli;
 pub mod error;
 pub mod generate;
 pub mod gguf;
@@ -14,7 +15,6 @@ pub mod graph;
 pub mod keys;
 pub mod sample;
 pub mod score;
-#[cfg(feature = "ggml")]
 pub mod model;
 pub mod tokenizer;
 

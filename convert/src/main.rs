@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// The output follows llama.cpp's GGUF conventions, plus the diffusion keys dlm needs
 /// (bidirectional attention, mask token id, shifted logits), so llama.cpp can read it too.
 #[derive(Parser, Debug)]
-#[command(name = "dlm-convert", version, after_help = "Example:\n  dlm-convert path/to/diffullama-hf -o diffullama-q4.gguf --type q4_0")]
+#[command(name = "dlm-convert", version, allow_negative_numbers = true, after_help = "Example:\n  dlm-convert path/to/diffullama-hf -o diffullama-q4.gguf --type q4_0")]
 struct Args {
     /// Hugging Face checkpoint folder
     input: PathBuf,
@@ -60,8 +60,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let opts = Options { out_type: args.out_type, mask_id: args.mask_id, name: args.name, causal: args.causal };
     let plan = Plan::new(&args.input, &opts)
         .with_context(|| format!("cannot convert {}", args.input.display()))?;
+    plan.check_output(&args.output)?;
     let c = &plan.config;
-    eprintln!(
+    dlm::errln!(
         "dlm-convert: {} layers, hidden {}, {} heads ({} kv), ffn {}, vocab {}; --type {}; mask id {} ({})",
         c.num_hidden_layers,
         c.hidden_size,
@@ -74,7 +75,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         plan.mask_source
     );
     for t in plan.tensors.iter().filter(|t| t.wanted.is_some()) {
-        eprintln!(
+        dlm::errln!(
             "note: {}: row length {} is not a multiple of {}'s block size; using {}",
             t.name,
             t.shape[0],
@@ -104,7 +105,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let mix: Vec<String> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
-    eprintln!(
+    dlm::errln!(
         "wrote {}: {} tensors ({}), {:.1} M params, {} in → {} out, {:.2} bits/weight, {:.1} s ({:.0} MB/s of source)",
         args.output.display(),
         summary.tensors,
@@ -120,12 +121,6 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    dlm::cli::install();
+    dlm::cli::exit(run(Args::parse()))
 }

@@ -2,7 +2,6 @@
 //! generation code and flags as `dlm-run`, batched. One JSON object on stdout; a table on stderr.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -28,7 +27,7 @@ mod common;
 /// independent draws for independent problems. "tokens_per_second" counts every position of
 /// the answer regions (EOS padding included) over the generation time.
 #[derive(Parser, Debug)]
-#[command(name = "dlm-eval", version, arg_required_else_help = true, after_help = "Example:\n  dlm-eval -m diffullama-tiny-q4_0.gguf --problems models/tasks/test.jsonl --unmask confidence --temp 0")]
+#[command(name = "dlm-eval", version, allow_negative_numbers = true, arg_required_else_help = true, after_help = "Example:\n  dlm-eval -m diffullama-tiny-q4_0.gguf --problems models/tasks/test.jsonl --unmask confidence --temp 0")]
 struct Args {
     #[command(flatten)]
     m: ModelArgs,
@@ -141,7 +140,7 @@ fn steps_for(a: &Args, steps_given: bool, n: usize) -> usize {
 
 fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
     if a.m.list_devices {
-        common::list_devices();
+        common::list_devices()?;
         return Ok(());
     }
     a.gen.check()?;
@@ -162,7 +161,7 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
             if a.gen.cache != common::CacheArg::None {
                 bail!("--peer llamacpp re-decodes every position each step: it has no --cache");
             }
-            let threads = a.m.threads.unwrap_or_else(|| dlm::LoadOptions::default().threads).max(1);
+            let threads = a.m.threads.unwrap_or(usize::MAX).clamp(1, dlm::LoadOptions::default().threads);
             if l.model.params().causal || a.m.backend != common::BackendArg::Cpu {
                 bail!("--peer llamacpp runs bidirectional models on the CPU: add --backend cpu, and use a diffusion (non-causal) file");
             }
@@ -177,7 +176,7 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
     for p in &problems {
         let at = || format!("{} line {}", path.display(), p.line);
         let (prefix, suffix) = (l.prefix(&p.prompt).with_context(at)?, l.suffix(&p.suffix).with_context(at)?);
-        let len = prefix.len() + p.n + suffix.len();
+        let len = prefix.len().saturating_add(p.n).saturating_add(suffix.len());
         if len > l.n_ctx() {
             bail!("{}: {len} tokens exceed the model's context of {}", at(), l.n_ctx());
         }
@@ -188,8 +187,12 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
         groups.entry((p.n, steps_for(&a, steps_given, p.n))).or_default().push(i);
     }
     let seed_of = |i: usize| seed.wrapping_add(problems[i].line as u64 - 1);
+    // Complete or not at all, and never over an input.
     let mut per_problem = match &a.per_problem {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        Some(p) => {
+            dlm::atomic::check_output(p, &[path.clone(), l.path.clone()]).context("--per-problem")?;
+            Some(dlm::atomic::AtomicFile::create(p).context("--per-problem")?)
+        }
         None => None,
     };
     let unmasker = a.gen.unmasker();
@@ -245,11 +248,11 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
         positions += p.n;
         if let Some(w) = per_problem.as_mut() {
             let obj = serde_json::json!({"line": p.line, "seed": seed_of(i), "task": p.task, "prompt": p.prompt, "suffix": p.suffix, "answer": p.answer, "output": text, "correct": ok, "steps": g.steps});
-            writeln!(w, "{obj}").with_context(writing)?;
+            w.write_all(format!("{obj}\n").as_bytes()).with_context(writing)?;
         }
     }
-    if let Some(mut w) = per_problem {
-        w.flush().with_context(writing)?;
+    if let Some(w) = per_problem {
+        w.finish().with_context(writing)?;
     }
     let right: usize = tally.values().map(|t| t.right).sum();
     let tasks: serde_json::Map<String, serde_json::Value> = tally
@@ -276,9 +279,9 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
         "tokens_per_second": positions as f64 / seconds.max(1e-9),
     });
     for (k, t) in &tally {
-        eprintln!("{k:>10}: {:5.1} % ({}/{}), {:.1} steps", 100.0 * t.right as f64 / t.total as f64, t.right, t.total, t.steps as f64 / t.total as f64);
+        dlm::errln!("{k:>10}: {:5.1} % ({}/{}), {:.1} steps", 100.0 * t.right as f64 / t.total as f64, t.right, t.total, t.steps as f64 / t.total as f64);
     }
-    eprintln!(
+    dlm::errln!(
         "{:>10}: {:5.1} % of {} problems | {} passes in {seconds:.2} s, {:.0} tokens/s | {}",
         "overall",
         100.0 * right as f64 / problems.len() as f64,
@@ -287,24 +290,17 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
         positions as f64 / seconds.max(1e-9),
         backend
     );
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{summary}")?;
-    out.flush()?;
+    dlm::outln!("{summary}")?;
     Ok(())
 }
 
 fn main() -> ExitCode {
+    dlm::cli::install();
     let matches = Args::command().get_matches_from(common::init());
     let steps_given = matches.value_source("steps") == Some(clap::parser::ValueSource::CommandLine);
     let args = match Args::from_arg_matches(&matches) {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    match run(args, steps_given) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    dlm::cli::exit(run(args, steps_given))
 }

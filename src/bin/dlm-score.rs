@@ -26,7 +26,7 @@ mod common;
 /// perplexity). Masks are seeded: the same --seed gives the same numbers. --draws repeats the T
 /// levels with fresh masks, for a standard error.
 #[derive(Parser, Debug)]
-#[command(name = "dlm-score", version, arg_required_else_help = true, after_help = "Examples:
+#[command(name = "dlm-score", version, allow_negative_numbers = true, arg_required_else_help = true, after_help = "Examples:
   dlm-score likelihood -m model.gguf --context 'The capital of France is' --continuation ' Paris'
   dlm-score choice -m model.gguf --items models/tasks/choice.jsonl
   dlm-score perplexity -m f16.gguf -f text.txt --kl-divergence-base base.kld
@@ -39,6 +39,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// The score of one continuation given a context, with its standard error over draws
+    #[command(allow_negative_numbers = true)]
     Likelihood(LikelihoodArgs),
     /// Multiple choice: the choice with the lowest score wins; accuracy ± standard error
     ///
@@ -50,6 +51,7 @@ enum Mode {
     /// of an item share its masks' seed, so they are compared on the same draws.
     /// `scripts/lm_eval_to_jsonl.py` turns HellaSwag, PIQA, SIQA and Winogrande rows into this
     /// format the way the paper's evaluation prepares them.
+    #[command(allow_negative_numbers = true)]
     Choice(ChoiceArgs),
     /// A perplexity bound over a text file, in windows; or the KL divergence against a base file
     ///
@@ -62,6 +64,7 @@ enum Mode {
     /// position's distribution, with the masked canvases themselves. Then run another file with
     /// --kl-divergence-base FILE --kl-divergence (no text needed): same canvases, mean KL ± error,
     /// percentiles, how often the most likely token agrees, and the change of the score.
+    #[command(allow_negative_numbers = true)]
     Perplexity(PerplexityArgs),
 }
 
@@ -174,7 +177,7 @@ impl Common {
 
     fn load(&self) -> anyhow::Result<Option<Loaded>> {
         if self.m.list_devices {
-            common::list_devices();
+            common::list_devices()?;
             return Ok(None);
         }
         Ok(Some(common::load(&self.m)?))
@@ -223,11 +226,11 @@ fn likelihood(a: LikelihoodArgs) -> anyhow::Result<()> {
     let (r, cost) = score::likelihoods(&mut l.model, &[target], &[score::item_seed(p.seed, 0)], &p)?;
     let r = &r[0];
     if a.c.json {
-        println!("{}", json!({"model": l.path, "levels": p.levels, "draws": p.draws, "seed": p.seed, "context_tokens": ctx.len(), "continuation_tokens": cont.len(), "score": r.score, "score_se": r.score_se, "elbo": r.elbo, "elbo_se": r.elbo_se, "cost": cost_json(&cost)}));
+        dlm::outln!("{}", json!({"model": l.path, "levels": p.levels, "draws": p.draws, "seed": p.seed, "context_tokens": ctx.len(), "continuation_tokens": cont.len(), "score": r.score, "score_se": r.score_se, "elbo": r.elbo, "elbo_se": r.elbo_se, "cost": cost_json(&cost)}))?;
     } else {
-        println!("score: {:.4} ± {} nats per masked token (eval_forward, {} levels × {} draws; lower is better)", r.score, fmt_se(r.score_se), p.levels, p.draws);
-        println!("bound: {:.4} ± {} nats per token (ELBO), perplexity ≤ {:.3}", r.elbo, fmt_se(r.elbo_se), r.elbo.exp());
-        println!("{} continuation tokens after {} context tokens; {} masked copies in {} passes, {:.2} s", cont.len(), ctx.len(), cost.copies, cost.passes, cost.seconds);
+        dlm::outln!("score: {:.4} ± {} nats per masked token (eval_forward, {} levels × {} draws; lower is better)", r.score, fmt_se(r.score_se), p.levels, p.draws)?;
+        dlm::outln!("bound: {:.4} ± {} nats per token (ELBO), perplexity ≤ {:.3}", r.elbo, fmt_se(r.elbo_se), r.elbo.exp())?;
+        dlm::outln!("{} continuation tokens after {} context tokens; {} masked copies in {} passes, {:.2} s", cont.len(), ctx.len(), cost.copies, cost.passes, cost.seconds)?;
     }
     Ok(())
 }
@@ -321,18 +324,12 @@ fn choice(a: ChoiceArgs) -> anyhow::Result<()> {
     let p = a.c.params(&l, 32, 1)?;
     let items = read_items(&a.items, &l, a.limit)?;
     if let Some(out) = &a.per_item {
-        if out.canonicalize().ok().is_some_and(|o| a.items.canonicalize().is_ok_and(|i| i == o)) {
-            bail!("--per-item {} is the items file itself", out.display());
-        }
-        if out.is_dir() {
-            bail!("--per-item {} is a directory", out.display());
-        }
+        dlm::atomic::check_output(out, &[a.items.clone(), l.path.clone()]).context("--per-item")?;
     }
     // Complete or not at all: a failed run leaves any old file as it was.
     let mut per_item = match &a.per_item {
         Some(path) => {
             let f = AtomicFile::create(path).context("--per-item")?;
-            interrupt::remove_on_interrupt(&dlm::atomic::temp_path(path));
             Some(f)
         }
         None => None,
@@ -341,7 +338,6 @@ fn choice(a: ChoiceArgs) -> anyhow::Result<()> {
     if let Some(f) = per_item {
         f.finish()?;
     }
-    interrupt::forget();
     Ok(())
 }
 
@@ -374,11 +370,11 @@ fn choose_all(a: &ChoiceArgs, l: &mut Loaded, items: &[ItemLine], p: &ScoreParam
             }
         }
         if tty {
-            eprint!("\r{done}/{} items, accuracy {:.1} %", items.len(), 100.0 * right as f64 / done as f64);
+            dlm::errp!("\r{done}/{} items, accuracy {:.1} %", items.len(), 100.0 * right as f64 / done as f64);
         }
     }
     if tty {
-        eprintln!();
+        dlm::errln!();
     }
     let acc = |r: usize, n: usize| {
         let a = r as f64 / n as f64;
@@ -388,15 +384,15 @@ fn choose_all(a: &ChoiceArgs, l: &mut Loaded, items: &[ItemLine], p: &ScoreParam
     let chance = items.iter().map(|i| 1.0 / i.item.choices.len() as f64).sum::<f64>() / done as f64;
     if a.c.json {
         let tasks: serde_json::Map<String, serde_json::Value> = per_task.iter().map(|(t, &(r, n))| (t.clone(), json!({"items": n, "accuracy": acc(r, n).0, "accuracy_se": acc(r, n).1}))).collect();
-        println!("{}", json!({"model": l.path, "items": done, "accuracy": accuracy, "accuracy_se": se, "chance": chance, "levels": p.levels, "draws": p.draws, "seed": p.seed, "tasks": tasks, "cost": cost_json(&cost)}));
+        dlm::outln!("{}", json!({"model": l.path, "items": done, "accuracy": accuracy, "accuracy_se": se, "chance": chance, "levels": p.levels, "draws": p.draws, "seed": p.seed, "tasks": tasks, "cost": cost_json(&cost)}))?;
     } else {
         if per_task.len() > 1 {
             for (t, &(r, n)) in &per_task {
                 let (a, s) = acc(r, n);
-                println!("{t:>10}: {:5.1} ± {:4.1} % of {n}", 100.0 * a, 100.0 * s);
+                dlm::outln!("{t:>10}: {:5.1} ± {:4.1} % of {n}", 100.0 * a, 100.0 * s)?;
             }
         }
-        println!("accuracy: {:.2} ± {:.2} % of {done} items (chance {:.1} %); {} levels × {} draws; {} masked copies in {} passes, {:.2} s", 100.0 * accuracy, 100.0 * se, 100.0 * chance, p.levels, p.draws, cost.copies, cost.passes, cost.seconds);
+        dlm::outln!("accuracy: {:.2} ± {:.2} % of {done} items (chance {:.1} %); {} levels × {} draws; {} masked copies in {} passes, {:.2} s", 100.0 * accuracy, 100.0 * se, 100.0 * chance, p.levels, p.draws, cost.copies, cost.passes, cost.seconds)?;
     }
     Ok(())
 }
@@ -417,32 +413,32 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
         let tty = std::io::stderr().is_terminal();
         let (s, cost) = score::kld_compare(&mut l.model, &mut base, &limits, |i| {
             if tty {
-                eprint!("\r[{}/{n_win}] windows compared", i + 1);
+                dlm::errp!("\r[{}/{n_win}] windows compared", i + 1);
             }
         })?;
         if tty {
-            eprintln!();
+            dlm::errln!();
         }
         if a.c.json {
-            println!("{}", json!({"model": l.path, "base": path, "base_model": base.header.model, "kld": s, "cost": cost_json(&cost)}));
+            dlm::outln!("{}", json!({"model": l.path, "base": path, "base_model": base.header.model, "kld": s, "cost": cost_json(&cost)}))?;
         } else {
-            println!("base: {} ({} windows, {} masked rows)", printable(&base.header.model), s.windows, s.rows);
-            println!("====== Score ======");
-            println!("score base: {:.4}  this: {:.4}  Δ: {:+.4} ± {:.4}", s.score_base, s.score, s.score - s.score_base, s.score_delta_se);
-            println!("bound base: {:.4}  this: {:.4} nats/token (PPL ≤ {:.3} vs {:.3})", s.elbo_base, s.elbo, s.elbo_base.exp(), s.elbo.exp());
-            println!("====== KL divergence statistics ======");
-            println!("Mean    KLD: {} ± {}", kl(s.mean_kld), kl(s.mean_kld_se));
+            dlm::outln!("base: {} ({} windows, {} masked rows)", printable(&base.header.model), s.windows, s.rows)?;
+            dlm::outln!("====== Score ======")?;
+            dlm::outln!("score base: {:.4}  this: {:.4}  Δ: {:+.4} ± {:.4}", s.score_base, s.score, s.score - s.score_base, s.score_delta_se)?;
+            dlm::outln!("bound base: {:.4}  this: {:.4} nats/token (PPL ≤ {:.3} vs {:.3})", s.elbo_base, s.elbo, s.elbo_base.exp(), s.elbo.exp())?;
+            dlm::outln!("====== KL divergence statistics ======")?;
+            dlm::outln!("Mean    KLD: {} ± {}", kl(s.mean_kld), kl(s.mean_kld_se))?;
             for (q, v) in &s.percentiles {
                 let name = match *q {
                     100.0 => "Maximum".to_string(),
                     0.0 => "Minimum".to_string(),
                     q => format!("{q:.1}%"),
                 };
-                println!("{name:<7} KLD: {}", kl(*v));
+                dlm::outln!("{name:<7} KLD: {}", kl(*v))?;
             }
-            println!("====== Token probability statistics ======");
-            println!("Same top p: {:7.3} ± {:5.3} %", 100.0 * s.same_top1, 100.0 * s.same_top1_se);
-            println!("{} masked copies in {} passes, {:.2} s", cost.copies, cost.passes, cost.seconds);
+            dlm::outln!("====== Token probability statistics ======")?;
+            dlm::outln!("Same top p: {:7.3} ± {:5.3} %", 100.0 * s.same_top1, 100.0 * s.same_top1_se)?;
+            dlm::outln!("{} masked copies in {} passes, {:.2} s", cost.copies, cost.passes, cost.seconds)?;
         }
         return Ok(());
     }
@@ -481,17 +477,16 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
         score::check_destination(path).context("--kl-divergence-base")?;
         // Expected rows: every target is masked at level t with probability t/T.
         let rows = n_targets as f64 * (limits.levels + 1) as f64 / 2.0 * limits.draws as f64;
-        eprintln!("writing about {:.2} GB of distributions to {}", rows * (8.0 + 2.0 * l.model.params().n_vocab as f64) / 1e9, path.display());
-        interrupt::remove_on_interrupt(&dlm::atomic::temp_path(path));
+        dlm::errln!("writing about {:.2} GB of distributions to {}", rows * (8.0 + 2.0 * l.model.params().n_vocab as f64) / 1e9, path.display());
     }
-    eprintln!("perplexity: {} windows of ≤ {ctx} tokens ({n_targets} targets), {} levels × {} draws", wins.len(), limits.levels, limits.draws);
+    dlm::errln!("perplexity: {} windows of ≤ {ctx} tokens ({n_targets} targets), {} levels × {} draws", wins.len(), limits.levels, limits.draws);
     let (mut vals, mut weights) = (Vec::new(), Vec::new());
     let mut report = |i: usize, r: &Likelihood| {
         vals.push(r.elbo);
         weights.push(wins[i].n_scored());
-        eprint!("[{}]{:.4},", i + 1, score::weighted_mean_se(&vals, &weights).0.exp());
+        dlm::errp!("[{}]{:.4},", i + 1, score::weighted_mean_se(&vals, &weights).0.exp());
         if i + 1 == wins.len() {
-            eprintln!();
+            dlm::errln!();
         }
     };
     let (res, cost) = match &a.kl_divergence_base {
@@ -505,61 +500,24 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
     let ppl = b.exp();
     let ppl_se = b_se.map(|s| s * ppl);
     if a.c.json {
-        println!("{}", json!({"model": l.path, "windows": wins.len(), "ctx": ctx, "targets": n_targets, "levels": limits.levels, "draws": limits.draws, "seed": limits.seed, "elbo": b, "elbo_se": b_se, "ppl_bound": ppl, "ppl_bound_se": ppl_se, "score": sc, "score_se": sc_se, "kl_divergence_base": a.kl_divergence_base, "cost": cost_json(&cost)}));
+        dlm::outln!("{}", json!({"model": l.path, "windows": wins.len(), "ctx": ctx, "targets": n_targets, "levels": limits.levels, "draws": limits.draws, "seed": limits.seed, "elbo": b, "elbo_se": b_se, "ppl_bound": ppl, "ppl_bound_se": ppl_se, "score": sc, "score_se": sc_se, "kl_divergence_base": a.kl_divergence_base, "cost": cost_json(&cost)}))?;
     } else {
-        println!("Final estimate: PPL ≤ {ppl:.4} ± {} (bound {b:.4} nats/token over {n_targets} tokens); eval_forward score {sc:.4} ± {}", ppl_se.map_or("n/a".into(), |s| format!("{s:.4}")), fmt_se(sc_se));
-        println!("{} windows, {} masked copies in {} passes, {:.2} s", wins.len(), cost.copies, cost.passes, cost.seconds);
+        dlm::outln!("Final estimate: PPL ≤ {ppl:.4} ± {} (bound {b:.4} nats/token over {n_targets} tokens); eval_forward score {sc:.4} ± {}", ppl_se.map_or("n/a".into(), |s| format!("{s:.4}")), fmt_se(sc_se))?;
+        dlm::outln!("{} windows, {} masked copies in {} passes, {:.2} s", wins.len(), cost.copies, cost.passes, cost.seconds)?;
         if let Some(path) = &a.kl_divergence_base {
-            println!("saved the base distributions to {} (compare another file with --kl-divergence-base {} --kl-divergence)", path.display(), path.display());
+            dlm::outln!("saved the base distributions to {} (compare another file with --kl-divergence-base {} --kl-divergence)", path.display(), path.display())?;
         }
     }
     Ok(())
 }
 
-/// Ctrl-C during a run that writes a file: the temporary file goes, then exit 130.
-mod interrupt {
-    use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
-
-    static TMP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-    pub fn install() {
-        // The handler runs on its own thread (not in the signal context): it may lock and do I/O.
-        let _ = ctrlc::set_handler(|| {
-            for p in TMP.lock().map(|v| v.clone()).unwrap_or_default() {
-                let _ = std::fs::remove_file(p);
-            }
-            eprintln!("\ninterrupted");
-            std::process::exit(130);
-        });
-    }
-
-    pub fn remove_on_interrupt(p: &Path) {
-        if let Ok(mut v) = TMP.lock() {
-            v.push(p.to_path_buf());
-        }
-    }
-
-    pub fn forget() {
-        if let Ok(mut v) = TMP.lock() {
-            v.clear();
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse_from(common::init());
-    interrupt::install();
+    dlm::cli::install();
     let r = match cli.mode {
         Mode::Likelihood(a) => likelihood(a),
         Mode::Choice(a) => choice(a),
         Mode::Perplexity(a) => perplexity(a),
     };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    dlm::cli::exit(r)
 }

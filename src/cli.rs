@@ -1,0 +1,157 @@
+//! What every dlm binary does the same way: exit codes, signals, and terminal output that can
+//! never panic (a closed pipe or a full disk is an error to report, not a crash).
+//!
+//! Exit codes (documented in the README):
+//! - 0: success, or standard output closed by the reader (`dlm-run … | head -c1`), as `cat` ends
+//!   quietly there;
+//! - 2: an error, reported in one line on stderr starting `error:` (bad flags, a bad or
+//!   unsupported file, a failed write);
+//! - 130: interrupted (SIGINT, SIGTERM or SIGHUP): temporary files are removed first;
+//! - 101: an internal error (a bug), reported as one line on stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+/// Exit status of a reported error.
+pub const EXIT_ERROR: u8 = 2;
+/// Exit status after SIGINT, SIGTERM or SIGHUP.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// `eprintln!` that ignores a failed write (stderr closed or on a full device).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that ignores a failed write.
+#[macro_export]
+macro_rules! errp {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut e = std::io::stderr();
+        let _ = write!(e, $($arg)*);
+        let _ = e.flush();
+    }};
+}
+
+/// `println!` that returns the write's error (for `?`; [`exit`] turns a closed pipe into a
+/// quiet exit).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err(|e| anyhow::Error::new(e).context("writing to standard output"))
+    }};
+}
+
+/// Temporary files that an interrupt must remove (the [`crate::atomic::AtomicFile`]s alive).
+static TEMP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+pub(crate) fn register_temp(p: &Path) {
+    if let Ok(mut v) = TEMP_FILES.lock() {
+        v.push(p.to_path_buf());
+    }
+}
+
+pub(crate) fn unregister_temp(p: &Path) {
+    if let Ok(mut v) = TEMP_FILES.lock() {
+        v.retain(|q| q != p);
+    }
+}
+
+/// Installs, once at start: the handler of SIGINT/SIGTERM/SIGHUP (remove temporary files, say
+/// "interrupted", exit 130), a SIGBUS handler (a mapped file changed under us: one line, exit
+/// 2), and a panic hook that prints one line.
+pub fn install() {
+    // The handler runs on its own thread (not in the signal context): it may lock and do I/O.
+    let _ = ctrlc::set_handler(|| {
+        for p in TEMP_FILES.lock().map(|v| v.clone()).unwrap_or_default() {
+            let _ = std::fs::remove_file(p);
+        }
+        errln!("\ninterrupted");
+        exit_now(EXIT_INTERRUPTED);
+    });
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        errln!("error: internal error{at}: {msg} (this is a bug in dlm; please report it with the command line)");
+    }));
+    #[cfg(unix)]
+    sigbus::install();
+}
+
+#[cfg(unix)]
+#[allow(unsafe_code)]
+mod sigbus {
+    const MSG: &[u8] = b"\nerror: a memory-mapped file (the model or a checkpoint shard) was truncated or changed while in use (SIGBUS); nothing may modify it during the run\n";
+
+    extern "C" fn on_sigbus(_: libc::c_int) {
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static byte string.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(super::EXIT_ERROR as i32);
+        }
+    }
+
+    pub fn install() {
+        // SAFETY: installs a handler that only calls async-signal-safe functions; the
+        // function pointer has the C signature `signal` expects.
+        unsafe {
+            libc::signal(libc::SIGBUS, on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        }
+    }
+}
+
+/// Ends the process at once, from any thread, without running exit handlers: ggml's compute
+/// threads may still be inside a graph, and C++ static destructors run by `exit` under them
+/// crash the process (seen as SIGSEGV after Ctrl-C).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) ends the process without touching any state of this one; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+#[cfg(not(unix))]
+fn exit_now(code: i32) -> ! {
+    std::process::exit(code)
+}
+
+/// Whether process `pid` still runs (a temporary file it owns must not be removed).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn process_alive(_pid: u32) -> bool {
+    true
+}
+
+/// Whether `e` is a write to a pipe whose reader has gone.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+        || e.chain().any(|c| matches!(c.downcast_ref::<crate::Error>(), Some(crate::Error::Io { err, .. }) if err.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// The process's exit status for `r`: an error is printed as one line (`error: …`, its causes
+/// joined by `: `) and exits 2; a closed standard output exits 0 without a word.
+pub fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            errln!("error: {line}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
