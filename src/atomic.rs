@@ -14,6 +14,40 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
 }
 
+/// Whether `a` and `b` name the same existing file (links and hard links included).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        #[cfg(unix)]
+        (Ok(x), Ok(y)) => {
+            use std::os::unix::fs::MetadataExt;
+            x.dev() == y.dev() && x.ino() == y.ino()
+        }
+        #[cfg(not(unix))]
+        (Ok(_), Ok(_)) => std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok(),
+        _ => false,
+    }
+}
+
+/// Refuses an output path that is, or resolves to, one of `inputs` (or is a directory): the
+/// rename at the end would replace the input the run reads.
+pub fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    check_destination(out)?;
+    if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
+        return Err(Error::Invalid(format!("{}: refusing to write over an input of this run ({})", out.display(), input.display())));
+    }
+    Ok(())
+}
+
+/// The rename at the end replaces whatever `path` names: never a device, a FIFO or a folder
+/// (`-o /dev/null` must not turn the device into a file).
+fn check_destination(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(Error::Invalid(format!("{}: is a directory; expected the path of a file to write", path.display()))),
+        Ok(m) if !m.is_file() => Err(Error::Invalid(format!("{}: exists and is not a regular file; expected the path of a file to write", path.display()))),
+        _ => Ok(()),
+    }
+}
+
 /// A buffered writer to `path` through [`temp_path`]`(path)`.
 pub struct AtomicFile {
     file: Option<BufWriter<File>>,
@@ -22,10 +56,21 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
+    /// Starts the temporary file (removed by an interrupt, see [`crate::cli::install`]), after
+    /// removing those an earlier, dead run of any dlm program left for the same destination.
     pub fn create(path: impl AsRef<Path>) -> Result<AtomicFile> {
         let path = path.as_ref().to_path_buf();
+        check_destination(&path)?;
+        remove_stale(&path);
         let tmp = temp_path(&path);
-        let file = File::create(&tmp).map_err(|e| Error::io(&path, e))?;
+        crate::cli::register_temp(&tmp);
+        let file = match File::create(&tmp) {
+            Ok(f) => f,
+            Err(e) => {
+                crate::cli::unregister_temp(&tmp);
+                return Err(Error::io(&path, e));
+            }
+        };
         Ok(AtomicFile { file: Some(BufWriter::with_capacity(1 << 20, file)), tmp, path })
     }
 
@@ -46,8 +91,10 @@ impl AtomicFile {
         let done = file.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).and_then(|()| std::fs::rename(&self.tmp, &self.path));
         if let Err(e) = done {
             let _ = std::fs::remove_file(&self.tmp);
+            crate::cli::unregister_temp(&self.tmp);
             return Err(Error::io(&self.path, e));
         }
+        crate::cli::unregister_temp(&self.tmp);
         Ok(())
     }
 }
@@ -56,6 +103,26 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp);
+            crate::cli::unregister_temp(&self.tmp);
+        }
+    }
+}
+
+/// Removes `.NAME.PID.partial` files beside `path` whose process no longer runs (a run killed
+/// by a signal that cannot be caught, or a power cut).
+fn remove_stale(path: &Path) {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".partial")).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !crate::cli::process_alive(pid) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

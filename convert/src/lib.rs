@@ -273,12 +273,20 @@ impl Plan {
         self.tensors.iter().map(|t| (t.source.end - t.source.start) as u64).sum()
     }
 
+    /// Refuses an output path that is a folder, a device, or (also through a link) a file of
+    /// the input folder: config, tokenizer, shards and their index may all be read.
+    pub fn check_output(&self, out: &Path) -> Result<()> {
+        let inputs: Vec<PathBuf> = std::fs::read_dir(&self.dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        Ok(dlm::atomic::check_output(out, &inputs)?)
+    }
+
     /// Converts and writes every tensor to `out`. `progress(i, tensor)` is called as each
     /// tensor is converted. Writing overlaps conversion: a writer thread takes each finished
     /// tensor through a one-slot channel while the next one is quantized (so at most two
     /// converted tensors are in memory).
     pub fn write(&self, out: &Path, mut progress: impl FnMut(usize, &PlannedTensor)) -> Result<Summary> {
         let start = Instant::now();
+        self.check_output(out)?;
         let mut stream = self.header.create(out)?;
         std::thread::scope(|scope| -> Result<()> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
