@@ -245,6 +245,9 @@ pub fn run_copies<F: BatchForward + ?Sized>(
         if logits.len() != n_rows * n_vocab {
             return Err(Error::Invalid(format!("the model returned {} logits for {n_rows} rows of {n_vocab}", logits.len())));
         }
+        if let Some(v) = logits.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!("the model produced a non-finite logit ({v}): its weights or metadata are corrupt")));
+        }
         let mut r = 0;
         for (&k, rows) in batch.iter().zip(&rows) {
             for i in 0..rows.len() {

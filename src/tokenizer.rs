@@ -108,6 +108,9 @@ impl Tokenizer {
             Some(_) => Some(g.get_u32(keys::UNK_ID)?),
             None => types.iter().position(|&t| t == token_type::UNKNOWN).map(|i| i as u32),
         };
+        if let Some(id) = unk.filter(|&id| id as usize >= n) {
+            return Err(g.metadata_error(keys::UNK_ID, format!("id {id} is outside the {n}-token vocabulary")));
+        }
         let json = spm_tokenizer_json(&tokens, &scores, &types, unk)?;
         let inner = json.parse::<tokenizers::Tokenizer>().map_err(tok_err)?;
         Self::with_specials(g, inner, TokenizerSource::SpmArrays)

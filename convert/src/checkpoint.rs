@@ -105,8 +105,13 @@ impl LlamaConfig {
         if let Some(act) = raw.hidden_act.filter(|a| a != "silu") {
             return Err(bad("hidden_act", format!("`{act}` is not supported; expected \"silu\"")));
         }
-        if !(cfg.rms_norm_eps > 0.0 && cfg.rope_theta > 0.0) {
-            return Err(bad("rms_norm_eps", "rms_norm_eps and rope_theta must be positive".into()));
+        // Both are written as f32: a value finite as f64 may not be as f32.
+        let as_f32 = |v: f64| (v as f32).is_finite();
+        if !(cfg.rms_norm_eps > 0.0 && cfg.rms_norm_eps < 1.0 && as_f32(cfg.rms_norm_eps)) {
+            return Err(bad("rms_norm_eps", format!("{} is not an RMS-norm epsilon (a small positive number such as 1e-5)", cfg.rms_norm_eps)));
+        }
+        if !(cfg.rope_theta > 0.0 && as_f32(cfg.rope_theta)) {
+            return Err(bad("rope_theta", format!("{} is not a RoPE frequency base (a positive number such as 10000)", cfg.rope_theta)));
         }
         Ok(cfg)
     }

@@ -20,6 +20,17 @@ pub const MAGIC: [u8; 4] = *b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's `GGML_MAX_NAME`: tensor names must be shorter than this (a NUL follows them in ggml).
 pub const MAX_TENSOR_NAME: usize = 64;
+
+/// A key or tensor name from a file as an error message shows it: control characters escaped
+/// (a name must not drive the terminal) and at most 80 characters, the length said past that.
+pub fn shown_name(name: &str) -> String {
+    const MAX: usize = 80;
+    let escaped: String = name.escape_debug().collect();
+    match escaped.char_indices().nth(MAX) {
+        None => escaped,
+        Some((cut, _)) => format!("{}… ({} bytes)", &escaped[..cut], name.len()),
+    }
+}
 /// ggml's `GGML_MAX_DIMS`.
 pub const MAX_DIMS: usize = 4;
 

@@ -77,6 +77,14 @@ impl Gguf {
     /// Memory-maps and validates `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf> {
         let path = path.as_ref();
+        // Before opening: opening a FIFO would block until someone writes to it.
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            return Err(Error::Invalid(format!("{}: is a directory, expected a GGUF file", path.display())));
+        }
+        if !meta.is_file() {
+            return Err(Error::Invalid(format!("{}: not a regular file (a GGUF model is memory-mapped from a file on disk)", path.display())));
+        }
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let storage = if len == 0 {
@@ -142,6 +150,11 @@ impl Gguf {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// The whole file, borrowed from the map.
+    pub fn file_bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+
     /// The whole data section (every tensor's bytes at its offset), borrowed from the map.
     pub fn data_section(&self) -> &[u8] {
         let bytes = self.storage.bytes();
@@ -156,12 +169,12 @@ impl Gguf {
 
     /// Error for a metadata key, naming this file.
     pub fn metadata_error(&self, key: &str, what: impl Into<String>) -> Error {
-        Error::Metadata { path: self.path.clone(), key: key.to_owned(), what: what.into() }
+        Error::Metadata { path: self.path.clone(), key: super::shown_name(key), what: what.into() }
     }
 
     /// Error for a tensor, naming this file.
     pub fn tensor_error(&self, name: &str, what: impl Into<String>) -> Error {
-        Error::Tensor { path: self.path.clone(), name: name.to_owned(), what: what.into() }
+        Error::Tensor { path: self.path.clone(), name: super::shown_name(name), what: what.into() }
     }
 
     fn required(&self, key: &str) -> Result<&Value> {
@@ -181,10 +194,14 @@ impl Gguf {
         u32::try_from(v).map_err(|_| self.metadata_error(key, format!("{v} does not fit in 32 bits")))
     }
 
-    /// A required float (f32 or f64).
+    /// A required finite float (f32 or f64): NaN and infinities are refused.
     pub fn get_f64(&self, key: &str) -> Result<f64> {
         let v = self.required(key)?;
-        v.as_f64().ok_or_else(|| self.metadata_error(key, format!("expected a float, found {:?}", v.value_type())))
+        let x = v.as_f64().ok_or_else(|| self.metadata_error(key, format!("expected a float, found {:?}", v.value_type())))?;
+        if !x.is_finite() {
+            return Err(self.metadata_error(key, format!("{x} is not a finite number")));
+        }
+        Ok(x)
     }
 
     pub fn get_bool(&self, key: &str) -> Result<bool> {
@@ -219,7 +236,7 @@ struct Header {
 /// Adds the metadata key a value error happened under.
 fn with_key(e: Error, key: &str) -> Error {
     match e {
-        Error::Format { path, offset, what } => Error::Format { path, offset, what: format!("key `{key}`: {what}") },
+        Error::Format { path, offset, what } => Error::Format { path, offset, what: format!("key `{}`: {what}", super::shown_name(key)) },
         other => other,
     }
 }
@@ -315,7 +332,7 @@ impl<'a> Parser<'a> {
             let ty = self.value_type(&key)?;
             let value = self.value(ty, 0).map_err(|e| with_key(e, &key))?;
             if seen.insert(key.clone(), ()).is_some() {
-                return Err(self.err_at(key_at, format!("duplicate metadata key `{key}`")));
+                return Err(self.err_at(key_at, format!("duplicate metadata key `{}`", super::shown_name(&key))));
             }
             metadata.push((key, value));
         }
@@ -338,7 +355,7 @@ impl<'a> Parser<'a> {
         for _ in 0..n_tensors {
             let t = self.tensor_info(alignment)?;
             if names.insert(t.name.clone(), ()).is_some() {
-                return Err(self.err_at(self.pos, format!("duplicate tensor name `{}`", t.name)));
+                return Err(self.err_at(self.pos, format!("duplicate tensor name `{}`", super::shown_name(&t.name))));
             }
             tensors.push(t);
         }
@@ -368,17 +385,30 @@ impl<'a> Parser<'a> {
                 ));
             }
         }
+        // Writers pad each tensor to the alignment and stop: more bytes than that after the last
+        // tensor mean the header describes less than the file holds (a tensor_count too small
+        // drops tensors silently, and shifts where every other one starts).
+        if !tensors.is_empty() && data_len - end >= alignment {
+            return Err(self.err_at(
+                file_len as usize - (data_len - end) as usize,
+                format!(
+                    "{} bytes after the last tensor's data, more than the alignment padding: the header's tensor_count ({}) is too small, or the file was damaged",
+                    data_len - end,
+                    tensors.len()
+                ),
+            ));
+        }
         Ok(Header { version, metadata, tensors, alignment, data_offset })
     }
 
     fn tensor_err(&self, t: &TensorInfo, what: String) -> Error {
-        Error::Tensor { path: self.path.to_path_buf(), name: t.name.clone(), what }
+        Error::Tensor { path: self.path.to_path_buf(), name: super::shown_name(&t.name), what }
     }
 
     fn value_type(&mut self, key: &str) -> Result<ValueType> {
         let at = self.pos;
         let id = self.u32("value type")?;
-        ValueType::from_id(id).ok_or_else(|| self.err_at(at, format!("key `{key}`: unknown value type {id}")))
+        ValueType::from_id(id).ok_or_else(|| self.err_at(at, format!("key `{}`: unknown value type {id}", super::shown_name(key))))
     }
 
     fn value(&mut self, ty: ValueType, depth: u32) -> Result<Value> {
@@ -426,12 +456,13 @@ impl<'a> Parser<'a> {
         let at = self.pos;
         let name = self.string("tensor name")?;
         if name.len() >= MAX_TENSOR_NAME {
-            return Err(self.err_at(at, format!("tensor name `{name}` is {} bytes; ggml allows at most {}", name.len(), MAX_TENSOR_NAME - 1)));
+            return Err(self.err_at(at, format!("tensor name `{}` is {} bytes; ggml allows at most {}", super::shown_name(&name), name.len(), MAX_TENSOR_NAME - 1)));
         }
+        let shown = super::shown_name(&name);
         let dims_at = self.pos;
         let n_dims = self.u32("tensor n_dims")?;
         if n_dims == 0 || n_dims as usize > MAX_DIMS {
-            return Err(self.err_at(dims_at, format!("tensor `{name}`: n_dims {n_dims} is not in 1..={MAX_DIMS}")));
+            return Err(self.err_at(dims_at, format!("tensor `{shown}`: n_dims {n_dims} is not in 1..={MAX_DIMS}")));
         }
         let mut shape = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -440,23 +471,23 @@ impl<'a> Parser<'a> {
         let type_at = self.pos;
         let type_id = self.u32("tensor type")?;
         let ggml_type = GgmlType::from_id(type_id)
-            .ok_or_else(|| self.err_at(type_at, format!("tensor `{name}`: unknown ggml type {type_id}")))?;
+            .ok_or_else(|| self.err_at(type_at, format!("tensor `{shown}`: unknown ggml type {type_id}")))?;
         let offset_at = self.pos;
         let offset = self.u64("tensor offset")?;
         if offset % alignment != 0 {
-            return Err(self.err_at(offset_at, format!("tensor `{name}`: offset {offset} is not a multiple of the alignment {alignment}")));
+            return Err(self.err_at(offset_at, format!("tensor `{shown}`: offset {offset} is not a multiple of the alignment {alignment}")));
         }
         let blck = ggml_type.block_size();
         if shape[0] % blck != 0 {
             return Err(self.err_at(
                 dims_at,
-                format!("tensor `{name}`: row length {} is not a multiple of the {ggml_type} block size {blck}", shape[0]),
+                format!("tensor `{shown}`: row length {} is not a multiple of the {ggml_type} block size {blck}", shape[0]),
             ));
         }
         let size = ggml_type
             .tensor_bytes(&shape)
             .filter(|&s| s <= i64::MAX as u64 && shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).is_some_and(|n| n <= i64::MAX as u64))
-            .ok_or_else(|| self.err_at(dims_at, format!("tensor `{name}`: shape {shape:?} overflows")))?;
+            .ok_or_else(|| self.err_at(dims_at, format!("tensor `{shown}`: shape {shape:?} overflows")))?;
         Ok(TensorInfo { name, shape, ggml_type, offset, size })
     }
 }

@@ -81,11 +81,51 @@ impl LlamaParams {
         if p.rope_dims == 0 || p.rope_dims > p.head_dim() || p.rope_dims % 2 != 0 {
             return bad("rope.dimension_count", format!("{} must be even and at most the head dimension {}", p.rope_dims, p.head_dim()));
         }
-        if p.n_layer == 0 || p.n_vocab == 0 || p.n_ff == 0 {
-            return bad("block_count", "block_count, vocab_size and feed_forward_length must be positive".into());
+        if p.n_layer == 0 {
+            return bad("block_count", "must be at least 1".into());
+        }
+        if p.n_vocab == 0 {
+            return bad("vocab_size", "must be at least 1".into());
+        }
+        if p.n_ff == 0 {
+            return bad("feed_forward_length", "must be at least 1".into());
+        }
+        if p.n_ctx_train == 0 {
+            return bad("context_length", "must be at least 1".into());
+        }
+        // Finite (the reader refuses NaN and infinities) but possibly out of range, or finite as
+        // f64 and infinite as f32.
+        if !(p.rope_theta.is_finite() && p.rope_theta > 0.0) {
+            return bad("rope.freq_base", format!("{} is not a RoPE frequency base (a positive number such as 10000)", p.rope_theta));
+        }
+        if !(p.rms_eps.is_finite() && p.rms_eps > 0.0 && p.rms_eps < 1.0) {
+            return bad("attention.layer_norm_rms_epsilon", format!("{} is not an RMS-norm epsilon (a small positive number such as 1e-5)", p.rms_eps));
+        }
+        // What this graph does not implement must not be silently ignored.
+        if let Some(v) = g.get(&k("rope.scaling.type")) {
+            if v.as_str() != Some("none") {
+                return bad("rope.scaling.type", format!("RoPE scaling {v:?} is not supported (only none)"));
+            }
+        }
+        if let Some(v) = g.get(&k("rope.scaling.factor")) {
+            if v.as_f64() != Some(1.0) && v.as_f64() != Some(0.0) {
+                return bad("rope.scaling.factor", format!("RoPE scaling by {v:?} is not supported"));
+            }
+        }
+        if g.get(&k("expert_count")).and_then(|v| v.as_u64()).is_some_and(|n| n > 0) {
+            return bad("expert_count", "mixture-of-experts models are not supported".into());
+        }
+        // Layers beyond block_count would be silently dropped.
+        if let Some(extra) = g.tensors().iter().filter_map(|t| layer_of(&t.name)).filter(|&l| l >= p.n_layer).max() {
+            return bad("block_count", format!("{} layers, but the file has tensors of layer {extra}", p.n_layer));
         }
         Ok(p)
     }
+}
+
+/// The layer index of a `blk.N.*` tensor name.
+pub fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
 /// One transformer block's weights.
@@ -108,6 +148,9 @@ pub struct Llama<T> {
     pub layers: Vec<Layer<T>>,
     pub output_norm: T,
     pub output: T,
+    /// Tensors of the file this graph never reads (a warning for the user: a file from a
+    /// variant of the architecture that this graph would run wrongly).
+    pub unused: Vec<String>,
 }
 
 impl<T: Copy> Llama<T> {
@@ -115,8 +158,13 @@ impl<T: Copy> Llama<T> {
     pub fn load(g: &Gguf, p: LlamaParams, get: impl Fn(&str) -> Option<T>) -> Result<Llama<T>> {
         let (e, hd, ff) = (p.n_embd as u64, p.head_dim() as u64, p.n_ff as u64);
         let (q, kv, v) = (p.n_head as u64 * hd, p.n_head_kv as u64 * hd, p.n_vocab as u64);
+        let used = std::cell::RefCell::new(std::collections::HashSet::new());
         let tensor = |name: &str, shape: &[u64], norm: bool| -> Result<T> {
-            let info = g.tensor(name).ok_or_else(|| g.tensor_error(name, "missing"))?;
+            used.borrow_mut().insert(name.to_owned());
+            let info = g.tensor(name).ok_or_else(|| match layer_of(name) {
+                Some(_) => g.tensor_error(name, format!("missing ({} says {} layers)", keys::arch(&p.arch, "block_count"), p.n_layer)),
+                None => g.tensor_error(name, "missing"),
+            })?;
             if info.shape != shape {
                 return Err(g.tensor_error(name, format!("shape {:?}, expected {shape:?} from the metadata", info.shape)));
             }
@@ -146,7 +194,10 @@ impl<T: Copy> Llama<T> {
             .collect::<Result<Vec<_>>>()?;
         let tok_embd = tensor("token_embd.weight", &[e, v], false)?;
         let output = if p.tied_output { tok_embd } else { tensor("output.weight", &[e, v], false)? };
-        Ok(Llama { tok_embd, layers, output_norm: tensor("output_norm.weight", &[e], true)?, output, p })
+        let output_norm = tensor("output_norm.weight", &[e], true)?;
+        let used = used.into_inner();
+        let unused = g.tensors().iter().map(|t| t.name.clone()).filter(|n| !used.contains(n)).collect();
+        Ok(Llama { tok_embd, layers, output_norm, output, unused, p })
     }
 
     /// Logits `[n_vocab, n_out]` for the `n` token ids `tokens` at positions `pos` (i32 inputs).

@@ -1,462 +1,60 @@
 //! Models: `general.architecture` → the model, weights as backend tensors, `forward(tokens) -> logits`.
+//!
+//! [`check`] is the whole validation of a file (architecture, hyper-parameters, every tensor's
+//! presence and shape) without mapping weights into a backend or computing anything: what
+//! [`Model::from_gguf`] runs first, and what the load-path fuzz target drives.
 
 pub mod llama;
+#[cfg(feature = "ggml")]
+mod runtime;
 
-use std::path::Path;
-
-use crate::backend::ggml::{Executor, TensorRef, Weights};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gguf::Gguf;
-use crate::graph::{Engine, Ops};
 pub use crate::generate::Pass;
 pub use llama::{Kv, Llama, LlamaParams};
+#[cfg(feature = "ggml")]
+pub use runtime::{Backend, LoadOptions, Model};
 
-/// How to load a model.
+/// What [`check`] found in a file that passed it.
 #[derive(Clone, Debug)]
-pub struct LoadOptions {
-    /// CPU threads for compute.
-    pub threads: usize,
-    /// Overrides the file's attention mask (`{arch}.attention.causal`).
-    pub causal: Option<bool>,
-    /// Copy matmul weights whose type has interleaved CPU kernels (Q4_0, Q4_K, IQ4_NL on AVX2)
-    /// into ggml's repacked layout at load: faster matmuls for one extra copy of those weights
-    /// in RAM. Off: every weight is used in place from the memory map.
-    pub repack: bool,
-    /// Bidirectional attention through ggml's flash attention (the default) rather than
-    /// explicit scores and soft-max (what llama.cpp runs with flash attention off).
-    pub flash_attn: bool,
-    /// Where the forward pass runs. The library's default is the CPU; `dlm-run` defaults to
-    /// [`Backend::Auto`].
-    pub backend: Backend,
-    /// Which device of the GPU backend (its index among that backend's devices in
-    /// `--list-devices`); `None`: the first hardware one.
-    pub device: Option<usize>,
-    /// Layers whose weights go to the GPU with a ggml GPU backend, counted from the last
-    /// layer as in llama.cpp; the LM head goes too when every layer does. `None`: all.
-    pub n_gpu_layers: Option<usize>,
+pub struct Checked {
+    pub params: LlamaParams,
+    /// Tensors of the file that the graph never reads.
+    pub unused: Vec<String>,
+    /// What a user should know (one line each) that did not stop the file from loading.
+    pub warnings: Vec<String>,
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            causal: None,
-            repack: true,
-            flash_attn: true,
-            backend: Backend::Cpu,
-            device: None,
-            n_gpu_layers: None,
-        }
-    }
+/// Validates `gguf` as a model this runtime can run: a supported architecture, hyper-parameters
+/// in range, and every tensor the graph reads present with the shape the metadata implies.
+/// `causal` overrides the file's attention mask as [`LlamaParams::from_gguf`] does.
+pub fn check(gguf: &Gguf, causal: Option<bool>) -> Result<Checked> {
+    check_architecture(gguf)?;
+    let params = LlamaParams::from_gguf(gguf, causal)?;
+    let unused = Llama::load(gguf, params.clone(), |_| Some(()))?.unused;
+    let warnings = unused_warning(&unused).into_iter().collect();
+    Ok(Checked { params, unused, warnings })
 }
 
-/// Compute backends a model can run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// The first device of a compiled-in ggml GPU backend; else a GPU through wgpu when a
-    /// hardware adapter exists (never a software rasterizer such as lavapipe: ggml's CPU
-    /// kernels are much faster); else the CPU.
-    Auto,
-    /// ggml's CUDA backend (built with the `cuda` feature).
-    Cuda,
-    /// ggml's Metal backend (built with the `metal` feature).
-    Metal,
-    /// ggml's Vulkan backend (built with the `vulkan` feature).
-    Vulkan,
-    /// ggml's CPU kernels.
-    Cpu,
-    /// Our WGSL kernels through wgpu (Vulkan, Metal, DX12); software adapters allowed when
-    /// asked for by index or when no hardware one exists.
-    Wgpu,
-}
-
-impl Backend {
-    /// The ggml registry name of a ggml GPU backend.
-    fn ggml_api(self) -> Option<&'static str> {
-        match self {
-            Backend::Cuda => Some("CUDA"),
-            Backend::Metal => Some("Metal"),
-            Backend::Vulkan => Some("Vulkan"),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Auto => "auto",
-            Backend::Cuda => "cuda",
-            Backend::Metal => "metal",
-            Backend::Vulkan => "vulkan",
-            Backend::Cpu => "cpu",
-            Backend::Wgpu => "wgpu",
-        }
-    }
-}
-
-/// The executor and the weights' handles on one backend.
-// One per loaded model: the variants' size difference does not matter.
-#[allow(clippy::large_enum_variant)]
-enum Engines {
-    Cpu {
-        // Field order is drop order: graphs, then weight tensors (the map outlives both).
-        executor: Executor,
-        llama: Llama<TensorRef>,
-        weights: Weights,
-    },
-    #[cfg(feature = "wgpu")]
-    Wgpu { executor: crate::backend::wgpu::Executor, llama: Llama<crate::backend::wgpu::GpuTensor> },
-}
-
-/// A loaded model on one backend.
-pub struct Model {
-    // Field order is drop order: the engine (graphs, weights) before the map it points into.
-    engine: Engines,
-    /// Sequence length the key/value cache holds a full pass of, if any.
-    kv_for: Option<usize>,
-    params: LlamaParams,
-    gguf: Gguf,
-    /// The ggml GPU backend's name ("CUDA", "Vulkan") when the ggml engine runs on a device.
-    ggml_api: Option<String>,
-}
-
-impl std::fmt::Debug for Model {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("path", &self.gguf.path()).field("backend", &self.backend_description()).field("params", &self.params).finish()
-    }
-}
-
-/// Runs `$body` with `$exec` and `$llama` bound to the engine's executor and weights, whichever
-/// backend it is (the body is compiled once per backend).
-macro_rules! on_engine {
-    ($engine:expr, |$exec:ident, $llama:ident| $body:expr) => {
-        match $engine {
-            Engines::Cpu { executor: $exec, llama: $llama, .. } => $body,
-            #[cfg(feature = "wgpu")]
-            Engines::Wgpu { executor: $exec, llama: $llama } => $body,
-        }
-    };
-}
-
-impl Model {
-    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
-        Self::from_gguf(Gguf::open(path)?, opts)
-    }
-
-    /// Loads from an already opened file (to inspect its metadata first).
-    pub fn from_gguf(gguf: Gguf, opts: &LoadOptions) -> Result<Model> {
-        let arch = gguf.get_str(crate::keys::ARCHITECTURE)?;
-        if arch != "llama" {
-            return Err(gguf.metadata_error(crate::keys::ARCHITECTURE, format!("architecture `{arch}` is not supported (supported: llama)")));
-        }
-        let params = LlamaParams::from_gguf(&gguf, opts.causal)?;
-        if let Some(dev) = Self::ggml_device(opts)? {
-            return Self::ggml_gpu(gguf, params, opts, &dev);
-        }
-        let engine = match opts.backend {
-            Backend::Cpu | Backend::Cuda | Backend::Metal | Backend::Vulkan => None,
-            #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Some(Self::wgpu_engine(&gguf, &params, opts.device, true)?),
-            #[cfg(feature = "wgpu")]
-            Backend::Auto => match crate::backend::wgpu::Gpu::open(opts.device, opts.device.is_some()) {
-                Ok(gpu) => Some(Self::wgpu_engine_on(gpu, &gguf, &params)?),
-                Err(_) => None, // no hardware adapter: the CPU
-            },
-            #[cfg(not(feature = "wgpu"))]
-            Backend::Wgpu => return Err(Error::Invalid("this build has no wgpu backend (built without the `wgpu` feature)".into())),
-            #[cfg(not(feature = "wgpu"))]
-            Backend::Auto => None,
-        };
-        let engine = match engine {
-            Some(e) => e,
-            None => {
-                // The embedding is read by row lookups, which need the file's layout; every
-                // other matrix is only ever the weight of a matmul.
-                let weights = Weights::map(&gguf, |t| opts.repack && t.name != "token_embd.weight")?;
-                let llama = Llama::load(&gguf, params.clone(), |name| weights.get(name))?;
-                Engines::Cpu { executor: Executor::cpu(opts.threads, opts.flash_attn)?, llama, weights }
-            }
-        };
-        Ok(Model { engine, kv_for: None, params, gguf, ggml_api: None })
-    }
-
-    /// The ggml GPU device `opts` asks for: for Cuda/Metal/Vulkan that backend's device (an
-    /// error when the build or the machine has none); for Auto the first of any.
-    fn ggml_device(opts: &LoadOptions) -> Result<Option<crate::backend::ggml::GgmlDevice>> {
-        if opts.n_gpu_layers == Some(0) || !matches!(opts.backend, Backend::Auto | Backend::Cuda | Backend::Metal | Backend::Vulkan) {
-            return Ok(None);
-        }
-        let all = crate::backend::ggml::gpu_devices();
-        let Some(api) = opts.backend.ggml_api() else {
-            // Auto: the first ggml GPU backend's device `--device` (default 0) when one exists;
-            // with none, `--device` indexes wgpu's adapters. Software devices are skipped.
-            let all: Vec<_> = all.into_iter().filter(|d| !d.is_software()).collect();
-            let Some(api) = all.first().map(|d| d.api.clone()) else { return Ok(None) };
-            let i = opts.device.unwrap_or(0);
-            let of_api: Vec<_> = all.into_iter().filter(|d| d.api == api).collect();
-            let n = of_api.len();
-            return of_api.into_iter().nth(i).map(Some).ok_or_else(|| Error::Invalid(format!("no {api} device {i}: {n} found (see --list-devices)")));
-        };
-        let feature = opts.backend.name();
-        let of_api: Vec<_> = all.into_iter().filter(|d| d.api == api).collect();
-        if of_api.is_empty() {
-            let built = match opts.backend {
-                Backend::Cuda => cfg!(feature = "cuda"),
-                Backend::Metal => cfg!(feature = "metal"),
-                _ => cfg!(feature = "vulkan"),
-            };
-            return Err(Error::Invalid(if built {
-                format!("ggml's {api} backend found no device (see --list-devices)")
-            } else {
-                format!("this build has no {api} backend: rebuild with `cargo build --release --features {feature}`")
-            }));
-        }
-        let i = opts.device.unwrap_or(0);
-        let n = of_api.len();
-        of_api.into_iter().nth(i).map(Some).ok_or_else(|| Error::Invalid(format!("no {api} device {i}: {n} found (see --list-devices)")))
-    }
-
-    /// Loads onto a ggml GPU device: the last `n_gpu_layers` layers' weights (and the LM head
-    /// when all are) in device memory, the rest used in place from the map; graphs split by
-    /// ggml's scheduler between the device and the CPU.
-    fn ggml_gpu(gguf: Gguf, params: LlamaParams, opts: &LoadOptions, dev: &crate::backend::ggml::GgmlDevice) -> Result<Model> {
-        let n_layer = params.n_layer;
-        let ngl = opts.n_gpu_layers.unwrap_or(n_layer).min(n_layer);
-        let first_gpu_layer = n_layer - ngl;
-        let offload = move |t: &crate::gguf::TensorInfo| -> bool {
-            let name = t.name.as_str();
-            match name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()) {
-                Some(layer) => layer >= first_gpu_layer,
-                // The embedding is a row lookup: it stays in host memory, as in llama.cpp.
-                None => ngl == n_layer && name != "token_embd.weight",
-            }
-        };
-        let weights = Weights::map_offload(&gguf, |t| opts.repack && t.name != "token_embd.weight", Some((crate::backend::ggml::device_buffer_type(dev), &offload)))?;
-        let llama = Llama::load(&gguf, params.clone(), |name| weights.get(name))?;
-        let executor = Executor::on_device(opts.threads, opts.flash_attn, dev)?;
-        let api = dev.api.clone();
-        Ok(Model { engine: Engines::Cpu { executor, llama, weights }, kv_for: None, params, gguf, ggml_api: Some(api) })
-    }
-
-    #[cfg(feature = "wgpu")]
-    fn wgpu_engine(gguf: &Gguf, params: &LlamaParams, device: Option<usize>, allow_software: bool) -> Result<Engines> {
-        Self::wgpu_engine_on(crate::backend::wgpu::Gpu::open(device, allow_software)?, gguf, params)
-    }
-
-    #[cfg(feature = "wgpu")]
-    fn wgpu_engine_on(gpu: crate::backend::wgpu::Gpu, gguf: &Gguf, params: &LlamaParams) -> Result<Engines> {
-        use crate::backend::wgpu::{Executor as GpuExecutor, WeightSet};
-        // Validate names, shapes and types before spending time on the upload.
-        Llama::load(gguf, params.clone(), |_| Some(()))?;
-        let weights = WeightSet::upload(&gpu, gguf)?;
-        if !weights.converted.is_empty() {
-            let types: std::collections::BTreeSet<String> = weights.converted.iter().map(|(_, t)| t.to_string()).collect();
-            eprintln!(
-                "note: {} tensor(s) of type {} have no wgpu kernel; uploaded as f16 (more device memory than the file)",
-                weights.converted.len(),
-                types.into_iter().collect::<Vec<_>>().join(", ")
-            );
-        }
-        let executor = GpuExecutor::new(gpu, weights);
-        let llama = Llama::load(gguf, params.clone(), |name| executor.weight(name))?;
-        Ok(Engines::Wgpu { executor, llama })
-    }
-
-    pub fn params(&self) -> &LlamaParams {
-        &self.params
-    }
-
-    /// Which backend runs the forward pass: `cpu`, or `wgpu` and the adapter.
-    pub fn backend_description(&self) -> String {
-        match &self.engine {
-            Engines::Cpu { executor, weights, .. } => match (executor.device_name(), &self.ggml_api) {
-                (Some(dev), Some(api)) => format!("ggml {api} ({dev}, {} tensors in device memory)", weights.n_offloaded()),
-                _ => "cpu (ggml)".into(),
-            },
-            #[cfg(feature = "wgpu")]
-            Engines::Wgpu { executor, .. } => {
-                let a = executor.gpu().adapter();
-                format!("wgpu ({}, {}, {})", a.name, a.api, a.kind)
-            }
-        }
-    }
-
-    /// The backend the model runs on ([`Backend::Cpu`] or [`Backend::Wgpu`]).
-    pub fn backend(&self) -> Backend {
-        match &self.engine {
-            Engines::Cpu { .. } => match self.ggml_api.as_deref() {
-                Some("CUDA") => Backend::Cuda,
-                Some("Metal") => Backend::Metal,
-                Some(_) => Backend::Vulkan,
-                None => Backend::Cpu,
-            },
-            #[cfg(feature = "wgpu")]
-            Engines::Wgpu { .. } => Backend::Wgpu,
-        }
-    }
-
-    /// Weight matrices copied into ggml's repacked CPU layout at load (see [`LoadOptions::repack`]).
-    pub fn repacked_tensors(&self) -> usize {
-        match &self.engine {
-            Engines::Cpu { weights, .. } => weights.n_repacked(),
-            #[cfg(feature = "wgpu")]
-            Engines::Wgpu { .. } => 0,
-        }
-    }
-
-    pub fn gguf(&self) -> &Gguf {
-        &self.gguf
-    }
-
-    /// Logits for every position: `n_tokens × n_vocab`, row `i` is the output at position `i`.
-    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.forward_rows(tokens, Pass::Full, None)
-    }
-
-    /// Logits (`rows.len() × n_vocab`, in the order of `rows`) for the positions `rows` of the
-    /// sequence `tokens`, or for every computed position when `rows` is `None`. The LM head
-    /// runs on those rows only. `pass` says which positions are computed (see [`Pass`]).
-    pub fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
-        let kv_for = &mut self.kv_for;
-        on_engine!(&mut self.engine, |exec, llama| forward_rows_on(exec, llama, kv_for, tokens, pass, rows))
-    }
-
-    /// Logits of the rows `rows[i]` of each sequence `seqs[i]` (in that order, sequence after
-    /// sequence: `Σ rows[i].len() × n_vocab`). The sequences run as one batch: every matmul
-    /// reads the weights once for all of them, attention stays within each sequence, and each
-    /// has its own positions from 0, so every sequence's logits are those of a pass on its own.
-    pub fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
-        on_engine!(&mut self.engine, |exec, llama| forward_batch_on(exec, llama, seqs, rows))
-    }
-}
-
-/// [`Model::forward_rows`] on one engine.
-fn forward_rows_on<E: Engine>(
-executor: &mut E,
-llama: &Llama<E::T>,
-kv_for: &mut Option<usize>,
-tokens: &[u32],
-pass: Pass,
-rows: Option<&[usize]>,
-) -> Result<Vec<f32>> {
-    let total = tokens.len();
-    let p = &llama.p;
-    let n_vocab = p.n_vocab;
-    check_tokens(tokens, n_vocab)?;
-    let (start, end) = match pass {
-        Pass::Full | Pass::Store => (0, total),
-        Pass::Reuse { start, end } => {
-            if *kv_for != Some(total) {
-                return Err(Error::Invalid(format!("no cached keys/values for a sequence of {total} tokens: run a Pass::Store first")));
-            }
-            if start >= end || end > total {
-                return Err(Error::Invalid(format!("positions {start}..{end} are not a range inside 0..{total}")));
-            }
-            (start, end)
-        }
-    };
-    let n = end - start;
-    // Output rows, local to the computed range.
-    let mut out_rows: Option<Vec<i32>> = None;
-    if let Some(rows) = rows {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Some(&bad) = rows.iter().find(|&&r| r < start || r >= end) {
-            return Err(Error::Invalid(format!("row {bad} is not among the computed positions {start}..{end}")));
-        }
-        out_rows = Some(padded_rows(rows.iter().map(|&r| (r - start) as i32).collect()));
-    }
-    let n_rows = rows.map_or(n, |r| r.len());
-    let kind = match pass {
-        Pass::Full => 0,
-        Pass::Store => 1,
-        Pass::Reuse { .. } => 2,
-    };
-    let cache = match pass {
-        Pass::Full => Vec::new(),
-        _ => executor.kv_cache(p.n_layer, p.head_dim(), p.n_head_kv, total)?,
-    };
-    if matches!(pass, Pass::Store) {
-        *kv_for = None; // until the pass succeeds
-    }
-    let ids: Vec<i32> = tokens[start..end].iter().map(|&t| t as i32).collect();
-    let pos: Vec<i32> = (start as i32..end as i32).collect();
-    let key = [kind, total, start, end, out_rows.as_ref().map_or(0, |r| r.len())];
-    let mut inputs: Vec<&[i32]> = vec![&ids, &pos];
-    if let Some(r) = &out_rows {
-        inputs.push(r);
-    }
-    let size = graph_size(p.n_layer, 1);
-    let mut out = executor.run(&key, size, &inputs, |b| {
-        let (t, ps) = (b.input_i32(n), b.input_i32(n));
-        let rows = out_rows.as_ref().map(|r| b.input_i32(r.len()));
-        let kv = match pass {
-            Pass::Full => Kv::None,
-            Pass::Store => Kv::Store(&cache),
-            Pass::Reuse { .. } => Kv::Reuse { cache: &cache, start },
-        };
-        llama.forward(b, t, ps, n, &kv, rows, &[n])
-    })?;
-    if matches!(pass, Pass::Store) {
-        *kv_for = Some(total);
-    }
-    out.truncate(n_rows * n_vocab);
-    Ok(out)
-}
-
-/// [`Model::forward_batch`] on one engine.
-fn forward_batch_on<E: Engine>(executor: &mut E, llama: &Llama<E::T>, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
-    let n_vocab = llama.p.n_vocab;
-    if seqs.is_empty() || seqs.len() != rows.len() {
-        return Err(Error::Invalid(format!("a batch needs one row list per sequence ({} sequences, {} row lists)", seqs.len(), rows.len())));
-    }
-    let (mut ids, mut pos, mut out) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, (tokens, rows)) in seqs.iter().zip(rows).enumerate() {
-        check_tokens(tokens, n_vocab).map_err(|e| Error::Invalid(format!("sequence {i} of the batch: {e}")))?;
-        if let Some(&bad) = rows.iter().find(|&&r| r >= tokens.len()) {
-            return Err(Error::Invalid(format!("sequence {i} of the batch: row {bad} is outside its {} positions", tokens.len())));
-        }
-        out.extend(rows.iter().map(|&r| (ids.len() + r) as i32));
-        ids.extend(tokens.iter().map(|&t| t as i32));
-        pos.extend(0..tokens.len() as i32);
-    }
-    let n_rows = out.len();
-    if n_rows == 0 {
-        return Ok(Vec::new());
-    }
-    let out_rows = padded_rows(out);
-    let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-    let n = ids.len();
-    let key: Vec<usize> = [3, out_rows.len()].into_iter().chain(lens.iter().copied()).collect();
-    let size = graph_size(llama.p.n_layer, seqs.len());
-    let mut logits = executor.run(&key, size, &[&ids, &pos, &out_rows], |b| {
-        let (t, ps, r) = (b.input_i32(n), b.input_i32(n), b.input_i32(out_rows.len()));
-        llama.forward(b, t, ps, n, &Kv::None, Some(r), &lens)
-    })?;
-    logits.truncate(n_rows * n_vocab);
-    Ok(logits)
-}
-
-/// Tensors and nodes a forward graph may need, generously: a layer makes about 30, plus 8 per
-/// sequence of a batch (views and attention) and one to join them.
-fn graph_size(n_layer: usize, n_seqs: usize) -> usize {
-    1024 + n_layer * (64 + 16 * n_seqs)
-}
-
-fn check_tokens(tokens: &[u32], n_vocab: usize) -> Result<()> {
-    if tokens.is_empty() {
-        return Err(Error::Invalid("forward needs at least one token".into()));
-    }
-    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
-        return Err(Error::Invalid(format!("token id {bad} is outside the {n_vocab}-token vocabulary")));
+/// Refuses a file of an architecture this runtime has no graph for, naming those it has.
+pub fn check_architecture(gguf: &Gguf) -> Result<()> {
+    let arch = gguf.get_str(crate::keys::ARCHITECTURE)?;
+    if arch != "llama" {
+        let arch = crate::gguf::shown_name(arch);
+        return Err(gguf.metadata_error(crate::keys::ARCHITECTURE, format!("architecture `{arch}` is not supported (supported: llama)")));
     }
     Ok(())
 }
 
-/// Output rows padded to a multiple of 16 by repeating the last one, so that the graph (built
-/// per row count) is reused while masks drain. `rows` is not empty.
-fn padded_rows(mut rows: Vec<i32>) -> Vec<i32> {
-    let last = *rows.last().expect("not empty");
-    rows.resize(rows.len().next_multiple_of(16), last);
-    rows
+/// The warning for tensors the graph does not read (at most 5 named).
+fn unused_warning(unused: &[String]) -> Option<String> {
+    if unused.is_empty() {
+        return None;
+    }
+    let mut names: Vec<String> = unused.iter().take(5).map(|n| format!("`{}`", crate::gguf::shown_name(n))).collect();
+    if unused.len() > 5 {
+        names.push(format!("and {} more", unused.len() - 5));
+    }
+    Some(format!("{} tensor(s) of the file are not part of the llama graph and are ignored: {} (a variant of the architecture this runtime does not implement would run wrongly)", unused.len(), names.join(", ")))
 }
+

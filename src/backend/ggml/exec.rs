@@ -19,6 +19,9 @@ use crate::graph::{Engine, LayerKv, Ops};
 /// ggml's `GGML_ROPE_TYPE_NORM`: rotate adjacent pairs (LLaMA as converted by llama.cpp).
 const ROPE_TYPE_NORM: i32 = 0;
 
+/// ggml's `TENSOR_ALIGNMENT`: where a CPU buffer wrapping foreign memory must start.
+const CPU_BUFFER_ALIGNMENT: usize = 32;
+
 /// A tensor inside the contexts of one [`Executor`]/[`Weights`] pair.
 ///
 /// Invariant: a `TensorRef` is only created by this module, from a tensor of a context that the
@@ -78,6 +81,7 @@ pub struct Weights {
     _buffer: Buffer,
     _packed: Option<Buffer>,
     _device: Option<Buffer>,
+    _copies: Option<Buffer>,
     tensors: HashMap<String, TensorRef>,
     n_repacked: usize,
     n_offloaded: usize,
@@ -108,6 +112,16 @@ impl Weights {
             tensors.insert(info.name.clone(), t);
         }
         let data = gguf.data_section();
+        // ggml wants a CPU buffer to start at a multiple of its tensor alignment (it asserts
+        // so). The buffer wraps the file from the first such address: a map starts at a page,
+        // so with a mapped file that is the file's first byte and every tensor is inside
+        // whatever `general.alignment` says; tensors before it (a file held in memory at an
+        // unaligned address) are copied into aligned memory instead.
+        let file = gguf.file_bytes();
+        let skip = file.as_ptr().align_offset(CPU_BUFFER_ALIGNMENT).min(file.len());
+        let wrapped = &file[skip..];
+        let data_at = gguf.data_offset() as usize;
+        let before_buffer = |i: &TensorInfo| data_at + (i.offset as usize) < skip;
         let on_device = |i: &TensorInfo| offload.as_ref().is_some_and(|(_, f)| f(i));
         let candidates: Vec<&TensorInfo> = match repack_buffer_type() {
             Some(buft) => gguf.tensors().iter().filter(|i| !on_device(i) && i.shape.len() == 2 && repack(i) && repackable(buft, i)).collect(),
@@ -118,18 +132,25 @@ impl Weights {
             Some((buft, _)) if !offloaded.is_empty() => Some(fill_device(buft, data, &offloaded, &tensors)?),
             _ => None,
         };
+        let realigned: Vec<&TensorInfo> = gguf.tensors().iter().filter(|i| !on_device(i) && before_buffer(i) && !candidates.iter().any(|c| c.name == i.name)).collect();
+        let copies = match realigned.is_empty() {
+            true => None,
+            // SAFETY: the CPU buffer type is static.
+            false => Some(fill_device(unsafe { sys::ggml_backend_cpu_buffer_type() }, data, &realigned, &tensors)?),
+        };
         let mut packed = None;
         if let (Some(buft), false) = (repack_buffer_type(), candidates.is_empty()) {
             packed = Some(fill_repacked(buft, data, &candidates, &tensors)?);
         }
-        // SAFETY: `data` is the mapped data section, alive as long as `gguf` (the model keeps the
-        // Gguf alive longer than its Weights). The CPU backend never writes to weight tensors
-        // (they are only sources of ops), so handing ggml a mutable pointer to read-only pages is
-        // sound; the buffer does not free memory it did not allocate.
-        let buf = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(data.as_ptr() as *mut _, data.len().max(1)) };
+        // SAFETY: `wrapped` is the file's bytes from a `CPU_BUFFER_ALIGNMENT`-aligned address
+        // (or an empty tail, which ggml never reads), alive as long as `gguf` (the model keeps
+        // the Gguf alive longer than its Weights). The CPU backend never writes to weight
+        // tensors (they are only sources of ops), so handing ggml a mutable pointer to read-only
+        // pages is sound; the buffer does not free memory it did not allocate.
+        let buf = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(wrapped.as_ptr() as *mut _, wrapped.len().max(1)) };
         let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml("cannot wrap the model map as a buffer".into()))?).holds_weights();
         for info in gguf.tensors() {
-            if candidates.iter().chain(&offloaded).any(|c| c.name == info.name) {
+            if candidates.iter().chain(&offloaded).chain(&realigned).any(|c| c.name == info.name) {
                 continue;
             }
             let t = tensors[&info.name];
@@ -142,7 +163,7 @@ impl Weights {
                 return Err(gguf.tensor_error(&info.name, format!("ggml refused to place the tensor (status {status})")));
             }
         }
-        Ok(Weights { _ctx: ctx, _buffer: buffer, _packed: packed, _device: device, tensors, n_repacked: candidates.len(), n_offloaded: offloaded.len() })
+        Ok(Weights { _ctx: ctx, _buffer: buffer, _packed: packed, _device: device, _copies: copies, tensors, n_repacked: candidates.len(), n_offloaded: offloaded.len() })
     }
 
     /// How many tensors live in device memory.

@@ -85,6 +85,33 @@ pub fn quantize(t: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8]) -> R
     Ok(())
 }
 
+/// Whether ggml has a dequantizer (`to_float`) for `t`: what a row lookup (`get_rows`) and an
+/// upload converted for wgpu need.
+pub fn can_dequantize(t: GgmlType) -> bool {
+    if matches!(t, GgmlType::F32) {
+        return true;
+    }
+    // SAFETY: returns a pointer to ggml's static traits table entry for a valid type id.
+    let traits = unsafe { sys::ggml_get_type_traits(ggml_type(t)) };
+    // SAFETY: non-null pointers into that table are valid for the process lifetime.
+    unsafe { traits.as_ref() }.is_some_and(|tr| tr.to_float.is_some())
+}
+
+/// Whether ggml's CPU backend can use `t` as the weight of a matrix multiply (it has a dot
+/// product kernel for it; `Q8_K`, for one, is an activation type without one, and a matmul on
+/// it would call a null function).
+pub fn can_matmul_on_cpu(t: GgmlType) -> bool {
+    if matches!(t, GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 | GgmlType::F64) {
+        return false;
+    }
+    // SAFETY: idempotent one-time initialisation of the CPU tables the traits below live in.
+    unsafe { sys::ggml_cpu_init() };
+    // SAFETY: returns a pointer to ggml-cpu's static traits table entry for a valid type id.
+    let traits = unsafe { sys::ggml_get_type_traits_cpu(ggml_type(t)) };
+    // SAFETY: non-null pointers into that table are valid for the process lifetime.
+    unsafe { traits.as_ref() }.is_some_and(|tr| tr.vec_dot.is_some())
+}
+
 /// Converts `src` (whole blocks of type `t`) to f32 with ggml's own `to_float`.
 pub fn dequantize(t: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     let n = dst.len() as u64;
@@ -164,6 +191,6 @@ pub(crate) fn init_logging() {
 unsafe extern "C" fn log(level: sys::ggml_log_level, text: *const std::os::raw::c_char, _user: *mut std::ffi::c_void) {
     if (level == sys::GGML_LOG_LEVEL_WARN || level == sys::GGML_LOG_LEVEL_ERROR) && !text.is_null() {
         // SAFETY: ggml passes a NUL-terminated message that lives for the call.
-        eprint!("ggml: {}", unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy());
+        crate::errp!("ggml: {}", unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy());
     }
 }
