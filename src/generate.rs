@@ -156,6 +156,10 @@ struct Seq {
     seed: u64,
     step_rng: Rng,
     forward_seconds: Vec<f64>,
+    /// Steps of the schedule taken, with or without a forward pass (the token draws' step).
+    steps_taken: u64,
+    /// The block whose full pass filled the key/value cache.
+    stored: Option<usize>,
 }
 
 impl Seq {
@@ -173,7 +177,7 @@ impl Seq {
         let block = p.block_length.unwrap_or(p.n_gen).clamp(1, p.n_gen);
         let n_blocks = p.n_gen.div_ceil(block);
         let steps_per_block = (p.steps / n_blocks).max(1);
-        Ok(Seq { canvas, masked, start, end, block, n_blocks, steps_per_block, b: 0, s: 0, seed, step_rng: Rng::new(seed), forward_seconds: Vec::new() })
+        Ok(Seq { canvas, masked, start, end, block, n_blocks, steps_per_block, b: 0, s: 0, seed, step_rng: Rng::new(seed), forward_seconds: Vec::new(), steps_taken: 0, stored: None })
     }
 
     fn range(&self) -> std::ops::Range<usize> {
@@ -197,12 +201,15 @@ impl Seq {
     }
 
     /// What the next forward pass computes.
-    fn pass(&self, p: &GenParams) -> Pass {
+    fn pass(&mut self, p: &GenParams) -> Pass {
         let shift = usize::from(p.shift_logits);
         let range = self.range();
         match p.cache {
             Cache::None => Pass::Full,
-            _ if self.s == 0 => Pass::Store,
+            _ if self.stored != Some(self.b) => {
+                self.stored = Some(self.b);
+                Pass::Store
+            }
             Cache::Prefix => Pass::Reuse { start: range.start - shift, end: self.canvas.len() },
             Cache::Dual => Pass::Reuse { start: range.start - shift, end: range.end },
         }
@@ -211,7 +218,7 @@ impl Seq {
     /// Samples every position of `positions` from its logits row (`row_of(k)` for the k-th, in
     /// `logits`), in parallel, each with its own random stream.
     fn candidates(&self, p: &GenParams, positions: &[usize], logits: &[f32], n_vocab: usize, row_of: impl Fn(usize) -> usize + Sync) -> Vec<Candidate> {
-        let global_step = self.forward_seconds.len() as u64;
+        let global_step = self.steps_taken;
         (0..positions.len())
             .into_par_iter()
             .map(|k| {
@@ -227,7 +234,28 @@ impl Seq {
     /// positions were committed.
     fn commit(&mut self, p: &GenParams, positions: &[usize], cands: &[Candidate], unmasker: &mut dyn Unmasker) -> usize {
         let chosen = unmasker.select(self.s, self.steps_per_block, cands, &mut self.step_rng);
-        for &k in &chosen {
+        self.apply(p, positions, cands, &chosen)
+    }
+
+    /// The rule's choice before any logits ([`Unmasker::select_blind`]): `Some` positions
+    /// (canvas indices, never empty) to sample and commit, or `None` when the rule needs every
+    /// candidate. A step that commits nothing is taken here, without a forward pass.
+    fn blind(&mut self, positions: &[usize], unmasker: &mut dyn Unmasker) -> Blind {
+        match unmasker.select_blind(self.s, self.steps_per_block, positions.len(), &mut self.step_rng) {
+            None => Blind::Needs,
+            Some(chosen) if chosen.is_empty() => {
+                self.s += 1;
+                self.steps_taken += 1;
+                Blind::Skipped
+            }
+            Some(chosen) => Blind::Chosen(chosen.into_iter().map(|k| positions[k]).collect()),
+        }
+    }
+
+    /// Commits `cands[k]` at `positions[k]` for every `k` of `chosen`, finalizes everything
+    /// after a committed EOS, and moves to the next step.
+    fn apply(&mut self, p: &GenParams, positions: &[usize], cands: &[Candidate], chosen: &[usize]) -> usize {
+        for &k in chosen {
             self.canvas[positions[k]] = cands[k].token;
             self.masked[positions[k]] = false;
         }
@@ -242,15 +270,44 @@ impl Seq {
             }
         }
         self.s += 1;
+        self.steps_taken += 1;
         chosen.len()
     }
 
     fn finish(self, p: &GenParams) -> Generation {
+        self.result(p)
+    }
+
+    /// The generation as it stands: the span cut before the first EOS.
+    fn result(&self, p: &GenParams) -> Generation {
         let mut tokens: Vec<u32> = self.canvas[self.start..self.end].to_vec();
         if let Some(e) = p.eos.and_then(|eos| tokens.iter().position(|&t| t == eos)) {
             tokens.truncate(e);
         }
-        Generation { steps: self.forward_seconds.len(), canvas: self.canvas, tokens, forward_seconds: self.forward_seconds }
+        Generation { steps: self.forward_seconds.len(), canvas: self.canvas.clone(), tokens, forward_seconds: self.forward_seconds.clone() }
+    }
+}
+
+/// What a rule decided before the logits.
+enum Blind {
+    /// It needs the candidates of every masked position.
+    Needs,
+    /// This step commits nothing (already taken, no pass).
+    Skipped,
+    /// It commits exactly these canvas positions.
+    Chosen(Vec<usize>),
+}
+
+/// The logits must be numbers: a corrupt weight or metadata value shows here first, and
+/// sampling from NaN would silently repeat one token.
+fn check_finite(logits: &[f32], step: usize) -> Result<()> {
+    match logits.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::Invalid(format!(
+            "the model produced a non-finite logit ({}) at step {}: its weights or metadata are corrupt",
+            logits[i],
+            step + 1
+        ))),
     }
 }
 
@@ -267,9 +324,15 @@ pub fn generate(
     let n_vocab = model.n_vocab();
     let shift = usize::from(p.shift_logits);
     loop {
-        let positions = seq.positions();
+        let mut positions = seq.positions();
         if positions.is_empty() {
             break;
+        }
+        let blind = seq.blind(&positions, unmasker);
+        match blind {
+            Blind::Skipped => continue,
+            Blind::Chosen(ref chosen) => positions.clone_from(chosen),
+            Blind::Needs => {}
         }
         let pass = seq.pass(p);
         let rows: Vec<usize> = positions.iter().map(|&i| i - shift).collect();
@@ -280,10 +343,14 @@ pub fn generate(
             (model.forward_rows(&seq.canvas, pass, Some(&rows))?, None)
         };
         let dt = t0.elapsed().as_secs_f64();
+        check_finite(&logits, seq.forward_seconds.len())?;
         seq.forward_seconds.push(dt);
         // Logits row of the k-th masked position.
         let cands = seq.candidates(p, &positions, &logits, n_vocab, |k| first.map_or(k, |f| rows[k] - f));
-        let committed = seq.commit(p, &positions, &cands, unmasker);
+        let committed = match blind {
+            Blind::Chosen(_) => seq.apply(p, &positions, &cands, &(0..positions.len()).collect::<Vec<_>>()),
+            _ => seq.commit(p, &positions, &cands, unmasker),
+        };
         let ev = Event::Step { step: seq.forward_seconds.len() - 1, block: seq.b, canvas: &seq.canvas, masked: &seq.masked, committed, forward_seconds: dt };
         if on_event(ev) == Flow::Stop {
             break;
@@ -293,7 +360,7 @@ pub fn generate(
 }
 
 /// One pass of [`generate_batch`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BatchStep {
     /// Passes so far, from 0.
     pub step: usize,
@@ -302,6 +369,9 @@ pub struct BatchStep {
     /// Masked positions left over all sequences after this pass.
     pub masked: usize,
     pub forward_seconds: f64,
+    /// The sequences that this pass completed (index into the batch, and the result the batch
+    /// will return for it), for a caller that shows each as soon as it is done.
+    pub finished: Vec<(usize, Generation)>,
 }
 
 /// Denoises several canvases together: each pass runs every unfinished sequence through
@@ -344,33 +414,66 @@ pub fn generate_batch_seeded(
     let mut rules: Vec<Box<dyn Unmasker>> = prompts.iter().map(|_| unmasker()).collect();
     let n_vocab = model.n_vocab();
     let shift = usize::from(p.shift_logits);
-    for step in 0.. {
-        let work: Vec<(usize, Vec<usize>)> = seqs.iter_mut().enumerate().map(|(i, s)| (i, s.positions())).filter(|(_, pos)| !pos.is_empty()).collect();
-        if work.is_empty() {
+    let mut step = 0;
+    let mut reported = vec![false; seqs.len()];
+    loop {
+        // Each sequence's masked positions, or the ones its rule chose before the logits;
+        // sequences whose step commits nothing take it without joining the pass.
+        let mut work: Vec<(usize, Vec<usize>, bool)> = Vec::new();
+        let mut left = false;
+        for (i, s) in seqs.iter_mut().enumerate() {
+            let positions = s.positions();
+            if positions.is_empty() {
+                continue;
+            }
+            left = true;
+            match s.blind(&positions, rules[i].as_mut()) {
+                Blind::Skipped => {}
+                Blind::Chosen(chosen) => work.push((i, chosen, true)),
+                Blind::Needs => work.push((i, positions, false)),
+            }
+        }
+        if !left {
             break;
+        }
+        if work.is_empty() {
+            continue;
         }
         let rows: Vec<Vec<usize>> = work
             .iter()
-            .map(|(i, pos)| if p.full_lm_head { (0..seqs[*i].canvas.len()).collect() } else { pos.iter().map(|&q| q - shift).collect() })
+            .map(|(i, pos, _)| if p.full_lm_head { (0..seqs[*i].canvas.len()).collect() } else { pos.iter().map(|&q| q - shift).collect() })
             .collect();
-        let tokens: Vec<&[u32]> = work.iter().map(|(i, _)| seqs[*i].canvas.as_slice()).collect();
+        let tokens: Vec<&[u32]> = work.iter().map(|(i, _, _)| seqs[*i].canvas.as_slice()).collect();
         let row_refs: Vec<&[usize]> = rows.iter().map(Vec::as_slice).collect();
         let t0 = Instant::now();
         let logits = model.forward_batch(&tokens, &row_refs)?;
         let dt = t0.elapsed().as_secs_f64();
+        check_finite(&logits, step)?;
         let mut offset = 0;
-        for ((i, positions), rows) in work.iter().zip(&rows) {
+        for ((i, positions, chosen), rows) in work.iter().zip(&rows) {
             let seq = &mut seqs[*i];
             seq.forward_seconds.push(dt);
             let mine = &logits[offset * n_vocab..(offset + rows.len()) * n_vocab];
             offset += rows.len();
             let cands = seq.candidates(p, positions, mine, n_vocab, |k| if p.full_lm_head { positions[k] - shift } else { k });
-            seq.commit(p, positions, &cands, rules[*i].as_mut());
+            if *chosen {
+                seq.apply(p, positions, &cands, &(0..positions.len()).collect::<Vec<_>>());
+            } else {
+                seq.commit(p, positions, &cands, rules[*i].as_mut());
+            }
         }
         let masked = seqs.iter().map(|s| s.masked.iter().filter(|&&m| m).count()).sum();
-        if on_step(BatchStep { step, sequences: work.len(), masked, forward_seconds: dt }) == Flow::Stop {
+        let mut finished = Vec::new();
+        for (i, s) in seqs.iter_mut().enumerate() {
+            if !reported[i] && s.positions().is_empty() {
+                reported[i] = true;
+                finished.push((i, s.result(p)));
+            }
+        }
+        if on_step(BatchStep { step, sequences: work.len(), masked, forward_seconds: dt, finished }) == Flow::Stop {
             break;
         }
+        step += 1;
     }
     Ok(seqs.into_iter().map(|s| s.finish(p)).collect())
 }

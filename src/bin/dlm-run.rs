@@ -1,7 +1,7 @@
 //! `dlm-run`: generate text with a diffusion language model by parallel unmasking.
 //! stdout carries the generated text only; everything else goes to stderr.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -20,7 +20,7 @@ mod common;
 /// The canvas is BOS + prompt + N mask tokens (+ suffix); each step runs the whole sequence
 /// through the model and commits some masked positions, until none are left.
 #[derive(Parser, Debug)]
-#[command(name = "dlm-run", version, arg_required_else_help = true, after_help = "Example:\n  dlm-run -m diffullama-q4.gguf -p \"Today is a wonderful day,\" -n 128")]
+#[command(name = "dlm-run", version, allow_negative_numbers = true, arg_required_else_help = true, after_help = "Example:\n  dlm-run -m diffullama-q4.gguf -p \"Today is a wonderful day,\" -n 128")]
 struct Args {
     #[command(flatten)]
     m: ModelArgs,
@@ -96,7 +96,8 @@ impl Forward for Recording<'_> {
     }
 }
 
-fn write_npy(path: &PathBuf, rows: usize, cols: usize, data: &[f32]) -> anyhow::Result<()> {
+/// A float32 .npy file, complete or not at all (through a temporary file renamed at the end).
+fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) -> anyhow::Result<()> {
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
@@ -107,7 +108,9 @@ fn write_npy(path: &PathBuf, rows: usize, cols: usize, data: &[f32]) -> anyhow::
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+    let mut f = dlm::atomic::AtomicFile::create(path).context("--dump-logits")?;
+    f.write_all(&out).context("--dump-logits")?;
+    f.finish().context("--dump-logits")
 }
 
 fn check_args(a: &Args) -> anyhow::Result<()> {
@@ -129,10 +132,14 @@ fn check_args(a: &Args) -> anyhow::Result<()> {
 
 fn run(a: Args) -> anyhow::Result<()> {
     if a.m.list_devices {
-        common::list_devices();
+        common::list_devices()?;
         return Ok(());
     }
     check_args(&a)?;
+    if let (Some(out), Some(model)) = (&a.dump_logits, &a.m.model) {
+        let inputs: Vec<PathBuf> = [Some(model), a.file.as_ref(), a.prompts.as_ref()].into_iter().flatten().cloned().collect();
+        dlm::atomic::check_output(out, &inputs).context("--dump-logits")?;
+    }
     let mut l = common::load(&a.m)?;
     let load_s = l.load_s;
     let esc = |t: &str| if a.escape { unescape(t) } else { t.to_owned() };
@@ -157,14 +164,14 @@ fn run(a: Args) -> anyhow::Result<()> {
         let special: Vec<u32> = [l.tok.bos, l.tok.eos].into_iter().flatten().collect();
         if ids.iter().skip(usize::from(l.tok.add_bos)).any(|t| special.contains(t)) {
             let which = if prompts.len() > 1 { format!("prompt {}", i + 1) } else { "the prompt".into() };
-            eprintln!("warning: {which} contains the text of a special token (such as <s> or </s>), tokenized as BOS/EOS itself");
+            dlm::errln!("warning: {which} contains the text of a special token (such as <s> or </s>), tokenized as BOS/EOS itself");
         }
     }
     let n_ctx = l.n_ctx();
     let mut prefixes = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
         let prefix = l.prefix(prompt)?;
-        let len = prefix.len() + a.n_predict + suffix.len();
+        let len = prefix.len().saturating_add(a.n_predict).saturating_add(suffix.len());
         if len > n_ctx {
             let which = a.prompts.as_ref().map_or(String::new(), |f| format!("{} prompt {}: ", f.display(), i + 1));
             bail!("{which}prompt ({}) + -n ({}) + suffix ({}) = {len} tokens exceeds the model's context of {n_ctx}", prefix.len(), a.n_predict, suffix.len());
@@ -173,7 +180,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     }
     let seed = a.gen.seed();
     if a.gen.seed.is_none() && !a.json {
-        eprintln!("seed: {seed}");
+        dlm::errln!("seed: {seed}");
     }
     let params = a.gen.params(&l, a.n_predict, a.gen.steps, seed);
     let unmasker = a.gen.unmasker();
@@ -192,7 +199,7 @@ fn run(a: Args) -> anyhow::Result<()> {
                 .map(|i| if masked[i] { "\x1b[2m_\x1b[0m".to_string() } else { tok.decode(&canvas[i..i + 1]).unwrap_or_default() })
                 .collect();
             let left = masked.iter().filter(|&&m| m).count();
-            eprint!("\x1b[2J\x1b[H[step {:>3}, {left} masked]\n{}{shown}\n", step + 1, prompts[0]);
+            dlm::errp!("\x1b[2J\x1b[H[step {:>3}, {left} masked]\n{}{shown}\n", step + 1, prompts[0]);
         }
         Flow::Continue
     })?;
@@ -210,12 +217,10 @@ fn run(a: Args) -> anyhow::Result<()> {
             "backend": model.backend_description(), "load_ms": load_s * 1e3, "ms_per_step": ms_per_step, "tokens_per_second": tps,
             "forward_ms": gen.forward_seconds.iter().map(|s| s * 1e3).collect::<Vec<_>>(),
         });
-        println!("{obj}");
+        dlm::outln!("{obj}")?;
     } else {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{text}")?;
-        out.flush()?;
-        eprintln!(
+        dlm::outln!("{text}")?;
+        dlm::errln!(
             "{} | load {:.0} ms | {} steps, {ms_per_step:.1} ms/step (from step 2) | {} tokens in {total:.2} s, {tps:.1} tokens/s",
             model.backend_description(),
             load_s * 1e3,
@@ -242,43 +247,54 @@ fn run_many(
     seed: u64,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let mut gens: Vec<Generation> = Vec::with_capacity(prefixes.len());
     let mut pass_seconds: Vec<f64> = Vec::new();
-    if params.cache != Cache::None {
-        eprintln!("note: a key/value cache belongs to one sequence; the {} prompts run one after another", prefixes.len());
-        for prefix in prefixes {
-            let g = generate(model, prefix, suffix, params, unmasker().as_mut(), |_| Flow::Continue)?;
-            pass_seconds.extend(&g.forward_seconds);
-            gens.push(g);
-        }
-    } else {
-        for chunk in prefixes.chunks(a.batch_size) {
-            let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|p| (p.as_slice(), suffix)).collect();
-            gens.extend(generate_batch(model, &batch, params, unmasker, |s| {
-                pass_seconds.push(s.forward_seconds);
-                Flow::Continue
-            })?);
-        }
-    }
-    let total = t0.elapsed().as_secs_f64();
-    let n_tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
-    let tps = n_tokens as f64 / total.max(1e-9);
-    let mut out = std::io::stdout().lock();
-    for (i, (g, prompt)) in gens.iter().zip(prompts).enumerate() {
+    let mut n_tokens = 0usize;
+    // Each completion is printed as soon as its sequence is done (in the order they finish;
+    // every one carries its index), so an interrupted batch keeps what it finished.
+    let mut print = |i: usize, g: &Generation| -> anyhow::Result<()> {
+        n_tokens += g.tokens.len();
         let text = tok.decode(&g.tokens)?;
         if a.json {
             let obj = serde_json::json!({
-                "index": i, "prompt": prompt, "text": text, "tokens": g.tokens, "prompt_tokens": prefixes[i],
+                "index": i, "prompt": prompts[i], "text": text, "tokens": g.tokens, "prompt_tokens": prefixes[i],
                 "steps": g.steps, "seed": seed,
             });
-            writeln!(out, "{obj}")?;
+            dlm::outln!("{obj}")
         } else {
-            writeln!(out, "--- {} ---\n{text}", i + 1)?;
+            dlm::outln!("--- {} ---\n{text}", i + 1)
+        }
+    };
+    let batch_size = batch_limit(a.batch_size, model.params(), prefixes.iter().map(|p| p.len() + params.n_gen + suffix.len()).max().unwrap_or(1));
+    if params.cache != Cache::None {
+        dlm::errln!("note: a key/value cache belongs to one sequence; the {} prompts run one after another", prefixes.len());
+        for (i, prefix) in prefixes.iter().enumerate() {
+            let g = generate(model, prefix, suffix, params, unmasker().as_mut(), |_| Flow::Continue)?;
+            pass_seconds.extend(&g.forward_seconds);
+            print(i, &g)?;
+        }
+    } else {
+        for (c, chunk) in prefixes.chunks(batch_size).enumerate() {
+            let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|p| (p.as_slice(), suffix)).collect();
+            let mut failed = None;
+            generate_batch(model, &batch, params, unmasker, |s| {
+                pass_seconds.push(s.forward_seconds);
+                for (k, g) in &s.finished {
+                    if let Err(e) = print(c * batch_size + k, g) {
+                        failed = Some(e);
+                        return Flow::Stop;
+                    }
+                }
+                Flow::Continue
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
     }
-    out.flush()?;
-    let batches = if params.cache == Cache::None { prefixes.len().div_ceil(a.batch_size) } else { prefixes.len() };
-    eprintln!(
+    let total = t0.elapsed().as_secs_f64();
+    let tps = n_tokens as f64 / total.max(1e-9);
+    let batches = if params.cache == Cache::None { prefixes.len().div_ceil(batch_size) } else { prefixes.len() };
+    dlm::errln!(
         "{} | load {:.0} ms | {} prompts in {batches} batch(es): {} passes, {:.1} ms/pass (from pass 2) | {n_tokens} tokens in {total:.2} s, {tps:.1} tokens/s",
         model.backend_description(),
         load_s * 1e3,
@@ -287,6 +303,26 @@ fn run_many(
         steady_ms(&pass_seconds),
     );
     Ok(())
+}
+
+/// Activation memory one pass of a batch may take.
+const BATCH_MEMORY: f64 = 4.0 * (1u64 << 30) as f64;
+
+/// `-b` lowered (with a note) so that one pass of sequences of `seq_len` tokens stays within
+/// [`BATCH_MEMORY`] of activations: per token about 8 vectors of the embedding width, 3 of the
+/// feed-forward width and, for the rows the LM head reads, a vocabulary of logits.
+fn batch_limit(asked: usize, p: &dlm::model::LlamaParams, seq_len: usize) -> usize {
+    let per_token = 4.0 * (8 * p.n_embd + 3 * p.n_ff + p.n_vocab) as f64;
+    let fit = ((BATCH_MEMORY / (per_token * seq_len.max(1) as f64)) as usize).max(1);
+    if asked > fit {
+        dlm::errln!(
+            "note: -b {asked} lowered to {fit}: a pass over {asked} sequences of {seq_len} tokens would need about {:.1} GiB of activations (limit {:.0} GiB)",
+            per_token * seq_len as f64 * asked as f64 / (1u64 << 30) as f64,
+            BATCH_MEMORY / (1u64 << 30) as f64
+        );
+        return fit;
+    }
+    asked
 }
 
 /// One trailing newline (LF or CRLF) dropped, as llama.cpp does with -f.
@@ -327,12 +363,7 @@ fn unescape(s: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    dlm::cli::install();
     let args = Args::parse_from(common::init());
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    dlm::cli::exit(run(args))
 }

@@ -139,6 +139,15 @@ pub trait Unmasker {
     /// `step` counts from 0 and `steps` is the budget for the current block. Returns indices
     /// into `cands`. On the last step of a block every remaining position must be returned.
     fn select(&mut self, step: usize, steps: usize, cands: &[Candidate], rng: &mut Rng) -> Vec<usize>;
+
+    /// For a rule whose choice does not depend on the logits: the positions (indices among the
+    /// `n` masked ones) it commits, drawn exactly as [`Unmasker::select`] would draw them.
+    /// The canvas loop then runs no forward pass for a step that commits nothing and samples
+    /// only the chosen positions. `None` (the default): the rule needs the candidates.
+    fn select_blind(&mut self, step: usize, steps: usize, n: usize, rng: &mut Rng) -> Option<Vec<usize>> {
+        let _ = (step, steps, n, rng);
+        None
+    }
 }
 
 /// How many positions a linear schedule commits at `step` of `steps` when `remaining` are masked:

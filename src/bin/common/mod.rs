@@ -126,8 +126,11 @@ pub struct GenArgs {
 
 impl GenArgs {
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.steps == 0 {
-            bail!("--steps must be at least 1");
+        // The origin rule draws for every masked position at every step, passes or not: far
+        // more steps than that would be a hang, not a schedule.
+        const MAX_STEPS: usize = 1_000_000;
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            bail!("--steps must be in 1..={MAX_STEPS}, got {}", self.steps);
         }
         if !(self.temp >= 0.0 && self.temp.is_finite()) {
             bail!("--temp must be 0 (greedy) or positive, got {}", self.temp);
@@ -222,14 +225,27 @@ impl Loaded {
 /// tokenizer, and checks that they agree.
 pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
     let path = a.model.clone().context("-m/--model is required")?;
-    let threads = a.threads.unwrap_or_else(|| LoadOptions::default().threads).max(1);
+    let cores = LoadOptions::default().threads;
+    let threads = match a.threads {
+        None => cores,
+        Some(0) => bail!("-t/--threads must be at least 1"),
+        Some(t) if t > cores => {
+            dlm::errln!("warning: -t {t} is more than the {cores} cores of this machine; using {cores} (extra threads only wait for each other and slow every step down)");
+            cores
+        }
+        Some(t) => t,
+    };
     let t_load = Instant::now();
     let gguf = Gguf::open(&path)?;
+    dlm::model::check_architecture(&gguf)?;
     let (mask_id, shift, causal) = diffusion_settings(a, &gguf)?;
     let n_layer = dlm::model::LlamaParams::from_gguf(&gguf, causal)?.n_layer;
     let backend = backend_of(a, n_layer)?;
     let opts = LoadOptions { threads, causal, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, ..Default::default() };
     let model = Model::from_gguf(gguf, &opts)?;
+    for w in model.warnings() {
+        dlm::errln!("warning: {}: {w}", path.display());
+    }
     if mask_id as usize >= model.params().n_vocab {
         bail!("mask id {mask_id} is outside the {}-token vocabulary", model.params().n_vocab);
     }
@@ -262,7 +278,7 @@ fn diffusion_settings(a: &ModelArgs, g: &Gguf) -> anyhow::Result<(u32, bool, Opt
         None
     };
     if !defaulted.is_empty() {
-        eprintln!(
+        dlm::errln!(
             "note: {} has no diffusion metadata; assuming DiffuLLaMA: {} (override with --mask-id / --shift)",
             g.path().display(),
             defaulted.join(", ")
@@ -317,30 +333,31 @@ pub fn init() -> Vec<std::ffi::OsString> {
 
 /// `--list-devices`: every ggml GPU device and wgpu adapter, one per line, with what `auto`
 /// would pick.
-pub fn list_devices() {
+pub fn list_devices() -> anyhow::Result<()> {
     let list = dlm::backend::wgpu::adapters();
     let ggml = dlm::backend::ggml::gpu_devices();
-    println!("cpu: ggml CPU backend ({} threads)", LoadOptions::default().threads);
+    dlm::outln!("cpu: ggml CPU backend ({} threads)", LoadOptions::default().threads)?;
     let mut per_api: std::collections::HashMap<String, usize> = Default::default();
     for d in &ggml {
         let i = per_api.entry(d.api.clone()).or_default();
         let note = if d.is_software() { " (software: --backend auto never picks it)" } else { "" };
-        println!("{} device {i}: {} | {} | {} MiB free of {} MiB{note}", d.api.to_lowercase(), d.name, d.description, d.memory_free >> 20, d.memory_total >> 20);
+        dlm::outln!("{} device {i}: {} | {} | {} MiB free of {} MiB{note}", d.api.to_lowercase(), d.name, d.description, d.memory_free >> 20, d.memory_total >> 20)?;
         *i += 1;
     }
     if list.is_empty() {
-        println!("wgpu: no adapters (no Vulkan, Metal or DX12 driver found)");
+        dlm::outln!("wgpu: no adapters (no Vulkan, Metal or DX12 driver found)")?;
     }
     for d in &list {
         let note = if d.software { " (software: --backend auto never picks it)" } else { "" };
-        println!("wgpu device {}: {} | {} | {} | {} | max binding {} MiB{note}", d.index, d.name, d.api, d.kind, d.driver, d.max_binding >> 20);
+        dlm::outln!("wgpu device {}: {} | {} | {} | {} | max binding {} MiB{note}", d.index, d.name, d.api, d.kind, d.driver, d.max_binding >> 20)?;
     }
     let auto = match (ggml.iter().find(|d| !d.is_software()), list.iter().find(|d| !d.software)) {
         (Some(d), _) => format!("{} ({})", d.api.to_lowercase(), d.name),
         (None, Some(d)) => format!("wgpu device {} ({})", d.index, d.name),
         (None, None) => "cpu".to_string(),
     };
-    println!("--backend auto: {auto}");
+    dlm::outln!("--backend auto: {auto}")?;
+    Ok(())
 }
 
 /// A text input of at most 1 GiB, UTF-8, a leading byte-order mark dropped: a regular file, or
