@@ -203,6 +203,21 @@ const CASES: &[Case] = &[
         expect: &["tokenizer_config.json", "mask_token", "<nope>"],
     },
     Case {
+        what: "rope_theta 0",
+        breaks: |d| edit_json(&d.join("config.json"), |v| v["rope_theta"] = serde_json::json!(0.0)),
+        expect: &["config.json", "rope_theta", "RoPE frequency base"],
+    },
+    Case {
+        what: "rope_theta beyond f32",
+        breaks: |d| edit_json(&d.join("config.json"), |v| v["rope_theta"] = serde_json::json!(1e300)),
+        expect: &["config.json", "rope_theta"],
+    },
+    Case {
+        what: "negative rms_norm_eps",
+        breaks: |d| edit_json(&d.join("config.json"), |v| v["rms_norm_eps"] = serde_json::json!(-1e-5)),
+        expect: &["config.json", "rms_norm_eps", "epsilon"],
+    },
+    Case {
         what: "rope scaling",
         breaks: |d| edit_json(&d.join("config.json"), |v| v["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 2.0})),
         expect: &["rope_scaling", "not supported"],
@@ -228,7 +243,7 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
         std::fs::create_dir(&outdir).unwrap();
         let out = convert(&hf, &outdir.join("m.gguf"), &["--type", "q4_0"]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{}: exit code, stderr: {err}", case.what);
+        assert_eq!(out.status.code(), Some(2), "{}: exit code, stderr: {err}", case.what);
         assert!(err.starts_with("error: "), "{}: {err}", case.what);
         assert!(!err.contains("panicked"), "{}: {err}", case.what);
         for needle in case.expect {

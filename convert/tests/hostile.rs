@@ -1,0 +1,103 @@
+//! dlm-convert against hostile outputs and signals: it never writes over one of its inputs (also
+//! through a link) or onto a device or folder, an interrupted run leaves no partial file and an
+//! earlier output untouched, and partial files of dead runs are cleaned up.
+
+#[path = "../../tests/hostile_util/mod.rs"]
+mod hostile_util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hostile_util::{assert_clean, judge, run_bounded, signal, snapshot, CharDevice, Want};
+
+const CONVERT: &str = env!("CARGO_BIN_EXE_dlm-convert");
+
+fn checkpoint(dir: &Path, extra: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for args in [vec!["tests/fetch_data.py"], [vec!["tests/make_checkpoint.py", dir.to_str().unwrap()], extra.to_vec()].concat()] {
+        let out = Command::new("python3").args(&args).current_dir(root).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn the_converter_never_overwrites_an_input_or_leaves_a_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    // Big enough that a conversion takes a moment to interrupt.
+    checkpoint(&hf, &["--shards", "2", "--layers", "4", "--hidden", "512", "--ffn", "1536"]);
+    let limit = Duration::from_secs(120);
+    let conv = |out: &Path, ty: &str| {
+        let mut c = Command::new(CONVERT);
+        c.args([hf.to_str().unwrap(), "-o", out.to_str().unwrap(), "--type", ty, "--quiet"]);
+        c
+    };
+    let mut problems = Vec::new();
+    let shard = std::fs::read_dir(&hf).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "safetensors")).unwrap();
+    let link = tmp.path().join("link.gguf");
+    std::os::unix::fs::symlink(&shard, &link).unwrap();
+    let before = snapshot(tmp.path());
+    for (name, out, text) in [
+        ("-o config.json", hf.join("config.json"), "input"),
+        ("-o a shard", shard.clone(), "input"),
+        ("-o a link to a shard", link.clone(), "input"),
+        ("-o the input folder", hf.clone(), "directory"),
+        ("-o /dev/null", PathBuf::from("/dev/null"), "not a regular file"),
+    ] {
+        problems.extend(judge(name, run_bounded(conv(&out, "q8_0"), None, limit), Want::Error(text)));
+    }
+    if snapshot(tmp.path()) != before {
+        problems.push("refused outputs: files changed or left behind".into());
+    }
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device_like());
+
+    // A partial file of a process that no longer runs goes at the next run; one of a live
+    // process (this test) stays.
+    let outdir = tmp.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = outdir.join("m.gguf");
+    let mut dead = Command::new("true").spawn().unwrap();
+    dead.wait().unwrap();
+    let stale = outdir.join(format!(".m.gguf.{}.partial", dead.id()));
+    let live = outdir.join(format!(".m.gguf.{}.partial", std::process::id()));
+    std::fs::write(&stale, b"left by a killed run").unwrap();
+    std::fs::write(&live, b"being written").unwrap();
+    problems.extend(judge("convert", run_bounded(conv(&out, "f16"), None, limit), Want::Ok));
+    if stale.exists() || !live.exists() || !out.exists() {
+        problems.push(format!("stale partial removed: {}, live one kept: {}, output written: {}", !stale.exists(), live.exists(), out.exists()));
+    }
+    std::fs::remove_file(&live).unwrap();
+    let done = std::fs::read(&out).unwrap();
+
+    // Interrupted while writing (each signal once the temporary file exists): the temporary file
+    // goes, exit 130, and the finished output of the run before is untouched.
+    for (name, sig) in [("SIGINT", libc::SIGINT), ("SIGTERM", libc::SIGTERM), ("SIGHUP", libc::SIGHUP)] {
+        let mut child = conv(&out, "q4_k_m").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let partial = outdir.join(format!(".m.gguf.{}.partial", child.id()));
+        let t0 = Instant::now();
+        while !partial.exists() && child.try_wait().unwrap().is_none() && t0.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !partial.exists() {
+            problems.push(format!("{name}: the conversion ended before it could be interrupted"));
+            let _ = child.wait();
+            continue;
+        }
+        signal(&child, sig);
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        if status.code() != Some(130) || partial.exists() {
+            problems.push(format!("{name}: exit {:?}, partial left: {}, stderr: {err}", status.code(), partial.exists()));
+        }
+        if std::fs::read(&out).unwrap() != done {
+            problems.push(format!("{name}: the existing output changed"));
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(&outdir).unwrap().flatten().map(|e| e.file_name()).collect();
+    if left.len() != 1 {
+        problems.push(format!("files left in the output folder: {left:?}"));
+    }
+    assert_clean(problems);
+}
