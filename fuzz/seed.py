@@ -19,14 +19,21 @@ out.mkdir(parents=True, exist_ok=True)
 
 subprocess.run([sys.executable, str(here.parent / "tests" / "pygguf_write.py"), str(out / "values.gguf")], check=True)
 
-w = gguf.GGUFWriter(out / "vocab.gguf", "llama")
 toks = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(4)] + ["▁", "a", "b", "ab", "▁a", "▁ab", "ти"]
-w.add_tokenizer_model("llama")
-w.add_token_list(toks)
-w.add_token_scores([0.0] * 7 + [-1.0, -2.0, -3.0, -0.5, -0.7, -0.1, -4.0])
-w.add_token_types([2, 3, 3, 6, 6, 6, 6, 1, 1, 1, 1, 1, 1, 1])
-w.add_bos_token_id(1)
-w.add_eos_token_id(2)
+
+
+def add_vocab(w):
+    """A tiny SentencePiece-style vocabulary: control, byte and normal tokens with scores."""
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores([0.0] * 7 + [-1.0, -2.0, -3.0, -0.5, -0.7, -0.1, -4.0])
+    w.add_token_types([2, 3, 3, 6, 6, 6, 6, 1, 1, 1, 1, 1, 1, 1])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+
+w = gguf.GGUFWriter(out / "vocab.gguf", "llama")
+add_vocab(w)
 w.add_array("nested", [[1, 2], [3]])
 w.add_tensor("t", np.arange(64, dtype=np.float32).reshape(2, 32))
 w.write_header_to_file()
@@ -38,6 +45,7 @@ w = gguf.GGUFWriter(out / "empty.gguf", "llama")
 w.write_header_to_file()
 w.write_kv_data_to_file()
 w.close()
+
 
 def tiny_llama(path, n_embd=8, n_head=2, n_head_kv=2, n_ff=16, tied=False, f16=False, causal=False):
     """A complete 1-layer LLaMA in llama.cpp's layout, with our diffusion keys and a vocabulary."""
@@ -57,12 +65,7 @@ def tiny_llama(path, n_embd=8, n_head=2, n_head_kv=2, n_ff=16, tied=False, f16=F
     w.add_rope_freq_base(10000.0)
     w.add_vocab_size(n_vocab)
     w.add_causal_attention(causal)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(toks)
-    w.add_token_scores([0.0] * 7 + [-1.0, -2.0, -3.0, -0.5, -0.7, -0.1, -4.0])
-    w.add_token_types([2, 3, 3, 6, 6, 6, 6, 1, 1, 1, 1, 1, 1, 1])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    add_vocab(w)
     w.add_mask_token_id(13)
     w.add_bool("diffusion.shift_logits", True)
     m = lambda *shape: rng.standard_normal(shape).astype(dt)
