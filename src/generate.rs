@@ -218,7 +218,9 @@ impl Seq {
     /// Samples every position of `positions` from its logits row (`row_of(k)` for the k-th, in
     /// `logits`), in parallel, each with its own random stream.
     fn candidates(&self, p: &GenParams, positions: &[usize], logits: &[f32], n_vocab: usize, row_of: impl Fn(usize) -> usize + Sync) -> Vec<Candidate> {
-        let global_step = self.steps_taken;
+        // Counted from 1, the pass this step would be if every step ran one (as before steps
+        // that commit nothing were skipped), so a seed draws the same tokens as it always did.
+        let global_step = self.steps_taken + 1;
         (0..positions.len())
             .into_par_iter()
             .map(|k| {

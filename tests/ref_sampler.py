@@ -93,6 +93,7 @@ def generate_samples(prefix, n_gen, steps, mask, vocab, temp, top_p, seed):
     masked = [False] * len(prefix) + [True] * n_gen
     commit_rng = Rng(seed)
     history = []
+    committed = []  # positions committed at each step of history
 
     def x0_of(x, masked, step):
         logits = fake_logits(x, vocab)
@@ -112,14 +113,16 @@ def generate_samples(prefix, n_gen, steps, mask, vocab, temp, top_p, seed):
             x[p] = x0[p]
             masked[p] = False
         history.append(list(x))
+        committed.append(len(commit))
         if not any(masked):
             break
         x0 = x0_of(x, masked, steps - t + 1)
     else:
         # Last step (t = 0): every position still masked takes its prediction.
+        committed.append(sum(masked))
         x = [x0[p] if masked[p] else x[p] for p in range(len(x))]
         history.append(list(x))
-    return {"steps": history, "final": x}
+    return {"steps": history, "committed": committed, "final": x}
 
 
 if __name__ == "__main__":
