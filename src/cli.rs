@@ -87,7 +87,7 @@ pub fn install() {
 #[cfg(unix)]
 #[allow(unsafe_code)]
 mod sigbus {
-    const MSG: &[u8] = b"\nerror: a memory-mapped file (the model or a checkpoint shard) was truncated or changed while in use (SIGBUS); nothing may modify it during the run\n";
+    const MSG: &[u8] = b"error: a memory-mapped file (the model or a checkpoint shard) was truncated or changed while in use (SIGBUS); nothing may modify it during the run\n";
 
     extern "C" fn on_sigbus(_: libc::c_int) {
         // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static byte string.

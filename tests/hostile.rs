@@ -18,6 +18,7 @@ use dlm_convert::OutType;
 
 const RUN: &str = env!("CARGO_BIN_EXE_dlm-run");
 const SCORE: &str = env!("CARGO_BIN_EXE_dlm-score");
+const EVAL: &str = env!("CARGO_BIN_EXE_dlm-eval");
 
 /// A rewritten copy of `src`: `meta` edits the metadata, `tensors` the tensor list (name, shape,
 /// type, bytes); `alignment` is written as `general.alignment`.
@@ -81,6 +82,8 @@ fn bad_files() -> Vec<(&'static str, Edit, Want)> {
         ("context length 0", meta_only(|m| set(m, "llama.context_length", Value::U32(0))), Want::Error("llama.context_length")),
         ("head count 0", meta_only(|m| set(m, "llama.attention.head_count", Value::U32(0))), Want::Error("head_count")),
         ("kv heads 3 of 4", meta_only(|m| set(m, "llama.attention.head_count_kv", Value::U32(3))), Want::Error("head_count_kv")),
+        ("key_length 32 of head 64", meta_only(|m| set(m, "llama.attention.key_length", Value::U32(32))), Want::Error("llama.attention.key_length")),
+        ("value_length as a string", meta_only(|m| set(m, "llama.attention.value_length", "64".into())), Want::Error("llama.attention.value_length")),
         ("block_count below the layers", meta_only(|m| set(m, "llama.block_count", Value::U32(1))), Want::Error("llama.block_count")),
         ("block_count above the layers", meta_only(|m| set(m, "llama.block_count", Value::U32(3))), Want::Error("blk.2.")),
         ("block_count 2^32-1", meta_only(|m| set(m, "llama.block_count", Value::U32(u32::MAX))), Want::Error("block_count")),
@@ -318,6 +321,17 @@ fn bad_flags_and_closed_or_full_streams() {
             problems.extend(judge("-b 10^12", Ok(o), Want::Ok));
         }
         Err(e) => problems.push(format!("-b 10^12: {e}")),
+    }
+
+    // Input files that never end: refused by type, not read until memory runs out.
+    for (name, bin, args) in [
+        ("dlm-eval --problems /dev/zero", EVAL, vec!["--problems", "/dev/zero"]),
+        ("dlm-run --prompts /dev/zero", RUN, vec!["--prompts", "/dev/zero"]),
+        ("dlm-score choice --items /dev/zero", SCORE, vec!["choice", "--items", "/dev/zero"]),
+    ] {
+        let mut c = Command::new(bin);
+        c.args(&args).args(["-m", model.to_str().unwrap()]);
+        problems.extend(judge(name, run_bounded(c, None, limit), Want::Error("/dev/zero")));
     }
 
     // A closed standard output ends the program quietly (exit 0), as `cat` does.

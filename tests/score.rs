@@ -267,7 +267,8 @@ fn bad_inputs_get_one_line_naming_the_file_and_field() {
     let items = tmp.path().join("ok.jsonl");
     std::fs::write(&items, "{\"context\": \"a\", \"choices\": [\"b\", \"c\"], \"label\": 0}\n").unwrap();
     let i = items.to_str().unwrap();
-    assert!(fails(&["choice", "-m", m, "--items", i, "--per-item", i]).contains("is the items file itself"));
+    let e = fails(&["choice", "-m", m, "--items", i, "--per-item", i]);
+    assert!(e.contains("--per-item") && e.contains("refusing to write over an input of this run"), "{e}");
     assert!(std::fs::read_to_string(&items).unwrap().contains("choices"));
     assert!(fails(&["choice", "-m", m, "--items", "/dev/zero"]).contains("must be a regular file"));
     let empty = tmp.path().join("empty.txt");

@@ -58,7 +58,7 @@ impl LlamaConfig {
     /// Reads and validates `dir/config.json`.
     pub fn load(dir: &Path) -> Result<LlamaConfig> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| ConvertError::io(&path, e))?;
+        let text = crate::read_text(&path)?;
         let raw: RawConfig = serde_json::from_str(&text)
             .map_err(|e| ConvertError::input(&path, format!("not valid JSON for a model config: {e}")))?;
         let bad = |field: &str, what: String| ConvertError::field(&path, field, what);
@@ -90,6 +90,9 @@ impl LlamaConfig {
             eos_token_id: first_id(&raw.eos_token_id),
             name: raw.name_or_path.filter(|s| !s.is_empty()),
         };
+        if cfg.max_position_embeddings == 0 {
+            return Err(bad("max_position_embeddings", "must be at least 1".into()));
+        }
         if cfg.hidden_size % cfg.num_attention_heads != 0 {
             return Err(bad("num_attention_heads", format!("{} does not divide hidden_size {}", heads, cfg.hidden_size)));
         }
@@ -171,7 +174,7 @@ impl Checkpoint {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| ConvertError::io(&index_path, e))?;
+            let text = crate::read_text(&index_path)?;
             let index: Index = serde_json::from_str(&text)
                 .map_err(|e| ConvertError::field(&index_path, "weight_map", format!("expected a map of tensor name to file: {e}")))?;
             let mut names: Vec<&String> = index.weight_map.values().collect();

@@ -49,6 +49,31 @@ impl ConvertError {
 
 pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
 
+/// The largest metadata file (config, tokenizer, index) read whole into memory.
+const MAX_TEXT_FILE: u64 = 1 << 30;
+
+/// A checkpoint's metadata file, read whole: a regular file (a link to `/dev/zero` or a FIFO
+/// would never end) of at most 1 GiB.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let meta = std::fs::metadata(path).map_err(|e| ConvertError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(ConvertError::input(path, "not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path).map_err(|e| ConvertError::io(path, e))?;
+    file.take(MAX_TEXT_FILE + 1).read_to_end(&mut bytes).map_err(|e| ConvertError::io(path, e))?;
+    if bytes.len() as u64 > MAX_TEXT_FILE {
+        return Err(ConvertError::input(path, "more than 1 GiB; not a checkpoint's metadata file".into()));
+    }
+    Ok(bytes)
+}
+
+/// [`read_file`] as UTF-8 text.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    String::from_utf8(read_file(path)?).map_err(|e| ConvertError::input(path, format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))
+}
+
 /// What the user asked for.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -189,6 +214,19 @@ impl Plan {
                 _ => vec![h], // norms
             }
         };
+
+        // Layers the config names beyond those the checkpoint holds are missing tensors; say so
+        // before listing every layer's names (a num_hidden_layers of 2^32 would take gigabytes).
+        let present = checkpoint.tensors.keys().filter_map(|n| map_name(n).and_then(|(_, l)| l)).max().map_or(0, |l| l + 1);
+        if c.num_hidden_layers > present {
+            return Err(ConvertError::input(
+                dir,
+                format!(
+                    "tensor `model.layers.{present}.input_layernorm.weight` is missing from the checkpoint (config.json num_hidden_layers is {}, the checkpoint has {present} layers)",
+                    c.num_hidden_layers
+                ),
+            ));
+        }
 
         let mut wanted_names: Vec<(String, String, Option<u64>)> = Vec::new();
         let mut push = |hf: &str| {

@@ -55,7 +55,16 @@ fn human(bytes: u64) -> String {
 
 fn run(args: Args) -> anyhow::Result<()> {
     if let Some(t) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().context("setting up threads")?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let t = match t {
+            0 => anyhow::bail!("-t/--threads must be at least 1"),
+            t if t > cores => {
+                dlm::errln!("warning: -t {t} is more than the {cores} cores of this machine; using {cores}");
+                cores
+            }
+            t => t,
+        };
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("setting up threads")?;
     }
     let opts = Options { out_type: args.out_type, mask_id: args.mask_id, name: args.name, causal: args.causal };
     let plan = Plan::new(&args.input, &opts)

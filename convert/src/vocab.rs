@@ -60,7 +60,7 @@ impl Vocab {
         let model_path = dir.join("tokenizer.model");
         let (mut v, json_text) = match (json_path.exists(), model_path.exists()) {
             (true, has_model) => {
-                let text = std::fs::read_to_string(&json_path).map_err(|e| ConvertError::io(&json_path, e))?;
+                let text = crate::read_text(&json_path)?;
                 let mut v = from_hf_json(&json_path, &text)?;
                 if has_model {
                     // SentencePiece's own scores are the ground truth for llama.cpp's tokenizer.
@@ -175,7 +175,7 @@ fn from_hf_json(path: &Path, text: &str) -> Result<Vocab> {
 /// add_dummy_prefix = 3; remove_extra_whitespaces = 4 }`. Only LLaMA-style models are accepted
 /// (BPE, identity normalization, whitespace kept), since that is what the runtime rebuilds.
 fn from_sentencepiece(path: &Path) -> Result<Vocab> {
-    let bytes = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
+    let bytes = crate::read_file(path)?;
     let bad = |what: &str| ConvertError::input(path, format!("not a SentencePiece model: {what}"));
     let (mut tokens, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
     // proto2 defaults: UNIGRAM, "nmt_nfkc"-style normalization unless named, both flags true.
@@ -291,7 +291,7 @@ impl<'a> Proto<'a> {
 fn apply_tokenizer_config(dir: &Path, v: &mut Vocab) -> Result<()> {
     let path = dir.join("tokenizer_config.json");
     let cfg: Json = if path.exists() {
-        let text = std::fs::read_to_string(&path).map_err(|e| ConvertError::io(&path, e))?;
+        let text = crate::read_text(&path)?;
         serde_json::from_str(&text).map_err(|e| ConvertError::input(&path, format!("not valid JSON: {e}")))?
     } else {
         Json::Null

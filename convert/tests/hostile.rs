@@ -101,3 +101,65 @@ fn the_converter_never_overwrites_an_input_or_leaves_a_partial_file() {
     }
     assert_clean(problems);
 }
+
+/// A copy of `src` (files copied, so edits stay local) with `edit` applied.
+fn variant(src: &Path, dst: &Path, edit: impl FnOnce(&Path)) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    edit(dst);
+}
+
+fn edit_config(dir: &Path, key: &str, v: serde_json::Value) {
+    let p = dir.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    c[key] = v;
+    std::fs::write(&p, c.to_string()).unwrap();
+}
+
+fn relink(dir: &Path, name: &str, target: &str) {
+    std::fs::remove_file(dir.join(name)).unwrap();
+    std::os::unix::fs::symlink(target, dir.join(name)).unwrap();
+}
+
+#[test]
+fn absurd_checkpoints_and_flags_end_at_once_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    checkpoint(&hf, &["--shards", "1"]);
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // Each case must end well within this (the bugs were a run out of memory and hangs).
+    let limit = Duration::from_secs(30);
+    let mut problems = Vec::new();
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>, Want)> = vec![
+        ("num_hidden_layers 2^32", Box::new(|d| edit_config(d, "num_hidden_layers", serde_json::json!(1u64 << 32))), Want::Error("num_hidden_layers is 4294967296")),
+        ("max_position_embeddings 0", Box::new(|d| edit_config(d, "max_position_embeddings", serde_json::json!(0))), Want::Error("max_position_embeddings")),
+        ("config.json -> /dev/zero", Box::new(|d| relink(d, "config.json", "/dev/zero")), Want::Error("not a regular file")),
+        ("tokenizer.json -> /dev/zero", Box::new(|d| relink(d, "tokenizer.json", "/dev/zero")), Want::Error("not a regular file")),
+    ];
+    for (i, (name, edit, want)) in cases.into_iter().enumerate() {
+        let dir = tmp.path().join(format!("case{i}"));
+        variant(&hf, &dir, edit);
+        let mut c = Command::new(CONVERT);
+        c.arg(&dir).arg("-o").arg(out.join("m.gguf")).args(["--type", "q8_0", "--quiet"]);
+        problems.extend(judge(name, run_bounded(c, None, limit), want));
+    }
+    for (name, threads, want) in [("-t 0", "0", Want::Error("-t")), ("-t 100000", "100000", Want::Ok)] {
+        let mut c = Command::new(CONVERT);
+        c.arg(&hf).arg("-o").arg(out.join("t.gguf")).args(["--type", "q8_0", "--quiet", "-t", threads]);
+        let r = run_bounded(c, None, limit);
+        if let (Ok(o), Want::Ok) = (&r, want) {
+            if !String::from_utf8_lossy(&o.stderr).contains("warning: -t 100000") {
+                problems.push(format!("{name}: no warning about the thread count"));
+            }
+        }
+        problems.extend(judge(name, r, want));
+    }
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+    if left != [std::ffi::OsString::from("t.gguf")] {
+        problems.push(format!("files in the output folder: {left:?} (expected only t.gguf)"));
+    }
+    assert_clean(problems);
+}

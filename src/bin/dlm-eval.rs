@@ -73,7 +73,7 @@ struct Problem {
 }
 
 fn read_problems(path: &PathBuf, a: &Args) -> anyhow::Result<Vec<Problem>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading problems from {}", path.display()))?;
+    let text = common::read_text(path, "the problems", false)?;
     let mut out = Vec::new();
     let mut per_task: BTreeMap<String, usize> = BTreeMap::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

@@ -102,6 +102,14 @@ impl LlamaParams {
             return bad("attention.layer_norm_rms_epsilon", format!("{} is not an RMS-norm epsilon (a small positive number such as 1e-5)", p.rms_eps));
         }
         // What this graph does not implement must not be silently ignored.
+        for key in ["attention.key_length", "attention.value_length"] {
+            if let Some(v) = g.get(&k(key)) {
+                if v.as_u64() != Some(p.head_dim() as u64) {
+                    let shown = v.as_u64().map_or_else(|| format!("{:?}", v.value_type()), |x| x.to_string());
+                    return bad(key, format!("{shown} differs from the head dimension {} (embedding length / head count), which this graph requires", p.head_dim()));
+                }
+            }
+        }
         if let Some(v) = g.get(&k("rope.scaling.type")) {
             if v.as_str() != Some("none") {
                 return bad("rope.scaling.type", format!("RoPE scaling {v:?} is not supported (only none)"));
