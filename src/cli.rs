@@ -63,6 +63,32 @@ pub(crate) fn unregister_temp(p: &Path) {
     }
 }
 
+/// What the program shows when interrupted, before it exits (the work done so far).
+type InterruptHook = Box<dyn Fn() + Send>;
+static ON_INTERRUPT: Mutex<Option<InterruptHook>> = Mutex::new(None);
+
+/// Sets what an interrupt prints before the program exits 130 (replacing any earlier one).
+pub fn on_interrupt(f: impl Fn() + Send + 'static) {
+    if let Ok(mut h) = ON_INTERRUPT.lock() {
+        *h = Some(Box::new(f));
+    }
+}
+
+/// The terminal's size (columns, rows) when `fd` is one.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub fn terminal_size(fd: i32) -> Option<(usize, usize)> {
+    let mut ws: libc::winsize = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which points at ours.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws as *mut libc::winsize) };
+    (r == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col as usize, ws.ws_row as usize))
+}
+
+#[cfg(not(unix))]
+pub fn terminal_size(_fd: i32) -> Option<(usize, usize)> {
+    None
+}
+
 /// Installs, once at start: the handler of SIGINT/SIGTERM/SIGHUP (remove temporary files, say
 /// "interrupted", exit 130), a SIGBUS handler (a mapped file changed under us: one line, exit
 /// 2), and a panic hook that prints one line.
@@ -73,6 +99,12 @@ pub fn install() {
             let _ = std::fs::remove_file(p);
         }
         errln!("\ninterrupted");
+        // try_lock: a hook being replaced right now is skipped rather than waited for.
+        if let Ok(hook) = ON_INTERRUPT.try_lock() {
+            if let Some(f) = hook.as_ref() {
+                f();
+            }
+        }
         exit_now(EXIT_INTERRUPTED);
     });
     std::panic::set_hook(Box::new(|info| {

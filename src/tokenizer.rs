@@ -31,6 +31,7 @@ pub enum TokenizerSource {
 }
 
 /// A ready tokenizer plus the special ids the runtime needs.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub bos: Option<u32>,
@@ -207,6 +208,45 @@ impl Tokenizer {
     /// Text of `ids`, skipping special tokens (BOS, EOS, ...).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(tok_err)
+    }
+
+    /// A partly masked span as its final text will read: `Some(text)` for each run of committed
+    /// tokens, `None` for each masked position. A run after a masked position is decoded after
+    /// an anchor token and the anchor's text cut off, so it keeps the leading space that the
+    /// whole span's decode gives it (decoding the run alone would drop it); the first run is
+    /// decoded as the span's start is. Like the final text, it ends at the first committed EOS.
+    /// With nothing masked it is one run equal to [`Tokenizer::decode`] of the span up to EOS.
+    pub fn decode_canvas(&self, tokens: &[u32], masked: &[bool]) -> Result<Vec<Option<String>>> {
+        let anchor = self.inner.encode("a", false).map_err(tok_err)?.get_ids().last().copied();
+        let anchor_text = match anchor {
+            Some(a) => Some((a, self.decode(&[a])?)),
+            None => None,
+        };
+        let end = tokens.iter().zip(masked).position(|(&t, &m)| !m && Some(t) == self.eos).unwrap_or(tokens.len());
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < end {
+            if masked[i] {
+                out.push(None);
+                i += 1;
+                continue;
+            }
+            let j = (i..end).find(|&k| masked[k]).unwrap_or(end);
+            let run = &tokens[i..j];
+            let text = match (&anchor_text, i) {
+                (Some((a, a_text)), 1..) => {
+                    let with = self.decode(&[&[*a], run].concat())?;
+                    match with.strip_prefix(a_text.as_str()) {
+                        Some(rest) => rest.to_owned(),
+                        None => self.decode(run)?,
+                    }
+                }
+                _ => self.decode(run)?,
+            };
+            out.push(Some(text));
+            i = j;
+        }
+        Ok(out)
     }
 
     /// The text of one token as stored in the vocabulary (e.g. "▁the", "<0x0A>").

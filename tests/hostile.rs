@@ -382,7 +382,7 @@ fn bad_flags_and_closed_or_full_streams() {
 /// Spawns `cmd` with stderr piped and waits until its stderr has shown the line holding `marker`
 /// (at most `limit`); returns the child and the rest of its stderr, read by a thread.
 fn spawn_until(mut cmd: Command, marker: &str, limit: Duration) -> (std::process::Child, std::sync::mpsc::Receiver<u8>) {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd.stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let mut err = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -430,9 +430,26 @@ fn signals_and_a_model_truncated_under_the_map() {
     // Without -s the seed is printed once the model is loaded: the generation runs from there.
     let long_run = |m: &Path| {
         let mut c = Command::new(RUN);
-        c.args(["-m", m.to_str().unwrap(), "-p", "Hi", "-n", "1000", "--steps", "1000", "-t", "2", "--unmask", "confidence"]);
+        c.args(["-m", m.to_str().unwrap(), "-p", "Hi", "-n", "1000", "--steps", "1000", "-t", "2", "--unmask", "confidence"]).stdout(Stdio::null());
         c
     };
+    // Ctrl-C prints the canvas so far (masked positions as `_`) and how far it got.
+    let mut c = long_run(&model);
+    c.stdout(Stdio::piped());
+    let (mut child, rx) = spawn_until(c, "seed:", limit);
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, libc::SIGINT);
+    let (status, err) = finish(child, rx, limit);
+    let text = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("stopped after") && err.contains("still masked (shown as _)"), "{err}");
+    assert!(text.contains('_') && text.trim_end().len() >= 1000, "the canvas so far: {text:?}");
     for (name, sig) in [("SIGINT", libc::SIGINT), ("SIGTERM", libc::SIGTERM), ("SIGHUP", libc::SIGHUP)] {
         let (child, rx) = spawn_until(long_run(&model), "seed:", limit);
         signal(&child, sig);

@@ -265,3 +265,69 @@ fn prompt_input_follows_llama_cpp_habits() {
     let out = dlm_run(&[&common[..], &["-p", "Hello world"]].concat());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("special token"));
 }
+
+#[test]
+fn flags_that_do_nothing_say_so_and_the_live_views_show_the_final_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = convert(&tiny(tmp.path()), OutType::Q8_0);
+    let g = gguf.to_str().unwrap();
+    let stderr = |args: &[&str]| {
+        let out = dlm_run(&[&["-m", g, "-p", "Hi", "-n", "4", "-s", "1", "-t", "2"][..], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let quiet = stderr(&[]);
+    assert!(!quiet.contains("warning:") && !quiet.contains("note:"), "a plain run warns: {quiet}");
+    for (args, said) in [
+        (&["--unmask", "confidence", "--threshold", "0.7"][..], "--threshold applies only to --unmask threshold; this run uses --unmask confidence"),
+        (&["-b", "4"], "-b/--batch-size applies only to a batch of prompts"),
+        (&["--cache", "prefix"], "--cache without --block-length"),
+        (&["--backend", "cpu", "--device", "0"], "--device and -ngl have no effect"),
+        (&["--unmask", "origin", "--temp", "0"], "--unmask origin still picks which positions"),
+        (&["--mask-id", "2"], "mask id 2 is also the EOS token"),
+        (&["--unmask", "origin", "--steps", "64"], "of --steps 64: steps that commit nothing run no forward pass"),
+        (&["--unmask", "confidence", "--steps", "64"], "(4 of --steps 64: only 4 positions to commit)"),
+    ] {
+        let err = stderr(args);
+        assert!(err.contains(said), "{args:?}: `{said}` not in: {err}");
+    }
+
+    // --visual into a file: one plain line per step, no escape codes, the last one the final text.
+    let out = dlm_run(&["-m", g, "-p", "Once upon a time", "-n", "24", "--steps", "8", "-s", "3", "-t", "2", "--unmask", "confidence", "--visual"]);
+    assert!(out.status.success());
+    let (text, err) = (String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(!err.contains('\x1b'), "escape codes in a redirected stream: {err:?}");
+    let frames: Vec<&str> = err.lines().filter(|l| l.starts_with("[step")).collect();
+    assert_eq!(frames.len(), 8, "{err}");
+    assert_eq!(frames.last().unwrap().split_once("] ").unwrap().1, format!("Once upon a time{text}"), "last frame vs final text");
+    assert!(frames[0].contains('_'), "masked positions are drawn: {}", frames[0]);
+
+    // --visual on a terminal of 8 rows: redrawn in place, never taller than the terminal, no
+    // clear-screen; the final frame ends with the final text.
+    let cmd = format!(
+        "stty rows 8 cols 40; {} -m {g} -p 'Once upon a time' -n 200 --steps 10 -s 3 -t 2 --unmask confidence --visual",
+        env!("CARGO_BIN_EXE_dlm-run")
+    );
+    let tty = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    assert!(tty.status.success(), "{}", String::from_utf8_lossy(&tty.stderr));
+    let shown = String::from_utf8_lossy(&tty.stdout).into_owned();
+    assert!(!shown.contains("\x1b[2J"), "clears the whole screen");
+    // Each frame starts with clear-to-end and, from the second, a cursor-up over the last one.
+    let frames: Vec<&str> = shown.split("\x1b[J").skip(1).collect();
+    assert_eq!(frames.len(), 10, "one frame per step: {shown:?}");
+    for f in &frames[..9] {
+        let up = f.rfind("\x1b[").expect("the next frame's cursor-up");
+        let (body, code) = f.split_at(up);
+        let code = code.trim_end_matches('\r');
+        let lines = body.matches('\n').count();
+        assert!(lines <= 7 && code == format!("\x1b[{lines}A"), "a frame of {lines} lines on an 8-row terminal, then {code:?}");
+    }
+    // The last frame: the header says how much is cut, then the end of the final text.
+    let plain = |t: &str| t.replace("\x1b[2m", "").replace("\x1b[0m", "").chars().filter(|c| !c.is_control()).collect::<String>();
+    let last: Vec<&str> = frames[9].split('\n').collect();
+    assert!(last[0].contains("0 masked") && last[0].contains("(first"), "{:?}", last[0]);
+    let rows = plain(&last[1..7].concat());
+    let out = dlm_run(&["-m", g, "-p", "Once upon a time", "-n", "200", "--steps", "10", "-s", "3", "-t", "2", "--unmask", "confidence"]);
+    let text = plain(&format!("Once upon a time{}", String::from_utf8_lossy(&out.stdout).trim_end_matches('\n')));
+    assert!(rows.len() > 100 && text.ends_with(&rows), "last frame {rows:?} is not the end of the final text {text:?}");
+}

@@ -4,11 +4,12 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use clap::Parser;
-use common::{steady_ms, GenArgs, ModelArgs};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use common::{steady_ms, CacheArg, GenArgs, Loaded, ModelArgs, Rule};
 use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenParams, Generation, Pass};
 use dlm::sample::Unmasker;
 use dlm::{Model, Tokenizer};
@@ -130,7 +131,122 @@ fn check_args(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(a: Args) -> anyhow::Result<()> {
+/// Flags given on the command line (not defaulted), for warnings about flags that do nothing.
+struct Given {
+    batch_size: bool,
+    threshold: bool,
+}
+
+/// One line each for flags that do nothing in this run, or do something users do not expect.
+fn warn_flags(a: &Args, given: &Given, l: &Loaded) {
+    let rule = a.gen.unmask.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned());
+    if given.threshold && a.gen.unmask != Rule::Threshold {
+        dlm::errln!("warning: --threshold applies only to --unmask threshold; this run uses --unmask {rule}");
+    }
+    if given.batch_size && a.prompts.is_none() {
+        dlm::errln!("warning: -b/--batch-size applies only to a batch of prompts (--prompts); this run has one prompt");
+    }
+    if a.gen.cache != CacheArg::None && a.gen.block_length.is_none() {
+        dlm::errln!("note: --cache without --block-length: the whole span is one block, so only the prompt's keys/values are reused between steps");
+    }
+    let gpu_flags = a.m.device.is_some() || a.m.n_gpu_layers.is_some_and(|n| n > 0);
+    if gpu_flags && l.model.backend_description().starts_with("cpu") {
+        dlm::errln!("warning: --device and -ngl have no effect: the model runs on the CPU backend (--list-devices shows the GPUs this build can use)");
+    }
+    if a.gen.temp == 0.0 && a.gen.unmask == Rule::Origin {
+        dlm::errln!("note: --temp 0 makes each token greedy, but --unmask origin still picks which positions to commit at random (reproducible with --seed)");
+    }
+}
+
+/// Why a run took fewer passes than --steps, for the stats line.
+fn fewer_steps_reason(a: &Args, taken: usize) -> String {
+    if taken >= a.gen.steps {
+        return String::new();
+    }
+    let why = match a.gen.unmask {
+        Rule::Origin => "steps that commit nothing run no forward pass".to_string(),
+        Rule::Threshold => format!("--unmask threshold commits every position above {} at once", a.gen.threshold),
+        _ if a.n_predict < a.gen.steps => format!("only {} positions to commit", a.n_predict),
+        _ => "a committed EOS ends the text, and what follows it, early".to_string(),
+    };
+    format!(" ({taken} of --steps {}: {why})", a.gen.steps)
+}
+
+/// The span as text, each masked position shown as `mask`.
+fn canvas_text(tok: &Tokenizer, tokens: &[u32], masked: &[bool], mask: &str) -> String {
+    match tok.decode_canvas(tokens, masked) {
+        Ok(runs) => runs.iter().map(|r| r.as_deref().unwrap_or(mask)).collect(),
+        Err(_) => String::new(),
+    }
+}
+
+/// `--visual`: the canvas redrawn after each step. On a terminal it is redrawn in place (never
+/// taller than the terminal: the end of the text is kept) with masked positions dimmed; into a
+/// file or pipe each step is one plain line, without escape codes.
+struct Visual {
+    tty: Option<(usize, usize)>,
+    lines: usize,
+}
+
+impl Visual {
+    fn new() -> Visual {
+        let tty = std::io::stderr().is_terminal().then(|| dlm::cli::terminal_size(2).unwrap_or((80, 24)));
+        Visual { tty, lines: 0 }
+    }
+
+    fn frame(&mut self, header: &str, prompt: &str, runs: &[Option<String>]) {
+        let Some((cols, rows)) = self.tty else {
+            let body: String = runs.iter().map(|r| r.as_deref().unwrap_or("_")).collect();
+            dlm::errln!("{header} {prompt}{body}");
+            return;
+        };
+        // Characters with whether they are a mask, wrapped into rows of the terminal's width.
+        let chars = prompt.chars().map(|c| (c, false)).chain(runs.iter().flat_map(|r| match r {
+            Some(t) => t.chars().map(|c| (c, false)).collect::<Vec<_>>(),
+            None => vec![('_', true)],
+        }));
+        let mut wrapped: Vec<Vec<(char, bool)>> = vec![Vec::new()];
+        for (c, m) in chars {
+            let line = wrapped.last_mut().expect("never empty");
+            if c == '\n' || line.len() >= cols.max(2) - 1 {
+                wrapped.push(Vec::new());
+            }
+            if c != '\n' && !c.is_control() {
+                wrapped.last_mut().expect("never empty").push((c, m));
+            }
+        }
+        // The header line, the text's last rows, and a line for the cursor.
+        let keep = rows.saturating_sub(2).max(1);
+        let skipped = wrapped.len().saturating_sub(keep);
+        let mut out = String::new();
+        if self.lines > 0 {
+            out.push_str(&format!("\x1b[{}A", self.lines));
+        }
+        out.push_str("\r\x1b[J");
+        // One row, whatever the width: the cursor-up count relies on it.
+        let header = if skipped > 0 { format!("{header} (first {skipped} lines not shown)") } else { header.to_owned() };
+        out.extend(header.chars().take(cols.max(2) - 1));
+        out.push('\n');
+        for line in &wrapped[skipped..] {
+            let mut dim = false;
+            for &(c, m) in line {
+                if m != dim {
+                    out.push_str(if m { "\x1b[2m" } else { "\x1b[0m" });
+                    dim = m;
+                }
+                out.push(c);
+            }
+            if dim {
+                out.push_str("\x1b[0m");
+            }
+            out.push('\n');
+        }
+        self.lines = 1 + wrapped.len() - skipped;
+        dlm::errp!("{out}");
+    }
+}
+
+fn run(a: Args, given: Given) -> anyhow::Result<()> {
     if a.m.list_devices {
         common::list_devices()?;
         return Ok(());
@@ -141,6 +257,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         dlm::atomic::check_output(out, &inputs).context("--dump-logits")?;
     }
     let mut l = common::load(&a.m)?;
+    warn_flags(&a, &given, &l);
     let load_s = l.load_s;
     let esc = |t: &str| if a.escape { unescape(t) } else { t.to_owned() };
     let suffix = l.suffix(&esc(a.suffix.as_deref().unwrap_or("")))?;
@@ -191,18 +308,37 @@ fn run(a: Args) -> anyhow::Result<()> {
 
     let prefix = &prefixes[0];
     let mut rec = Recording { model: &mut *model, first: None, keep: a.dump_logits.is_some() };
-    let start = prefix.len();
+    let span = prefix.len()..prefix.len() + a.n_predict;
+    // Ctrl-C prints the canvas as it stands (masked positions as `_`) and how far it got.
+    // Before the first pass ends it is the empty canvas.
+    let so_far: Arc<Mutex<(Vec<u32>, Vec<bool>, usize)>> = Arc::new(Mutex::new((vec![params.mask_id; a.n_predict], vec![true; a.n_predict], 0)));
+    let (shared, tok_copy, t_gen) = (so_far.clone(), tok.clone(), Instant::now());
+    dlm::cli::on_interrupt(move || {
+        let Ok(s) = shared.try_lock() else { return };
+        let _ = dlm::outln!("{}", canvas_text(&tok_copy, &s.0, &s.1, "_"));
+        let left = s.1.iter().filter(|&&m| m).count();
+        dlm::errln!("stopped after {} passes in {:.2} s: {left} of {} positions still masked (shown as _)", s.2, t_gen.elapsed().as_secs_f64(), s.1.len());
+    });
+    let progress = std::io::stderr().is_terminal() && !a.visual && !a.json;
+    let mut visual = a.visual.then(Visual::new);
     let gen = generate(&mut rec, prefix, &suffix, &params, unmasker().as_mut(), |ev| {
         let Event::Step { step, canvas, masked, .. } = ev;
-        if a.visual {
-            let shown: String = (start..start + a.n_predict)
-                .map(|i| if masked[i] { "\x1b[2m_\x1b[0m".to_string() } else { tok.decode(&canvas[i..i + 1]).unwrap_or_default() })
-                .collect();
-            let left = masked.iter().filter(|&&m| m).count();
-            dlm::errp!("\x1b[2J\x1b[H[step {:>3}, {left} masked]\n{}{shown}\n", step + 1, prompts[0]);
+        let (tokens, masks) = (&canvas[span.clone()], &masked[span.clone()]);
+        let left = masks.iter().filter(|&&m| m).count();
+        if let Ok(mut s) = so_far.lock() {
+            *s = (tokens.to_vec(), masks.to_vec(), step + 1);
+        }
+        if let Some(v) = visual.as_mut() {
+            let runs = tok.decode_canvas(tokens, masks).unwrap_or_default();
+            v.frame(&format!("[step {:>3}, {left} masked]", step + 1), &prompts[0], &runs);
+        } else if progress {
+            dlm::errp!("\r\x1b[K[step {}, {left} of {} masked]", step + 1, a.n_predict);
         }
         Flow::Continue
     })?;
+    if progress {
+        dlm::errp!("\r\x1b[K");
+    }
     if let (Some(path), Some((rows, logits))) = (&a.dump_logits, &rec.first) {
         write_npy(path, *rows, logits.len() / rows, logits)?;
     }
@@ -221,10 +357,11 @@ fn run(a: Args) -> anyhow::Result<()> {
     } else {
         dlm::outln!("{text}")?;
         dlm::errln!(
-            "{} | load {:.0} ms | {} steps, {ms_per_step:.1} ms/step (from step 2) | {} tokens in {total:.2} s, {tps:.1} tokens/s",
+            "{} | load {:.0} ms | {} steps{}, {ms_per_step:.1} ms/step (from step 2) | {} tokens in {total:.2} s, {tps:.1} tokens/s",
             model.backend_description(),
             load_s * 1e3,
             gen.steps,
+            fewer_steps_reason(&a, gen.steps),
             gen.tokens.len(),
         );
     }
@@ -364,6 +501,12 @@ fn unescape(s: &str) -> String {
 
 fn main() -> ExitCode {
     dlm::cli::install();
-    let args = Args::parse_from(common::init());
-    dlm::cli::exit(run(args))
+    let matches = Args::command().get_matches_from(common::init());
+    let on_command_line = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let given = Given { batch_size: on_command_line("batch_size"), threshold: on_command_line("threshold") };
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    dlm::cli::exit(run(args, given))
 }

@@ -250,6 +250,11 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
         bail!("mask id {mask_id} is outside the {}-token vocabulary", model.params().n_vocab);
     }
     let tok = Tokenizer::from_gguf(model.gguf())?;
+    for (id, what) in [(tok.bos, "BOS"), (tok.eos, "EOS")] {
+        if id == Some(mask_id) {
+            dlm::errln!("warning: mask id {mask_id} is also the {what} token, so the model cannot tell masked positions from a real {what} (a wrong --mask-id?)");
+        }
+    }
     if tok.vocab_size() != model.params().n_vocab {
         bail!("{}: the tokenizer has {} tokens but the model's vocabulary is {}", path.display(), tok.vocab_size(), model.params().n_vocab);
     }
