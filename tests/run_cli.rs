@@ -331,3 +331,43 @@ fn flags_that_do_nothing_say_so_and_the_live_views_show_the_final_text() {
     let text = plain(&format!("Once upon a time{}", String::from_utf8_lossy(&out.stdout).trim_end_matches('\n')));
     assert!(rows.len() > 100 && text.ends_with(&rows), "last frame {rows:?} is not the end of the final text {text:?}");
 }
+
+#[test]
+fn info_and_tokenizer_tools_need_no_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tiny(tmp.path());
+    // Tensor types per quantization, as PyPI gguf (an independent reader) counts them.
+    let count_types = "import collections, gguf, sys\n\
+        r = gguf.GGUFReader(sys.argv[1])\n\
+        c = collections.Counter(t.tensor_type.name.lower() for t in r.tensors)\n\
+        print(', '.join(f'{n} {t}' for t, n in sorted(c.items())))";
+    for kind in [OutType::F32, OutType::F16, OutType::Bf16, OutType::Q8_0, OutType::Q4_0, OutType::Q4_K_M, OutType::Q6_K] {
+        let gguf = convert(&hf, kind);
+        let g = gguf.to_str().unwrap();
+        let out = dlm_run(&["-m", g, "--info"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{}: {}", kind.name(), String::from_utf8_lossy(&out.stderr));
+        let py = Command::new("python3").args(["-c", count_types, g]).output().unwrap();
+        assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+        let want = String::from_utf8_lossy(&py.stdout).trim().to_owned();
+        assert!(text.contains(&format!("tensor types: {want}\n")), "{}: `{want}` not in:\n{text}", kind.name());
+        for line in ["architecture: llama", "layers 2, embedding 256, heads 4 (kv 4), head dim 64", "vocab 32000", "attention: bidirectional (file)", "mask id: 811 (file)", "logits shifted: true (file)", "chat template: none"] {
+            assert!(text.contains(line), "{}: `{line}` not in:\n{text}", kind.name());
+        }
+        std::fs::remove_file(&gguf).unwrap();
+    }
+    let gguf = convert(&hf, OutType::Q8_0);
+    let g = gguf.to_str().unwrap();
+    // llama-tokenizer-js's published case: "grabbed" -> [1, 2646, 1327, 287].
+    let ids = dlm_run(&["-m", g, "--tokenize", "-p", "grabbed", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&ids.stdout).trim(), "[1,2646,1327,287]", "{}", String::from_utf8_lossy(&ids.stderr));
+    let lines = dlm_run(&["-m", g, "--tokenize", "-p", "grabbed"]);
+    let listed: Vec<String> = String::from_utf8_lossy(&lines.stdout).lines().map(|l| l.split_whitespace().next().unwrap().to_owned()).collect();
+    assert_eq!(listed, ["1", "2646", "1327", "287"]);
+    assert!(String::from_utf8_lossy(&lines.stdout).starts_with("     1 \"<s>\"\n"), "{}", String::from_utf8_lossy(&lines.stdout));
+    let text = dlm_run(&["-m", g, "--detokenize", "-p", "1, 2646 1327,287"]);
+    assert_eq!(String::from_utf8_lossy(&text.stdout), "grabbed\n");
+    let bad = dlm_run(&["-m", g, "--detokenize", "-p", "1 32000"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("`32000` is not a token id of this 32000-token vocabulary"));
+}

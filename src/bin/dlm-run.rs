@@ -58,6 +58,19 @@ struct Args {
     /// Print one JSON object (text, token ids, steps, timings) instead of plain text
     #[arg(long)]
     json: bool,
+    /// Print what the file holds and what dlm-run will do with it (architecture, sizes, tensor
+    /// types, tokenizer, chat template, diffusion settings and where each came from), then exit.
+    /// Loads no weights
+    #[arg(long, conflicts_with_all = ["tokenize", "detokenize"])]
+    info: bool,
+    /// Print the token ids of the prompt (-p, -f or standard input), one `id 'piece'` per line
+    /// (with --json: one array), then exit
+    #[arg(long, conflicts_with = "detokenize")]
+    tokenize: bool,
+    /// Print the text of the token ids given as the prompt (numbers separated by spaces or
+    /// commas), then exit
+    #[arg(long)]
+    detokenize: bool,
     /// Write the first step's logits for every position as float32 .npy [seq_len, vocab]
     #[arg(long, value_name = "PATH.npy")]
     dump_logits: Option<PathBuf>,
@@ -256,26 +269,18 @@ fn run(a: Args, given: Given) -> anyhow::Result<()> {
         let inputs: Vec<PathBuf> = [Some(model), a.file.as_ref(), a.prompts.as_ref()].into_iter().flatten().cloned().collect();
         dlm::atomic::check_output(out, &inputs).context("--dump-logits")?;
     }
+    let esc = |t: &str| if a.escape { unescape(t) } else { t.to_owned() };
+    if a.info {
+        return info(&a);
+    }
+    if a.tokenize || a.detokenize {
+        return tokenize(&a, &read_prompts(&a)?.concat());
+    }
     let mut l = common::load(&a.m)?;
     warn_flags(&a, &given, &l);
     let load_s = l.load_s;
-    let esc = |t: &str| if a.escape { unescape(t) } else { t.to_owned() };
     let suffix = l.suffix(&esc(a.suffix.as_deref().unwrap_or("")))?;
-    let prompts: Vec<String> = match (&a.prompts, &a.file, &a.prompt) {
-        (Some(path), _, _) => {
-            let text = common::read_text(path, "prompts", true)?;
-            let lines: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_owned()).filter(|l| !l.trim().is_empty()).collect();
-            if lines.is_empty() {
-                let at = if path == Path::new("-") { "standard input".into() } else { path.display().to_string() };
-                bail!("{at}: no prompts (expected one per line)");
-            }
-            lines
-        }
-        (None, Some(path), _) => vec![strip_newline(common::read_text(path, "the prompt", true)?)],
-        (None, None, Some(p)) => vec![esc(p)],
-        (None, None, None) if !std::io::stdin().is_terminal() => vec![strip_newline(common::read_text(Path::new("-"), "the prompt", true)?)],
-        (None, None, None) => vec![String::new()],
-    };
+    let prompts = read_prompts(&a)?;
     for (i, prompt) in prompts.iter().enumerate() {
         let ids = l.tok.encode(prompt)?;
         let special: Vec<u32> = [l.tok.bos, l.tok.eos].into_iter().flatten().collect();
@@ -364,6 +369,99 @@ fn run(a: Args, given: Given) -> anyhow::Result<()> {
             fewer_steps_reason(&a, gen.steps),
             gen.tokens.len(),
         );
+    }
+    Ok(())
+}
+
+/// The prompts as llama.cpp users give them: `--prompts FILE` (one per line), `-f FILE` (one
+/// prompt, all of it), `-p TEXT` (with `-e` escapes), else standard input when it is not a
+/// terminal, else none (unconditional generation).
+fn read_prompts(a: &Args) -> anyhow::Result<Vec<String>> {
+    let esc = |t: &str| if a.escape { unescape(t) } else { t.to_owned() };
+    Ok(match (&a.prompts, &a.file, &a.prompt) {
+        (Some(path), _, _) => {
+            let text = common::read_text(path, "prompts", true)?;
+            let lines: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_owned()).filter(|l| !l.trim().is_empty()).collect();
+            if lines.is_empty() {
+                let at = if path == Path::new("-") { "standard input".into() } else { path.display().to_string() };
+                bail!("{at}: no prompts (expected one per line)");
+            }
+            lines
+        }
+        (None, Some(path), _) => vec![strip_newline(common::read_text(path, "the prompt", true)?)],
+        (None, None, Some(p)) => vec![esc(p)],
+        (None, None, None) if !std::io::stdin().is_terminal() => vec![strip_newline(common::read_text(Path::new("-"), "the prompt", true)?)],
+        (None, None, None) => vec![String::new()],
+    })
+}
+
+/// `--info`: the file's facts and what the runtime will take from it, without loading weights.
+fn info(a: &Args) -> anyhow::Result<()> {
+    use dlm::{keys, Gguf};
+    let path = a.m.model.clone().context("-m/--model is required")?;
+    let g = Gguf::open(&path)?;
+    let checked = dlm::model::check(&g, None)?;
+    let (mask_id, shift, causal) = common::diffusion_settings(&a.m, &g)?;
+    let p = dlm::model::LlamaParams::from_gguf(&g, causal)?;
+    let tok = dlm::Tokenizer::from_gguf(&g)?;
+    let source = |cli: bool, key: &str| if cli { "flag" } else if g.get(key).is_some() { "file" } else { "DiffuLLaMA default" };
+    let n_params: u64 = g.tensors().iter().map(|t| t.n_elements()).sum();
+    let mut types: std::collections::BTreeMap<String, usize> = Default::default();
+    for t in g.tensors() {
+        *types.entry(t.ggml_type.name()).or_default() += 1;
+    }
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let name = g.get(keys::NAME).and_then(|v| v.as_str()).unwrap_or("(none)");
+    let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map_or("none".to_string(), |t| format!("present ({} bytes)", t.len()));
+    let causal_key = keys::arch(&p.arch, "attention.causal");
+    let attention = if p.causal { "causal" } else { "bidirectional" };
+    let lines = [
+        format!("file: {} ({:.1} MB, GGUF v{}, alignment {})", path.display(), bytes as f64 / 1e6, g.version(), g.alignment()),
+        format!("architecture: {} (name: {name})", p.arch),
+        format!("parameters: {:.2} M in {} tensors", n_params as f64 / 1e6, g.tensors().len()),
+        format!("tensor types: {}", types.iter().map(|(t, n)| format!("{n} {t}")).collect::<Vec<_>>().join(", ")),
+        format!("layers {}, embedding {}, heads {} (kv {}), head dim {}, feed-forward {}, vocab {}", p.n_layer, p.n_embd, p.n_head, p.n_head_kv, p.head_dim(), p.n_ff, p.n_vocab),
+        format!("context: {} tokens; RoPE base {}, dims {}; RMS epsilon {:e}; LM head {}", p.n_ctx_train, p.rope_theta, p.rope_dims, p.rms_eps, if p.tied_output { "tied to the embedding" } else { "output.weight" }),
+        format!("attention: {attention} ({})", if g.get(&causal_key).is_some() { "file" } else { "DiffuLLaMA default" }),
+        format!("mask id: {mask_id} ({}) {:?}", source(a.m.mask_id.is_some(), keys::MASK_ID), tok.id_to_token(mask_id).unwrap_or_default()),
+        format!("logits shifted: {shift} ({})", source(a.m.shift.is_some(), keys::SHIFT_LOGITS)),
+        format!("tokenizer: {:?}, {} tokens, BOS {:?}, EOS {:?}, adds BOS: {}", tok.source, tok.vocab_size(), tok.bos, tok.eos, tok.add_bos),
+        format!("chat template: {template}"),
+        format!(
+            "generation (these flags' values now): --steps {} --unmask {} --threshold {} --temp {} --top-p {} --top-k {} --cache {}",
+            a.gen.steps,
+            a.gen.unmask.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned()),
+            a.gen.threshold,
+            a.gen.temp,
+            a.gen.top_p,
+            a.gen.top_k,
+            a.gen.cache.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned()),
+        ),
+    ];
+    for l in lines.iter().chain(&checked.warnings) {
+        dlm::outln!("{l}")?;
+    }
+    Ok(())
+}
+
+/// `--tokenize` / `--detokenize` on `text`, with the file's tokenizer only.
+fn tokenize(a: &Args, text: &str) -> anyhow::Result<()> {
+    let path = a.m.model.clone().context("-m/--model is required")?;
+    let tok = dlm::Tokenizer::from_gguf(&dlm::Gguf::open(&path)?)?;
+    if a.detokenize {
+        let ids = text
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']')
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse::<u32>().ok().filter(|&id| (id as usize) < tok.vocab_size()).with_context(|| format!("--detokenize: `{t}` is not a token id of this {}-token vocabulary", tok.vocab_size())))
+            .collect::<anyhow::Result<Vec<u32>>>()?;
+        return dlm::outln!("{}", tok.decode(&ids)?);
+    }
+    let ids = tok.encode(text)?;
+    if a.json {
+        return dlm::outln!("{}", serde_json::json!(ids));
+    }
+    for id in ids {
+        dlm::outln!("{id:>6} {:?}", tok.id_to_token(id).unwrap_or_default())?;
     }
     Ok(())
 }

@@ -262,7 +262,7 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
 }
 
 /// Diffusion settings from the file, with DiffuLLaMA defaults for GGUFs made by other tools.
-fn diffusion_settings(a: &ModelArgs, g: &Gguf) -> anyhow::Result<(u32, bool, Option<bool>)> {
+pub fn diffusion_settings(a: &ModelArgs, g: &Gguf) -> anyhow::Result<(u32, bool, Option<bool>)> {
     let file_mask = g.get(keys::MASK_ID).map(|_| g.get_u32(keys::MASK_ID)).transpose()?;
     let file_shift = g.get(keys::SHIFT_LOGITS).map(|_| g.get_bool(keys::SHIFT_LOGITS)).transpose()?;
     let causal_key = keys::arch(g.get_str(keys::ARCHITECTURE)?, "attention.causal");
