@@ -7,7 +7,10 @@ config.json / tokenizer.json, every tensor's name, shape and type against llama.
 (re-implemented here), the Q/K RoPE permutation, and that dequantized weights match the source
 within each type's error bound. Exits non-zero with the failures listed.
 
-    python3 tests/check_gguf.py HF_DIR FILE.gguf TYPE [--mask-id N]
+    python3 tests/check_gguf.py HF_DIR FILE.gguf TYPE [--mask-id N] [--same-metadata SRC.gguf]
+
+--same-metadata: FILE was re-quantized from SRC; every metadata key of SRC must be in FILE with
+the same type and value (but general.file_type), and FILE must have no other key.
 """
 import json
 import struct
@@ -188,6 +191,21 @@ def main():
             raw = src[hf_name]
             rel_raw = float(np.sqrt(np.mean((got - raw) ** 2)) / np.sqrt(np.mean(raw ** 2)))
             check(rel_raw > 0.5, f"{name}: matches the unpermuted weights too ({rel_raw:.2e})")
+
+    if "--same-metadata" in sys.argv:
+        src_r = gguf.GGUFReader(sys.argv[sys.argv.index("--same-metadata") + 1])
+        skip = {"general.file_type"}
+        keys = [k for k in src_r.fields if not k.startswith("GGUF.") and k not in skip]
+        for k in keys:
+            a, b = src_r.fields[k], r.fields.get(k)
+            if b is None:
+                failures.append(f"metadata {k} of the source is missing")
+                continue
+            check(a.types == b.types, f"metadata {k}: type {b.types}, source {a.types}")
+            check(a.contents() == b.contents(), f"metadata {k}: value differs from the source")
+        extra = [k for k in r.fields if not k.startswith("GGUF.") and k not in skip and k not in src_r.fields]
+        check(not extra, f"metadata keys the source does not have: {extra}")
+        print(f"{len(keys)} metadata keys as in the source")
 
     summary = ", ".join(f"{k} {v:.2e}" for k, v in sorted(worst.items()))
     if failures:

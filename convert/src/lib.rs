@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod policy;
+pub mod requant;
 pub mod vocab;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use rayon::prelude::*;
 
 pub use checkpoint::{Checkpoint, LlamaConfig, SourceTensor};
 pub use policy::OutType;
+pub use requant::{Requant, RequantTensor};
 pub use vocab::Vocab;
 
 /// Conversion errors; each names the file, field or tensor at fault.
@@ -172,7 +174,7 @@ impl Plan {
     /// Reads and validates the checkpoint in `dir` against `opts`; writes nothing.
     pub fn new(dir: &Path, opts: &Options) -> Result<Plan> {
         if !dir.is_dir() {
-            return Err(ConvertError::input(dir, "not a directory (expected a Hugging Face checkpoint folder)".into()));
+            return Err(ConvertError::input(dir, "neither a folder nor a GGUF file (expected a Hugging Face checkpoint folder, or a GGUF model to re-quantize)".into()));
         }
         let config = LlamaConfig::load(dir)?;
         let vocab = Vocab::load(dir)?;
@@ -322,39 +324,10 @@ impl Plan {
     /// tensor is converted. Writing overlaps conversion: a writer thread takes each finished
     /// tensor through a one-slot channel while the next one is quantized (so at most two
     /// converted tensors are in memory).
-    pub fn write(&self, out: &Path, mut progress: impl FnMut(usize, &PlannedTensor)) -> Result<Summary> {
+    pub fn write(&self, out: &Path, progress: impl FnMut(usize, &PlannedTensor)) -> Result<Summary> {
         let start = Instant::now();
         self.check_output(out)?;
-        let mut stream = self.header.create(out)?;
-        std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
-            let writer = scope.spawn(move || -> Result<dlm::gguf::TensorStream> {
-                for data in rx {
-                    stream.write_tensor(&data)?;
-                }
-                Ok(stream)
-            });
-            let mut converted = Ok(());
-            for (i, t) in self.tensors.iter().enumerate() {
-                match self.convert_tensor(t) {
-                    // A closed channel means the writer failed: its error is returned below.
-                    Ok(data) => {
-                        if tx.send(data).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        converted = Err(e);
-                        break;
-                    }
-                }
-                progress(i, t);
-            }
-            drop(tx);
-            let stream = writer.join().expect("the writer thread does not panic")?;
-            converted?;
-            Ok(stream.finish()?)
-        })?;
+        write_streamed(&self.header, out, &self.tensors, |t| self.convert_tensor(t), progress)?;
         Ok(Summary {
             tensors: self.tensors.len(),
             params: self.tensors.iter().map(PlannedTensor::n_elements).sum(),
@@ -398,8 +371,51 @@ impl Plan {
     }
 }
 
+/// Writes `header` and then each of `tensors` as `convert` makes it, to a temporary file
+/// renamed to `out` when complete. Writing overlaps conversion: a writer thread takes each
+/// finished tensor through a one-slot channel while the next one is converted (so at most two
+/// converted tensors are in memory). `progress(i, tensor)` is called as each is converted.
+pub(crate) fn write_streamed<T: Sync>(
+    header: &GgufWriter,
+    out: &Path,
+    tensors: &[T],
+    convert: impl Fn(&T) -> Result<Vec<u8>>,
+    mut progress: impl FnMut(usize, &T),
+) -> Result<()> {
+    let mut stream = header.create(out)?;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        let writer = scope.spawn(move || -> Result<dlm::gguf::TensorStream> {
+            for data in rx {
+                stream.write_tensor(&data)?;
+            }
+            Ok(stream)
+        });
+        let mut converted = Ok(());
+        for (i, t) in tensors.iter().enumerate() {
+            match convert(t) {
+                // A closed channel means the writer failed: its error is returned below.
+                Ok(data) => {
+                    if tx.send(data).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    converted = Err(e);
+                    break;
+                }
+            }
+            progress(i, t);
+        }
+        drop(tx);
+        let stream = writer.join().expect("the writer thread does not panic")?;
+        converted?;
+        Ok(stream.finish()?)
+    })
+}
+
 /// Rows per parallel task: about 256 KiB of f32, enough to amortize, small enough to balance.
-fn rows_per_task(row: usize) -> usize {
+pub(crate) fn rows_per_task(row: usize) -> usize {
     ((1 << 16) / row).max(1)
 }
 
@@ -414,7 +430,7 @@ pub fn rope_source_row(dst_row: usize, rows: usize, heads: usize) -> usize {
 }
 
 /// `values` (whole rows of `row`) into `dst` as type `t`.
-fn quantize_into(t: GgmlType, values: &[f32], row: usize, dst: &mut [u8]) -> dlm::Result<()> {
+pub(crate) fn quantize_into(t: GgmlType, values: &[f32], row: usize, dst: &mut [u8]) -> dlm::Result<()> {
     if t == GgmlType::F32 {
         for (d, x) in dst.chunks_exact_mut(4).zip(values) {
             d.copy_from_slice(&x.to_le_bytes());

@@ -1,11 +1,12 @@
-//! `dlm-convert`: Hugging Face DiffuLLaMA checkpoint → GGUF.
+//! `dlm-convert`: Hugging Face DiffuLLaMA checkpoint → GGUF, or GGUF → GGUF re-quantization.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use dlm_convert::{Options, OutType, Plan};
+use dlm::GgmlType;
+use dlm_convert::{Options, OutType, Plan, Requant, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Convert a Hugging Face DiffuLLaMA (LLaMA-architecture) checkpoint into a GGUF file for dlm-run.
@@ -14,10 +15,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// model.safetensors or shards listed in model.safetensors.index.json (bf16, f16 or f32).
 /// The output follows llama.cpp's GGUF conventions, plus the diffusion keys dlm needs
 /// (bidirectional attention, mask token id, shifted logits), so llama.cpp can read it too.
+///
+/// Given a GGUF model instead of a folder, it re-quantizes it (llama-quantize's job): every
+/// metadata key is kept, each tensor gets the type --type gives it, and tensors already of that
+/// type are copied unchanged.
 #[derive(Parser, Debug)]
-#[command(name = "dlm-convert", version, allow_negative_numbers = true, after_help = "Example:\n  dlm-convert path/to/diffullama-hf -o diffullama-q4.gguf --type q4_0")]
+#[command(
+    name = "dlm-convert",
+    version,
+    allow_negative_numbers = true,
+    after_help = "Examples:\n  dlm-convert path/to/diffullama-hf -o diffullama-q4.gguf --type q4_0\n  dlm-convert diffullama-f16.gguf -o diffullama-q4_k_m.gguf --type q4_k_m"
+)]
 struct Args {
-    /// Hugging Face checkpoint folder
+    /// Hugging Face checkpoint folder, or a GGUF model to re-quantize
     input: PathBuf,
     /// Output GGUF path (written to a temporary file and renamed when complete)
     #[arg(short, long)]
@@ -39,6 +49,10 @@ struct Args {
     /// Threads for conversion [default: all cores]
     #[arg(short, long)]
     threads: Option<usize>,
+    /// Re-quantize tensors that are already quantized (GGUF input; loses more quality than
+    /// converting the original weights)
+    #[arg(long)]
+    allow_requantize: bool,
     /// No progress bar
     #[arg(short, long)]
     quiet: bool,
@@ -66,7 +80,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("setting up threads")?;
     }
-    let opts = Options { out_type: args.out_type, mask_id: args.mask_id, name: args.name, causal: args.causal };
+    let opts = Options { out_type: args.out_type, mask_id: args.mask_id, name: args.name.clone(), causal: args.causal };
+    if dlm_convert::requant::is_gguf(&args.input) {
+        return requantize(&args, &opts);
+    }
+    if args.allow_requantize {
+        dlm::errln!("warning: --allow-requantize does nothing when the input is a Hugging Face checkpoint");
+    }
     let plan = Plan::new(&args.input, &opts)
         .with_context(|| format!("cannot convert {}", args.input.display()))?;
     plan.check_output(&args.output)?;
@@ -83,21 +103,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         plan.mask_id,
         plan.mask_source
     );
-    for t in plan.tensors.iter().filter(|t| t.wanted.is_some()) {
-        dlm::errln!(
-            "note: {}: row length {} is not a multiple of {}'s block size; using {}",
-            t.name,
-            t.shape[0],
-            t.wanted.unwrap(),
-            t.ggml_type
-        );
+    for t in plan.tensors.iter() {
+        fallback_note(&t.name, t.shape[0], t.wanted, t.ggml_type);
     }
-
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(plan.bytes_in()) };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta}) {msg}")
-            .expect("valid template"),
-    );
+    let bar = progress_bar(args.quiet, plan.bytes_in());
     let summary = plan
         .write(&args.output, |_, t| {
             bar.inc((t.source.end - t.source.start) as u64);
@@ -105,17 +114,72 @@ fn run(args: Args) -> anyhow::Result<()> {
         })
         .with_context(|| format!("writing {}", args.output.display()))?;
     bar.finish_and_clear();
+    report(&args, &summary, plan.tensors.iter().map(|t| t.ggml_type), "");
+    Ok(())
+}
 
+/// GGUF → GGUF.
+fn requantize(args: &Args, opts: &Options) -> anyhow::Result<()> {
+    let rq = Requant::new(&args.input, opts, args.allow_requantize)
+        .with_context(|| format!("cannot re-quantize {}", args.input.display()))?;
+    rq.check_output(&args.output)?;
+    for w in &rq.warnings {
+        dlm::errln!("warning: {w}");
+    }
+    let p = |t: GgmlType| rq.tensors.iter().filter(|r| r.from == t).count();
+    let from: Vec<String> = GgmlType::all().filter(|&t| p(t) > 0).map(|t| format!("{} {t}", p(t))).collect();
+    dlm::errln!(
+        "dlm-convert: re-quantizing {} ({} tensors: {}) to --type {}; mask id {} ({})",
+        args.input.display(),
+        rq.tensors.len(),
+        from.join(", "),
+        args.out_type.name(),
+        rq.mask_id,
+        rq.mask_source
+    );
+    for t in &rq.tensors {
+        fallback_note(&t.name, t.shape[0], t.wanted, t.ggml_type);
+    }
+    let bar = progress_bar(args.quiet, rq.bytes_in());
+    let summary = rq
+        .write(&args.output, |_, t| {
+            bar.inc(rq.gguf.tensors()[t.index].size);
+            bar.set_message(format!("{}: {} → {}", t.name, t.from, t.ggml_type));
+        })
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    bar.finish_and_clear();
+    let copied = rq.tensors.iter().filter(|t| t.copied()).count();
+    report(args, &summary, rq.tensors.iter().map(|t| t.ggml_type), &format!("; {copied} copied unchanged"));
+    Ok(())
+}
+
+fn fallback_note(name: &str, row: u64, wanted: Option<GgmlType>, got: GgmlType) {
+    if let Some(w) = wanted {
+        dlm::errln!("note: {name}: row length {row} is not a multiple of {w}'s block size; using {got}");
+    }
+}
+
+fn progress_bar(quiet: bool, total: u64) -> ProgressBar {
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta}) {msg}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+/// The closing line: tensors by type, sizes, bits per weight, time.
+fn report(args: &Args, summary: &Summary, types: impl Iterator<Item = GgmlType>, extra: &str) {
     let mut counts: Vec<(String, usize)> = Vec::new();
-    for t in &plan.tensors {
-        match counts.iter_mut().find(|(n, _)| *n == t.ggml_type.name()) {
+    for t in types {
+        match counts.iter_mut().find(|(n, _)| *n == t.name()) {
             Some(c) => c.1 += 1,
-            None => counts.push((t.ggml_type.name(), 1)),
+            None => counts.push((t.name(), 1)),
         }
     }
     let mix: Vec<String> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
     dlm::errln!(
-        "wrote {}: {} tensors ({}), {:.1} M params, {} in → {} out, {:.2} bits/weight, {:.1} s ({:.0} MB/s of source)",
+        "wrote {}: {} tensors ({}), {:.1} M params, {} in → {} out, {:.2} bits/weight, {:.1} s ({:.0} MB/s of source){extra}",
         args.output.display(),
         summary.tensors,
         mix.join(", "),
@@ -126,7 +190,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         summary.seconds,
         summary.bytes_in as f64 / 1e6 / summary.seconds.max(1e-9)
     );
-    Ok(())
 }
 
 fn main() -> ExitCode {

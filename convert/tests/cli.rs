@@ -125,6 +125,107 @@ fn f32_source_with_mask_token_in_tokenizer_config() {
     pycheck(&hf, &out, "f32", &["--mask-id", "0"]);
 }
 
+/// Relative RMS difference of two tensors after ggml's dequantization.
+fn rel_diff(a: &Gguf, b: &Gguf, name: &str) -> f64 {
+    let values = |g: &Gguf| {
+        let t = g.tensor(name).unwrap();
+        let mut v = vec![0f32; t.n_elements() as usize];
+        dlm::backend::ggml::dequantize(t.ggml_type, g.tensor_data(t), &mut v).unwrap();
+        v
+    };
+    let (x, y) = (values(a), values(b));
+    let num: f64 = x.iter().zip(&y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+    let den: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+#[test]
+fn gguf_input_is_requantized_keeping_every_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    // FFN 640: ffn_down rows fall back from K-quants in the re-quantization too.
+    make_checkpoint(&hf, &["--dtype", "bf16", "--shards", "1", "--ffn", "640"]);
+    let f32_file = tmp.path().join("m-f32.gguf");
+    assert_ok(&convert(&hf, &f32_file, &["--type", "f32"]));
+    let f32_arg = ["--same-metadata", f32_file.to_str().unwrap()];
+
+    // From f32 the quantizer sees exactly the values a conversion from the bf16 checkpoint
+    // gives it: the file must be the direct conversion's, byte for byte.
+    for kind in ["f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q6_k"] {
+        let direct = tmp.path().join(format!("d-{kind}.gguf"));
+        let requant = tmp.path().join(format!("r-{kind}.gguf"));
+        assert_ok(&convert(&hf, &direct, &["--type", kind]));
+        let log = assert_ok(&convert(&f32_file, &requant, &["--type", kind]));
+        assert!(log.contains("re-quantizing") && log.contains("21 tensors: 21 f32"), "{kind}: {log}");
+        assert!(log.contains("5 copied unchanged"), "{kind}: the 1-D norms stay f32: {log}");
+        if kind.starts_with("q4_k") || kind == "q6_k" {
+            assert!(log.contains("note: blk.0.ffn_down.weight: row length 640"), "{kind}: fallback not reported: {log}");
+        }
+        pycheck(&hf, &requant, kind, &f32_arg);
+        assert!(std::fs::read(&direct).unwrap() == std::fs::read(&requant).unwrap(), "{kind}: differs from the direct conversion");
+    }
+
+    // f16 → q8_0 goes through ggml's f16 dequantizer: checked against the checkpoint.
+    let from_f16 = tmp.path().join("f16-q8_0.gguf");
+    assert_ok(&convert(&tmp.path().join("d-f16.gguf"), &from_f16, &["--type", "q8_0"]));
+    pycheck(&hf, &from_f16, "q8_0", &[]);
+
+    // The same type again: every tensor copied, the file unchanged.
+    let q4 = tmp.path().join("d-q4_0.gguf");
+    let same = tmp.path().join("same.gguf");
+    let log = assert_ok(&convert(&q4, &same, &["--type", "q4_0"]));
+    assert!(log.contains("21 copied unchanged"), "{log}");
+    assert!(std::fs::read(&q4).unwrap() == std::fs::read(&same).unwrap(), "q4_0 → q4_0 changed the file");
+
+    // Quantized → other quantized needs --allow-requantize, as in llama-quantize.
+    let q8 = tmp.path().join("q4-q8.gguf");
+    let out = convert(&q4, &q8, &["--type", "q8_0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is already q4_0") && err.contains("--allow-requantize"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(!q8.exists(), "nothing written on refusal");
+    assert_ok(&convert(&q4, &q8, &["--type", "q8_0", "--allow-requantize"]));
+    let (a, b) = (Gguf::open(&q4).unwrap(), Gguf::open(&q8).unwrap());
+    for t in a.tensors() {
+        let want = if t.shape.len() == 1 { dlm::GgmlType::F32 } else { dlm::GgmlType::Q8_0 };
+        assert_eq!(b.tensor(&t.name).unwrap().ggml_type, want, "{}", t.name);
+        let d = rel_diff(&a, &b, &t.name);
+        if want == dlm::GgmlType::Q8_0 {
+            // Q8_0 of Q4_0's values: within Q8_0's error of them, and not a copy.
+            assert!(d > 0.0 && d < 0.007, "{}: {d:.2e}", t.name);
+        }
+    }
+
+    // Overrides change only their keys.
+    let renamed = tmp.path().join("renamed.gguf");
+    assert_ok(&convert(&f32_file, &renamed, &["--type", "f32", "--mask-id", "5", "--name", "tiny", "--causal"]));
+    let (a, b) = (Gguf::open(&f32_file).unwrap(), Gguf::open(&renamed).unwrap());
+    assert_eq!(b.get_u32(dlm::keys::MASK_ID).unwrap(), 5);
+    assert_eq!(b.get_str(dlm::keys::NAME).unwrap(), "tiny");
+    assert!(b.get_bool("llama.attention.causal").unwrap());
+    let changed = [dlm::keys::MASK_ID, dlm::keys::NAME, "llama.attention.causal"];
+    for (k, v) in a.metadata() {
+        if !changed.contains(&k.as_str()) {
+            assert_eq!(b.get(k), Some(v), "{k}");
+        }
+    }
+    assert_eq!(a.metadata().len(), b.metadata().len());
+
+    // The input itself as output, and a file that is not a model.
+    let out = convert(&f32_file, &f32_file, &["--type", "q4_0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let bad = tmp.path().join("bad.gguf");
+    let mut bytes = std::fs::read(&q4).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = convert(&bad, &tmp.path().join("x.gguf"), &["--type", "q8_0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.gguf") && err.lines().count() == 1, "{err}");
+    assert!(!tmp.path().join("x.gguf").exists());
+}
+
 /// A broken checkpoint: what to break, and words the error must contain.
 struct Case {
     what: &'static str,
