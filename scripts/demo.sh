@@ -21,7 +21,7 @@ PY
 run() {  # prompt, tokens, extra flags...
   local p="$1" n="$2"; shift 2
   printf '%-28s ->' "$p${*:+ [$*]}"
-  target/release/dlm-run -m "$gguf" -p "$p" -n "$n" --steps "$n" --temp 0 --seed 1 "$@" 2>"$out/last.log"
+  target/release/dlm-run -m "$gguf" -p "$p" -n "$n" --steps "$n" --temp 0 --seed 1 --no-display-prompt "$@" 2>"$out/last.log"
   tail -1 "$out/last.log" | sed 's/^/    /'
 }
 echo "--- held-out problems (training never saw them) ---"

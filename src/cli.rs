@@ -18,24 +18,55 @@ pub const EXIT_ERROR: u8 = 2;
 /// Exit status after SIGINT, SIGTERM or SIGHUP.
 pub const EXIT_INTERRUPTED: i32 = 130;
 
-/// `eprintln!` that ignores a failed write (stderr closed or on a full device).
+/// How much goes to stderr besides errors: `--log-disable` (none), the default, `-v`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Log {
+    Off = 0,
+    Normal = 1,
+    Verbose = 2,
+}
+
+static LOG: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(Log::Normal as u8);
+
+/// Sets what [`errln!`] and [`errp!`] print; an `error:` line from [`exit`] always prints.
+pub fn set_log(level: Log) {
+    LOG.store(level as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether messages of `level` go to stderr.
+pub fn logs(level: Log) -> bool {
+    LOG.load(std::sync::atomic::Ordering::Relaxed) >= level as u8
+}
+
+/// `eprintln!` that ignores a failed write (stderr closed or on a full device), and prints
+/// nothing under `--log-disable` ([`set_log`]).
 #[macro_export]
 macro_rules! errln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        if $crate::cli::logs($crate::cli::Log::Normal) {
+            let _ = writeln!(std::io::stderr(), $($arg)*);
+        }
     }};
 }
 
-/// `eprint!` that ignores a failed write.
+/// `eprint!` that ignores a failed write, and prints nothing under `--log-disable`.
 #[macro_export]
 macro_rules! errp {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let mut e = std::io::stderr();
-        let _ = write!(e, $($arg)*);
-        let _ = e.flush();
+        if $crate::cli::logs($crate::cli::Log::Normal) {
+            let mut e = std::io::stderr();
+            let _ = write!(e, $($arg)*);
+            let _ = e.flush();
+        }
     }};
+}
+
+/// A line on stderr whatever the log level: errors.
+fn error_line(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// `println!` that returns the write's error (for `?`; [`exit`] turns a closed pipe into a
@@ -110,7 +141,7 @@ pub fn install() {
     std::panic::set_hook(Box::new(|info| {
         let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        errln!("error: internal error{at}: {msg} (this is a bug in dlm; please report it with the command line)");
+        error_line(&format!("error: internal error{at}: {msg} (this is a bug in dlm; please report it with the command line)"));
     }));
     #[cfg(unix)]
     sigbus::install();
@@ -182,7 +213,7 @@ pub fn exit(r: anyhow::Result<()>) -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let line = format!("{e:#}").replace('\n', " ");
-            errln!("error: {line}");
+            error_line(&format!("error: {line}"));
             ExitCode::from(EXIT_ERROR)
         }
     }

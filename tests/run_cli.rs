@@ -299,7 +299,8 @@ fn flags_that_do_nothing_say_so_and_the_live_views_show_the_final_text() {
     assert!(!err.contains('\x1b'), "escape codes in a redirected stream: {err:?}");
     let frames: Vec<&str> = err.lines().filter(|l| l.starts_with("[step")).collect();
     assert_eq!(frames.len(), 8, "{err}");
-    assert_eq!(frames.last().unwrap().split_once("] ").unwrap().1, format!("Once upon a time{text}"), "last frame vs final text");
+    // stdout echoes the prompt, as llama.cpp does.
+    assert_eq!(frames.last().unwrap().split_once("] ").unwrap().1, text, "last frame vs final text");
     assert!(frames[0].contains('_'), "masked positions are drawn: {}", frames[0]);
 
     // --visual on a terminal of 8 rows: redrawn in place, never taller than the terminal, no
@@ -328,7 +329,7 @@ fn flags_that_do_nothing_say_so_and_the_live_views_show_the_final_text() {
     assert!(last[0].contains("0 masked") && last[0].contains("(first"), "{:?}", last[0]);
     let rows = plain(&last[1..7].concat());
     let out = dlm_run(&["-m", g, "-p", "Once upon a time", "-n", "200", "--steps", "10", "-s", "3", "-t", "2", "--unmask", "confidence"]);
-    let text = plain(&format!("Once upon a time{}", String::from_utf8_lossy(&out.stdout).trim_end_matches('\n')));
+    let text = plain(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'));
     assert!(rows.len() > 100 && text.ends_with(&rows), "last frame {rows:?} is not the end of the final text {text:?}");
 }
 
@@ -370,4 +371,99 @@ fn info_and_tokenizer_tools_need_no_weights() {
     let bad = dlm_run(&["-m", g, "--detokenize", "-p", "1 32000"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("`32000` is not a token id of this 32000-token vocabulary"));
+}
+
+#[test]
+fn llama_cpp_output_flags_echo_stop_context_verbosity_completions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tiny(tmp.path());
+    let gguf = convert(&hf, OutType::Q8_0);
+    let g = gguf.to_str().unwrap();
+    let prompt = "Once upon a time";
+    // Blocks of 4 commit left to right, so a stop string in the middle ends the run early.
+    let base = ["-m", g, "-p", prompt, "-n", "24", "--steps", "24", "-s", "5", "-t", "2", "--unmask", "confidence", "--block-length", "4"];
+    let run = |extra: &[&str]| {
+        let out = dlm_run(&[&base[..], extra].concat());
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let full = json(&dlm_run(&[&base[..], &["--json"]].concat()));
+    let generated = full["text"].as_str().unwrap().to_owned();
+
+    // The prompt is echoed first, as llama.cpp does; --no-display-prompt prints the generation
+    // alone (what --json's "text" holds). Into a pipe, --color auto adds no escape codes.
+    let (echoed, _) = run(&[]);
+    let (alone, _) = run(&["--no-display-prompt"]);
+    assert_eq!(alone, format!("{generated}\n"));
+    let rest = echoed.strip_prefix(prompt).unwrap_or_else(|| panic!("prompt not echoed: {echoed:?}"));
+    assert_eq!(rest.trim_start(), alone.trim_start(), "echoed text vs the generation alone");
+    assert!(!echoed.contains('\x1b'));
+    let (colored, _) = run(&["--color"]);
+    assert!(colored.starts_with(&format!("\x1b[33m{prompt}\x1b[0m")), "{colored:?}");
+    let (infill, _) = run(&["--suffix", " The end."]);
+    assert!(infill.starts_with(prompt) && infill.ends_with(" The end.\n"), "{infill:?}");
+
+    // --stop: what was committed before the stop string never changes, so the stopped text is
+    // the full run's text cut before the string's first occurrence.
+    let chars: Vec<char> = generated.chars().collect();
+    assert!(chars.len() >= 12, "a longer generation is needed: {generated:?}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let want = &generated[..generated.find(&stop).unwrap()];
+    let stopped = json(&dlm_run(&[&base[..], &["--json", "--stop", &stop, "--stop", "\u{1F999}never"]].concat()));
+    assert_eq!(stopped["text"].as_str().unwrap(), want, "--stop {stop:?}");
+    assert_eq!(stopped["stop"].as_str(), Some(stop.as_str()));
+    assert!(stopped["steps"].as_u64() < full["steps"].as_u64(), "no pass after the stop: {} of {}", stopped["steps"], full["steps"]);
+    let (plain, err) = run(&["--no-display-prompt", "--stop", &stop]);
+    assert_eq!(plain, format!("{want}\n"));
+    assert!(err.contains("was found in the final text"), "{err}");
+    let out = dlm_run_stdin(&[&base[..2], &base[4..], &["--prompts", "-", "--json", "--stop", &stop]].concat(), &format!("{prompt}\n"));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["text"].as_str().unwrap(), want, "--stop in a batch");
+
+    // -c: the canvas limit, named in the error; beyond the trained context, a warning.
+    let out = dlm_run(&[&base[..], &["-c", "10"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("exceeds -c 10"), "{err}");
+    let (_, err) = run(&["-c", "100000"]);
+    assert!(err.contains("warning: -c 100000 is longer than the"), "{err}");
+
+    // -v: the settings and one line per pass; --log-disable: nothing but errors.
+    let out = dlm_run(&[&base[..], &["-v", "--json"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let steps = json(&out)["steps"].as_u64().unwrap() as usize;
+    assert!(err.contains("settings: mask id 811, logits shifted true, attention bidirectional"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("step ")).count(), steps, "{err}");
+    let (_, err) = run(&["--log-disable"]);
+    assert!(err.is_empty(), "{err:?}");
+    let out = dlm_run(&[&base[..], &["--log-disable", "--top-p", "2"]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: --top-p"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // --verbose-prompt lists the ids --tokenize gives.
+    let (_, err) = run(&["--verbose-prompt"]);
+    let ids = dlm_run(&["-m", g, "-p", prompt, "--tokenize", "--json"]);
+    let ids: Vec<u64> = serde_json::from_slice::<Vec<u64>>(&ids.stdout).unwrap();
+    assert!(err.contains(&format!("prompt: {} tokens", ids.len())), "{err}");
+    let listed: Vec<u64> = err.lines().filter(|l| l.contains(" -> ")).map(|l| l.split_whitespace().next().unwrap().parse().unwrap()).collect();
+    assert_eq!(listed, ids);
+
+    // Completions: bash parses the script and registers it; zsh's names its command.
+    let bash = dlm_run(&["--completions", "bash"]);
+    assert!(bash.status.success());
+    let script = tmp.path().join("dlm-run.bash");
+    std::fs::write(&script, &bash.stdout).unwrap();
+    let check = Command::new("bash").args(["-c", &format!("source {} && complete -p dlm-run", script.display())]).output().unwrap();
+    assert!(check.status.success() && String::from_utf8_lossy(&check.stdout).contains("dlm-run"), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(String::from_utf8_lossy(&bash.stdout).contains("--n-predict"));
+    assert!(String::from_utf8_lossy(&dlm_run(&["--completions", "zsh"]).stdout).starts_with("#compdef dlm-run"));
+    assert!(String::from_utf8_lossy(&dlm_run(&["--completions", "fish"]).stdout).contains("complete -c dlm-run"));
+    assert_eq!(dlm_run(&["--completions", "tcsh"]).status.code(), Some(2));
+
+    // --version names the backends and the linked ggml.
+    let v = String::from_utf8(dlm_run(&["--version"]).stdout).unwrap();
+    assert!(v.contains("backends: cpu (ggml)"), "{v}");
+    let ggml = v.lines().find_map(|l| l.strip_prefix("ggml: ")).unwrap_or_else(|| panic!("{v}"));
+    let parts: Vec<&str> = ggml.split_whitespace().next().unwrap().split('.').collect();
+    assert!(parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok()), "ggml version {ggml:?}");
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use dlm::GgmlType;
 use dlm_convert::{Options, OutType, Plan, Requant, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,10 +28,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 )]
 struct Args {
     /// Hugging Face checkpoint folder, or a GGUF model to re-quantize
-    input: PathBuf,
+    #[arg(required_unless_present = "completions")]
+    input: Option<PathBuf>,
     /// Output GGUF path (written to a temporary file and renamed when complete)
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(short, long, required_unless_present = "completions")]
+    output: Option<PathBuf>,
     /// Weight type
     #[arg(long = "type", value_enum, default_value = "f16")]
     out_type: OutType,
@@ -56,6 +57,24 @@ struct Args {
     /// No progress bar
     #[arg(short, long)]
     quiet: bool,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), then exit
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
+}
+
+impl Args {
+    fn input(&self) -> &std::path::Path {
+        self.input.as_deref().expect("clap requires it without --completions")
+    }
+    fn output(&self) -> &std::path::Path {
+        self.output.as_deref().expect("clap requires it without --completions")
+    }
+}
+
+/// The command, with the linked ggml in `--version`.
+fn command() -> clap::Command {
+    let long: &'static str = Box::leak(format!("{}\nggml: {}", env!("CARGO_PKG_VERSION"), dlm::backend::ggml::version()).into_boxed_str());
+    Args::command().long_version(long)
 }
 
 fn human(bytes: u64) -> String {
@@ -68,6 +87,13 @@ fn human(bytes: u64) -> String {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(shell) = args.completions {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut command(), "dlm-convert", &mut out);
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout();
+        return stdout.write_all(&out).and_then(|_| stdout.flush()).context("writing to standard output");
+    }
     if let Some(t) = args.threads {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let t = match t {
@@ -81,15 +107,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("setting up threads")?;
     }
     let opts = Options { out_type: args.out_type, mask_id: args.mask_id, name: args.name.clone(), causal: args.causal };
-    if dlm_convert::requant::is_gguf(&args.input) {
+    if dlm_convert::requant::is_gguf(args.input()) {
         return requantize(&args, &opts);
     }
     if args.allow_requantize {
         dlm::errln!("warning: --allow-requantize does nothing when the input is a Hugging Face checkpoint");
     }
-    let plan = Plan::new(&args.input, &opts)
-        .with_context(|| format!("cannot convert {}", args.input.display()))?;
-    plan.check_output(&args.output)?;
+    let plan = Plan::new(args.input(), &opts)
+        .with_context(|| format!("cannot convert {}", args.input().display()))?;
+    plan.check_output(args.output())?;
     let c = &plan.config;
     dlm::errln!(
         "dlm-convert: {} layers, hidden {}, {} heads ({} kv), ffn {}, vocab {}; --type {}; mask id {} ({})",
@@ -108,11 +134,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let bar = progress_bar(args.quiet, plan.bytes_in());
     let summary = plan
-        .write(&args.output, |_, t| {
+        .write(args.output(), |_, t| {
             bar.inc((t.source.end - t.source.start) as u64);
             bar.set_message(format!("{} → {}", t.name, t.ggml_type));
         })
-        .with_context(|| format!("writing {}", args.output.display()))?;
+        .with_context(|| format!("writing {}", args.output().display()))?;
     bar.finish_and_clear();
     report(&args, &summary, plan.tensors.iter().map(|t| t.ggml_type), "");
     Ok(())
@@ -120,9 +146,9 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// GGUF → GGUF.
 fn requantize(args: &Args, opts: &Options) -> anyhow::Result<()> {
-    let rq = Requant::new(&args.input, opts, args.allow_requantize)
-        .with_context(|| format!("cannot re-quantize {}", args.input.display()))?;
-    rq.check_output(&args.output)?;
+    let rq = Requant::new(args.input(), opts, args.allow_requantize)
+        .with_context(|| format!("cannot re-quantize {}", args.input().display()))?;
+    rq.check_output(args.output())?;
     for w in &rq.warnings {
         dlm::errln!("warning: {w}");
     }
@@ -130,7 +156,7 @@ fn requantize(args: &Args, opts: &Options) -> anyhow::Result<()> {
     let from: Vec<String> = GgmlType::all().filter(|&t| p(t) > 0).map(|t| format!("{} {t}", p(t))).collect();
     dlm::errln!(
         "dlm-convert: re-quantizing {} ({} tensors: {}) to --type {}; mask id {} ({})",
-        args.input.display(),
+        args.input().display(),
         rq.tensors.len(),
         from.join(", "),
         args.out_type.name(),
@@ -142,11 +168,11 @@ fn requantize(args: &Args, opts: &Options) -> anyhow::Result<()> {
     }
     let bar = progress_bar(args.quiet, rq.bytes_in());
     let summary = rq
-        .write(&args.output, |_, t| {
+        .write(args.output(), |_, t| {
             bar.inc(rq.gguf.tensors()[t.index].size);
             bar.set_message(format!("{}: {} → {}", t.name, t.from, t.ggml_type));
         })
-        .with_context(|| format!("writing {}", args.output.display()))?;
+        .with_context(|| format!("writing {}", args.output().display()))?;
     bar.finish_and_clear();
     let copied = rq.tensors.iter().filter(|t| t.copied()).count();
     report(args, &summary, rq.tensors.iter().map(|t| t.ggml_type), &format!("; {copied} copied unchanged"));
@@ -180,7 +206,7 @@ fn report(args: &Args, summary: &Summary, types: impl Iterator<Item = GgmlType>,
     let mix: Vec<String> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
     dlm::errln!(
         "wrote {}: {} tensors ({}), {:.1} M params, {} in → {} out, {:.2} bits/weight, {:.1} s ({:.0} MB/s of source){extra}",
-        args.output.display(),
+        args.output().display(),
         summary.tensors,
         mix.join(", "),
         summary.params as f64 / 1e6,
@@ -194,5 +220,9 @@ fn report(args: &Args, summary: &Summary, types: impl Iterator<Item = GgmlType>,
 
 fn main() -> ExitCode {
     dlm::cli::install();
-    dlm::cli::exit(run(Args::parse()))
+    let args = match Args::from_arg_matches(&command().get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    dlm::cli::exit(run(args))
 }

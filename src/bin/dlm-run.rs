@@ -1,5 +1,6 @@
 //! `dlm-run`: generate text with a diffusion language model by parallel unmasking.
-//! stdout carries the generated text only; everything else goes to stderr.
+//! stdout carries the text (the prompt echoed, then the generation, as llama.cpp prints it);
+//! everything else goes to stderr.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{FromArgMatches, Parser, ValueEnum};
 use common::{steady_ms, CacheArg, GenArgs, Loaded, ModelArgs, Rule};
 use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenParams, Generation, Pass};
 use dlm::sample::Unmasker;
@@ -58,6 +59,34 @@ struct Args {
     /// Print one JSON object (text, token ids, steps, timings) instead of plain text
     #[arg(long)]
     json: bool,
+    /// Print only the generated text. Without it the prompt is printed first (and an infill's
+    /// suffix after), as llama.cpp does
+    #[arg(long)]
+    no_display_prompt: bool,
+    /// Color the echoed prompt and suffix apart from the generated text (llama.cpp's --color);
+    /// `auto`: when standard output is a terminal
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
+    color: ColorArg,
+    /// End the text at the first STRING once everything before it is final (committed, with no
+    /// mask before it): generation stops there and the output ends before STRING. Repeatable
+    #[arg(long = "stop", value_name = "STRING")]
+    stop: Vec<String>,
+    /// Longest canvas in tokens (BOS + prompt + -n + suffix), llama.cpp's -c; 0: the model's
+    /// trained context [default: 0]. Longer than the trained context runs, with a warning
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    ctx_size: Option<usize>,
+    /// Print the prompt's (and suffix's) tokens on stderr before generating
+    #[arg(long)]
+    verbose_prompt: bool,
+    /// More on stderr: the settings in effect and one line per step
+    #[arg(short = 'v', long, conflicts_with = "log_disable")]
+    verbose: bool,
+    /// Nothing on stderr but an error
+    #[arg(long)]
+    log_disable: bool,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), then exit
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
     /// Print what the file holds and what dlm-run will do with it (architecture, sizes, tensor
     /// types, tokenizer, chat template, diffusion settings and where each came from), then exit.
     /// Loads no weights
@@ -74,6 +103,18 @@ struct Args {
     /// Write the first step's logits for every position as float32 .npy [seq_len, vocab]
     #[arg(long, value_name = "PATH.npy")]
     dump_logits: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ColorArg {
+    On,
+    Off,
+    Auto,
+}
+
+/// The earliest of `stops` in `text`: its byte offset and the string.
+fn find_stop<'s>(text: &str, stops: &'s [String]) -> Option<(usize, &'s str)> {
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str()).map(|at| (at, s.as_str()))).min_by_key(|&(at, _)| at)
 }
 
 /// Wraps the model to keep the first forward pass's logits for --dump-logits.
@@ -172,11 +213,12 @@ fn warn_flags(a: &Args, given: &Given, l: &Loaded) {
 }
 
 /// Why a run took fewer passes than --steps, for the stats line.
-fn fewer_steps_reason(a: &Args, taken: usize) -> String {
+fn fewer_steps_reason(a: &Args, taken: usize, stopped: Option<&str>) -> String {
     if taken >= a.gen.steps {
         return String::new();
     }
     let why = match a.gen.unmask {
+        _ if stopped.is_some() => format!("--stop {:?} was found in the final text", stopped.unwrap_or_default()),
         Rule::Origin => "steps that commit nothing run no forward pass".to_string(),
         Rule::Threshold => format!("--unmask threshold commits every position above {} at once", a.gen.threshold),
         _ if a.n_predict < a.gen.steps => format!("only {} positions to commit", a.n_predict),
@@ -260,6 +302,9 @@ impl Visual {
 }
 
 fn run(a: Args, given: Given) -> anyhow::Result<()> {
+    if let Some(shell) = a.completions {
+        return common::print_completions(common::command::<Args>(), shell);
+    }
     if a.m.list_devices {
         common::list_devices()?;
         return Ok(());
@@ -289,14 +334,23 @@ fn run(a: Args, given: Given) -> anyhow::Result<()> {
             dlm::errln!("warning: {which} contains the text of a special token (such as <s> or </s>), tokenized as BOS/EOS itself");
         }
     }
-    let n_ctx = l.n_ctx();
+    let trained = l.n_ctx();
+    let (n_ctx, ctx_from) = match a.ctx_size {
+        None | Some(0) => (trained, format!("the model's context of {trained} (-c raises it)")),
+        Some(c) => {
+            if c > trained {
+                dlm::errln!("warning: -c {c} is longer than the {trained} tokens the model was trained on; positions beyond them may give poor text");
+            }
+            (c, format!("-c {c}"))
+        }
+    };
     let mut prefixes = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
         let prefix = l.prefix(prompt)?;
         let len = prefix.len().saturating_add(a.n_predict).saturating_add(suffix.len());
         if len > n_ctx {
             let which = a.prompts.as_ref().map_or(String::new(), |f| format!("{} prompt {}: ", f.display(), i + 1));
-            bail!("{which}prompt ({}) + -n ({}) + suffix ({}) = {len} tokens exceeds the model's context of {n_ctx}", prefix.len(), a.n_predict, suffix.len());
+            bail!("{which}prompt ({}) + -n ({}) + suffix ({}) = {len} tokens exceeds {ctx_from}", prefix.len(), a.n_predict, suffix.len());
         }
         prefixes.push(prefix);
     }
@@ -305,6 +359,33 @@ fn run(a: Args, given: Given) -> anyhow::Result<()> {
         dlm::errln!("seed: {seed}");
     }
     let params = a.gen.params(&l, a.n_predict, a.gen.steps, seed);
+    if a.verbose_prompt {
+        for (i, prefix) in prefixes.iter().enumerate() {
+            let which = if prompts.len() > 1 { format!("prompt {}", i + 1) } else { "prompt".into() };
+            show_tokens(&l.tok, &which, prefix);
+        }
+        if !suffix.is_empty() {
+            show_tokens(&l.tok, "suffix", &suffix);
+        }
+    }
+    if dlm::cli::logs(dlm::cli::Log::Verbose) {
+        let name = |v: Option<clap::builder::PossibleValue>| v.map_or_else(String::new, |v| v.get_name().to_owned());
+        dlm::errln!(
+            "settings: mask id {}, logits shifted {}, attention {}, canvas {} of at most {n_ctx} tokens; --steps {} --unmask {} --threshold {} --block-length {} --cache {} --temp {} --top-p {} --top-k {} --seed {seed}",
+            params.mask_id,
+            params.shift_logits,
+            if l.model.params().causal { "causal" } else { "bidirectional" },
+            prefixes.iter().map(|p| p.len() + a.n_predict + suffix.len()).max().unwrap_or(0),
+            a.gen.steps,
+            name(a.gen.unmask.to_possible_value()),
+            a.gen.threshold,
+            a.gen.block_length.map_or("off".into(), |b| b.to_string()),
+            name(a.gen.cache.to_possible_value()),
+            a.gen.temp,
+            a.gen.top_p,
+            a.gen.top_k,
+        );
+    }
     let unmasker = a.gen.unmasker();
     let (model, tok) = (&mut l.model, &l.tok);
     if a.prompts.is_some() {
@@ -324,10 +405,20 @@ fn run(a: Args, given: Given) -> anyhow::Result<()> {
         let left = s.1.iter().filter(|&&m| m).count();
         dlm::errln!("stopped after {} passes in {:.2} s: {left} of {} positions still masked (shown as _)", s.2, t_gen.elapsed().as_secs_f64(), s.1.len());
     });
-    let progress = std::io::stderr().is_terminal() && !a.visual && !a.json;
+    let verbose = dlm::cli::logs(dlm::cli::Log::Verbose);
+    let progress = std::io::stderr().is_terminal() && !a.visual && !a.json && !verbose;
     let mut visual = a.visual.then(Visual::new);
+    // The text as printed: with the prompt echoed, each run keeps its leading space (as the
+    // visual view draws it); alone, as the tokenizer decodes it.
+    let echo = !a.no_display_prompt && !a.json;
+    let render = |tokens: &[u32]| -> anyhow::Result<String> {
+        Ok(if echo { canvas_text(tok, tokens, &vec![false; tokens.len()], "") } else { tok.decode(tokens)? })
+    };
+    // --stop: the final prefix (committed, no mask before it, cut at EOS) is searched whenever
+    // it grows; `final_len` is its length when a stop string was found.
+    let (mut checked, mut final_len) = (0usize, None);
     let gen = generate(&mut rec, prefix, &suffix, &params, unmasker().as_mut(), |ev| {
-        let Event::Step { step, canvas, masked, .. } = ev;
+        let Event::Step { step, canvas, masked, committed, forward_seconds, .. } = ev;
         let (tokens, masks) = (&canvas[span.clone()], &masked[span.clone()]);
         let left = masks.iter().filter(|&&m| m).count();
         if let Ok(mut s) = so_far.lock() {
@@ -339,6 +430,22 @@ fn run(a: Args, given: Given) -> anyhow::Result<()> {
         } else if progress {
             dlm::errp!("\r\x1b[K[step {}, {left} of {} masked]", step + 1, a.n_predict);
         }
+        if verbose {
+            dlm::errln!("step {}: {committed} committed, {left} of {} masked, {:.1} ms", step + 1, a.n_predict, forward_seconds * 1e3);
+        }
+        if !a.stop.is_empty() {
+            let mut fin = masks.iter().position(|&m| m).unwrap_or(masks.len());
+            if let Some(e) = params.eos.and_then(|eos| tokens[..fin].iter().position(|&t| t == eos)) {
+                fin = e;
+            }
+            if fin > checked {
+                checked = fin;
+                if render(&tokens[..fin]).is_ok_and(|t| find_stop(&t, &a.stop).is_some()) {
+                    final_len = Some(fin);
+                    return Flow::Stop;
+                }
+            }
+        }
         Flow::Continue
     })?;
     if progress {
@@ -348,25 +455,37 @@ fn run(a: Args, given: Given) -> anyhow::Result<()> {
         write_npy(path, *rows, logits.len() / rows, logits)?;
     }
 
-    let text = tok.decode(&gen.tokens)?;
+    let shown = &gen.tokens[..final_len.unwrap_or(gen.tokens.len()).min(gen.tokens.len())];
+    let mut text = render(shown)?;
+    let stopped = find_stop(&text, &a.stop).map(|(at, s)| {
+        text.truncate(at);
+        s
+    });
     let total: f64 = gen.forward_seconds.iter().sum();
     let ms_per_step = steady_ms(&gen.forward_seconds);
     let tps = gen.tokens.len() as f64 / total.max(1e-9);
     if a.json {
         let obj = serde_json::json!({
-            "text": text, "tokens": gen.tokens, "prompt_tokens": prefix, "steps": gen.steps, "seed": seed,
+            "text": text, "tokens": gen.tokens, "prompt_tokens": prefix, "steps": gen.steps, "seed": seed, "stop": stopped,
             "backend": model.backend_description(), "load_ms": load_s * 1e3, "ms_per_step": ms_per_step, "tokens_per_second": tps,
             "forward_ms": gen.forward_seconds.iter().map(|s| s * 1e3).collect::<Vec<_>>(),
         });
         dlm::outln!("{obj}")?;
     } else {
-        dlm::outln!("{text}")?;
+        if echo {
+            let color = a.color == ColorArg::On || (a.color == ColorArg::Auto && std::io::stdout().is_terminal());
+            let paint = |t: &str| if color && !t.is_empty() { format!("\x1b[33m{t}\x1b[0m") } else { t.to_owned() };
+            let after = if stopped.is_none() { paint(&esc(a.suffix.as_deref().unwrap_or(""))) } else { String::new() };
+            dlm::outln!("{}{text}{after}", paint(&prompts[0]))?;
+        } else {
+            dlm::outln!("{text}")?;
+        }
         dlm::errln!(
             "{} | load {:.0} ms | {} steps{}, {ms_per_step:.1} ms/step (from step 2) | {} tokens in {total:.2} s, {tps:.1} tokens/s",
             model.backend_description(),
             load_s * 1e3,
             gen.steps,
-            fewer_steps_reason(&a, gen.steps),
+            fewer_steps_reason(&a, gen.steps, stopped),
             gen.tokens.len(),
         );
     }
@@ -488,11 +607,15 @@ fn run_many(
     // every one carries its index), so an interrupted batch keeps what it finished.
     let mut print = |i: usize, g: &Generation| -> anyhow::Result<()> {
         n_tokens += g.tokens.len();
-        let text = tok.decode(&g.tokens)?;
+        let mut text = tok.decode(&g.tokens)?;
+        let stopped = find_stop(&text, &a.stop).map(|(at, s)| {
+            text.truncate(at);
+            s
+        });
         if a.json {
             let obj = serde_json::json!({
                 "index": i, "prompt": prompts[i], "text": text, "tokens": g.tokens, "prompt_tokens": prefixes[i],
-                "steps": g.steps, "seed": seed,
+                "steps": g.steps, "seed": seed, "stop": stopped,
             });
             dlm::outln!("{obj}")
         } else {
@@ -560,6 +683,14 @@ fn batch_limit(asked: usize, p: &dlm::model::LlamaParams, seq_len: usize) -> usi
     asked
 }
 
+/// `--verbose-prompt`: a prompt's tokens as llama.cpp lists them.
+fn show_tokens(tok: &Tokenizer, what: &str, ids: &[u32]) {
+    dlm::errln!("{what}: {} tokens", ids.len());
+    for &id in ids {
+        dlm::errln!("{id:>6} -> {:?}", tok.id_to_token(id).unwrap_or_default());
+    }
+}
+
 /// One trailing newline (LF or CRLF) dropped, as llama.cpp does with -f.
 fn strip_newline(mut s: String) -> String {
     if s.ends_with('\n') {
@@ -599,12 +730,19 @@ fn unescape(s: &str) -> String {
 
 fn main() -> ExitCode {
     dlm::cli::install();
-    let matches = Args::command().get_matches_from(common::init());
+    let matches = common::command::<Args>().get_matches_from(common::init());
     let on_command_line = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
     let given = Given { batch_size: on_command_line("batch_size"), threshold: on_command_line("threshold") };
     let args = match Args::from_arg_matches(&matches) {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
+    dlm::cli::set_log(if args.log_disable {
+        dlm::cli::Log::Off
+    } else if args.verbose {
+        dlm::cli::Log::Verbose
+    } else {
+        dlm::cli::Log::Normal
+    });
     dlm::cli::exit(run(args, given))
 }

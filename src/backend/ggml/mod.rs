@@ -25,6 +25,21 @@ fn ggml_type(t: GgmlType) -> sys::ggml_type {
     t.id() as sys::ggml_type
 }
 
+/// The linked ggml's version and commit, as `ggml_version()` and `ggml_commit()` report them.
+pub fn version() -> String {
+    let text = |p: *const std::ffi::c_char| {
+        if p.is_null() {
+            return "unknown".to_string();
+        }
+        // SAFETY: non-null pointers from ggml_version/ggml_commit are static NUL-terminated
+        // strings compiled into the library.
+        unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    };
+    // SAFETY: both functions take no arguments and return pointers to static strings.
+    let (v, c) = unsafe { (sys::ggml_version(), sys::ggml_commit()) };
+    format!("{} (commit {})", text(v), text(c))
+}
+
 /// ggml's own bytes-per-block and elements-per-block for `t` (used to cross-check our table).
 pub fn type_layout(t: GgmlType) -> (u64, u64) {
     // SAFETY: `ggml_blck_size` reads a static table indexed by a valid type id (GgmlType only
