@@ -152,7 +152,18 @@ pub fn install() {
 mod sigbus {
     const MSG: &[u8] = b"error: a memory-mapped file (the model or a checkpoint shard) was truncated or changed while in use (SIGBUS); nothing may modify it during the run\n";
 
+    /// Set by the first thread to fault: ggml's compute threads read the same truncated pages,
+    /// and the message must be printed once.
+    static FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
     extern "C" fn on_sigbus(_: libc::c_int) {
+        if FIRST.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // Another thread is printing and exiting: wait for it (returning would fault again).
+            loop {
+                // SAFETY: pause(2) is async-signal-safe and only suspends this thread.
+                unsafe { libc::pause() };
+            }
+        }
         // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static byte string.
         unsafe {
             libc::write(2, MSG.as_ptr().cast(), MSG.len());

@@ -127,6 +127,56 @@ fn wgpu_logits_match_the_cpu_backend_per_type() {
     }
 }
 
+/// Every quantized type llama.cpp writes for a LLaMA, each in a file of that type alone, runs
+/// on wgpu with its own loader (none converted to f16), within the type's bound of ggml's CPU
+/// forward, and takes no more device memory for weights than the file's tensor data (plus at
+/// most 6 bytes of padding per buffer). The numbers go to the README's memory table.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_runs_every_quant_type_in_its_file_size() {
+    use dlm::GgmlType;
+    if !have_adapter() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    checkpoint(&hf, &["--kv-heads", "2", "--dtype", "f32"]);
+    let f32_model = convert(&hf, OutType::F32);
+    let tokens = tokens();
+    // The CPU rounds activations to 8-bit blocks for its dot products (Q8_K for K-quants);
+    // the GPU keeps f32: the lower the weight's bits, the more the logits of random weights move.
+    let types = [
+        (GgmlType::Q8_0, 0.03),
+        (GgmlType::Q6_K, 0.03),
+        (GgmlType::Q5_1, 0.03),
+        (GgmlType::Q5_0, 0.03),
+        (GgmlType::Q5_K, 0.03),
+        (GgmlType::Q4_1, 0.04),
+        (GgmlType::Q4_0, 0.04),
+        (GgmlType::Q4_K, 0.04),
+        (GgmlType::IQ4_NL, 0.04),
+        (GgmlType::Q3_K, 0.05),
+        (GgmlType::Q2_K, 0.08),
+    ];
+    println!("| type | file tensor data | wgpu weights | activations + caches (70 tokens) | max rel. error vs CPU | top-1 |");
+    for (t, bound) in types {
+        let path = tmp.path().join(format!("{t}.gguf"));
+        common::pure_gguf(&f32_model, t, &path);
+        let mut cpu = load(&path, Backend::Cpu);
+        let mut gpu = wgpu_model(&path);
+        let want = cpu.forward(&tokens).unwrap();
+        let got = gpu.forward(&tokens).unwrap();
+        let (err, top1) = compare(&got, &want, 32000);
+        let g = dlm::Gguf::open(&path).unwrap();
+        let file: u64 = g.tensors().iter().map(|i| i.size).sum();
+        let (weights, acts) = gpu.device_memory().unwrap();
+        println!("| {t} | {:.2} MB | {:.2} MB | {:.2} MB | {err:.2e} | {:.0} % |", file as f64 / 1e6, weights as f64 / 1e6, acts as f64 / 1e6, top1 * 100.0);
+        assert!(weights <= file + 6 * g.tensors().len() as u64, "{t}: {weights} bytes of weights on the device for {file} in the file");
+        assert!(err <= bound, "{t}: {err:.2e} > {bound:.0e}");
+        assert!(top1 >= 0.9, "{t}: top-1 agreement {top1}");
+    }
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_batches_and_cache_passes_match_the_cpu_backend() {

@@ -96,15 +96,22 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
 fn get_rows_dequantizes_every_type() {
     let Some(gpu) = gpu() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    // Types with kernels are exact (same arithmetic as ggml's dequantizer); Q4_K and BF16 have
-    // none and go up converted to f16 and f32 at load.
+    // Types with kernels match ggml's dequantizer to rounding (the same arithmetic, bar fused
+    // multiply-adds); BF16 has none and goes up converted to f32 at load, exactly.
     let types = [
         (GgmlType::F32, 0.0),
         (GgmlType::F16, 0.0),
         (GgmlType::Q8_0, 0.0),
         (GgmlType::Q4_0, 0.0),
+        (GgmlType::Q4_1, 1e-6),
+        (GgmlType::Q5_0, 0.0),
+        (GgmlType::Q5_1, 1e-6),
+        (GgmlType::IQ4_NL, 0.0),
+        (GgmlType::Q2_K, 1e-6),
+        (GgmlType::Q3_K, 1e-6),
+        (GgmlType::Q4_K, 1e-6),
+        (GgmlType::Q5_K, 1e-6),
         (GgmlType::Q6_K, 1e-6),
-        (GgmlType::Q4_K, 1e-3),
         (GgmlType::BF16, 0.0),
     ];
     let names: Vec<String> = types.iter().map(|(t, _)| format!("{t}")).collect();
@@ -128,8 +135,10 @@ fn get_rows_dequantizes_every_type() {
 /// `W x` on the GPU (weight `wn` `[k, m]`, f32 table `xn` `[k, n]`) against f64 sums.
 fn check_matmul(ex: &mut Executor, (wn, wv): (&str, &[f32]), (xn, xv): (&str, &[f32]), (k, m, n): (usize, usize, usize), what: &str) {
     let (wt, xt) = (ex.weight(wn).unwrap(), ex.weight(xn).unwrap());
+    // The plan key must determine the graph: the weight's name is part of it.
+    let key: Vec<usize> = [k, m, n, 1].into_iter().chain(wn.bytes().map(usize::from)).collect();
     let got = ex
-        .run(&[k, m, n, 1], &[&iota(n)], |o| {
+        .run(&key, &[&iota(n)], |o| {
             let xa = rows_of(o, xt, n);
             o.mul_mat(wt, xa)
         })
@@ -156,6 +165,14 @@ fn matmul_matches_reference_at_ragged_shapes() {
         (GgmlType::Q4_0, 256, 129, 67),
         (GgmlType::Q4_0, 32, 17, 200),
         (GgmlType::Q6_K, 512, 33, 70),
+        (GgmlType::Q4_1, 96, 65, 5),
+        (GgmlType::Q5_0, 160, 33, 66),
+        (GgmlType::Q5_1, 64, 70, 3),
+        (GgmlType::IQ4_NL, 128, 31, 9),
+        (GgmlType::Q2_K, 256, 67, 4),
+        (GgmlType::Q3_K, 512, 35, 65),
+        (GgmlType::Q4_K, 768, 66, 7),
+        (GgmlType::Q5_K, 256, 129, 2),
     ];
     let names: Vec<(String, String)> = (0..cases.len()).map(|i| (format!("w{i}"), format!("x{i}"))).collect();
     let mut tensors = Vec::new();
@@ -174,13 +191,23 @@ fn weights_larger_than_a_binding_are_split_into_row_chunks() {
     let Some(gpu) = gpu() else { return };
     let tmp = tempfile::tempdir().unwrap();
     // A 16 KiB binding cap: Q4_0 rows of 256 values take 144 bytes, so the 300-row table lands
-    // in 3 chunks; Q6_K rows of 512 take 424 (210 -> 212 bytes per block), so 8 chunks.
-    let tensors = [T("q4", GgmlType::Q4_0, 256, 300), T("q6", GgmlType::Q6_K, 512, 300), T("x", GgmlType::F32, 512, 7), T("x2", GgmlType::F32, 256, 7)];
+    // in 3 chunks; Q6_K rows of 512 take 420 (208 bytes a block plus its scale), so 8 chunks;
+    // Q3_K (scale moved out too) rows of 512 take 220, so 5; Q4_K (blocks whole) 288, so 6.
+    let tensors = [
+        T("q4", GgmlType::Q4_0, 256, 300),
+        T("q6", GgmlType::Q6_K, 512, 300),
+        T("x", GgmlType::F32, 512, 7),
+        T("x2", GgmlType::F32, 256, 7),
+        T("q3", GgmlType::Q3_K, 512, 300),
+        T("q4k", GgmlType::Q4_K, 512, 300),
+    ];
     let (mut ex, vals) = upload(tmp.path(), gpu, Some(16384), &tensors);
     assert_eq!(ex.weights().chunks("q4"), Some(3));
     assert_eq!(ex.weights().chunks("q6"), Some(8));
+    assert_eq!(ex.weights().chunks("q3"), Some(5));
+    assert_eq!(ex.weights().chunks("q4k"), Some(6));
     let ids: Vec<i32> = vec![299, 0, 27, 28, 150, 56];
-    for (name, idx, ne0) in [("q4", 0, 256), ("q6", 1, 512)] {
+    for (name, idx, ne0) in [("q4", 0, 256), ("q6", 1, 512), ("q3", 4, 512), ("q4k", 5, 512)] {
         let w = ex.weight(name).unwrap();
         let got = ex
             .run(&[idx, 9], &[&ids], |o| {
@@ -193,6 +220,8 @@ fn weights_larger_than_a_binding_are_split_into_row_chunks() {
     }
     check_matmul(&mut ex, ("q4", &vals[0]), ("x2", &vals[3]), (256, 300, 7), "Q4_0 in chunks");
     check_matmul(&mut ex, ("q6", &vals[1]), ("x", &vals[2]), (512, 300, 7), "Q6_K in chunks");
+    check_matmul(&mut ex, ("q3", &vals[4]), ("x", &vals[2]), (512, 300, 7), "Q3_K in chunks");
+    check_matmul(&mut ex, ("q4k", &vals[5]), ("x", &vals[2]), (512, 300, 7), "Q4_K in chunks");
 }
 
 #[test]

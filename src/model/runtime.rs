@@ -291,6 +291,16 @@ impl Model {
         }
     }
 
+    /// Device memory the model holds on a wgpu GPU: (weights, activations and caches of the last
+    /// pass); `None` on ggml's backends.
+    pub fn device_memory(&self) -> Option<(u64, u64)> {
+        match &self.engine {
+            Engines::Cpu { .. } => None,
+            #[cfg(feature = "wgpu")]
+            Engines::Wgpu { executor, .. } => Some(executor.device_bytes()),
+        }
+    }
+
     /// The backend the model runs on ([`Backend::Cpu`] or [`Backend::Wgpu`]).
     pub fn backend(&self) -> Backend {
         match &self.engine {

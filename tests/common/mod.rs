@@ -61,3 +61,34 @@ pub fn tiny_gqa_gguf(kind: dlm_convert::OutType) -> (tempfile::TempDir, PathBuf)
     let gguf = convert(&hf, kind);
     (tmp, gguf)
 }
+
+/// Rewrites an f32 model with every matrix quantized to `t` by ggml (llama-quantize's `--pure`:
+/// no per-tensor mix), vectors kept f32, metadata unchanged.
+pub fn pure_gguf(f32_model: &Path, t: dlm::GgmlType, out: &Path) {
+    let g = dlm::Gguf::open(f32_model).unwrap();
+    let mut w = dlm::GgufWriter::new();
+    for (k, v) in g.metadata() {
+        w.set(k, v.clone()).unwrap();
+    }
+    let mut blobs = Vec::new();
+    for info in g.tensors() {
+        assert_eq!(info.ggml_type, dlm::GgmlType::F32, "{} is not f32", info.name);
+        let data = g.tensor_data(info);
+        if info.shape.len() < 2 {
+            w.add_tensor(&info.name, &info.shape, dlm::GgmlType::F32).unwrap();
+            blobs.push(data.to_vec());
+            continue;
+        }
+        let vals: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let ne0 = info.shape[0] as usize;
+        let mut q = vec![0u8; t.tensor_bytes(&info.shape).unwrap() as usize];
+        dlm::backend::ggml::quantize(t, &vals, ne0, &mut q).unwrap();
+        w.add_tensor(&info.name, &info.shape, t).unwrap();
+        blobs.push(q);
+    }
+    let mut s = w.create(out).unwrap();
+    for b in &blobs {
+        s.write_tensor(b).unwrap();
+    }
+    s.finish().unwrap();
+}

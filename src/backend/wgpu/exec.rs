@@ -332,6 +332,17 @@ impl Executor {
         &self.gpu
     }
 
+    /// Device memory held now: (weights, everything else: the current plan's activations,
+    /// inputs, parameters and read-back buffer, and the key/value cache).
+    pub fn device_bytes(&self) -> (u64, u64) {
+        let plan = self.plan.as_ref().map_or(0, |p| {
+            let acts: u64 = p._acts.iter().chain(&p.inputs).map(|b| b.size()).sum();
+            acts + p.staging.size() + p._uniforms.size()
+        });
+        let caches: u64 = self.caches.iter().map(|b| b.size()).sum();
+        (self.weights.bytes, plan + caches)
+    }
+
     pub fn weights(&self) -> &WeightSet {
         &self.weights
     }

@@ -20,8 +20,26 @@ pub enum Layout {
     F32,
     F16,
     Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
     Q6K,
+    IQ4NL,
+}
+
+/// How a quantized layout's blocks go to the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    /// Blocks copied as they are (their size is a multiple of 4 bytes, every field aligned).
+    Whole,
+    /// The block's f16 scale (at its start or its end) moved behind all the blocks, two per
+    /// word, so the rest of each block is whole words: no padding, the file's size on the device.
+    SplitScale { at_start: bool },
 }
 
 impl Layout {
@@ -32,9 +50,37 @@ impl Layout {
             GgmlType::F32 => Layout::F32,
             GgmlType::F16 => Layout::F16,
             GgmlType::Q4_0 => Layout::Q4_0,
+            GgmlType::Q4_1 => Layout::Q4_1,
+            GgmlType::Q5_0 => Layout::Q5_0,
+            GgmlType::Q5_1 => Layout::Q5_1,
             GgmlType::Q8_0 => Layout::Q8_0,
+            GgmlType::Q2_K => Layout::Q2K,
+            GgmlType::Q3_K => Layout::Q3K,
+            GgmlType::Q4_K => Layout::Q4K,
+            GgmlType::Q5_K => Layout::Q5K,
             GgmlType::Q6_K => Layout::Q6K,
+            GgmlType::IQ4_NL => Layout::IQ4NL,
             _ => return None,
+        })
+    }
+
+    /// A quantized layout's values per block, bytes per block (as in the file) and packing;
+    /// `None` for f32 and f16 rows.
+    pub fn blocks(self) -> Option<(usize, usize, Packing)> {
+        use Packing::*;
+        Some(match self {
+            Layout::F32 | Layout::F16 => return None,
+            Layout::Q4_0 => (32, 18, SplitScale { at_start: true }),
+            Layout::Q4_1 => (32, 20, Whole),
+            Layout::Q5_0 => (32, 22, SplitScale { at_start: true }),
+            Layout::Q5_1 => (32, 24, Whole),
+            Layout::Q8_0 => (32, 34, SplitScale { at_start: true }),
+            Layout::Q2K => (256, 84, Whole),
+            Layout::Q3K => (256, 110, SplitScale { at_start: false }),
+            Layout::Q4K => (256, 144, Whole),
+            Layout::Q5K => (256, 176, Whole),
+            Layout::Q6K => (256, 210, SplitScale { at_start: false }),
+            Layout::IQ4NL => (32, 18, SplitScale { at_start: true }),
         })
     }
 
@@ -43,8 +89,16 @@ impl Layout {
             Layout::F32 => include_str!("../../../kernels/load_f32.wgsl"),
             Layout::F16 => include_str!("../../../kernels/load_f16.wgsl"),
             Layout::Q4_0 => include_str!("../../../kernels/load_q4_0.wgsl"),
+            Layout::Q4_1 => include_str!("../../../kernels/load_q4_1.wgsl"),
+            Layout::Q5_0 => include_str!("../../../kernels/load_q5_0.wgsl"),
+            Layout::Q5_1 => include_str!("../../../kernels/load_q5_1.wgsl"),
             Layout::Q8_0 => include_str!("../../../kernels/load_q8_0.wgsl"),
+            Layout::Q2K => include_str!("../../../kernels/load_q2_k.wgsl"),
+            Layout::Q3K => include_str!("../../../kernels/load_q3_k.wgsl"),
+            Layout::Q4K => include_str!("../../../kernels/load_q4_k.wgsl"),
+            Layout::Q5K => include_str!("../../../kernels/load_q5_k.wgsl"),
             Layout::Q6K => include_str!("../../../kernels/load_q6_k.wgsl"),
+            Layout::IQ4NL => include_str!("../../../kernels/load_iq4_nl.wgsl"),
         }
     }
 }

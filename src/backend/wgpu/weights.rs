@@ -1,12 +1,13 @@
 //! Weights on the device: every tensor uploaded once, converted on the way into the layout its
 //! kernel loader reads (see `kernels/load_*.wgsl`), split into row chunks where a tensor is
 //! larger than one storage binding may be (lavapipe: 128 MiB). Quantized blocks keep their
-//! size (Q4_0 and Q8_0 only move the scales behind the quants; Q6_K gains 2 bytes of padding per
-//! 210), so device memory is about the file's size.
+//! size: blocks whose fields are word-aligned are copied as they are, the others have their f16
+//! scale moved behind the quants ([`Packing`]), so quantized weights take the file's bytes on
+//! the device (plus at most 2 bytes of scale padding and 3 of word padding per chunk).
 
 use rayon::prelude::*;
 
-use super::kernels::Layout;
+use super::kernels::{Layout, Packing};
 use super::Gpu;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
@@ -18,7 +19,7 @@ pub struct Chunk {
     pub rows: usize,
     /// The loader's row stride (`P.w_row`: values for f32/f16, blocks for quantized layouts).
     pub w_row: u32,
-    /// Word offset of the scales (`P.w_sc`; Q4_0 and Q8_0).
+    /// Word offset of the scales (`P.w_sc`; layouts packed with [`Packing::SplitScale`]).
     pub w_sc: u32,
 }
 
@@ -75,12 +76,17 @@ impl WeightSet {
 /// Host bytes of `rows` rows in `layout` (`k` values each, already a multiple of the block size
 /// for quantized layouts; padded for matrices in f32/f16), and the loader's row stride.
 fn chunk_bytes(layout: Layout, k: usize, rows: usize) -> (usize, u32) {
-    match layout {
-        Layout::F32 => (rows * k * 4, k as u32),
-        Layout::F16 => (rows * k * 2, k as u32),
-        Layout::Q4_0 => (rows * (k / 32) * 16 + (rows * (k / 32)).next_multiple_of(2) * 2, (k / 32) as u32),
-        Layout::Q8_0 => (rows * (k / 32) * 32 + (rows * (k / 32)).next_multiple_of(2) * 2, (k / 32) as u32),
-        Layout::Q6K => (rows * (k / 256) * 212, (k / 256) as u32),
+    match layout.blocks() {
+        None if layout == Layout::F32 => (rows * k * 4, k as u32),
+        None => (rows * k * 2, k as u32),
+        Some((per, bytes, packing)) => {
+            let blocks = rows * (k / per);
+            let size = match packing {
+                Packing::Whole => blocks * bytes,
+                Packing::SplitScale { .. } => blocks * (bytes - 2) + blocks.next_multiple_of(2) * 2,
+            };
+            (size, (k / per) as u32)
+        }
     }
 }
 
@@ -135,7 +141,7 @@ fn upload_tensor(gpu: &Gpu, gguf: &Gguf, info: &TensorInfo, converted: &mut Vec<
 }
 
 /// Writes `rows` source rows (`src`, the file's bytes of type `t`, `ne0` values each) into `dst`
-/// in `layout` with `k` values per row; returns the scales' word offset (Q4_0, Q8_0).
+/// in `layout` with `k` values per row; returns the scales' word offset ([`Packing::SplitScale`]).
 fn fill(layout: Layout, t: GgmlType, ne0: usize, k: usize, rows: usize, src: &[u8], dst: &mut [u8]) -> Result<u32, String> {
     let src_row = src.len() / rows;
     match (layout, t) {
@@ -147,43 +153,46 @@ fn fill(layout: Layout, t: GgmlType, ne0: usize, k: usize, rows: usize, src: &[u
             });
             Ok(0)
         }
-        (Layout::Q4_0, _) | (Layout::Q8_0, _) => {
-            // Block: f16 d, then 16 (Q4_0) or 32 (Q8_0) bytes of quants.
-            let qb = if layout == Layout::Q4_0 { 16 } else { 32 };
-            let n_blocks = rows * (k / 32);
-            let (quants, scales) = dst.split_at_mut(n_blocks * qb);
-            quants.par_chunks_mut(qb).zip(scales[..n_blocks * 2].par_chunks_mut(2)).zip(src.par_chunks(qb + 2)).for_each(|((q, d), s)| {
-                d.copy_from_slice(&s[..2]);
-                q.copy_from_slice(&s[2..]);
-            });
-            scales[n_blocks * 2..].fill(0);
-            Ok((n_blocks * qb / 4) as u32)
-        }
-        (Layout::Q6K, _) => {
-            dst.par_chunks_mut(212).zip(src.par_chunks(210)).for_each(|(d, s)| {
-                d[..210].copy_from_slice(s);
-                d[210..].fill(0);
-            });
-            Ok(0)
-        }
-        (Layout::F32 | Layout::F16, _) => {
-            // No kernel for this type: ggml's own dequantizer, then f32 or f16 rows.
-            let f16 = layout == Layout::F16;
-            let es = if f16 { 2 } else { 4 };
-            dst.par_chunks_mut(k * es).zip(src.par_chunks(src_row)).try_for_each(|(d, s)| {
-                let mut row = vec![0f32; ne0];
-                crate::backend::ggml::dequantize(t, s, &mut row).map_err(|e| e.to_string())?;
-                for (i, v) in row.iter().enumerate() {
-                    if f16 {
-                        d[2 * i..2 * i + 2].copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
-                    } else {
-                        d[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
-                    }
+        (Layout::F32 | Layout::F16, _) => from_any(layout, t, ne0, k, src_row, src, dst),
+        (l, _) => {
+            let (_, bytes, packing) = l.blocks().expect("every layout but f32 and f16 is blocks");
+            match packing {
+                Packing::Whole => {
+                    dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
+                    Ok(0)
                 }
-                d[ne0 * es..].fill(0);
-                Ok::<(), String>(())
-            })?;
-            Ok(0)
+                Packing::SplitScale { at_start } => {
+                    let (qb, n_blocks) = (bytes - 2, src.len() / bytes);
+                    let (quants, scales) = dst.split_at_mut(n_blocks * qb);
+                    quants.par_chunks_mut(qb).zip(scales[..n_blocks * 2].par_chunks_mut(2)).zip(src.par_chunks(bytes)).for_each(|((q, d), s)| {
+                        let (ds, qs) = if at_start { (&s[..2], &s[2..]) } else { (&s[qb..], &s[..qb]) };
+                        d.copy_from_slice(ds);
+                        q.copy_from_slice(qs);
+                    });
+                    scales[n_blocks * 2..].fill(0);
+                    Ok((n_blocks * qb / 4) as u32)
+                }
+            }
         }
     }
+}
+
+/// Rows of a type without a kernel: ggml's own dequantizer, then f32 or f16 rows of `k` values.
+fn from_any(layout: Layout, t: GgmlType, ne0: usize, k: usize, src_row: usize, src: &[u8], dst: &mut [u8]) -> Result<u32, String> {
+    let f16 = layout == Layout::F16;
+    let es = if f16 { 2 } else { 4 };
+    dst.par_chunks_mut(k * es).zip(src.par_chunks(src_row)).try_for_each(|(d, s)| {
+        let mut row = vec![0f32; ne0];
+        crate::backend::ggml::dequantize(t, s, &mut row).map_err(|e| e.to_string())?;
+        for (i, v) in row.iter().enumerate() {
+            if f16 {
+                d[2 * i..2 * i + 2].copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            } else {
+                d[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        d[ne0 * es..].fill(0);
+        Ok::<(), String>(())
+    })?;
+    Ok(0)
 }
