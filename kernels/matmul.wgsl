@@ -4,8 +4,11 @@
 //
 // Tiled: a 16 x 16 workgroup computes a 64 x 64 block of y; each thread a 4 x 4 micro-tile.
 // Per step of 32 along k the workgroup dequantizes a 32 x 64 tile of W (four values per load)
-// and copies a 32 x 64 tile of x into workgroup memory (16 KiB in all).
+// and copies a 32 x 64 tile of x into workgroup memory (16 KiB in all). The tiles' element type
+// is substituted: f32, or f16 on devices with SHADER_F16 for quantized weights (8 KiB, half
+// the workgroup-memory traffic; sums stay f32).
 
+{{ENABLE}}
 struct Params {
     m: u32, n: u32, k: u32, ldy: u32,
     m_base: u32, x_off: u32, y_off: u32, w_off: u32,
@@ -21,8 +24,9 @@ const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 32u;
 
-var<workgroup> ws: array<f32, 2048>; // [TK][TM]
-var<workgroup> xs: array<f32, 2048>; // [TK][TN]
+alias tile_t = {{TILE}};
+var<workgroup> ws: array<tile_t, 2048>; // [TK][TM]
+var<workgroup> xs: array<tile_t, 2048>; // [TK][TN]
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
@@ -40,10 +44,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (m0 + r < P.m) {
                 v = w_load4(m0 + r, k0 + kk);
             }
-            ws[kk * TM + r] = v.x;
-            ws[(kk + 1u) * TM + r] = v.y;
-            ws[(kk + 2u) * TM + r] = v.z;
-            ws[(kk + 3u) * TM + r] = v.w;
+            ws[kk * TM + r] = tile_t(v.x);
+            ws[(kk + 1u) * TM + r] = tile_t(v.y);
+            ws[(kk + 2u) * TM + r] = tile_t(v.z);
+            ws[(kk + 3u) * TM + r] = tile_t(v.w);
         }
         // x tile: 64 columns x 32 values, consecutive threads read consecutive k.
         for (var i = 0u; i < 8u; i++) {
@@ -54,14 +58,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (n0 + c < P.n && k0 + kk < P.k) {
                 v = x[P.x_off + (n0 + c) * P.k + k0 + kk];
             }
-            xs[kk * TN + c] = v;
+            xs[kk * TN + c] = tile_t(v);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
             let a0 = kk * TM + lid.x * 4u;
             let b0 = kk * TN + lid.y * 4u;
-            let a = vec4<f32>(ws[a0], ws[a0 + 1u], ws[a0 + 2u], ws[a0 + 3u]);
-            let b = vec4<f32>(xs[b0], xs[b0 + 1u], xs[b0 + 2u], xs[b0 + 3u]);
+            let a = vec4<f32>(f32(ws[a0]), f32(ws[a0 + 1u]), f32(ws[a0 + 2u]), f32(ws[a0 + 3u]));
+            let b = vec4<f32>(f32(xs[b0]), f32(xs[b0 + 1u]), f32(xs[b0 + 2u]), f32(xs[b0 + 3u]));
             acc[0] += a * b.x;
             acc[1] += a * b.y;
             acc[2] += a * b.z;

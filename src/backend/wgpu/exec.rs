@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::kernels::{Kernel, Layout};
+use super::kernels::{Kernel, Layout, MATVEC_MAX_N};
 use super::weights::WeightSet;
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -68,6 +68,12 @@ fn groups_2d(n: usize) -> (u32, u32) {
 /// Records a graph (see [`Ops`]).
 pub struct Recorder<'e> {
     weights: &'e WeightSet,
+    /// Whether the device runs subgroup kernels.
+    subgroups: bool,
+    /// Whether few-column matmuls take the matvec kernel.
+    matvec: bool,
+    /// Whether tiled matmuls of non-f32 weights keep their tiles in f16.
+    f16: bool,
     descs: Vec<Desc>,
     nodes: Vec<Node>,
     inputs: Vec<usize>,
@@ -175,12 +181,21 @@ impl Ops for Recorder<'_> {
         let (y, dy) = self.act([m, n, 1]);
         let bx = self.f32_bind(dx);
         for (layout, bind, row0, rows, w_off, w_row, w_sc) in self.row_sources(dw) {
+            if n <= MATVEC_MAX_N && self.matvec {
+                // Few columns: a workgroup per row of W, no 64-wide column tiles.
+                let (gx, gy) = groups_2d(rows);
+                let p = [rows as u32, n as u32, k as u32, m as u32, row0 as u32, dx.off as u32, dy.off as u32, w_off, w_row, w_sc, gx, 0];
+                self.dispatch(Kernel::MatVec(layout, self.subgroups), p, vec![bind, bx, Bind::Store(dy.store)], (gx, gy));
+                continue;
+            }
             let p = [rows as u32, n as u32, k as u32, m as u32, row0 as u32, dx.off as u32, dy.off as u32, w_off, w_row, w_sc, 0, 0];
             let groups = (rows.div_ceil(64) as u32, n.div_ceil(64) as u32);
             if groups.1 > 65535 {
                 self.fail(format!("mul_mat: {n} columns exceed what one dispatch covers"));
             }
-            self.dispatch(Kernel::MatMul(layout), p, vec![bind, bx, Bind::Store(dy.store)], groups);
+            // f16 tiles for quantized weights only: an f32 model asks for f32 arithmetic.
+            let f16 = self.f16 && !matches!(layout, Layout::F32);
+            self.dispatch(Kernel::MatMul(layout, f16), p, vec![bind, bx, Bind::Store(dy.store)], groups);
         }
         y
     }
@@ -393,7 +408,7 @@ impl Executor {
     pub fn run(&mut self, key: &[usize], inputs: &[&[i32]], build: impl FnOnce(&mut Recorder<'_>) -> GpuTensor) -> Result<Vec<f32>> {
         if self.plan.as_ref().map(|p| p.key.as_slice()) != Some(key) {
             self.plan = None;
-            let mut r = Recorder { weights: &self.weights, descs: self.base.clone(), nodes: Vec::new(), inputs: Vec::new(), acts: Vec::new(), error: None };
+            let mut r = Recorder { weights: &self.weights, subgroups: self.gpu.subgroups, matvec: self.gpu.matvec, f16: self.gpu.f16, descs: self.base.clone(), nodes: Vec::new(), inputs: Vec::new(), acts: Vec::new(), error: None };
             let out = build(&mut r);
             let out = r.descs[out.0];
             if let Some(e) = r.error {

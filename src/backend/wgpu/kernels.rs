@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::gguf::GgmlType;
 
 const MATMUL: &str = include_str!("../../../kernels/matmul.wgsl");
+const MATVEC: &str = include_str!("../../../kernels/matvec.wgsl");
 const GET_ROWS: &str = include_str!("../../../kernels/get_rows.wgsl");
 const RMS_NORM: &str = include_str!("../../../kernels/rms_norm.wgsl");
 const ELEMENTWISE: &str = include_str!("../../../kernels/elementwise.wgsl");
@@ -106,7 +107,10 @@ impl Layout {
 /// A kernel and the variant to compile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    MatMul(Layout),
+    /// Tiled; with f16 tiles (`true`) or f32.
+    MatMul(Layout, bool),
+    /// Few columns (≤ [`MATVEC_MAX_N`]); with subgroup reductions or without.
+    MatVec(Layout, bool),
     GetRows(Layout),
     RmsNorm,
     /// 0 add, 1 mul, 2 swiglu.
@@ -116,6 +120,40 @@ pub enum Kernel {
     Attention(u32),
 }
 
+/// The most columns [`Kernel::MatVec`] takes; more go to the tiled matmul.
+pub const MATVEC_MAX_N: usize = 16;
+
+/// The partial sums of a [`Kernel::MatVec`] workgroup, joined with subgroup adds.
+const REDUCE_SUBGROUPS: &str = "    for (var c = 0u; c < NMAX; c++) {
+        let s = subgroupAdd(acc[c]);
+        part[c * 64u + lid] = select(0.0, s, sg_lane == 0u);
+    }
+    workgroupBarrier();
+    if (lid < P.n) {
+        var t = 0.0;
+        for (var i = 0u; i < 64u; i++) {
+            t += part[lid * 64u + i];
+        }
+        y[P.y_off + lid * P.ldy + P.m_base + row] = t;
+    }";
+
+/// The same without subgroups: a tree in workgroup memory.
+const REDUCE_TREE: &str = "    for (var c = 0u; c < NMAX; c++) {
+        part[c * 64u + lid] = acc[c];
+    }
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s /= 2u) {
+        if (lid < s) {
+            for (var c = 0u; c < P.n; c++) {
+                part[c * 64u + lid] += part[c * 64u + lid + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid < P.n) {
+        y[P.y_off + lid * P.ldy + P.m_base + row] = part[lid * 64u];
+    }";
+
 /// Keys and values per attention tile: 2 × TKV × HD × 4 bytes of workgroup memory = 16 KiB.
 pub fn attention_tile(hd: u32) -> u32 {
     (2048 / hd).max(1)
@@ -124,7 +162,17 @@ pub fn attention_tile(hd: u32) -> u32 {
 impl Kernel {
     fn source(self) -> String {
         match self {
-            Kernel::MatMul(l) => format!("{MATMUL}\n{}", l.loader()),
+            Kernel::MatMul(l, f16) => {
+                let (enable, tile) = if f16 { ("enable f16;", "f16") } else { ("", "f32") };
+                format!("{}\n{}", MATMUL.replace("{{ENABLE}}", enable).replace("{{TILE}}", tile), l.loader())
+            }
+            Kernel::MatVec(l, subgroups) => {
+                // Naga takes subgroup builtins once the device has the feature, without WGSL's
+                // `enable subgroups;` (which it refuses).
+                let (args, reduce) = if subgroups { (", @builtin(subgroup_invocation_id) sg_lane: u32", REDUCE_SUBGROUPS) } else { ("", REDUCE_TREE) };
+                let body = MATVEC.replace("{{ARGS}}", args).replace("{{REDUCE}}", reduce);
+                format!("{body}\n{}", l.loader())
+            }
             Kernel::GetRows(l) => format!("{GET_ROWS}\n{}", l.loader()),
             Kernel::RmsNorm => RMS_NORM.into(),
             Kernel::Elementwise(_) => ELEMENTWISE.into(),

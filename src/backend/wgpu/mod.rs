@@ -34,6 +34,11 @@ pub struct AdapterSummary {
     pub software: bool,
     /// The largest storage binding a kernel may read (bytes).
     pub max_binding: u64,
+    /// Whether the adapter offers subgroup operations (wgpu's `SUBGROUP`): the few-column
+    /// matmul then reduces in registers.
+    pub subgroups: bool,
+    /// Whether the adapter offers f16 arithmetic in shaders (`SHADER_F16`).
+    pub f16: bool,
 }
 
 fn instance() -> wgpu::Instance {
@@ -61,6 +66,8 @@ fn summary(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
         driver,
         software: info.device_type == wgpu::DeviceType::Cpu,
         max_binding: a.limits().max_storage_buffer_binding_size,
+        subgroups: a.features().contains(wgpu::Features::SUBGROUP),
+        f16: a.features().contains(wgpu::Features::SHADER_F16),
     }
 }
 
@@ -89,6 +96,12 @@ pub struct Gpu {
     adapter: AdapterSummary,
     limits: wgpu::Limits,
     binding_cap: u64,
+    /// Whether the device was opened with subgroups, which kernels then use.
+    pub(crate) subgroups: bool,
+    /// Whether matmuls of few columns take the row-per-workgroup kernel (else the tiled one).
+    pub(crate) matvec: bool,
+    /// Whether the device was opened with SHADER_F16 and tiled matmuls use f16 tiles.
+    pub(crate) f16: bool,
     pipelines: HashMap<String, Arc<wgpu::ComputePipeline>>,
 }
 
@@ -100,8 +113,16 @@ impl std::fmt::Debug for Gpu {
 
 impl Gpu {
     /// Opens adapter `index` of [`adapters`], or with `None` the first hardware adapter (and a
-    /// software one only when `allow_software`).
+    /// software one only when `allow_software`), with every optional feature the kernels can use
+    /// that the adapter offers, unless the environment sets `DLM_WGPU_PLAIN=1` (the portable
+    /// kernels only: for a driver whose subgroup support misbehaves).
     pub fn open(index: Option<usize>, allow_software: bool) -> Result<Gpu> {
+        let plain = std::env::var_os("DLM_WGPU_PLAIN").is_some_and(|v| v != "0" && !v.is_empty());
+        Self::open_with(index, allow_software, !plain)
+    }
+
+    /// [`Gpu::open`], with the optional features (`SUBGROUP`, `SHADER_F16`) only when `optional`.
+    pub fn open_with(index: Option<usize>, allow_software: bool, optional: bool) -> Result<Gpu> {
         let list = enumerate();
         let pick = match index {
             Some(i) => list.get(i).ok_or_else(|| {
@@ -119,19 +140,45 @@ impl Gpu {
         let adapter = summary(list.iter().position(|a| std::ptr::eq(a, pick)).unwrap_or(0), pick);
         // Everything the adapter offers: large storage bindings keep big weights in one piece.
         let limits = pick.limits();
+        let optional_features = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
+        let features = if optional { pick.features() & optional_features } else { wgpu::Features::empty() };
         let desc = wgpu::DeviceDescriptor {
             label: Some("dlm"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         };
         let (device, queue) = pollster::block_on(pick.request_device(&desc))
             .map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", adapter.name)))?;
-        Ok(Gpu { device, queue, adapter, limits, binding_cap: u64::MAX, pipelines: HashMap::new() })
+        let subgroups = features.contains(wgpu::Features::SUBGROUP);
+        let f16 = features.contains(wgpu::Features::SHADER_F16);
+        Ok(Gpu { device, queue, adapter, limits, binding_cap: u64::MAX, subgroups, matvec: true, f16, pipelines: HashMap::new() })
     }
 
     pub fn adapter(&self) -> &AdapterSummary {
         &self.adapter
+    }
+
+    /// Whether kernels use subgroup operations on this device.
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// With `false`, matmuls of few columns run the tiled kernel too: for benchmarks and tests
+    /// that compare the two.
+    pub fn use_matvec(&mut self, on: bool) {
+        self.matvec = on;
+    }
+
+    /// Whether tiled matmuls of quantized and f16 weights keep their tiles in f16.
+    pub fn uses_f16(&self) -> bool {
+        self.f16
+    }
+
+    /// With `false`, tiled matmuls keep f32 tiles even where the device offers f16 (for
+    /// benchmarks and tests that compare the two).
+    pub fn use_f16(&mut self, on: bool) {
+        self.f16 &= on;
     }
 
     /// The largest buffer a kernel may bind (bytes, a multiple of 4).

@@ -354,7 +354,9 @@ pub fn list_devices() -> anyhow::Result<()> {
     }
     for d in &list {
         let note = if d.software { " (software: --backend auto never picks it)" } else { "" };
-        dlm::outln!("wgpu device {}: {} | {} | {} | {} | max binding {} MiB{note}", d.index, d.name, d.api, d.kind, d.driver, d.max_binding >> 20)?;
+        let feats: Vec<&str> = [(d.subgroups, "subgroups"), (d.f16, "f16")].into_iter().filter(|f| f.0).map(|f| f.1).collect();
+        let feats = if feats.is_empty() { "none".to_string() } else { feats.join(", ") };
+        dlm::outln!("wgpu device {}: {} | {} | {} | {} | max binding {} MiB | features: {feats}{note}", d.index, d.name, d.api, d.kind, d.driver, d.max_binding >> 20)?;
     }
     let auto = match (ggml.iter().find(|d| !d.is_software()), list.iter().find(|d| !d.software)) {
         (Some(d), _) => format!("{} ({})", d.api.to_lowercase(), d.name),
