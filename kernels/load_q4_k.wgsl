@@ -2,20 +2,6 @@
 // and f16 dmin, 12 bytes of packed 6-bit scales and mins, qs[128]). Value c*64 + h*32 + l
 // (c < 4, h < 2, l < 32) is nibble h of qs[c*32 + l], with scale and min 2c + h as ggml's
 // get_scale_min_k4 unpacks them. P.w_row: blocks per row. `k` is a multiple of 4.
-fn k4_byte(base: u32, i: u32) -> u32 {
-    return (w[base + 1u + i / 4u] >> (8u * (i % 4u))) & 255u;
-}
-
-// (scale, min) number `is` of the block at `base`: ggml's get_scale_min_k4.
-fn k4_scale_min(base: u32, is: u32) -> vec2<f32> {
-    if (is < 4u) {
-        return vec2<f32>(f32(k4_byte(base, is) & 63u), f32(k4_byte(base, is + 4u) & 63u));
-    }
-    let sc = (k4_byte(base, is + 4u) & 15u) | ((k4_byte(base, is - 4u) >> 6u) << 4u);
-    let m = (k4_byte(base, is + 4u) >> 4u) | ((k4_byte(base, is) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(m));
-}
-
 fn w_load4(row: u32, k: u32) -> vec4<f32> {
     let base = (row * P.w_row + k / 256u) * 36u;
     let i = k % 256u;

@@ -3,19 +3,6 @@
 // c*64 + h*32 + l is nibble h of qs[c*32 + l] plus 16 when bit 2c + h of qh[l] is set, with
 // scale and min 2c + h (ggml's get_scale_min_k4). P.w_row: blocks per row. `k` is a multiple
 // of 4.
-fn k5_byte(base: u32, i: u32) -> u32 {
-    return (w[base + 1u + i / 4u] >> (8u * (i % 4u))) & 255u;
-}
-
-fn k5_scale_min(base: u32, is: u32) -> vec2<f32> {
-    if (is < 4u) {
-        return vec2<f32>(f32(k5_byte(base, is) & 63u), f32(k5_byte(base, is + 4u) & 63u));
-    }
-    let sc = (k5_byte(base, is + 4u) & 15u) | ((k5_byte(base, is - 4u) >> 6u) << 4u);
-    let m = (k5_byte(base, is + 4u) >> 4u) | ((k5_byte(base, is) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(m));
-}
-
 fn w_load4(row: u32, k: u32) -> vec4<f32> {
     let base = (row * P.w_row + k / 256u) * 44u;
     let i = k % 256u;
@@ -25,7 +12,7 @@ fn w_load4(row: u32, k: u32) -> vec4<f32> {
     let word = w[base + 12u + (c * 32u + l) / 4u] >> (4u * h);
     let hb = w[base + 4u + l / 4u] >> (2u * c + h);
     let dm = unpack2x16float(w[base]);
-    let sm = k5_scale_min(base, 2u * c + h);
+    let sm = k4_scale_min(base, 2u * c + h);
     let d1 = dm.x * sm.x;
     let m1 = dm.y * sm.y;
     let lo = vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(15u);

@@ -85,7 +85,16 @@ impl Layout {
         })
     }
 
-    fn loader(self) -> &'static str {
+    /// The loader's source (with what it shares with other loaders).
+    fn loader(self) -> String {
+        const K_SCALES: &str = include_str!("../../../kernels/k_scale_min.wgsl");
+        match self {
+            Layout::Q4K | Layout::Q5K => format!("{K_SCALES}\n{}", self.own_loader()),
+            _ => self.own_loader().to_owned(),
+        }
+    }
+
+    fn own_loader(self) -> &'static str {
         match self {
             Layout::F32 => include_str!("../../../kernels/load_f32.wgsl"),
             Layout::F16 => include_str!("../../../kernels/load_f16.wgsl"),
