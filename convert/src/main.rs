@@ -146,6 +146,8 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// GGUF → GGUF.
 fn requantize(args: &Args, opts: &Options) -> anyhow::Result<()> {
+    // The output first: a file that is its own output is that whatever its tensors are.
+    dlm::atomic::check_output(args.output(), &[args.input().to_owned()])?;
     let rq = Requant::new(args.input(), opts, args.allow_requantize)
         .with_context(|| format!("cannot re-quantize {}", args.input().display()))?;
     rq.check_output(args.output())?;
