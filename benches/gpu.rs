@@ -1,15 +1,17 @@
 //! The GPU forward pass: milliseconds per diffusion step (one forward pass over the whole
-//! sequence) at 256 and 1024 tokens on 7B-shaped q4_0 layers, on every GPU backend this build
+//! sequence) at 256 and 1024 tokens on 7B-shaped q4_0 and q4_k_m layers, on every GPU backend this build
 //! and machine have (a ggml GPU backend from the `cuda`/`metal`/`vulkan` features; our wgpu
 //! backend), beside the bound ggml's own kernels set: the same matmuls alone, on the same ggml
 //! device, in the same run. The model (random weights, hidden 4096, 32 heads, FFN 11008,
-//! vocabulary 32000, q4_0 with a Q6_K LM head as dlm-convert writes it) is generated here, in
+//! vocabulary 32000; q4_0 with a Q6_K LM head, and llama.cpp's Q4_K_M mix, as dlm-convert
+//! writes them) is generated here, in
 //! Rust, so the benchmark needs no Python or network on the GPU machine.
 //!
 //!     cargo bench --bench gpu                     # wgpu only
 //!     cargo bench --features vulkan --bench gpu   # ggml Vulkan and wgpu, and the bound
 //!
 //! Environment: DLM_BENCH_LAYERS (default 4), DLM_BENCH_TOKENS (default 256,1024),
+//! DLM_BENCH_TYPES (default q4_0,q4_k_m),
 //! DLM_BENCH_REPS (default 5), DLM_BENCH_SOFTWARE=1 to include software adapters (lavapipe),
 //! DLM_BENCH_DIR (default target/bench-data) for the generated GGUF. benches/README.md has
 //! the exact commands for a GPU machine without a Rust toolchain.
@@ -23,6 +25,8 @@ use dlm::backend::ggml::{gpu_devices, quantize, Executor, GgmlDevice, Weights};
 use dlm::gguf::{GgmlType, Gguf, GgufWriter, Value};
 use dlm::graph::Ops;
 use dlm::{Backend, LoadOptions, Model};
+use clap::ValueEnum as _;
+use dlm_convert::{policy, OutType};
 use rayon::prelude::*;
 
 const EMBD: usize = 4096;
@@ -54,30 +58,35 @@ fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
         .collect()
 }
 
-/// The tensors of a LLaMA file: name, shape, type.
-fn tensors(layers: usize) -> Vec<(String, Vec<u64>, GgmlType)> {
+/// The tensors of a LLaMA file: name, shape, and the type dlm-convert's `--type kind` gives.
+fn tensors(layers: usize, kind: OutType) -> Vec<(String, Vec<u64>, GgmlType)> {
     let (e, f, v) = (EMBD as u64, FF as u64, VOCAB as u64);
-    let mut t = vec![("token_embd.weight".to_string(), vec![e, v], GgmlType::Q4_0)];
+    let mut t: Vec<(String, Vec<u64>, Option<u64>)> = vec![("token_embd.weight".to_string(), vec![e, v], None)];
     for i in 0..layers {
         let n = |s: &str| format!("blk.{i}.{s}.weight");
-        t.push((n("attn_norm"), vec![e], GgmlType::F32));
+        t.push((n("attn_norm"), vec![e], Some(i as u64)));
         for w in ["attn_q", "attn_k", "attn_v", "attn_output"] {
-            t.push((n(w), vec![e, e], GgmlType::Q4_0));
+            t.push((n(w), vec![e, e], Some(i as u64)));
         }
-        t.push((n("ffn_norm"), vec![e], GgmlType::F32));
-        t.push((n("ffn_gate"), vec![e, f], GgmlType::Q4_0));
-        t.push((n("ffn_up"), vec![e, f], GgmlType::Q4_0));
-        t.push((n("ffn_down"), vec![f, e], GgmlType::Q4_0));
+        t.push((n("ffn_norm"), vec![e], Some(i as u64)));
+        t.push((n("ffn_gate"), vec![e, f], Some(i as u64)));
+        t.push((n("ffn_up"), vec![e, f], Some(i as u64)));
+        t.push((n("ffn_down"), vec![f, e], Some(i as u64)));
     }
-    t.push(("output_norm.weight".into(), vec![e], GgmlType::F32));
-    t.push(("output.weight".into(), vec![e, v], GgmlType::Q6_K));
-    t
+    t.push(("output_norm.weight".into(), vec![e], None));
+    t.push(("output.weight".into(), vec![e, v], None));
+    t.into_iter()
+        .map(|(name, shape, layer)| {
+            let ty = policy::fit(policy::choose(kind, &name, layer, layers as u64, shape.len()), shape[0]);
+            (name, shape, ty)
+        })
+        .collect()
 }
 
-/// A random 7B-shaped DiffuLLaMA GGUF with `layers` layers (written once, then reused).
-fn model_file(layers: usize) -> PathBuf {
+/// A random 7B-shaped DiffuLLaMA GGUF with `layers` layers of `kind` (written once, then reused).
+fn model_file(layers: usize, kind: OutType) -> PathBuf {
     let dir = PathBuf::from(std::env::var("DLM_BENCH_DIR").unwrap_or_else(|_| common::root().join("target/bench-data").to_string_lossy().into()));
-    let path = dir.join(format!("diffullama-7b-shape-{layers}l-q4_0-rust.gguf"));
+    let path = dir.join(format!("diffullama-7b-shape-{layers}l-{}-rust.gguf", kind.name()));
     if path.exists() {
         return path;
     }
@@ -85,6 +94,7 @@ fn model_file(layers: usize) -> PathBuf {
     eprintln!("writing {} ...", path.display());
     let mut w = GgufWriter::new();
     w.set("general.architecture", "llama").unwrap();
+    w.set("general.file_type", Value::U32(kind.file_type())).unwrap();
     for (k, v) in [("embedding_length", EMBD), ("block_count", layers), ("attention.head_count", 32), ("attention.head_count_kv", 32)] {
         w.set(&format!("llama.{k}"), Value::U32(v as u32)).unwrap();
     }
@@ -94,7 +104,7 @@ fn model_file(layers: usize) -> PathBuf {
     w.set("llama.rope.freq_base", Value::F32(10000.0)).unwrap();
     w.set("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)).unwrap();
     w.set("llama.attention.causal", Value::Bool(false)).unwrap();
-    let list = tensors(layers);
+    let list = tensors(layers, kind);
     for (name, shape, t) in &list {
         w.add_tensor(name, shape, *t).unwrap();
     }
@@ -176,26 +186,37 @@ fn main() {
         gpu_devices().into_iter().filter(|d| seen.insert(d.api.clone())).collect()
     };
     #[cfg(feature = "wgpu")]
-    let wgpu_adapter = dlm::backend::wgpu::adapters().into_iter().find(|a| software || !a.software);
+    let wgpu_index = dlm::backend::wgpu::adapters().into_iter().find(|a| software || !a.software).map(|a| a.index);
     #[cfg(not(feature = "wgpu"))]
-    let wgpu_adapter: Option<()> = None;
-    if ggml_devs.is_empty() && wgpu_adapter.is_none() {
+    let wgpu_index: Option<usize> = None;
+    if ggml_devs.is_empty() && wgpu_index.is_none() {
         println!("gpu bench: no GPU backend here (no ggml GPU device; no hardware wgpu adapter; DLM_BENCH_SOFTWARE=1 includes lavapipe)");
         return;
     }
-    let path = model_file(layers);
-    println!("forward pass, 7B-shaped q4_0 layers x{layers}, median of {reps}; bound = the same matmuls alone on the ggml device");
+    let kinds: Vec<OutType> = std::env::var("DLM_BENCH_TYPES")
+        .unwrap_or_else(|_| "q4_0,q4_k_m".into())
+        .split(',')
+        .map(|k| OutType::from_str(k.trim(), true).unwrap_or_else(|e| panic!("DLM_BENCH_TYPES: {e}")))
+        .collect();
+    for kind in kinds {
+        bench_kind(kind, layers, reps, &lens, &ggml_devs, wgpu_index);
+    }
+}
+
+/// Every backend on `kind`'s file, beside the bound.
+fn bench_kind(kind: OutType, layers: usize, reps: usize, lens: &[usize], ggml_devs: &[GgmlDevice], wgpu_index: Option<usize>) {
+    let path = model_file(layers, kind);
+    println!("forward pass, 7B-shaped {} layers x{layers}, median of {reps}; bound = the same matmuls alone on the ggml device", kind.name());
     println!("{:<44} {:>6} {:>10} {:>9} {:>10}", "backend", "tokens", "ms/step", "GFLOP/s", "vs bound");
     let mut backends: Vec<(Backend, Option<usize>)> = ggml_devs
         .iter()
         .map(|d| (match d.api.as_str() { "CUDA" => Backend::Cuda, "Metal" => Backend::Metal, _ => Backend::Vulkan }, None))
         .collect();
-    #[cfg(feature = "wgpu")]
-    if let Some(a) = &wgpu_adapter {
-        backends.push((Backend::Wgpu, Some(a.index)));
+    if let Some(i) = wgpu_index {
+        backends.push((Backend::Wgpu, Some(i)));
     }
     let mut bounds = std::collections::HashMap::new();
-    for n in &lens {
+    for n in lens {
         if let Some(d) = ggml_devs.first() {
             bounds.insert(*n, matmul_bound_ms(&path, d, layers, *n, reps));
             println!("{:<44} {:>6} {:>10.2} {:>9.1} {:>10}", format!("bound: ggml matmuls on {}", d.name), n, bounds[n], gflop(layers, *n) / bounds[n] * 1e3, "1.00x");
@@ -204,7 +225,7 @@ fn main() {
     for (backend, device) in backends {
         let opts = LoadOptions { threads: threads(), backend, device, ..Default::default() };
         let mut m = Model::load(&path, &opts).unwrap();
-        for &n in &lens {
+        for &n in lens {
             let ms = forward_ms(&mut m, n, reps);
             let vs = bounds.get(&n).map_or("-".to_string(), |b| format!("{:.2}x", ms / b));
             println!("{:<44} {:>6} {:>10.2} {:>9.1} {:>10}", m.backend_description(), n, ms, gflop(layers, n) / ms * 1e3, vs);
