@@ -79,6 +79,39 @@ macro_rules! outln {
     }};
 }
 
+/// `--version`'s long form, shared by the binaries: the crate version, the backends this
+/// build has, and the linked ggml's version.
+pub fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let backends: Vec<&str> = [
+            (cfg!(feature = "ggml"), "cpu (ggml)"),
+            (cfg!(feature = "cuda"), "cuda (ggml)"),
+            (cfg!(feature = "metal"), "metal (ggml)"),
+            (cfg!(feature = "vulkan"), "vulkan (ggml)"),
+            (cfg!(feature = "wgpu"), "wgpu (WGSL kernels: Vulkan, Metal, DX12)"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        #[cfg(feature = "ggml")]
+        let ggml = crate::backend::ggml::version();
+        #[cfg(not(feature = "ggml"))]
+        let ggml = "not linked".to_string();
+        format!("{}\nbackends: {}\nggml: {ggml}", env!("CARGO_PKG_VERSION"), backends.join(", "))
+    })
+}
+
+/// `--completions SHELL`: the completion script for `cmd` on stdout.
+pub fn print_completions(mut cmd: clap::Command, shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let name = cmd.get_name().to_owned();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut out);
+    let mut stdout = std::io::stdout();
+    stdout.write_all(&out).and_then(|_| stdout.flush()).map_err(|e| anyhow::Error::new(e).context("writing to standard output"))
+}
+
 /// Temporary files that an interrupt must remove (the [`crate::atomic::AtomicFile`]s alive).
 static TEMP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 

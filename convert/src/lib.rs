@@ -133,6 +133,19 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// What writing `header`'s tensors (`(shape, type)` each) from `bytes_in` source bytes did,
+    /// started at `start`.
+    pub(crate) fn of<'a>(header: &GgufWriter, tensors: impl Iterator<Item = (&'a [u64], GgmlType)> + Clone, bytes_in: u64, start: Instant) -> Summary {
+        Summary {
+            tensors: tensors.clone().count(),
+            params: tensors.clone().map(|(shape, _)| shape.iter().product::<u64>()).sum(),
+            bytes_in,
+            bytes_out: header.file_size(),
+            tensor_bytes: tensors.map(|(shape, t)| t.tensor_bytes(shape).unwrap_or(0)).sum(),
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+
     /// Bits per weight over all tensors.
     pub fn bits_per_weight(&self) -> f64 {
         self.tensor_bytes as f64 * 8.0 / self.params.max(1) as f64
@@ -328,14 +341,7 @@ impl Plan {
         let start = Instant::now();
         self.check_output(out)?;
         write_streamed(&self.header, out, &self.tensors, |t| self.convert_tensor(t), progress)?;
-        Ok(Summary {
-            tensors: self.tensors.len(),
-            params: self.tensors.iter().map(PlannedTensor::n_elements).sum(),
-            bytes_in: self.bytes_in(),
-            bytes_out: self.header.file_size(),
-            tensor_bytes: self.tensors.iter().map(|t| t.ggml_type.tensor_bytes(&t.shape).unwrap_or(0)).sum(),
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        Ok(Summary::of(&self.header, self.tensors.iter().map(|t| (t.shape.as_slice(), t.ggml_type)), self.bytes_in(), start))
     }
 
     /// One tensor's output bytes. Each parallel task takes a run of output rows, decodes the

@@ -71,10 +71,9 @@ impl Args {
     }
 }
 
-/// The command, with the linked ggml in `--version`.
+/// The command, with the build's backends and the linked ggml in `--version`.
 fn command() -> clap::Command {
-    let long: &'static str = Box::leak(format!("{}\nggml: {}", env!("CARGO_PKG_VERSION"), dlm::backend::ggml::version()).into_boxed_str());
-    Args::command().long_version(long)
+    Args::command().long_version(dlm::cli::long_version())
 }
 
 fn human(bytes: u64) -> String {
@@ -88,11 +87,7 @@ fn human(bytes: u64) -> String {
 
 fn run(args: Args) -> anyhow::Result<()> {
     if let Some(shell) = args.completions {
-        let mut out = Vec::new();
-        clap_complete::generate(shell, &mut command(), "dlm-convert", &mut out);
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout();
-        return stdout.write_all(&out).and_then(|_| stdout.flush()).context("writing to standard output");
+        return dlm::cli::print_completions(command(), shell);
     }
     if let Some(t) = args.threads {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -144,14 +144,7 @@ impl Requant {
         let start = Instant::now();
         self.check_output(out)?;
         write_streamed(&self.header, out, &self.tensors, |t| self.convert_tensor(t), progress)?;
-        Ok(Summary {
-            tensors: self.tensors.len(),
-            params: self.tensors.iter().map(RequantTensor::n_elements).sum(),
-            bytes_in: self.bytes_in(),
-            bytes_out: self.header.file_size(),
-            tensor_bytes: self.tensors.iter().map(|t| t.ggml_type.tensor_bytes(&t.shape).unwrap_or(0)).sum(),
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        Ok(Summary::of(&self.header, self.tensors.iter().map(|t| (t.shape.as_slice(), t.ggml_type)), self.bytes_in(), start))
     }
 
     /// One tensor's output bytes: the source's when the type is unchanged, otherwise each

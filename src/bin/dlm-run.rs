@@ -193,7 +193,7 @@ struct Given {
 
 /// One line each for flags that do nothing in this run, or do something users do not expect.
 fn warn_flags(a: &Args, given: &Given, l: &Loaded) {
-    let rule = a.gen.unmask.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned());
+    let rule = common::flag_value(&a.gen.unmask);
     if given.threshold && a.gen.unmask != Rule::Threshold {
         dlm::errln!("warning: --threshold applies only to --unmask threshold; this run uses --unmask {rule}");
     }
@@ -217,8 +217,10 @@ fn fewer_steps_reason(a: &Args, taken: usize, stopped: Option<&str>) -> String {
     if taken >= a.gen.steps {
         return String::new();
     }
+    if let Some(s) = stopped {
+        return format!(" ({taken} of --steps {}: --stop {s:?} was found in the final text)", a.gen.steps);
+    }
     let why = match a.gen.unmask {
-        _ if stopped.is_some() => format!("--stop {:?} was found in the final text", stopped.unwrap_or_default()),
         Rule::Origin => "steps that commit nothing run no forward pass".to_string(),
         Rule::Threshold => format!("--unmask threshold commits every position above {} at once", a.gen.threshold),
         _ if a.n_predict < a.gen.steps => format!("only {} positions to commit", a.n_predict),
@@ -303,7 +305,7 @@ impl Visual {
 
 fn run(a: Args, given: Given) -> anyhow::Result<()> {
     if let Some(shell) = a.completions {
-        return common::print_completions(common::command::<Args>(), shell);
+        return dlm::cli::print_completions(common::command::<Args>(), shell);
     }
     if a.m.list_devices {
         common::list_devices()?;
@@ -369,7 +371,6 @@ fn run(a: Args, given: Given) -> anyhow::Result<()> {
         }
     }
     if dlm::cli::logs(dlm::cli::Log::Verbose) {
-        let name = |v: Option<clap::builder::PossibleValue>| v.map_or_else(String::new, |v| v.get_name().to_owned());
         dlm::errln!(
             "settings: mask id {}, logits shifted {}, attention {}, canvas {} of at most {n_ctx} tokens; --steps {} --unmask {} --threshold {} --block-length {} --cache {} --temp {} --top-p {} --top-k {} --seed {seed}",
             params.mask_id,
@@ -377,10 +378,10 @@ fn run(a: Args, given: Given) -> anyhow::Result<()> {
             if l.model.params().causal { "causal" } else { "bidirectional" },
             prefixes.iter().map(|p| p.len() + a.n_predict + suffix.len()).max().unwrap_or(0),
             a.gen.steps,
-            name(a.gen.unmask.to_possible_value()),
+            common::flag_value(&a.gen.unmask),
             a.gen.threshold,
             a.gen.block_length.map_or("off".into(), |b| b.to_string()),
-            name(a.gen.cache.to_possible_value()),
+            common::flag_value(&a.gen.cache),
             a.gen.temp,
             a.gen.top_p,
             a.gen.top_k,
@@ -549,12 +550,12 @@ fn info(a: &Args) -> anyhow::Result<()> {
         format!(
             "generation (these flags' values now): --steps {} --unmask {} --threshold {} --temp {} --top-p {} --top-k {} --cache {}",
             a.gen.steps,
-            a.gen.unmask.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned()),
+            common::flag_value(&a.gen.unmask),
             a.gen.threshold,
             a.gen.temp,
             a.gen.top_p,
             a.gen.top_k,
-            a.gen.cache.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned()),
+            common::flag_value(&a.gen.cache),
         ),
     ];
     for l in lines.iter().chain(&checked.warnings) {

@@ -394,37 +394,12 @@ pub fn read_text(path: &Path, what: &str, streams: bool) -> anyhow::Result<Strin
     Ok(text.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(text))
 }
 
-/// `--version`'s long form: the build's backends and the linked ggml.
-pub fn long_version() -> String {
-    let mut backends = vec!["cpu (ggml)"];
-    if cfg!(feature = "cuda") {
-        backends.push("cuda (ggml)");
-    }
-    if cfg!(feature = "metal") {
-        backends.push("metal (ggml)");
-    }
-    if cfg!(feature = "vulkan") {
-        backends.push("vulkan (ggml)");
-    }
-    if cfg!(feature = "wgpu") {
-        backends.push("wgpu (WGSL kernels: Vulkan, Metal, DX12)");
-    }
-    format!("{}\nbackends: {}\nggml: {}", env!("CARGO_PKG_VERSION"), backends.join(", "), dlm::backend::ggml::version())
-}
-
-/// The binary's command with [`long_version`] set.
+/// The binary's command with [`dlm::cli::long_version`] as its `--version`.
 pub fn command<T: clap::CommandFactory>() -> clap::Command {
-    // Once per process: clap takes a 'static string without its `string` feature.
-    let text: &'static str = Box::leak(long_version().into_boxed_str());
-    T::command().long_version(text)
+    T::command().long_version(dlm::cli::long_version())
 }
 
-/// `--completions SHELL`: the completion script for `cmd` on stdout.
-pub fn print_completions(mut cmd: clap::Command, shell: clap_complete::Shell) -> anyhow::Result<()> {
-    let name = cmd.get_name().to_owned();
-    let mut out = Vec::new();
-    clap_complete::generate(shell, &mut cmd, name, &mut out);
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout();
-    stdout.write_all(&out).and_then(|_| stdout.flush()).map_err(|e| anyhow::Error::new(e).context("writing to standard output"))
+/// A flag's value as typed on the command line (`--unmask threshold`).
+pub fn flag_value(v: &impl ValueEnum) -> String {
+    v.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())
 }
