@@ -62,7 +62,7 @@ fn main() {
 
 /// Multiply-adds ×2 of one forward pass of `n` tokens: projections, attention scores and
 /// values, FFN, and the LM head over every position.
-fn flops(p: &dlm::model::LlamaParams, n: usize) -> f64 {
+fn flops(p: &dlm::model::Hparams, n: usize) -> f64 {
     let (e, q, kv, ff, v) = (p.n_embd, p.n_head * p.head_dim(), p.n_head_kv * p.head_dim(), p.n_ff, p.n_vocab);
     let per_layer = e * q + 2 * e * kv + q * e + 3 * e * ff;
     let attention = 2 * n * q; // scores and weighted values, per token

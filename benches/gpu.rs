@@ -21,9 +21,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{median, threads, time};
-use dlm::backend::ggml::{gpu_devices, quantize, Executor, GgmlDevice, Weights};
+use dlm::backend::ggml::{gpu_devices, quantize, GgmlDevice, MatmulChain};
 use dlm::gguf::{GgmlType, Gguf, GgufWriter, Value};
-use dlm::graph::Ops;
 use dlm::{Backend, LoadOptions, Model};
 use clap::ValueEnum as _;
 use dlm_convert::{policy, OutType};
@@ -139,33 +138,9 @@ fn forward_ms(m: &mut Model, n: usize, reps: usize) -> f64 {
 /// Median milliseconds of only the forward pass's matmuls (same shapes, same weights, one
 /// graph) on the ggml device: what ggml's own matmul throughput allows.
 fn matmul_bound_ms(path: &Path, dev: &GgmlDevice, layers: usize, n: usize, reps: usize) -> f64 {
-    let g = Gguf::open(path).unwrap();
-    let buft = dlm::backend::ggml::device_buffer_type(dev);
-    let all = |_: &dlm::gguf::TensorInfo| true;
-    let weights = Weights::map_offload(&g, |_| false, Some((buft, &all))).unwrap();
-    let mut ex = Executor::on_device(threads(), true, dev).unwrap();
-    let w = |name: &str| weights.get(name).unwrap();
-    let ids: Vec<i32> = (0..n as i32).collect();
-    let mut run = || {
-        ex.run(&[n], 4096, &[&ids], |o| {
-            let t = o.input_i32(n);
-            let mut h = o.get_rows(w("output.weight"), t); // [4096, n]: any f32 activation
-            for i in 0..layers {
-                let l = |s: &str| w(&format!("blk.{i}.{s}.weight"));
-                let (q, k, v) = (o.mul_mat(l("attn_q"), h), o.mul_mat(l("attn_k"), h), o.mul_mat(l("attn_v"), h));
-                let a = o.mul_mat(l("attn_output"), q);
-                let kv = o.add(k, v);
-                let x = o.add(a, kv);
-                let (gate, up) = (o.mul_mat(l("ffn_gate"), x), o.mul_mat(l("ffn_up"), x));
-                let f = o.add(gate, up);
-                h = o.mul_mat(l("ffn_down"), f);
-            }
-            o.mul_mat(w("output.weight"), h)
-        })
-        .unwrap()
-    };
-    run();
-    median((0..reps).map(|_| time(&mut run).0 * 1e3).collect())
+    let mut chain = MatmulChain::new(Gguf::open(path).unwrap(), dev, threads()).unwrap();
+    chain.run(layers, n).unwrap();
+    median((0..reps).map(|_| time(|| chain.run(layers, n).unwrap()).0 * 1e3).collect())
 }
 
 /// Multiply-adds ×2 of one forward pass of `n` tokens (matmuls, attention, LM head).

@@ -15,7 +15,7 @@ use common::{median, time};
 use dlm::backend::ggml::quantize;
 use dlm::backend::wgpu::{Executor, Gpu, WeightSet};
 use dlm::gguf::{GgmlType, Gguf, GgufWriter};
-use dlm::graph::Ops;
+use dlm::graph::{GraphKey, Ops};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed | 1;
@@ -54,7 +54,7 @@ fn run(gpu: Gpu, g: &Gguf, n: usize, reps: usize) -> f64 {
     let (w, x) = (ex.weight("w").unwrap(), ex.weight("x").unwrap());
     let ids: Vec<i32> = (0..n as i32).collect();
     let mut call = || {
-        ex.run(&[n], &[&ids], |o| {
+        ex.run(&GraphKey::other(&[n], 0), &[&ids], |o| {
             let i = o.input_i32(n);
             let xa = o.get_rows(x, i);
             o.mul_mat(w, xa)

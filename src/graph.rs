@@ -20,13 +20,13 @@ pub trait Ops {
     fn rms_norm(&mut self, x: Self::T, eps: f32) -> Self::T;
     /// Elementwise product; `b` broadcasts along the dimensions where it is 1.
     fn mul(&mut self, a: Self::T, b: Self::T) -> Self::T;
-    /// Elementwise sum of two tensors of the same shape.
+    /// Elementwise sum; `b` broadcasts along the dimensions where it is 1 (a bias `[ne0]`).
     fn add(&mut self, a: Self::T, b: Self::T) -> Self::T;
     /// The same data seen as `[ne0, ne1, ne2]`.
     fn reshape_3d(&mut self, x: Self::T, ne: [usize; 3]) -> Self::T;
-    /// Rotary position embedding, ggml NORM mode (adjacent pairs rotate) on `x` `[head_dim, heads, n]`
-    /// at positions `pos` (i32 `[n]`), over the first `n_dims` of each head.
-    fn rope(&mut self, x: Self::T, pos: Self::T, n_dims: usize, theta: f32) -> Self::T;
+    /// Rotary position embedding on `x` `[head_dim, heads, n]` at positions `pos` (i32 `[n]`),
+    /// over the first `n_dims` of each head, pairs chosen by `mode`.
+    fn rope(&mut self, x: Self::T, pos: Self::T, n_dims: usize, theta: f32, mode: RopeMode) -> Self::T;
     /// Scaled dot-product attention of `q` `[hd, n_head, n]` over `k`, `v` `[hd, n_head_kv, n]`
     /// (grouped: query head h reads kv head h / (n_head / n_head_kv)); every position attends to
     /// every position unless `causal`. Returns `[hd * n_head, n]`.
@@ -42,6 +42,27 @@ pub trait Ops {
     fn write_tokens(&mut self, cache: Self::T, fresh: Self::T, start: usize) -> Self::T;
 }
 
+/// Which values of a head RoPE rotates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeMode {
+    /// Adjacent pairs `(2p, 2p + 1)`: ggml's NORM mode, LLaMA as llama.cpp converts it (Q/K
+    /// rows permuted from Hugging Face's layout).
+    Norm,
+    /// Pairs `(p, p + n_dims / 2)`: ggml's NEOX mode, Hugging Face's `rotate_half` on unpermuted
+    /// rows (Qwen2, Dream).
+    Neox,
+}
+
+impl RopeMode {
+    /// ggml's `mode` value.
+    pub fn ggml(self) -> i32 {
+        match self {
+            RopeMode::Norm => 0,
+            RopeMode::Neox => 2,
+        }
+    }
+}
+
 /// A backend that runs graphs of [`Ops`]: builds (or plans) a graph once per key, then runs it
 /// as often as asked with new i32 inputs.
 pub trait Engine {
@@ -50,17 +71,13 @@ pub trait Engine {
     where
         Self: 'a;
 
-    /// Runs the graph `build` makes (made once per distinct `key`, which must determine the
-    /// graph, and reused while the key stays the same), with `inputs` copied into the graph's
-    /// i32 inputs in the order `build` created them; returns the output tensor's values.
-    /// `graph_size` bounds the tensors and nodes `build` may create.
-    fn run(
-        &mut self,
-        key: &[usize],
-        graph_size: usize,
-        inputs: &[&[i32]],
-        build: impl FnOnce(&mut Self::Builder<'_>) -> Self::T,
-    ) -> crate::Result<Vec<f32>>;
+    /// Runs the graph `build` makes (planned once per distinct `key`, which must determine the
+    /// graph, and kept in a small [`PlanCache`]), with `inputs` copied into the graph's i32
+    /// inputs in the order `build` created them; returns the output tensor's values.
+    fn run(&mut self, key: &GraphKey, inputs: &[&[i32]], build: impl FnOnce(&mut Self::Builder<'_>) -> Self::T) -> crate::Result<Vec<f32>>;
+
+    /// How many graphs were planned since the engine was created.
+    fn plans_built(&self) -> usize;
 
     /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
     /// allocated on first use and again whenever the shape changes (contents then undefined).
@@ -72,4 +89,126 @@ pub trait Engine {
 pub struct LayerKv<T> {
     pub k: T,
     pub v: T,
+}
+
+/// What a graph computes, as much as determines every node a builder makes: two runs with equal
+/// keys build the same graph, so an engine plans a key once and reuses the plan.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GraphKey {
+    pub kind: GraphKind,
+    /// An upper bound on the tensors and nodes the graph makes (engines that size their graph
+    /// memory up front, such as ggml's, allocate this much; others may ignore it).
+    pub max_nodes: usize,
+}
+
+/// The shapes of work a graph does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GraphKind {
+    /// A forward pass over one sequence of `total` tokens computing positions `start..end`
+    /// ([`crate::generate::Pass`]), the LM head on `out_rows` rows (0: every computed row).
+    Forward { pass: PassKind, total: usize, start: usize, end: usize, out_rows: usize },
+    /// Independent sequences of lengths `lens` in one pass, the LM head on `out_rows` rows.
+    Batch { lens: Vec<usize>, out_rows: usize },
+    /// Any other graph (kernel tests, benchmarks): the caller's own numbers, which must
+    /// determine it.
+    Other(Vec<usize>),
+}
+
+/// What a forward pass does with the key/value cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PassKind {
+    Full,
+    Store,
+    Reuse,
+}
+
+impl GraphKey {
+    /// A key for graphs outside the model runtime, with room for `max_nodes`.
+    pub fn other(numbers: &[usize], max_nodes: usize) -> GraphKey {
+        GraphKey { kind: GraphKind::Other(numbers.to_vec()), max_nodes }
+    }
+}
+
+/// A few planned graphs by key, the least recently used dropped first. Block decoding with a
+/// cache alternates graphs (a full pass that stores keys and values, then passes that reuse
+/// them): holding several keeps each switch from planning anew.
+pub struct PlanCache<P> {
+    /// Most recently used last.
+    plans: Vec<(GraphKey, P)>,
+    capacity: usize,
+    built: usize,
+}
+
+impl<P> PlanCache<P> {
+    /// Plans every engine keeps by default: block decoding with a cache alternates a storing
+    /// pass and a reusing one, plus one for the row count that changes as masks drain. Each
+    /// plan holds its own activation memory, so this stays small.
+    pub const DEFAULT_CAPACITY: usize = 3;
+
+    pub fn new(capacity: usize) -> PlanCache<P> {
+        PlanCache { plans: Vec::new(), capacity: capacity.max(1), built: 0 }
+    }
+
+    /// The plan of `key`, made by `make` when none is held (evicting the least recently used
+    /// one first when full).
+    pub fn get_or_make<E>(&mut self, key: &GraphKey, make: impl FnOnce() -> std::result::Result<P, E>) -> std::result::Result<&mut P, E> {
+        match self.plans.iter().position(|(k, _)| k == key) {
+            Some(i) => {
+                let hit = self.plans.remove(i);
+                self.plans.push(hit);
+            }
+            None => {
+                if self.plans.len() >= self.capacity {
+                    self.plans.remove(0);
+                }
+                let plan = make()?;
+                self.built += 1;
+                self.plans.push((key.clone(), plan));
+            }
+        }
+        Ok(&mut self.plans.last_mut().expect("just pushed").1)
+    }
+
+    /// Drops every plan (they point at buffers about to be freed).
+    pub fn clear(&mut self) {
+        self.plans.clear();
+    }
+
+    /// The plans held, least recently used first.
+    pub fn plans(&self) -> impl Iterator<Item = &P> {
+        self.plans.iter().map(|(_, p)| p)
+    }
+
+    /// How many plans were made since the engine was created (a measure of rebuilds).
+    pub fn built(&self) -> usize {
+        self.built
+    }
+}
+
+/// The key/value cache slot both engines keep: one cache of a given shape
+/// (`[layers, head_dim, n_head_kv, total]`), reallocated when a different shape is asked for.
+pub struct KvSlot<C> {
+    held: Option<([usize; 4], C)>,
+}
+
+impl<C> Default for KvSlot<C> {
+    fn default() -> Self {
+        KvSlot { held: None }
+    }
+}
+
+impl<C> KvSlot<C> {
+    /// The cache of `shape`, allocated by `alloc` unless one of that shape is held. `alloc` runs
+    /// after the old cache is freed and must first drop whatever points at it (plans).
+    pub fn get<E>(&mut self, shape: [usize; 4], alloc: impl FnOnce() -> std::result::Result<C, E>) -> std::result::Result<&C, E> {
+        if self.held.as_ref().map(|(s, _)| *s) != Some(shape) {
+            self.held = None;
+            self.held = Some((shape, alloc()?));
+        }
+        Ok(&self.held.as_ref().expect("held above").1)
+    }
+
+    pub fn held(&self) -> Option<&C> {
+        self.held.as_ref().map(|(_, c)| c)
+    }
 }

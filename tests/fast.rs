@@ -128,3 +128,24 @@ fn caches_refreshed_every_step_are_exact_and_stale_ones_still_complete() {
         println!("{cache:?}: {same}/48 tokens as the exact run (greedy, random weights)");
     }
 }
+
+#[test]
+fn cached_graphs_survive_the_switch_between_storing_and_reusing_passes() {
+    // Prefix-cache block decoding alternates a storing full pass (the same graph every block)
+    // with reusing passes (a graph per block): with one graph kept, every switch rebuilds; with
+    // the default few, the storing graph stays planned. The text is the same either way.
+    let (_tmp, file) = tiny_gqa_gguf(OutType::Q8_0);
+    let p = params(Cache::Prefix, false, Some(16), 24);
+    let mut built = Vec::new();
+    let mut texts = Vec::new();
+    for max_graphs in [1, dlm::graph::PlanCache::<()>::DEFAULT_CAPACITY] {
+        let mut m = Model::load(&file, &LoadOptions { max_graphs, ..Default::default() }).unwrap();
+        let before = m.graphs_built();
+        texts.push(run(&mut m, &p, &mut Origin));
+        built.push(m.graphs_built() - before);
+    }
+    println!("graphs planned for 3 blocks of prefix-cache decoding: {} keeping one, {} keeping {}", built[0], built[1], dlm::graph::PlanCache::<()>::DEFAULT_CAPACITY);
+    assert_eq!(texts[0], texts[1], "which plans are kept changes nothing computed");
+    assert!(built[0] >= 6, "one graph kept: a rebuild at every switch, two per block ({})", built[0]);
+    assert!(built[1] < built[0], "kept graphs are reused ({} vs {})", built[1], built[0]);
+}

@@ -96,7 +96,7 @@ fn grouped_kv_tied_embeddings_and_causal_switch_match_reference() {
     let tokens = canvas(&gguf);
     for causal in [false, true] {
         let want = reference(&hf, &tokens, causal, None);
-        let mut m = Model::load(&gguf, &LoadOptions { threads: 2, causal: Some(causal), ..Default::default() }).unwrap();
+        let mut m = Model::load(&gguf, &LoadOptions { threads: 2, diffusion: dlm::model::DiffusionOverrides { causal: Some(causal), ..Default::default() }, ..Default::default() }).unwrap();
         assert!(m.params().tied_output && m.params().n_head_kv == 2);
         let (err, top1) = compare(&m.forward(&tokens).unwrap(), &want, 32000);
         println!("gqa causal={causal}: max relative error {err:.2e}, top-1 {:.0}%", top1 * 100.0);

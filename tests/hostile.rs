@@ -88,7 +88,7 @@ fn bad_files() -> Vec<(&'static str, Edit, Want)> {
         ("block_count above the layers", meta_only(|m| set(m, "llama.block_count", Value::U32(3))), Want::Error("blk.2.")),
         ("block_count 2^32-1", meta_only(|m| set(m, "llama.block_count", Value::U32(u32::MAX))), Want::Error("block_count")),
         ("block_count as a string", meta_only(|m| set(m, "llama.block_count", "two".into())), Want::Error("llama.block_count")),
-        ("architecture gpt2", meta_only(|m| set(m, "general.architecture", "gpt2".into())), Want::Error("not supported (supported: llama)")),
+        ("architecture gpt2", meta_only(|m| set(m, "general.architecture", "gpt2".into())), Want::Error("not supported (supported: llama, llada, dream)")),
         ("architecture with escapes", meta_only(|m| set(m, "general.architecture", "\u{1b}[2J\u{1b}[31mllama".into())), Want::Error("not supported")),
         ("bos id outside the vocabulary", meta_only(|m| set(m, "tokenizer.ggml.bos_token_id", Value::U32(1 << 30))), Want::Error("bos_token_id")),
         ("mask id outside the vocabulary", meta_only(|m| set(m, "tokenizer.ggml.mask_token_id", Value::U32(1 << 30))), Want::Error("mask id")),

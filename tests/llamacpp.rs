@@ -7,6 +7,7 @@ mod common;
 
 use common::{argmax, checkpoint, convert};
 use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
+use dlm::model::DiffusionOverrides;
 use dlm::{LoadOptions, Model};
 use dlm_convert::OutType;
 
@@ -47,7 +48,7 @@ fn logits_match_llama_cpp_on_the_same_file() {
             let (err2, _) = compare(&ours.forward(&tokens[..10]).unwrap(), &peer.forward(&tokens[..10]).unwrap());
             assert!(err2 <= bound.max(1e-6), "{}: second call differs ({err2})", kind.name());
             // A causal graph differs on every position but the last: the comparison can tell.
-            let mut causal = Model::load(&gguf, &LoadOptions { causal: Some(true), ..Default::default() }).unwrap();
+            let mut causal = Model::load(&gguf, &LoadOptions { diffusion: DiffusionOverrides { causal: Some(true), ..Default::default() }, ..Default::default() }).unwrap();
             let (cerr, _) = compare(&causal.forward(&tokens).unwrap(), &b);
             assert!(cerr > 5.0 * bound.max(2e-3), "{}: causal and bidirectional logits are too close ({cerr})", kind.name());
         }

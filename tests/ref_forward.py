@@ -2,7 +2,8 @@
 """Reference forward pass of a (Diffu)LLaMA checkpoint in numpy, float64, written from the
 Hugging Face `LlamaForCausalLM` semantics and independent of dlm: unpermuted HF weights,
 rotate-half RoPE, RMSNorm, SwiGLU, grouped KV heads, and attention that is bidirectional
-(DiffuLLaMA) unless --causal.
+(DiffuLLaMA) unless --causal. Biases on the Q/K/V and output projections are added where the
+weights have them (Qwen2's semantics: Dream); LLaDA's graph is LLaMA's.
 
     python3 tests/ref_forward.py HF_DIR --tokens 1,450,11148 --out logits.npy [--causal] [--gguf FILE]
     python3 tests/ref_forward.py --gguf FILE --tokens ... --out logits.npy [--causal]   (config from FILE)
@@ -49,9 +50,11 @@ def forward(cfg, w, tokens, causal=False):
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         a = rms_norm(x, W[p + "input_layernorm.weight"], eps)
-        q = (a @ W[p + "self_attn.q_proj.weight"].T).reshape(n, nh, hd)
-        k = (a @ W[p + "self_attn.k_proj.weight"].T).reshape(n, nkv, hd)
-        v = (a @ W[p + "self_attn.v_proj.weight"].T).reshape(n, nkv, hd)
+        # Qwen2 (Dream) adds biases to the projections; LLaMA has none.
+        proj = lambda m: a @ W[p + m + ".weight"].T + W.get(p + m + ".bias", 0.0)  # noqa: E731
+        q = proj("self_attn.q_proj").reshape(n, nh, hd)
+        k = proj("self_attn.k_proj").reshape(n, nkv, hd)
+        v = proj("self_attn.v_proj").reshape(n, nkv, hd)
         q, k = rope(q, pos, theta), rope(k, pos, theta)
         k = np.repeat(k, nh // nkv, axis=1)
         v = np.repeat(v, nh // nkv, axis=1)
@@ -61,7 +64,7 @@ def forward(cfg, w, tokens, causal=False):
         s = np.exp(s - s.max(-1, keepdims=True))
         s /= s.sum(-1, keepdims=True)
         o = np.einsum("hqk,khd->qhd", s, v).reshape(n, nh * hd)
-        x = x + o @ W[p + "self_attn.o_proj.weight"].T
+        x = x + o @ W[p + "self_attn.o_proj.weight"].T + W.get(p + "self_attn.o_proj.bias", 0.0)
         a = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
         g = a @ W[p + "mlp.gate_proj.weight"].T
         u = a @ W[p + "mlp.up_proj.weight"].T
@@ -79,7 +82,7 @@ def config_from_gguf(path):
     return {"hidden_size": f("embedding_length"), "num_attention_heads": f("attention.head_count"),
             "num_key_value_heads": f("attention.head_count_kv", f("attention.head_count")),
             "num_hidden_layers": f("block_count"), "rms_norm_eps": f("attention.layer_norm_rms_epsilon"),
-            "rope_theta": f("rope.freq_base", 10000.0)}
+            "rope_theta": f("rope.freq_base", 10000.0), "architecture": a}
 
 
 def load_gguf_as_hf(path, cfg):
@@ -87,6 +90,9 @@ def load_gguf_as_hf(path, cfg):
     r = gguf.GGUFReader(path)
     nh = cfg["num_attention_heads"]
     nkv = cfg.get("num_key_value_heads", nh)
+    # llama.cpp permutes LLaMA's and LLaDA's Q/K rows for its adjacent-pair (NORM) RoPE; Qwen2's
+    # (Dream's) stay in Hugging Face's order, which NEOX RoPE rotates as rotate_half does.
+    permuted = cfg.get("architecture", "llama") in ("llama", "llada")
     leaf = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
             "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
             "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
@@ -102,10 +108,12 @@ def load_gguf_as_hf(path, cfg):
         elif t.name == "output.weight":
             name = "lm_head.weight"
         else:
-            name = f"model.layers.{parts[1]}.{leaf[parts[2]]}.weight"
-            heads = {"attn_q": nh, "attn_k": nkv}.get(parts[2])
-            if heads:  # undo reshape(h, 2, d/2, c).swapaxes(1, 2)
+            name = f"model.layers.{parts[1]}.{leaf[parts[2]]}.{parts[3]}"
+            heads = {"attn_q": nh, "attn_k": nkv}.get(parts[2]) if permuted else None
+            if heads and a.ndim == 2:  # undo reshape(h, 2, d/2, c).swapaxes(1, 2)
                 a = a.reshape(heads, a.shape[0] // heads // 2, 2, a.shape[1]).swapaxes(1, 2).reshape(a.shape)
+            elif heads:  # a bias: the same permutation of its rows
+                a = a.reshape(heads, a.shape[0] // heads // 2, 2).swapaxes(1, 2).reshape(a.shape)
         w[name] = a
     return w
 

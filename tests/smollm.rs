@@ -32,7 +32,7 @@ fn smollm() -> Option<PathBuf> {
 #[test]
 fn smollm2_matches_reference_and_knows_paris() {
     let Some(path) = smollm() else { return };
-    let mut m = Model::load(&path, &LoadOptions { threads: 2, ..Default::default() }).unwrap();
+    let mut m = Model::load(&path, &LoadOptions { threads: 2, diffusion: dlm::model::DiffusionOverrides { causal: Some(true), ..Default::default() }, ..Default::default() }).unwrap();
     let p = m.params().clone();
     assert!(p.causal && p.tied_output && (p.n_head, p.n_head_kv, p.n_layer) == (9, 3, 30), "{p:?}");
     let tok = Tokenizer::from_gguf(m.gguf()).unwrap();

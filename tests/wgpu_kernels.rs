@@ -10,7 +10,7 @@ use std::path::Path;
 use dlm::backend::ggml::{dequantize, quantize};
 use dlm::backend::wgpu::{Executor, Gpu, GpuTensor, Recorder, WeightSet};
 use dlm::gguf::{GgmlType, Gguf, GgufWriter};
-use dlm::graph::Ops;
+use dlm::graph::{GraphKey, Ops, RopeMode};
 
 /// A test tensor: name, type, `ne0`, rows.
 struct T<'a>(&'a str, GgmlType, usize, usize);
@@ -120,7 +120,7 @@ fn get_rows_dequantizes_every_type() {
     let ids: Vec<i32> = vec![0, 36, 5, 5, 17, 1, 30, 2, 36];
     for (i, (t, bound)) in types.iter().enumerate() {
         let w = ex.weight(&names[i]).unwrap();
-        let got = ex.run(&[i], &[&ids], |o| {
+        let got = ex.run(&GraphKey::other(&[i], 0), &[&ids], |o| {
             let x = o.input_i32(ids.len());
             o.get_rows(w, x)
         });
@@ -139,7 +139,7 @@ fn check_matmul(ex: &mut Executor, (wn, wv): (&str, &[f32]), (xn, xv): (&str, &[
     // The plan key must determine the graph: the weight's name is part of it.
     let key: Vec<usize> = [k, m, n, 1].into_iter().chain(wn.bytes().map(usize::from)).collect();
     let got = ex
-        .run(&key, &[&iota(n)], |o| {
+        .run(&GraphKey::other(&key, 0), &[&iota(n)], |o| {
             let xa = rows_of(o, xt, n);
             o.mul_mat(wt, xa)
         })
@@ -251,7 +251,7 @@ fn chunked(gpu: Gpu, bound: f64, kernel: &str) {
     for (name, idx, ne0) in [("q4", 0, 256), ("q6", 1, 512), ("q3", 4, 512), ("q4k", 5, 512)] {
         let w = ex.weight(name).unwrap();
         let got = ex
-            .run(&[idx, 9], &[&ids], |o| {
+            .run(&GraphKey::other(&[idx, 9], 0), &[&ids], |o| {
                 let x = o.input_i32(ids.len());
                 o.get_rows(w, x)
             })
@@ -308,24 +308,29 @@ fn norm_and_elementwise_kernels_match_reference() {
     for (i, (what, build, want)) in cases.into_iter().enumerate() {
         let n_inputs = if i == 1 { vec![iota(5)] } else if i < 3 { vec![iota(3)] } else { vec![iota(3), iota(3)] };
         let inputs: Vec<&[i32]> = n_inputs.iter().map(|v| v.as_slice()).collect();
-        let got = ex.run(&[100 + i], &inputs, |o| build(o, [a, b, g, big])).unwrap();
+        let got = ex.run(&GraphKey::other(&[100 + i], 0), &inputs, |o| build(o, [a, b, g, big])).unwrap();
         let err = rel_err(&got, &want);
         println!("{what}: {err:.1e}");
         assert!(err < 1e-5, "{what}: {err:.2e}");
     }
 }
 
-/// ggml's NORM rope on `[hd, heads, n]` values at `pos`, over the first `n_dims` of each head.
-fn rope_ref(x: &[f32], hd: usize, heads: usize, pos: &[i32], n_dims: usize, theta: f64) -> Vec<f64> {
+/// ggml's rope on `[hd, heads, n]` values at `pos`, over the first `n_dims` of each head: NORM
+/// rotates values (i, i + 1), NEOX (i / 2, i / 2 + n_dims / 2), for even i < n_dims.
+fn rope_ref(x: &[f32], hd: usize, heads: usize, pos: &[i32], n_dims: usize, theta: f64, mode: RopeMode) -> Vec<f64> {
     let mut y: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     for (t, &p) in pos.iter().enumerate() {
         for h in 0..heads {
             for i in (0..n_dims).step_by(2) {
                 let a = p as f64 * theta.powf(-(i as f64) / n_dims as f64);
-                let o = (t * heads + h) * hd + i;
-                let (x0, x1) = (x[o] as f64, x[o + 1] as f64);
-                y[o] = x0 * a.cos() - x1 * a.sin();
-                y[o + 1] = x0 * a.sin() + x1 * a.cos();
+                let head = (t * heads + h) * hd;
+                let (o0, o1) = match mode {
+                    RopeMode::Norm => (head + i, head + i + 1),
+                    RopeMode::Neox => (head + i / 2, head + i / 2 + n_dims / 2),
+                };
+                let (x0, x1) = (x[o0] as f64, x[o1] as f64);
+                y[o0] = x0 * a.cos() - x1 * a.sin();
+                y[o1] = x0 * a.sin() + x1 * a.cos();
             }
         }
     }
@@ -340,19 +345,22 @@ fn rope_matches_reference_full_and_partial() {
     let (mut ex, v) = upload(tmp.path(), gpu, None, &[T("x", GgmlType::F32, hd * heads, n)]);
     let x = ex.weight("x").unwrap();
     let pos: Vec<i32> = vec![0, 1, 2, 7, 100, 5, 9, 300, 4, 1000];
-    for n_dims in [64, 32] {
+    for (mode, n_dims) in [(RopeMode::Norm, 64), (RopeMode::Norm, 32), (RopeMode::Neox, 64), (RopeMode::Neox, 32)] {
         let got = ex
-            .run(&[200 + n_dims], &[&iota(n), &pos], |o| {
+            .run(&GraphKey::other(&[200 + n_dims + 1000 * (mode == RopeMode::Neox) as usize], 0), &[&iota(n), &pos], |o| {
                 let xa = rows_of(o, x, n);
                 let p = o.input_i32(n);
                 let x3 = o.reshape_3d(xa, [hd, heads, n]);
-                o.rope(x3, p, n_dims, 10000.0)
+                o.rope(x3, p, n_dims, 10000.0, mode)
             })
             .unwrap();
-        let err = rel_err(&got, &rope_ref(&v[0], hd, heads, &pos, n_dims, 10000.0));
-        println!("rope n_dims={n_dims}: {err:.1e}");
+        let err = rel_err(&got, &rope_ref(&v[0], hd, heads, &pos, n_dims, 10000.0, mode));
+        println!("rope {mode:?} n_dims={n_dims}: {err:.1e}");
         // f32 angles up to 1000 rad: the GPU's sin/cos of a rounded angle.
-        assert!(err < 1e-4, "rope n_dims={n_dims}: {err:.2e}");
+        assert!(err < 1e-4, "rope {mode:?} n_dims={n_dims}: {err:.2e}");
+        // The other mode's pairs are a different rotation: the comparison can tell them apart.
+        let other = if mode == RopeMode::Norm { RopeMode::Neox } else { RopeMode::Norm };
+        assert!(rel_err(&got, &rope_ref(&v[0], hd, heads, &pos, n_dims, 10000.0, other)) > 1e-2);
     }
 }
 
@@ -402,7 +410,7 @@ fn attention_matches_reference_bidirectional_causal_and_grouped() {
         for causal in [false, true] {
             let ids = iota(n);
             let got = ex
-                .run(&[300 + i, causal as usize], &[&ids, &ids, &ids], |o| {
+                .run(&GraphKey::other(&[300 + i, causal as usize], 0), &[&ids, &ids, &ids], |o| {
                     let (qa, ka, va) = (rows_of(o, q, n), rows_of(o, k, n), rows_of(o, v, n));
                     let q3 = o.reshape_3d(qa, [hd, nh, n]);
                     let k3 = o.reshape_3d(ka, [hd, nkv, n]);
@@ -428,7 +436,7 @@ fn token_views_concat_and_cache_writes_move_the_right_values() {
     let tok = |t: usize| v[0][t * a..][..a].iter().map(|&x| x as f64).collect::<Vec<f64>>();
     // Tokens 5..9 then 0..2, joined: a batch's attention outputs are joined this way.
     let got = ex
-        .run(&[400], &[&iota(n)], |o| {
+        .run(&GraphKey::other(&[400], 0), &[&iota(n)], |o| {
             let xa = rows_of(o, x, n);
             let x3 = o.reshape_3d(xa, [a, 1, n]);
             let (p, q) = (o.token_range(x3, 5, 4), o.token_range(x3, 0, 2));
@@ -440,14 +448,14 @@ fn token_views_concat_and_cache_writes_move_the_right_values() {
     // A cache pass: all tokens stored, then tokens 3..5 rewritten from rows 0..2; the cache is
     // read through an add so that the output is a fresh tensor.
     let cache = ex.kv_cache(1, a, 1, n).unwrap()[0].k;
-    ex.run(&[401], &[&iota(n)], |o| {
+    ex.run(&GraphKey::other(&[401], 0), &[&iota(n)], |o| {
         let xa = rows_of(o, x, n);
         let x3 = o.reshape_3d(xa, [a, 1, n]);
         o.write_tokens(cache, x3, 0)
     })
     .unwrap();
     let got = ex
-        .run(&[402], &[&iota(2)], |o| {
+        .run(&GraphKey::other(&[402], 0), &[&iota(2)], |o| {
             let xa = rows_of(o, x, 2);
             let x3 = o.reshape_3d(xa, [a, 1, 2]);
             o.write_tokens(cache, x3, 3)

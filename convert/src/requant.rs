@@ -64,7 +64,7 @@ impl Requant {
         let gguf = Gguf::open(path)?;
         // The file must be one this runtime runs: re-quantizing a broken file would only move
         // the error to dlm-run.
-        let checked = dlm::model::check(&gguf, opts.causal.then_some(true))?;
+        let checked = dlm::model::check(&gguf, &dlm::model::DiffusionOverrides { causal: opts.causal.then_some(true), ..Default::default() })?;
         let arch = gguf.get_str(keys::ARCHITECTURE)?.to_owned();
         let n_layer = checked.params.n_layer as u64;
         let n_vocab = checked.params.n_vocab as u64;
@@ -80,7 +80,7 @@ impl Requant {
 
         let mut tensors = Vec::with_capacity(gguf.tensors().len());
         for (index, t) in gguf.tensors().iter().enumerate() {
-            let layer = dlm::model::llama::layer_of(&t.name).map(|l| l as u64);
+            let layer = dlm::model::layer_of(&t.name).map(|l| l as u64);
             let chosen = policy::choose(opts.out_type, &t.name, layer, n_layer, t.shape.len());
             let ggml_type = policy::fit(chosen, t.shape[0]);
             let shown = dlm::gguf::shown_name(&t.name);

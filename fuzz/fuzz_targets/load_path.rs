@@ -10,13 +10,13 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(g) = Gguf::from_bytes("fuzz.gguf", data.to_vec()) else { return };
     let tok = dlm::Tokenizer::from_gguf(&g);
-    let Ok(c) = dlm::model::check(&g, None) else { return };
+    let Ok(c) = dlm::model::check(&g, &Default::default()) else { return };
     let p = &c.params;
     // What the graph builder relies on without checking again.
     assert!(p.n_layer > 0 && p.n_vocab > 0 && p.n_ff > 0 && p.n_ctx_train > 0);
     assert!(p.n_head > 0 && p.n_embd % p.n_head == 0 && p.n_head_kv > 0 && p.n_head % p.n_head_kv == 0);
     assert!(p.rope_dims > 0 && p.rope_dims <= p.head_dim() && p.rope_dims % 2 == 0);
-    assert!(p.rope_theta.is_finite() && p.rope_theta > 0.0 && p.rms_eps.is_finite() && p.rms_eps > 0.0);
+    assert!(p.rope_theta.is_finite() && p.rope_theta > 0.0 && p.norm_eps.is_finite() && p.norm_eps > 0.0);
     for name in &c.unused {
         assert!(g.tensor(name).is_some());
     }

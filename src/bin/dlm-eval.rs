@@ -138,12 +138,12 @@ fn steps_for(a: &Args, steps_given: bool, n: usize) -> usize {
     }
 }
 
-fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
+fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
     if a.m.list_devices {
         common::list_devices()?;
         return Ok(());
     }
-    a.gen.check()?;
+    a.gen.check_flags()?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -155,6 +155,8 @@ fn run(a: Args, steps_given: bool) -> anyhow::Result<()> {
     let path = a.problems.clone().context("--problems FILE.jsonl is required")?;
     let problems = read_problems(&path, &a)?;
     let mut l: Loaded = common::load(&a.m)?;
+    // Steps are per problem (see steps_for); the rest takes the family's defaults.
+    a.gen.resolve(l.model.diffusion(), 1)?;
     let mut peer = match a.peer.as_deref() {
         None => None,
         Some("llamacpp") => {

@@ -54,7 +54,7 @@ struct Args {
     #[arg(long)]
     suffix: Option<String>,
     /// Redraw the canvas on stderr as positions unmask (masked positions dimmed)
-    #[arg(long)]
+    #[arg(long, visible_alias = "diffusion-visual")]
     visual: bool,
     /// Print one JSON object (text, token ids, steps, timings) instead of plain text
     #[arg(long)]
@@ -172,7 +172,7 @@ fn check_args(a: &Args) -> anyhow::Result<()> {
     if a.n_predict == 0 {
         bail!("-n must be at least 1");
     }
-    a.gen.check()?;
+    a.gen.check_flags()?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -303,7 +303,7 @@ impl Visual {
     }
 }
 
-fn run(a: Args, given: Given) -> anyhow::Result<()> {
+fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
     if let Some(shell) = a.completions {
         return dlm::cli::print_completions(common::command::<Args>(), shell);
     }
@@ -318,12 +318,13 @@ fn run(a: Args, given: Given) -> anyhow::Result<()> {
     }
     let esc = |t: &str| if a.escape { unescape(t) } else { t.to_owned() };
     if a.info {
-        return info(&a);
+        return info(&mut a);
     }
     if a.tokenize || a.detokenize {
         return tokenize(&a, &read_prompts(&a)?.concat());
     }
     let mut l = common::load(&a.m)?;
+    a.gen.resolve(l.model.diffusion(), a.n_predict)?;
     warn_flags(&a, &given, &l);
     let load_s = l.load_s;
     let suffix = l.suffix(&esc(a.suffix.as_deref().unwrap_or("")))?;
@@ -516,15 +517,17 @@ fn read_prompts(a: &Args) -> anyhow::Result<Vec<String>> {
 }
 
 /// `--info`: the file's facts and what the runtime will take from it, without loading weights.
-fn info(a: &Args) -> anyhow::Result<()> {
+fn info(a: &mut Args) -> anyhow::Result<()> {
     use dlm::{keys, Gguf};
     let path = a.m.model.clone().context("-m/--model is required")?;
     let g = Gguf::open(&path)?;
-    let checked = dlm::model::check(&g, None)?;
-    let (mask_id, shift, causal) = common::diffusion_settings(&a.m, &g)?;
-    let p = dlm::model::LlamaParams::from_gguf(&g, causal)?;
+    let checked = dlm::model::check(&g, &a.m.overrides())?;
+    let d = &checked.diffusion;
+    a.gen.resolve(d, a.n_predict)?;
+    let (mask_id, shift) = (d.mask_id, d.shift_logits);
+    let p = &checked.params;
     let tok = dlm::Tokenizer::from_gguf(&g)?;
-    let source = |cli: bool, key: &str| if cli { "flag" } else if g.get(key).is_some() { "file" } else { "DiffuLLaMA default" };
+    let source = |i: usize| d.sources[i].describe(d.family.name);
     let n_params: u64 = g.tensors().iter().map(|t| t.n_elements()).sum();
     let mut types: std::collections::BTreeMap<String, usize> = Default::default();
     for t in g.tensors() {
@@ -533,24 +536,26 @@ fn info(a: &Args) -> anyhow::Result<()> {
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let name = g.get(keys::NAME).and_then(|v| v.as_str()).unwrap_or("(none)");
     let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map_or("none".to_string(), |t| format!("present ({} bytes)", t.len()));
-    let causal_key = keys::arch(&p.arch, "attention.causal");
     let attention = if p.causal { "causal" } else { "bidirectional" };
     let lines = [
         format!("file: {} ({:.1} MB, GGUF v{}, alignment {})", path.display(), bytes as f64 / 1e6, g.version(), g.alignment()),
-        format!("architecture: {} (name: {name})", p.arch),
+        format!("architecture: {} (name: {name}; family {})", p.arch, d.family.name),
         format!("parameters: {:.2} M in {} tensors", n_params as f64 / 1e6, g.tensors().len()),
         format!("tensor types: {}", types.iter().map(|(t, n)| format!("{n} {t}")).collect::<Vec<_>>().join(", ")),
         format!("layers {}, embedding {}, heads {} (kv {}), head dim {}, feed-forward {}, vocab {}", p.n_layer, p.n_embd, p.n_head, p.n_head_kv, p.head_dim(), p.n_ff, p.n_vocab),
-        format!("context: {} tokens; RoPE base {}, dims {}; RMS epsilon {:e}; LM head {}", p.n_ctx_train, p.rope_theta, p.rope_dims, p.rms_eps, if p.tied_output { "tied to the embedding" } else { "output.weight" }),
-        format!("attention: {attention} ({})", if g.get(&causal_key).is_some() { "file" } else { "DiffuLLaMA default" }),
-        format!("mask id: {mask_id} ({}) {:?}", source(a.m.mask_id.is_some(), keys::MASK_ID), tok.id_to_token(mask_id).unwrap_or_default()),
-        format!("logits shifted: {shift} ({})", source(a.m.shift.is_some(), keys::SHIFT_LOGITS)),
+        format!("context: {} tokens; RoPE base {}, dims {}; RMS epsilon {:e}; LM head {}", p.n_ctx_train, p.rope_theta, p.rope_dims, p.norm_eps, if p.tied_output { "tied to the embedding" } else { "output.weight" }),
+        format!("attention: {attention} ({})", source(2)),
+        format!("mask id: {mask_id} ({}) {:?}", source(0), tok.id_to_token(mask_id).unwrap_or_default()),
+        format!("logits shifted: {shift} ({})", source(1)),
         format!("tokenizer: {:?}, {} tokens, BOS {:?}, EOS {:?}, adds BOS: {}", tok.source, tok.vocab_size(), tok.bos, tok.eos, tok.add_bos),
         format!("chat template: {template}"),
         format!(
-            "generation (these flags' values now): --steps {} --unmask {} --threshold {} --temp {} --top-p {} --top-k {} --cache {}",
+            "generation (in effect for -n {}: flags, else the {} defaults): --steps {} --unmask {} --block-length {} --threshold {} --temp {} --top-p {} --top-k {} --cache {}",
+            a.n_predict,
+            d.family.name,
             a.gen.steps,
             common::flag_value(&a.gen.unmask),
+            a.gen.block_length.map_or("off".into(), |b| b.to_string()),
             a.gen.threshold,
             a.gen.temp,
             a.gen.top_p,
@@ -670,7 +675,7 @@ const BATCH_MEMORY: f64 = 4.0 * (1u64 << 30) as f64;
 /// `-b` lowered (with a note) so that one pass of sequences of `seq_len` tokens stays within
 /// [`BATCH_MEMORY`] of activations: per token about 8 vectors of the embedding width, 3 of the
 /// feed-forward width and, for the rows the LM head reads, a vocabulary of logits.
-fn batch_limit(asked: usize, p: &dlm::model::LlamaParams, seq_len: usize) -> usize {
+fn batch_limit(asked: usize, p: &dlm::model::Hparams, seq_len: usize) -> usize {
     let per_token = 4.0 * (8 * p.n_embd + 3 * p.n_ff + p.n_vocab) as f64;
     let fit = ((BATCH_MEMORY / (per_token * seq_len.max(1) as f64)) as usize).max(1);
     if asked > fit {

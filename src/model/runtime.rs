@@ -5,8 +5,8 @@ use std::path::Path;
 use crate::backend::ggml::{Executor, TensorRef, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::graph::{Engine, Ops};
-use super::llama::{self, Kv, Llama, LlamaParams};
+use crate::graph::{Engine, GraphKey, GraphKind, Ops, PassKind};
+use super::{load_network, DiffusionOverrides, DiffusionParams, Hparams, Inputs, Kv, Network};
 use crate::generate::Pass;
 
 /// How to load a model.
@@ -14,8 +14,10 @@ use crate::generate::Pass;
 pub struct LoadOptions {
     /// CPU threads for compute.
     pub threads: usize,
-    /// Overrides the file's attention mask (`{arch}.attention.causal`).
-    pub causal: Option<bool>,
+    /// Overrides the file's diffusion settings (mask id, shifted logits, attention mask); a
+    /// setting neither overridden nor in the file takes the architecture's default (see
+    /// [`DiffusionParams`]), exactly as `dlm-run` does.
+    pub diffusion: DiffusionOverrides,
     /// Copy matmul weights whose type has interleaved CPU kernels (Q4_0, Q4_K, IQ4_NL on AVX2)
     /// into ggml's repacked layout at load: faster matmuls for one extra copy of those weights
     /// in RAM. Off: every weight is used in place from the memory map.
@@ -32,18 +34,22 @@ pub struct LoadOptions {
     /// Layers whose weights go to the GPU with a ggml GPU backend, counted from the last
     /// layer as in llama.cpp; the LM head goes too when every layer does. `None`: all.
     pub n_gpu_layers: Option<usize>,
+    /// Planned graphs kept for reuse (at least 1). Block decoding with a cache alternates
+    /// graphs; each kept one holds its own activation memory.
+    pub max_graphs: usize,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            causal: None,
+            diffusion: DiffusionOverrides::default(),
             repack: true,
             flash_attn: true,
             backend: Backend::Cpu,
             device: None,
             n_gpu_layers: None,
+            max_graphs: crate::graph::PlanCache::<()>::DEFAULT_CAPACITY,
         }
     }
 }
@@ -91,49 +97,116 @@ impl Backend {
     }
 }
 
-/// The executor and the weights' handles on one backend.
-// One per loaded model: the variants' size difference does not matter.
-#[allow(clippy::large_enum_variant)]
-enum Engines {
-    Cpu {
-        // Field order is drop order: graphs, then weight tensors (the map outlives both).
-        executor: Executor,
-        llama: Llama<TensorRef>,
-        weights: Weights,
-    },
-    #[cfg(feature = "wgpu")]
-    Wgpu { executor: crate::backend::wgpu::Executor, llama: Llama<crate::backend::wgpu::GpuTensor> },
+/// A network on one backend with its executor: what [`Model`] runs, whichever backend.
+trait Runner: Send {
+    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>>;
+    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>>;
+    /// Which backend runs the forward pass, in words.
+    fn description(&self) -> String;
+    fn backend(&self) -> Backend;
+    /// Device memory of a wgpu GPU: (weights, activations and caches).
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        None
+    }
+    /// Weight matrices in ggml's repacked CPU layout.
+    fn repacked(&self) -> usize {
+        0
+    }
+    fn plans_built(&self) -> usize;
 }
 
-/// A loaded model on one backend.
+/// ggml's CPU backend, or a ggml GPU backend's device through its scheduler.
+struct OnGgml {
+    // Field order is drop order: graphs, then the network's handles, then the weight tensors
+    // they point to (the map outlives all three: it is the model's `gguf`).
+    executor: Executor,
+    net: Box<dyn Network<TensorRef>>,
+    weights: Weights,
+    /// The ggml GPU backend's name ("CUDA", "Vulkan") when the engine runs on a device.
+    api: Option<String>,
+}
+
+impl Runner for OnGgml {
+    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
+        forward_rows_on(&mut self.executor, self.net.as_ref(), kv_for, tokens, pass, rows)
+    }
+    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
+        forward_batch_on(&mut self.executor, self.net.as_ref(), seqs, rows)
+    }
+    fn description(&self) -> String {
+        match (self.executor.device_name(), &self.api) {
+            (Some(dev), Some(api)) => format!("ggml {api} ({dev}, {} tensors in device memory)", self.weights.n_offloaded()),
+            _ => "cpu (ggml)".into(),
+        }
+    }
+    fn backend(&self) -> Backend {
+        match self.api.as_deref() {
+            Some("CUDA") => Backend::Cuda,
+            Some("Metal") => Backend::Metal,
+            Some(_) => Backend::Vulkan,
+            None => Backend::Cpu,
+        }
+    }
+    fn repacked(&self) -> usize {
+        self.weights.n_repacked()
+    }
+    fn plans_built(&self) -> usize {
+        self.executor.plans_built()
+    }
+}
+
+/// Our WGSL kernels through wgpu.
+#[cfg(feature = "wgpu")]
+struct OnWgpu {
+    executor: crate::backend::wgpu::Executor,
+    net: Box<dyn Network<crate::backend::wgpu::GpuTensor>>,
+}
+
+#[cfg(feature = "wgpu")]
+impl Runner for OnWgpu {
+    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
+        forward_rows_on(&mut self.executor, self.net.as_ref(), kv_for, tokens, pass, rows)
+    }
+    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
+        forward_batch_on(&mut self.executor, self.net.as_ref(), seqs, rows)
+    }
+    fn description(&self) -> String {
+        let a = self.executor.gpu().adapter();
+        format!("wgpu ({}, {}, {})", a.name, a.api, a.kind)
+    }
+    fn backend(&self) -> Backend {
+        Backend::Wgpu
+    }
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        Some(self.executor.device_bytes())
+    }
+    fn plans_built(&self) -> usize {
+        self.executor.plans_built()
+    }
+}
+
+/// A loaded model on one backend. `Send`: a server thread can own one.
 pub struct Model {
-    // Field order is drop order: the engine (graphs, weights) before the map it points into.
-    engine: Engines,
+    // Field order is drop order: the runner (graphs, weights) before the map it points into.
+    runner: Box<dyn Runner>,
     /// Sequence length the key/value cache holds a full pass of, if any.
     kv_for: Option<usize>,
-    params: LlamaParams,
+    params: Hparams,
+    diffusion: DiffusionParams,
     gguf: Gguf,
-    /// The ggml GPU backend's name ("CUDA", "Vulkan") when the ggml engine runs on a device.
-    ggml_api: Option<String>,
     warnings: Vec<String>,
 }
+
+// A server thread can own a model: checked at compile time.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Model>();
+};
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model").field("path", &self.gguf.path()).field("backend", &self.backend_description()).field("params", &self.params).finish()
     }
-}
-
-/// Runs `$body` with `$exec` and `$llama` bound to the engine's executor and weights, whichever
-/// backend it is (the body is compiled once per backend).
-macro_rules! on_engine {
-    ($engine:expr, |$exec:ident, $llama:ident| $body:expr) => {
-        match $engine {
-            Engines::Cpu { executor: $exec, llama: $llama, .. } => $body,
-            #[cfg(feature = "wgpu")]
-            Engines::Wgpu { executor: $exec, llama: $llama } => $body,
-        }
-    };
 }
 
 impl Model {
@@ -144,24 +217,23 @@ impl Model {
     /// Loads from an already opened file (to inspect its metadata first).
     pub fn from_gguf(gguf: Gguf, opts: &LoadOptions) -> Result<Model> {
         // Names, shapes and types first: nothing is mapped, uploaded or built for a bad file.
-        let super::Checked { params, unused, warnings } = super::check(&gguf, opts.causal)?;
-        let mut model = Self::on_backend(gguf, params, opts, &unused)?;
-        model.warnings = warnings;
-        Ok(model)
+        let super::Checked { params, diffusion, unused, warnings } = super::check(&gguf, &opts.diffusion)?;
+        let runner = Self::on_backend(&gguf, &params, opts, &unused)?;
+        Ok(Model { runner, kv_for: None, params, diffusion, gguf, warnings })
     }
 
-    fn on_backend(gguf: Gguf, params: LlamaParams, opts: &LoadOptions, unused: &[String]) -> Result<Model> {
+    fn on_backend(gguf: &Gguf, params: &Hparams, opts: &LoadOptions, unused: &[String]) -> Result<Box<dyn Runner>> {
         if let Some(dev) = Self::ggml_device(opts)? {
-            check_weight_types(&gguf, &params, unused, true)?;
+            check_weight_types(gguf, params, unused, true)?;
             return Self::ggml_gpu(gguf, params, opts, &dev);
         }
-        let engine = match opts.backend {
+        let runner: Option<Box<dyn Runner>> = match opts.backend {
             Backend::Cpu | Backend::Cuda | Backend::Metal | Backend::Vulkan => None,
             #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Some(Self::wgpu_engine(&gguf, &params, opts.device, true)?),
+            Backend::Wgpu => Some(Self::wgpu_runner(crate::backend::wgpu::Gpu::open(opts.device, true)?, gguf, params, unused, opts.max_graphs)?),
             #[cfg(feature = "wgpu")]
             Backend::Auto => match crate::backend::wgpu::Gpu::open(opts.device, opts.device.is_some()) {
-                Ok(gpu) => Some(Self::wgpu_engine_on(gpu, &gguf, &params)?),
+                Ok(gpu) => Some(Self::wgpu_runner(gpu, gguf, params, unused, opts.max_graphs)?),
                 Err(_) => None, // no hardware adapter: the CPU
             },
             #[cfg(not(feature = "wgpu"))]
@@ -169,20 +241,17 @@ impl Model {
             #[cfg(not(feature = "wgpu"))]
             Backend::Auto => None,
         };
-        let engine = match engine {
-            Some(e) => e,
-            None => {
-                check_weight_types(&gguf, &params, unused, true)?;
-                // The embedding is read by row lookups, which need the file's layout; every
-                // other matrix is only ever the weight of a matmul.
-                let weights = Weights::map(&gguf, |t| opts.repack && t.name != "token_embd.weight")?;
-                let llama = Llama::load(&gguf, params.clone(), |name| weights.get(name))?;
-                Engines::Cpu { executor: Executor::cpu(opts.threads, opts.flash_attn)?, llama, weights }
-            }
-        };
-        Ok(Model { engine, kv_for: None, params, gguf, ggml_api: None, warnings: Vec::new() })
+        if let Some(r) = runner {
+            return Ok(r);
+        }
+        check_weight_types(gguf, params, unused, true)?;
+        // The embedding is read by row lookups, which need the file's layout; every other
+        // matrix is only ever the weight of a matmul.
+        let weights = Weights::map(gguf, |t| opts.repack && t.name != "token_embd.weight")?;
+        let (net, _) = load_network(gguf, params.clone(), &|name| weights.get(name))?;
+        let executor = Executor::cpu(opts.threads, opts.flash_attn)?.with_plan_capacity(opts.max_graphs);
+        Ok(Box::new(OnGgml { executor, net, weights, api: None }))
     }
-
     /// The ggml GPU device `opts` asks for: for Cuda/Metal/Vulkan that backend's device (an
     /// error when the build or the machine has none); for Auto the first of any.
     fn ggml_device(opts: &LoadOptions) -> Result<Option<crate::backend::ggml::GgmlDevice>> {
@@ -222,36 +291,28 @@ impl Model {
     /// Loads onto a ggml GPU device: the last `n_gpu_layers` layers' weights (and the LM head
     /// when all are) in device memory, the rest used in place from the map; graphs split by
     /// ggml's scheduler between the device and the CPU.
-    fn ggml_gpu(gguf: Gguf, params: LlamaParams, opts: &LoadOptions, dev: &crate::backend::ggml::GgmlDevice) -> Result<Model> {
+    fn ggml_gpu(gguf: &Gguf, params: &Hparams, opts: &LoadOptions, dev: &crate::backend::ggml::GgmlDevice) -> Result<Box<dyn Runner>> {
         let n_layer = params.n_layer;
         let ngl = opts.n_gpu_layers.unwrap_or(n_layer).min(n_layer);
         let first_gpu_layer = n_layer - ngl;
         let offload = move |t: &crate::gguf::TensorInfo| -> bool {
             let name = t.name.as_str();
-            match llama::layer_of(name) {
+            match super::layer_of(name) {
                 Some(layer) => layer >= first_gpu_layer,
                 // The embedding is a row lookup: it stays in host memory, as in llama.cpp.
                 None => ngl == n_layer && name != "token_embd.weight",
             }
         };
-        let weights = Weights::map_offload(&gguf, |t| opts.repack && t.name != "token_embd.weight", Some((crate::backend::ggml::device_buffer_type(dev), &offload)))?;
-        let llama = Llama::load(&gguf, params.clone(), |name| weights.get(name))?;
-        let executor = Executor::on_device(opts.threads, opts.flash_attn, dev)?;
-        let api = dev.api.clone();
-        Ok(Model { engine: Engines::Cpu { executor, llama, weights }, kv_for: None, params, gguf, ggml_api: Some(api), warnings: Vec::new() })
+        let weights = Weights::map_offload(gguf, |t| opts.repack && t.name != "token_embd.weight", Some((crate::backend::ggml::device_buffer_type(dev), &offload)))?;
+        let (net, _) = load_network(gguf, params.clone(), &|name| weights.get(name))?;
+        let executor = Executor::on_device(opts.threads, opts.flash_attn, dev)?.with_plan_capacity(opts.max_graphs);
+        Ok(Box::new(OnGgml { executor, net, weights, api: Some(dev.api.clone()) }))
     }
 
     #[cfg(feature = "wgpu")]
-    fn wgpu_engine(gguf: &Gguf, params: &LlamaParams, device: Option<usize>, allow_software: bool) -> Result<Engines> {
-        Self::wgpu_engine_on(crate::backend::wgpu::Gpu::open(device, allow_software)?, gguf, params)
-    }
-
-    #[cfg(feature = "wgpu")]
-    fn wgpu_engine_on(gpu: crate::backend::wgpu::Gpu, gguf: &Gguf, params: &LlamaParams) -> Result<Engines> {
+    fn wgpu_runner(gpu: crate::backend::wgpu::Gpu, gguf: &Gguf, params: &Hparams, unused: &[String], max_graphs: usize) -> Result<Box<dyn Runner>> {
         use crate::backend::wgpu::{Executor as GpuExecutor, WeightSet};
-        // Validate names, shapes and types before spending time on the upload.
-        let unused = Llama::load(gguf, params.clone(), |_| Some(()))?.unused;
-        check_weight_types(gguf, params, &unused, false)?;
+        check_weight_types(gguf, params, unused, false)?;
         let weights = WeightSet::upload(&gpu, gguf)?;
         if !weights.converted.is_empty() {
             let types: std::collections::BTreeSet<String> = weights.converted.iter().map(|(_, t)| t.to_string()).collect();
@@ -261,13 +322,19 @@ impl Model {
                 types.into_iter().collect::<Vec<_>>().join(", ")
             );
         }
-        let executor = GpuExecutor::new(gpu, weights);
-        let llama = Llama::load(gguf, params.clone(), |name| executor.weight(name))?;
-        Ok(Engines::Wgpu { executor, llama })
+        let executor = GpuExecutor::new(gpu, weights).with_plan_capacity(max_graphs);
+        let (net, _) = load_network(gguf, params.clone(), &|name| executor.weight(name))?;
+        Ok(Box::new(OnWgpu { executor, net }))
     }
 
-    pub fn params(&self) -> &LlamaParams {
+    pub fn params(&self) -> &Hparams {
         &self.params
+    }
+
+    /// The diffusion settings in effect (file keys, overrides, the family's defaults) and the
+    /// family's sampling defaults.
+    pub fn diffusion(&self) -> &DiffusionParams {
+        &self.diffusion
     }
 
     /// What a user should know about the file that did not stop it from loading (one line
@@ -278,50 +345,29 @@ impl Model {
 
     /// Which backend runs the forward pass: `cpu`, or `wgpu` and the adapter.
     pub fn backend_description(&self) -> String {
-        match &self.engine {
-            Engines::Cpu { executor, weights, .. } => match (executor.device_name(), &self.ggml_api) {
-                (Some(dev), Some(api)) => format!("ggml {api} ({dev}, {} tensors in device memory)", weights.n_offloaded()),
-                _ => "cpu (ggml)".into(),
-            },
-            #[cfg(feature = "wgpu")]
-            Engines::Wgpu { executor, .. } => {
-                let a = executor.gpu().adapter();
-                format!("wgpu ({}, {}, {})", a.name, a.api, a.kind)
-            }
-        }
+        self.runner.description()
     }
 
     /// Device memory the model holds on a wgpu GPU: (weights, activations and caches of the last
     /// pass); `None` on ggml's backends.
     pub fn device_memory(&self) -> Option<(u64, u64)> {
-        match &self.engine {
-            Engines::Cpu { .. } => None,
-            #[cfg(feature = "wgpu")]
-            Engines::Wgpu { executor, .. } => Some(executor.device_bytes()),
-        }
+        self.runner.device_memory()
     }
 
-    /// The backend the model runs on ([`Backend::Cpu`] or [`Backend::Wgpu`]).
+    /// The backend the model runs on.
     pub fn backend(&self) -> Backend {
-        match &self.engine {
-            Engines::Cpu { .. } => match self.ggml_api.as_deref() {
-                Some("CUDA") => Backend::Cuda,
-                Some("Metal") => Backend::Metal,
-                Some(_) => Backend::Vulkan,
-                None => Backend::Cpu,
-            },
-            #[cfg(feature = "wgpu")]
-            Engines::Wgpu { .. } => Backend::Wgpu,
-        }
+        self.runner.backend()
     }
 
     /// Weight matrices copied into ggml's repacked CPU layout at load (see [`LoadOptions::repack`]).
     pub fn repacked_tensors(&self) -> usize {
-        match &self.engine {
-            Engines::Cpu { weights, .. } => weights.n_repacked(),
-            #[cfg(feature = "wgpu")]
-            Engines::Wgpu { .. } => 0,
-        }
+        self.runner.repacked()
+    }
+
+    /// How many graphs the backend has planned since the model was loaded: a pass whose graph
+    /// is among the last few planned reuses it.
+    pub fn graphs_built(&self) -> usize {
+        self.runner.plans_built()
     }
 
     pub fn gguf(&self) -> &Gguf {
@@ -337,8 +383,7 @@ impl Model {
     /// sequence `tokens`, or for every computed position when `rows` is `None`. The LM head
     /// runs on those rows only. `pass` says which positions are computed (see [`Pass`]).
     pub fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
-        let kv_for = &mut self.kv_for;
-        on_engine!(&mut self.engine, |exec, llama| forward_rows_on(exec, llama, kv_for, tokens, pass, rows))
+        self.runner.forward_rows(&mut self.kv_for, tokens, pass, rows)
     }
 
     /// Logits of the rows `rows[i]` of each sequence `seqs[i]` (in that order, sequence after
@@ -346,7 +391,7 @@ impl Model {
     /// reads the weights once for all of them, attention stays within each sequence, and each
     /// has its own positions from 0, so every sequence's logits are those of a pass on its own.
     pub fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
-        on_engine!(&mut self.engine, |exec, llama| forward_batch_on(exec, llama, seqs, rows))
+        self.runner.forward_batch(seqs, rows)
     }
 }
 
@@ -354,7 +399,7 @@ impl Model {
 /// (`ggml`: CPU and ggml GPU backends, which fall back to the CPU op) a matmul weight needs a
 /// CPU dot product and a lookup table a dequantizer; wgpu converts types it has no kernel for
 /// with ggml's dequantizer.
-fn check_weight_types(gguf: &Gguf, p: &LlamaParams, unused: &[String], ggml: bool) -> Result<()> {
+fn check_weight_types(gguf: &Gguf, p: &Hparams, unused: &[String], ggml: bool) -> Result<()> {
     use crate::backend::ggml::{can_dequantize, can_matmul_on_cpu};
     for t in gguf.tensors().iter().filter(|t| t.shape.len() >= 2 && !unused.contains(&t.name)) {
         let lookup_only = t.name == "token_embd.weight" && !p.tied_output;
@@ -373,14 +418,14 @@ fn check_weight_types(gguf: &Gguf, p: &LlamaParams, unused: &[String], ggml: boo
 /// [`Model::forward_rows`] on one engine.
 fn forward_rows_on<E: Engine>(
 executor: &mut E,
-llama: &Llama<E::T>,
+net: &dyn Network<E::T>,
 kv_for: &mut Option<usize>,
 tokens: &[u32],
 pass: Pass,
 rows: Option<&[usize]>,
 ) -> Result<Vec<f32>> {
     let total = tokens.len();
-    let p = &llama.p;
+    let p = net.hparams();
     let n_vocab = p.n_vocab;
     check_tokens(tokens, n_vocab)?;
     let (start, end) = match pass {
@@ -409,9 +454,9 @@ rows: Option<&[usize]>,
     }
     let n_rows = rows.map_or(n, |r| r.len());
     let kind = match pass {
-        Pass::Full => 0,
-        Pass::Store => 1,
-        Pass::Reuse { .. } => 2,
+        Pass::Full => PassKind::Full,
+        Pass::Store => PassKind::Store,
+        Pass::Reuse { .. } => PassKind::Reuse,
     };
     let cache = match pass {
         Pass::Full => Vec::new(),
@@ -422,13 +467,13 @@ rows: Option<&[usize]>,
     }
     let ids: Vec<i32> = tokens[start..end].iter().map(|&t| t as i32).collect();
     let pos: Vec<i32> = (start as i32..end as i32).collect();
-    let key = [kind, total, start, end, out_rows.as_ref().map_or(0, |r| r.len())];
+    let kind = GraphKind::Forward { pass: kind, total, start, end, out_rows: out_rows.as_ref().map_or(0, |r| r.len()) };
+    let key = GraphKey { kind, max_nodes: graph_size(p.n_layer, 1) };
     let mut inputs: Vec<&[i32]> = vec![&ids, &pos];
     if let Some(r) = &out_rows {
         inputs.push(r);
     }
-    let size = graph_size(p.n_layer, 1);
-    let mut out = executor.run(&key, size, &inputs, |b| {
+    let mut out = executor.run(&key, &inputs, |b| {
         let (t, ps) = (b.input_i32(n), b.input_i32(n));
         let rows = out_rows.as_ref().map(|r| b.input_i32(r.len()));
         let kv = match pass {
@@ -436,7 +481,7 @@ rows: Option<&[usize]>,
             Pass::Store => Kv::Store(&cache),
             Pass::Reuse { .. } => Kv::Reuse { cache: &cache, start },
         };
-        llama.forward(b, t, ps, n, &kv, rows, &[n])
+        net.forward(b, &Inputs { tokens: t, pos: ps, n, kv, out_rows: rows, seqs: &[n] })
     })?;
     if matches!(pass, Pass::Store) {
         *kv_for = Some(total);
@@ -446,8 +491,8 @@ rows: Option<&[usize]>,
 }
 
 /// [`Model::forward_batch`] on one engine.
-fn forward_batch_on<E: Engine>(executor: &mut E, llama: &Llama<E::T>, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
-    let n_vocab = llama.p.n_vocab;
+fn forward_batch_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
+    let n_vocab = net.hparams().n_vocab;
     if seqs.is_empty() || seqs.len() != rows.len() {
         return Err(Error::Invalid(format!("a batch needs one row list per sequence ({} sequences, {} row lists)", seqs.len(), rows.len())));
     }
@@ -468,11 +513,10 @@ fn forward_batch_on<E: Engine>(executor: &mut E, llama: &Llama<E::T>, seqs: &[&[
     let out_rows = padded_rows(out);
     let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
     let n = ids.len();
-    let key: Vec<usize> = [3, out_rows.len()].into_iter().chain(lens.iter().copied()).collect();
-    let size = graph_size(llama.p.n_layer, seqs.len());
-    let mut logits = executor.run(&key, size, &[&ids, &pos, &out_rows], |b| {
+    let key = GraphKey { kind: GraphKind::Batch { lens: lens.clone(), out_rows: out_rows.len() }, max_nodes: graph_size(net.hparams().n_layer, seqs.len()) };
+    let mut logits = executor.run(&key, &[&ids, &pos, &out_rows], |b| {
         let (t, ps, r) = (b.input_i32(n), b.input_i32(n), b.input_i32(out_rows.len()));
-        llama.forward(b, t, ps, n, &Kv::None, Some(r), &lens)
+        net.forward(b, &Inputs { tokens: t, pos: ps, n, kv: Kv::None, out_rows: Some(r), seqs: &lens })
     })?;
     logits.truncate(n_rows * n_vocab);
     Ok(logits)

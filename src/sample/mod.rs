@@ -8,12 +8,14 @@ mod confidence;
 mod entropy;
 mod margin;
 mod origin;
+mod random;
 mod threshold;
 
 pub use confidence::Confidence;
 pub use entropy::Entropy;
 pub use margin::Margin;
 pub use origin::Origin;
+pub use random::Random;
 pub use threshold::Threshold;
 
 /// xoshiro256** seeded through splitmix64: small, fast, and identical on every platform.
@@ -147,6 +149,62 @@ pub trait Unmasker {
     fn select_blind(&mut self, step: usize, steps: usize, n: usize, rng: &mut Rng) -> Option<Vec<usize>> {
         let _ = (step, steps, n, rng);
         None
+    }
+}
+
+/// The unmasking rules by name, for defaults and flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnmaskRule {
+    /// [`Origin`]: DiffuLLaMA's own, each masked position committed with probability 1/(t+1).
+    Origin,
+    /// [`Confidence`]: the k most confident positions per step (LLaDA's low-confidence remasking).
+    Confidence,
+    /// [`Margin`]: the k largest top-1 − top-2 margins.
+    Margin,
+    /// [`Entropy`]: the k lowest entropies (Dream's default order).
+    Entropy,
+    /// [`Threshold`]: every position at or above a confidence threshold, at least one (Fast-dLLM).
+    Threshold,
+    /// [`Random`]: k positions chosen uniformly at random.
+    Random,
+}
+
+impl UnmaskRule {
+    /// The rule of llama.cpp's `--diffusion-algorithm N` (0 ORIGIN, 1 ENTROPY, 2 MARGIN,
+    /// 3 RANDOM, 4 CONFIDENCE).
+    pub fn from_llama_cpp(n: u8) -> Option<UnmaskRule> {
+        Some(match n {
+            0 => UnmaskRule::Origin,
+            1 => UnmaskRule::Entropy,
+            2 => UnmaskRule::Margin,
+            3 => UnmaskRule::Random,
+            4 => UnmaskRule::Confidence,
+            _ => return None,
+        })
+    }
+
+    /// The rule's flag value (`--unmask`).
+    pub fn name(self) -> &'static str {
+        match self {
+            UnmaskRule::Origin => "origin",
+            UnmaskRule::Confidence => "confidence",
+            UnmaskRule::Margin => "margin",
+            UnmaskRule::Entropy => "entropy",
+            UnmaskRule::Threshold => "threshold",
+            UnmaskRule::Random => "random",
+        }
+    }
+
+    /// A fresh unmasker of this rule (`threshold` is used by [`UnmaskRule::Threshold`] only).
+    pub fn unmasker(self, threshold: f32) -> Box<dyn Unmasker> {
+        match self {
+            UnmaskRule::Origin => Box::new(Origin),
+            UnmaskRule::Confidence => Box::new(Confidence),
+            UnmaskRule::Margin => Box::new(Margin),
+            UnmaskRule::Entropy => Box::new(Entropy),
+            UnmaskRule::Threshold => Box::new(Threshold(threshold)),
+            UnmaskRule::Random => Box::new(Random),
+        }
     }
 }
 

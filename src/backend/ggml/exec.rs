@@ -14,10 +14,7 @@ use llama_cpp_sys_2 as sys;
 use super::{ggml_type, Context};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
-use crate::graph::{Engine, LayerKv, Ops};
-
-/// ggml's `GGML_ROPE_TYPE_NORM`: rotate adjacent pairs (LLaMA as converted by llama.cpp).
-const ROPE_TYPE_NORM: i32 = 0;
+use crate::graph::{Engine, GraphKey, KvSlot, LayerKv, Ops, PlanCache, RopeMode};
 
 /// ggml's `TENSOR_ALIGNMENT`: where a CPU buffer wrapping foreign memory must start.
 const CPU_BUFFER_ALIGNMENT: usize = 32;
@@ -27,8 +24,20 @@ const CPU_BUFFER_ALIGNMENT: usize = 32;
 /// Invariant: a `TensorRef` is only created by this module, from a tensor of a context that the
 /// owner of the handle keeps alive (the model owns its `Weights` and its `Executor`, which owns
 /// the cached graph context) for as long as it uses the handle.
+///
+/// Crate-private: a handle is a bare pointer, so safe code outside this crate must never hold
+/// one past the weights or graph it points into. Inside the crate only [`crate::model`]'s
+/// runtime holds them, next to their owners and dropped before them.
 #[derive(Clone, Copy, Debug)]
-pub struct TensorRef(NonNull<sys::ggml_tensor>);
+pub(crate) struct TensorRef(NonNull<sys::ggml_tensor>);
+
+// SAFETY: a handle is only an address; ggml tensors have no thread affinity (no thread-local
+// state, no interior mutation through a shared handle: graphs are built and computed through
+// `&mut Executor`), so moving or sharing the address between threads is sound as long as its
+// owner is alive, which the TensorRef invariant already requires.
+unsafe impl Send for TensorRef {}
+// SAFETY: as above: `&TensorRef` gives nothing but a copy of the address.
+unsafe impl Sync for TensorRef {}
 
 impl TensorRef {
     fn ptr(self) -> *mut sys::ggml_tensor {
@@ -74,7 +83,7 @@ impl Context {
 pub type Offload<'a> = (sys::ggml_backend_buffer_type_t, &'a dyn Fn(&TensorInfo) -> bool);
 
 /// Model weights as ggml tensors over the GGUF map.
-pub struct Weights {
+pub(crate) struct Weights {
     // Field order is drop order: tensors (ctx) go before the buffer they point into.
     // Never read: it owns the tensor headers the handles in `tensors` point to.
     _ctx: Context,
@@ -86,6 +95,14 @@ pub struct Weights {
     n_repacked: usize,
     n_offloaded: usize,
 }
+
+// SAFETY: Weights owns its context and buffers exclusively (nothing else frees them), ggml
+// buffers and tensor headers have no thread affinity, and after construction nothing mutates
+// them (lookups read the name map), so moving the whole set to another thread is sound.
+unsafe impl Send for Weights {}
+// SAFETY: `&Weights` only reads the name map and counters; the tensors it hands out are only
+// read by graphs.
+unsafe impl Sync for Weights {}
 
 impl Weights {
     /// Wraps every tensor of `gguf`. Tensors for which `repack` says yes (matrices used only as
@@ -304,7 +321,7 @@ impl Context {
 }
 
 /// Adds ggml nodes to one graph context. See [`Ops`] for what each op means.
-pub struct Builder<'c> {
+pub(crate) struct Builder<'c> {
     ctx: &'c Context,
     inputs: Vec<TensorRef>,
     flash_attn: bool,
@@ -359,7 +376,7 @@ impl Ops for Builder<'_> {
     fn reshape_3d(&mut self, x: TensorRef, ne: [usize; 3]) -> TensorRef {
         node!(self, sys::ggml_reshape_3d(self.ctx.raw(), x.ptr(), ne[0] as i64, ne[1] as i64, ne[2] as i64))
     }
-    fn rope(&mut self, x: TensorRef, pos: TensorRef, n_dims: usize, theta: f32) -> TensorRef {
+    fn rope(&mut self, x: TensorRef, pos: TensorRef, n_dims: usize, theta: f32, mode: RopeMode) -> TensorRef {
         node!(
             self,
             sys::ggml_rope_ext(
@@ -368,7 +385,7 @@ impl Ops for Builder<'_> {
                 pos.ptr(),
                 std::ptr::null_mut(),
                 n_dims as i32,
-                ROPE_TYPE_NORM,
+                mode.ggml(),
                 0,
                 theta,
                 1.0,
@@ -441,9 +458,9 @@ impl Drop for CpuBackend {
     }
 }
 
-/// A backend scheduler, freed on drop: splits each graph between the GPU backend and the CPU
+/// A backend scheduler, freed on drop: splits a graph between the GPU backend and the CPU
 /// (ops the GPU backend cannot run, and those on weights left in host memory).
-struct Sched(NonNull<sys::ggml_backend_sched>, usize);
+struct Sched(NonNull<sys::ggml_backend_sched>);
 
 impl Drop for Sched {
     fn drop(&mut self) {
@@ -454,37 +471,29 @@ impl Drop for Sched {
 
 /// The GPU side of an executor.
 struct Gpu {
-    // Drop order: the scheduler before the backend it uses.
-    sched: Option<Sched>,
     backend: CpuBackend,
     name: String,
 }
 
 impl Gpu {
-    /// Splits a newly built `graph` between the device and the CPU backend `cpu` and allocates
-    /// it. Once per graph: splitting rewrites the graph's nodes to read the scheduler's copies
-    /// of their inputs, which a second split of the same graph would find stale, so a cached
-    /// graph keeps this allocation (the scheduler is reset only here) and is simply recomputed.
-    fn alloc(&mut self, graph: NonNull<sys::ggml_cgraph>, graph_size: usize, cpu: NonNull<sys::ggml_backend>, key: &[usize]) -> Result<()> {
-        if self.sched.as_ref().is_none_or(|s| s.1 < graph_size) {
-            self.sched = None;
-            let mut backends = [self.backend.0.as_ptr(), cpu.as_ptr()];
-            // SAFETY: two live backends, the CPU last as ggml requires; default buffer types;
-            // no pipeline parallelism; ops on host weights may be offloaded.
-            let raw = unsafe { sys::ggml_backend_sched_new(backends.as_mut_ptr(), std::ptr::null_mut(), 2, graph_size, false, true) };
-            self.sched = Some(Sched(NonNull::new(raw).ok_or_else(|| Error::Ggml("ggml_backend_sched_new failed".into()))?, graph_size));
-        }
-        let sched = self.sched.as_ref().expect("made above").0.as_ptr();
-        // SAFETY: a live scheduler; resetting drops its previous assignment (the previous
-        // cached graph, already dropped or about to be replaced, is never computed again).
-        unsafe { sys::ggml_backend_sched_reset(sched) };
-        gathers_on_host(sched, graph, cpu);
+    /// A scheduler for the newly built `graph`, splitting it between the device and the CPU
+    /// backend `cpu`, with the graph allocated. One per graph: splitting rewrites the graph's
+    /// nodes to read the scheduler's copies of their inputs, which a second split of the same
+    /// graph would find stale, so a cached graph keeps its own scheduler and allocation and is
+    /// simply recomputed.
+    fn alloc(&self, graph: NonNull<sys::ggml_cgraph>, graph_size: usize, cpu: NonNull<sys::ggml_backend>, key: &GraphKey) -> Result<Sched> {
+        let mut backends = [self.backend.0.as_ptr(), cpu.as_ptr()];
+        // SAFETY: two live backends, the CPU last as ggml requires; default buffer types;
+        // no pipeline parallelism; ops on host weights may be offloaded.
+        let raw = unsafe { sys::ggml_backend_sched_new(backends.as_mut_ptr(), std::ptr::null_mut(), 2, graph_size, false, true) };
+        let sched = Sched(NonNull::new(raw).ok_or_else(|| Error::Ggml("ggml_backend_sched_new failed".into()))?);
+        gathers_on_host(sched.0.as_ptr(), graph, cpu);
         // SAFETY: a live scheduler and a graph of live tensors; the scheduler assigns each node
         // a backend and allocates activations and inputs in that backend's memory.
-        if !unsafe { sys::ggml_backend_sched_alloc_graph(sched, graph.as_ptr()) } {
+        if !unsafe { sys::ggml_backend_sched_alloc_graph(sched.0.as_ptr(), graph.as_ptr()) } {
             return Err(Error::Ggml(format!("{}: cannot allocate the graph {key:?} (out of device memory?)", self.name)));
         }
-        Ok(())
+        Ok(sched)
     }
 }
 
@@ -498,35 +507,48 @@ impl Drop for Gallocr {
     }
 }
 
+/// Where a cached graph's activations live.
+enum GraphAlloc {
+    /// A CPU buffer of the graph's own allocator (held for its memory).
+    Cpu { _galloc: Gallocr },
+    /// The buffers of the graph's own scheduler (device and CPU).
+    Sched(Sched),
+}
+
 struct CachedGraph {
-    key: Vec<usize>,
-    // Drop order: the graph and its tensors live in `ctx`.
     graph: NonNull<sys::ggml_cgraph>,
     inputs: Vec<TensorRef>,
     output: TensorRef,
+    // Drop order: the activation memory, then the context owning the graph and its headers.
+    alloc: GraphAlloc,
     // Owns the graph and its tensors; only kept alive, never read.
     _ctx: Context,
 }
 
 /// Persistent per-layer key/value tensors in their own CPU buffer.
 struct KvCache {
-    shape: [usize; 4],
     layers: Vec<LayerKv<TensorRef>>,
     // Drop order: headers, then the buffer their data lives in.
     _ctx: Context,
     _buffer: Buffer,
 }
 
-/// Builds, caches and runs graphs on the CPU backend.
-pub struct Executor {
-    // Drop order: the graph (which may point at cache tensors) before the cache.
-    cached: Option<CachedGraph>,
-    kv: Option<KvCache>,
+/// Builds, caches and runs graphs on the CPU backend (or a GPU device's through a scheduler).
+pub(crate) struct Executor {
+    // Drop order: graphs (which may point at cache tensors) before the cache, both before the
+    // backends.
+    plans: PlanCache<CachedGraph>,
+    kv: KvSlot<KvCache>,
     flash_attn: bool,
     gpu: Option<Gpu>,
-    galloc: Gallocr,
     backend: CpuBackend,
 }
+
+// SAFETY: the executor owns its backends, scheduler, allocator, graphs and cache exclusively;
+// ggml's CPU backend and the GPU backends we link keep no thread-local state tied to the
+// creating thread, and every use goes through `&mut self`, so moving it between threads (never
+// using it from two at once) is sound.
+unsafe impl Send for Executor {}
 
 impl Executor {
     /// `flash_attn`: bidirectional attention through `ggml_flash_attn_ext` (O(n) memory per
@@ -536,11 +558,7 @@ impl Executor {
         let backend = CpuBackend(NonNull::new(unsafe { sys::ggml_backend_cpu_init() }).ok_or_else(|| Error::Ggml("ggml_backend_cpu_init failed".into()))?);
         // SAFETY: a live CPU backend.
         unsafe { sys::ggml_backend_cpu_set_n_threads(backend.0.as_ptr(), threads.clamp(1, 512) as i32) };
-        // SAFETY: returns the static CPU buffer type.
-        let buft = unsafe { sys::ggml_backend_cpu_buffer_type() };
-        // SAFETY: a valid buffer type; checked for null.
-        let galloc = Gallocr(NonNull::new(unsafe { sys::ggml_gallocr_new(buft) }).ok_or_else(|| Error::Ggml("ggml_gallocr_new failed".into()))?);
-        Ok(Executor { cached: None, kv: None, flash_attn, gpu: None, galloc, backend })
+        Ok(Executor { plans: PlanCache::new(PlanCache::<CachedGraph>::DEFAULT_CAPACITY), kv: KvSlot::default(), flash_attn, gpu: None, backend })
     }
 
     /// An executor whose graphs run on the GPU device `dev` through a scheduler, with the CPU
@@ -550,8 +568,14 @@ impl Executor {
         // SAFETY: a registered device; checked for null.
         let raw = unsafe { sys::ggml_backend_dev_init(super::device::handle(dev), std::ptr::null()) };
         let backend = CpuBackend(NonNull::new(raw).ok_or_else(|| Error::Ggml(format!("cannot initialise {} ({})", dev.name, dev.description)))?);
-        e.gpu = Some(Gpu { sched: None, backend, name: dev.name.clone() });
+        e.gpu = Some(Gpu { backend, name: dev.name.clone() });
         Ok(e)
+    }
+
+    /// Keeps up to `n` planned graphs (at least 1; each holds its own activation memory).
+    pub fn with_plan_capacity(mut self, n: usize) -> Executor {
+        self.plans = PlanCache::new(n);
+        self
     }
 
     /// The GPU device's ggml name, when graphs run on one.
@@ -562,62 +586,31 @@ impl Executor {
     /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
     /// allocated on first use and again whenever the shape changes (contents then undefined).
     pub fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<TensorRef>>> {
-        let shape = [layers, head_dim, n_head_kv, total];
-        if self.kv.as_ref().map(|c| c.shape) != Some(shape) {
-            self.cached = None; // a cached graph may point at the old tensors
-            self.kv = None;
+        let Executor { plans, kv, gpu, backend, .. } = self;
+        let on = gpu.as_ref().map_or(backend.0, |g| g.backend.0);
+        let cache = kv.get([layers, head_dim, n_head_kv, total], || -> Result<KvCache> {
+            plans.clear(); // cached graphs point at the old cache's tensors
             let ctx = Context::metadata_only(2 * layers + 1, false)?;
             let dims = [head_dim as u64, n_head_kv as u64, total as u64];
             let layers = (0..layers)
                 .map(|_| Ok(LayerKv { k: ctx.new_header(GgmlType::F32, &dims)?, v: ctx.new_header(GgmlType::F32, &dims)? }))
                 .collect::<Result<Vec<_>>>()?;
-            let on = self.gpu.as_ref().map_or(self.backend.0, |g| g.backend.0);
             // SAFETY: a live context of unallocated headers and a live backend; checked for null.
             let buf = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), on.as_ptr()) };
-            let bytes = 8 * shape.iter().product::<usize>();
+            let bytes = 8 * layers.len() * head_dim * n_head_kv * total;
             let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml(format!("cannot allocate a {} MiB key/value cache", bytes >> 20)))?);
-            self.kv = Some(KvCache { shape, layers, _ctx: ctx, _buffer: buffer });
-        }
-        Ok(self.kv.as_ref().expect("allocated above").layers.clone())
+            Ok(KvCache { layers, _ctx: ctx, _buffer: buffer })
+        })?;
+        Ok(cache.layers.clone())
     }
 
     /// Runs the graph `build` makes (built once per distinct `key`, which must determine the
-    /// graph, then reused while the key stays the same), with `inputs` copied into the graph's
-    /// i32 inputs in the order `build` created them, and returns the output tensor as f32.
-    /// `graph_size` bounds the tensors and nodes `build` may create.
-    pub fn run(
-        &mut self,
-        key: &[usize],
-        graph_size: usize,
-        inputs: &[&[i32]],
-        build: impl FnOnce(&mut Builder<'_>) -> TensorRef,
-    ) -> Result<Vec<f32>> {
-        if self.cached.as_ref().map(|c| c.key.as_slice()) != Some(key) {
-            self.cached = None;
-            let ctx = Context::metadata_only(graph_size, true)?;
-            let mut b = Builder { ctx: &ctx, inputs: Vec::new(), flash_attn: self.flash_attn };
-            let output = build(&mut b);
-            let inputs = b.inputs;
-            // SAFETY: a live tensor of `ctx`.
-            unsafe { sys::ggml_set_output(output.ptr()) };
-            // SAFETY: `ctx` was sized for a custom graph of `graph_size` nodes.
-            let graph = unsafe { sys::ggml_new_graph_custom(ctx.raw(), graph_size, false) };
-            let graph = NonNull::new(graph).ok_or_else(|| Error::Ggml("ggml_new_graph_custom failed".into()))?;
-            // SAFETY: graph and output belong to `ctx`.
-            unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), output.ptr()) };
-            match &mut self.gpu {
-                None => {
-                    // SAFETY: allocates every unallocated tensor of the graph (activations and
-                    // inputs) in the allocator's CPU buffer; weights and caches already have data.
-                    if !unsafe { sys::ggml_gallocr_alloc_graph(self.galloc.0.as_ptr(), graph.as_ptr()) } {
-                        return Err(Error::Ggml(format!("cannot allocate the graph {key:?} (out of memory?)")));
-                    }
-                }
-                Some(gpu) => gpu.alloc(graph, graph_size, self.backend.0, key)?,
-            }
-            self.cached = Some(CachedGraph { key: key.to_vec(), graph, inputs, output, _ctx: ctx });
-        }
-        let g = self.cached.as_ref().expect("built above");
+    /// graph, and kept among the last few), with `inputs` copied into the graph's i32 inputs in
+    /// the order `build` created them, and returns the output tensor as f32.
+    pub fn run(&mut self, key: &GraphKey, inputs: &[&[i32]], build: impl FnOnce(&mut Builder<'_>) -> TensorRef) -> Result<Vec<f32>> {
+        let Executor { plans, flash_attn, gpu, backend, .. } = self;
+        let cpu = backend.0;
+        let g = plans.get_or_make(key, || build_graph(key, *flash_attn, gpu.as_ref(), cpu, build))?;
         // SAFETY: live input tensors (i32 vectors made by input_i32).
         let sizes: Vec<usize> = g.inputs.iter().map(|t| unsafe { sys::ggml_nelements(t.ptr()) } as usize).collect();
         if inputs.len() != sizes.len() || inputs.iter().zip(&sizes).any(|(i, &n)| i.len() != n) {
@@ -628,12 +621,12 @@ impl Executor {
             // `data.len()` elements (checked above).
             unsafe { sys::ggml_backend_tensor_set(t.ptr(), data.as_ptr().cast(), 0, data.len() * 4) };
         }
-        let status = match &self.gpu {
-            // SAFETY: the scheduler allocated this graph when it was built and has not been
-            // reset since (every rebuild allocates anew).
-            Some(gpu) => unsafe { sys::ggml_backend_sched_graph_compute(gpu.sched.as_ref().expect("made with the graph").0.as_ptr(), g.graph.as_ptr()) },
+        let status = match &g.alloc {
+            // SAFETY: the graph's own scheduler allocated it when it was built and was never
+            // reset since.
+            GraphAlloc::Sched(s) => unsafe { sys::ggml_backend_sched_graph_compute(s.0.as_ptr(), g.graph.as_ptr()) },
             // SAFETY: a fully allocated graph of live tensors on this backend.
-            None => unsafe { sys::ggml_backend_graph_compute(self.backend.0.as_ptr(), g.graph.as_ptr()) },
+            GraphAlloc::Cpu { .. } => unsafe { sys::ggml_backend_graph_compute(cpu.as_ptr(), g.graph.as_ptr()) },
         };
         if status != 0 {
             return Err(Error::Ggml(format!("graph compute failed with status {status}")));
@@ -645,6 +638,39 @@ impl Executor {
         unsafe { sys::ggml_backend_tensor_get(g.output.ptr(), out.as_mut_ptr().cast(), 0, bytes) };
         Ok(out)
     }
+}
+
+/// Builds the graph of `key` in a context of its own and allocates it: on the CPU with an
+/// allocator of its own, on a device through a scheduler of its own.
+fn build_graph(key: &GraphKey, flash_attn: bool, gpu: Option<&Gpu>, cpu: NonNull<sys::ggml_backend>, build: impl FnOnce(&mut Builder<'_>) -> TensorRef) -> Result<CachedGraph> {
+    let graph_size = key.max_nodes.max(64);
+    let ctx = Context::metadata_only(graph_size, true)?;
+    let mut b = Builder { ctx: &ctx, inputs: Vec::new(), flash_attn };
+    let output = build(&mut b);
+    let inputs = b.inputs;
+    // SAFETY: a live tensor of `ctx`.
+    unsafe { sys::ggml_set_output(output.ptr()) };
+    // SAFETY: `ctx` was sized for a custom graph of `graph_size` nodes.
+    let graph = unsafe { sys::ggml_new_graph_custom(ctx.raw(), graph_size, false) };
+    let graph = NonNull::new(graph).ok_or_else(|| Error::Ggml("ggml_new_graph_custom failed".into()))?;
+    // SAFETY: graph and output belong to `ctx`.
+    unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), output.ptr()) };
+    let alloc = match gpu {
+        None => {
+            // SAFETY: returns the static CPU buffer type.
+            let buft = unsafe { sys::ggml_backend_cpu_buffer_type() };
+            // SAFETY: a valid buffer type; checked for null.
+            let galloc = Gallocr(NonNull::new(unsafe { sys::ggml_gallocr_new(buft) }).ok_or_else(|| Error::Ggml("ggml_gallocr_new failed".into()))?);
+            // SAFETY: allocates every unallocated tensor of the graph (activations and inputs)
+            // in this allocator's CPU buffer; weights and caches already have data.
+            if !unsafe { sys::ggml_gallocr_alloc_graph(galloc.0.as_ptr(), graph.as_ptr()) } {
+                return Err(Error::Ggml(format!("cannot allocate the graph {key:?} (out of memory?)")));
+            }
+            GraphAlloc::Cpu { _galloc: galloc }
+        }
+        Some(gpu) => GraphAlloc::Sched(gpu.alloc(graph, graph_size, cpu, key)?),
+    };
+    Ok(CachedGraph { graph, inputs, output, alloc, _ctx: ctx })
 }
 
 /// Pins each row gather from a weight table in host memory (the token embeddings, which stay
@@ -674,11 +700,63 @@ impl Engine for Executor {
     type T = TensorRef;
     type Builder<'a> = Builder<'a>;
 
-    fn run(&mut self, key: &[usize], graph_size: usize, inputs: &[&[i32]], build: impl FnOnce(&mut Builder<'_>) -> TensorRef) -> Result<Vec<f32>> {
-        Executor::run(self, key, graph_size, inputs, build)
+    fn run(&mut self, key: &GraphKey, inputs: &[&[i32]], build: impl FnOnce(&mut Builder<'_>) -> TensorRef) -> Result<Vec<f32>> {
+        Executor::run(self, key, inputs, build)
+    }
+
+    fn plans_built(&self) -> usize {
+        self.plans.built()
     }
 
     fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<TensorRef>>> {
         Executor::kv_cache(self, layers, head_dim, n_head_kv, total)
+    }
+}
+
+/// The matmuls of a LLaMA-shaped forward pass alone (Q, K, V, output, gate, up, down per layer,
+/// then the LM head, on the file's weights, all in device memory), on one ggml device: what
+/// ggml's own matmul kernels allow there. A benchmark's bound (benches/gpu.rs); the weights and
+/// their handles stay inside.
+pub struct MatmulChain {
+    // Drop order: graphs before the weights they read, the weights before the map.
+    executor: Executor,
+    weights: Weights,
+    _gguf: Gguf,
+}
+
+impl MatmulChain {
+    /// `gguf` must hold LLaMA tensors named as llama.cpp names them, with an untied `output.weight`.
+    pub fn new(gguf: Gguf, dev: &super::GgmlDevice, threads: usize) -> Result<MatmulChain> {
+        let buft = super::device_buffer_type(dev);
+        let all = |_: &TensorInfo| true;
+        let weights = Weights::map_offload(&gguf, |_| false, Some((buft, &all)))?;
+        Ok(MatmulChain { executor: Executor::on_device(threads, true, dev)?, weights, _gguf: gguf })
+    }
+
+    /// One pass of the chain over `layers` layers at `n` tokens.
+    pub fn run(&mut self, layers: usize, n: usize) -> Result<()> {
+        let weights = &self.weights;
+        let w = |name: &str| weights.get(name).ok_or_else(|| Error::Invalid(format!("the matmul chain needs tensor `{name}`")));
+        let mut names = vec!["output.weight".to_string()];
+        for i in 0..layers {
+            names.extend(["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"].map(|s| format!("blk.{i}.{s}.weight")));
+        }
+        let handles = names.iter().map(|n| w(n)).collect::<Result<Vec<_>>>()?;
+        let ids: Vec<i32> = (0..n as i32).collect();
+        self.executor.run(&GraphKey::other(&[n, layers], 4096 + 16 * layers), &[&ids], |o| {
+            let t = o.input_i32(n);
+            let mut h = o.get_rows(handles[0], t); // [n_embd, n]: any f32 activation
+            for l in handles[1..].chunks(7) {
+                let (q, k, v) = (o.mul_mat(l[0], h), o.mul_mat(l[1], h), o.mul_mat(l[2], h));
+                let a = o.mul_mat(l[3], q);
+                let kv = o.add(k, v);
+                let x = o.add(a, kv);
+                let (gate, up) = (o.mul_mat(l[4], x), o.mul_mat(l[5], x));
+                let f = o.add(gate, up);
+                h = o.mul_mat(l[6], f);
+            }
+            o.mul_mat(handles[0], h)
+        })?;
+        Ok(())
     }
 }

@@ -10,10 +10,11 @@ mod device;
 mod exec;
 mod llamacpp;
 
-pub use context::{Context, Graph, Tensor};
+pub(crate) use context::Context;
 pub use device::{gpu_devices, GgmlDevice};
 pub use device::buffer_type as device_buffer_type;
-pub use exec::{Builder, Executor, TensorRef, Weights};
+pub(crate) use exec::{Executor, TensorRef, Weights};
+pub use exec::MatmulChain;
 pub use llamacpp::{LlamaCpp, LlamaCppOptions};
 
 use llama_cpp_sys_2 as sys;

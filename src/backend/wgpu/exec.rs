@@ -10,10 +10,11 @@
 use std::sync::Arc;
 
 use super::kernels::{Kernel, Layout, MATVEC_MAX_N};
+use super::params::{self, KernelParams, PARAMS_BYTES};
 use super::weights::WeightSet;
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::graph::{Engine, LayerKv, Ops};
+use crate::graph::{Engine, GraphKey, KvSlot, LayerKv, Ops, PlanCache, RopeMode};
 
 /// Where a tensor's values live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +56,7 @@ enum Bind {
 }
 
 enum Node {
-    Dispatch { kernel: Kernel, params: [u32; 12], binds: Vec<Bind>, groups: (u32, u32) },
+    Dispatch { kernel: Kernel, params: [u8; PARAMS_BYTES], binds: Vec<Bind>, groups: (u32, u32) },
     Copy { src: Store, src_off: u64, dst: Store, dst_off: u64, bytes: u64 },
 }
 
@@ -103,7 +104,9 @@ impl Recorder<'_> {
         self.error.get_or_insert(Error::Gpu(what));
     }
 
-    fn dispatch(&mut self, kernel: Kernel, params: [u32; 12], binds: Vec<Bind>, groups: (u32, u32)) {
+    fn dispatch<P: KernelParams>(&mut self, kernel: Kernel, p: P, binds: Vec<Bind>, groups: (u32, u32)) {
+        let mut params = [0u8; PARAMS_BYTES];
+        params.copy_from_slice(bytemuck::bytes_of(&p));
         self.nodes.push(Node::Dispatch { kernel, params, binds, groups });
     }
 
@@ -143,8 +146,13 @@ impl Recorder<'_> {
         let (y, dy) = self.act(da.ne);
         let (gx, gy) = groups_2d(da.numel().div_ceil(256));
         let (ba, bb) = (self.f32_bind(da), self.f32_bind(db));
-        let p = [da.ne[0], da.ne[1], da.ne[2], gx as usize, db.ne[0], db.ne[1], db.ne[2], da.off, db.off, dy.off, 0, 0];
-        self.dispatch(Kernel::Elementwise(op), p.map(|v| v as u32), vec![ba, bb, Bind::Store(dy.store)], (gx, gy));
+        let u = |v: usize| v as u32;
+        let p = params::Elementwise {
+            ne0: u(da.ne[0]), ne1: u(da.ne[1]), ne2: u(da.ne[2]), groups_x: gx,
+            b0: u(db.ne[0]), b1: u(db.ne[1]), b2: u(db.ne[2]), a_off: u(da.off),
+            b_off: u(db.off), y_off: u(dy.off), ..Default::default()
+        };
+        self.dispatch(Kernel::Elementwise(op), p, vec![ba, bb, Bind::Store(dy.store)], (gx, gy));
         y
     }
 }
@@ -164,7 +172,7 @@ impl Ops for Recorder<'_> {
         let (y, dy) = self.act([ne0, n_ids, 1]);
         let (gx, gy) = groups_2d((ne0.div_ceil(4) * n_ids).div_ceil(256));
         for (layout, bind, row0, rows, w_off, w_row, w_sc) in self.row_sources(dt) {
-            let p = [ne0 as u32, n_ids as u32, di.off as u32, dy.off as u32, row0 as u32, rows as u32, gx, w_off, w_row, w_sc, 0, 0];
+            let p = params::GetRows { ne0: ne0 as u32, n_ids: n_ids as u32, ids_off: di.off as u32, y_off: dy.off as u32, row0: row0 as u32, rows: rows as u32, groups_x: gx, w_off, w_row, w_sc, ..Default::default() };
             self.dispatch(Kernel::GetRows(layout), p, vec![bind, Bind::Store(di.store), Bind::Store(dy.store)], (gx, gy));
         }
         y
@@ -184,11 +192,11 @@ impl Ops for Recorder<'_> {
             if n <= MATVEC_MAX_N && self.matvec {
                 // Few columns: a workgroup per row of W, no 64-wide column tiles.
                 let (gx, gy) = groups_2d(rows);
-                let p = [rows as u32, n as u32, k as u32, m as u32, row0 as u32, dx.off as u32, dy.off as u32, w_off, w_row, w_sc, gx, 0];
+                let p = params::MatVec { m: rows as u32, n: n as u32, k: k as u32, ldy: m as u32, m_base: row0 as u32, x_off: dx.off as u32, y_off: dy.off as u32, w_off, w_row, w_sc, groups_x: gx, ..Default::default() };
                 self.dispatch(Kernel::MatVec(layout, self.subgroups), p, vec![bind, bx, Bind::Store(dy.store)], (gx, gy));
                 continue;
             }
-            let p = [rows as u32, n as u32, k as u32, m as u32, row0 as u32, dx.off as u32, dy.off as u32, w_off, w_row, w_sc, 0, 0];
+            let p = params::MatMul { m: rows as u32, n: n as u32, k: k as u32, ldy: m as u32, m_base: row0 as u32, x_off: dx.off as u32, y_off: dy.off as u32, w_off, w_row, w_sc, ..Default::default() };
             let groups = (rows.div_ceil(64) as u32, n.div_ceil(64) as u32);
             if groups.1 > 65535 {
                 self.fail(format!("mul_mat: {n} columns exceed what one dispatch covers"));
@@ -206,7 +214,7 @@ impl Ops for Recorder<'_> {
         let (y, dy) = self.act(dx.ne);
         let (gx, gy) = groups_2d(rows);
         let bx = self.f32_bind(dx);
-        let p = [dx.ne[0] as u32, rows as u32, dx.off as u32, dy.off as u32, eps.to_bits(), gx, 0, 0, 0, 0, 0, 0];
+        let p = params::RmsNorm { ne0: dx.ne[0] as u32, rows: rows as u32, x_off: dx.off as u32, y_off: dy.off as u32, eps, groups_x: gx, ..Default::default() };
         self.dispatch(Kernel::RmsNorm, p, vec![bx, Bind::Store(dy.store)], (gx, gy));
         y
     }
@@ -227,13 +235,17 @@ impl Ops for Recorder<'_> {
         self.push(Desc { ne, ..d })
     }
 
-    fn rope(&mut self, x: GpuTensor, pos: GpuTensor, n_dims: usize, theta: f32) -> GpuTensor {
+    fn rope(&mut self, x: GpuTensor, pos: GpuTensor, n_dims: usize, theta: f32, mode: RopeMode) -> GpuTensor {
         let (dx, dp) = (self.desc(x), self.desc(pos));
         let (y, dy) = self.act(dx.ne);
         let (gx, gy) = groups_2d((dx.numel() / 2).div_ceil(256));
         let bx = self.f32_bind(dx);
-        let p = [dx.ne[0], dx.ne[1], dx.ne[2], gx as usize, dx.off, dy.off, dp.off, n_dims].map(|v| v as u32);
-        let p = [p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], theta.to_bits(), 0, 0, 0];
+        let u = |v: usize| v as u32;
+        let p = params::Rope {
+            hd: u(dx.ne[0]), heads: u(dx.ne[1]), n: u(dx.ne[2]), groups_x: gx,
+            x_off: u(dx.off), y_off: u(dy.off), pos_off: u(dp.off), n_dims: u(n_dims),
+            theta, neox: (mode == RopeMode::Neox) as u32, ..Default::default()
+        };
         self.dispatch(Kernel::Rope, p, vec![bx, Bind::Store(dp.store), Bind::Store(dy.store)], (gx, gy));
         y
     }
@@ -248,8 +260,12 @@ impl Ops for Recorder<'_> {
         let (y, dy) = self.act([hd * n_head, n_q, 1]);
         let (bq, bk, bv) = (self.f32_bind(dq), self.f32_bind(dk), self.f32_bind(dv));
         let scale = 1.0 / (hd as f32).sqrt();
-        let p = [n_q, n_kv, n_head, n_head_kv, dq.off, dk.off, dv.off, dy.off].map(|v| v as u32);
-        let p = [p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], scale.to_bits(), causal as u32, 0, 0];
+        let u = |v: usize| v as u32;
+        let p = params::Attention {
+            n_q: u(n_q), n_kv: u(n_kv), n_head: u(n_head), n_head_kv: u(n_head_kv),
+            q_off: u(dq.off), k_off: u(dk.off), v_off: u(dv.off), y_off: u(dy.off),
+            scale, causal: causal as u32, ..Default::default()
+        };
         let groups = (n_q.div_ceil(64) as u32, n_head as u32);
         self.dispatch(Kernel::Attention(hd as u32), p, vec![bq, bk, bv, Bind::Store(dy.store)], groups);
         y
@@ -295,7 +311,6 @@ impl Ops for Recorder<'_> {
 
 /// A planned graph, ready to run.
 struct Plan {
-    key: Vec<usize>,
     inputs: Vec<Buffer>,
     input_lens: Vec<usize>,
     /// (pipeline, bind group, workgroups) or a copy, in order.
@@ -315,11 +330,6 @@ enum Step {
     Copy(Buffer, u64, Buffer, u64, u64),
 }
 
-/// Persistent key/value buffers, one K and one V per layer.
-struct KvCache {
-    shape: [usize; 4],
-    layers: Vec<LayerKv<GpuTensor>>,
-}
 
 /// Weights on one GPU, plus the planned graph and the cache.
 pub struct Executor {
@@ -328,8 +338,9 @@ pub struct Executor {
     /// Descriptors valid in every plan: the weights, then the cache tensors.
     base: Vec<Desc>,
     caches: Vec<Buffer>,
-    kv: Option<KvCache>,
-    plan: Option<Plan>,
+    /// Per-layer handles of the key/value cache (its buffers are `caches`).
+    kv: KvSlot<Vec<LayerKv<GpuTensor>>>,
+    plans: PlanCache<Plan>,
 }
 
 impl Executor {
@@ -340,20 +351,26 @@ impl Executor {
             .enumerate()
             .map(|(i, w)| Desc { store: Store::Weight(i), off: 0, ne: [w.ne[0], w.ne[1], 1] })
             .collect();
-        Executor { gpu, weights, base, caches: Vec::new(), kv: None, plan: None }
+        Executor { gpu, weights, base, caches: Vec::new(), kv: KvSlot::default(), plans: PlanCache::new(PlanCache::<Plan>::DEFAULT_CAPACITY) }
+    }
+
+    /// Keeps up to `n` planned graphs (at least 1; each holds its own activation buffers).
+    pub fn with_plan_capacity(mut self, n: usize) -> Executor {
+        self.plans = PlanCache::new(n);
+        self
     }
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
 
-    /// Device memory held now: (weights, everything else: the current plan's activations,
-    /// inputs, parameters and read-back buffer, and the key/value cache).
+    /// Device memory held now: (weights, everything else: the cached plans' activations,
+    /// inputs, parameters and read-back buffers, and the key/value cache).
     pub fn device_bytes(&self) -> (u64, u64) {
-        let plan = self.plan.as_ref().map_or(0, |p| {
+        let plan: u64 = self.plans.plans().map(|p| {
             let acts: u64 = p._acts.iter().chain(&p.inputs).map(|b| b.size()).sum();
             acts + p.staging.size() + p._uniforms.size()
-        });
+        }).sum();
         let caches: u64 = self.caches.iter().map(|b| b.size()).sum();
         (self.weights.bytes, plan + caches)
     }
@@ -370,54 +387,55 @@ impl Executor {
     /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
     /// allocated on first use and again whenever the shape changes (contents then undefined).
     pub fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<GpuTensor>>> {
-        let shape = [layers, head_dim, n_head_kv, total];
-        if self.kv.as_ref().map(|c| c.shape) != Some(shape) {
-            self.plan = None;
-            self.base.truncate(self.weights.weights.len());
-            self.caches.clear();
+        let Executor { gpu, weights, base, caches, kv, plans } = self;
+        let cache = kv.get([layers, head_dim, n_head_kv, total], || -> Result<Vec<LayerKv<GpuTensor>>> {
+            // Plans point at the old cache's buffers.
+            plans.clear();
+            base.truncate(weights.weights.len());
+            caches.clear();
             let bytes = (head_dim * n_head_kv * total * 4) as u64;
-            if bytes > self.gpu.max_binding() {
-                return Err(Error::Gpu(format!("a {} key/value cache layer exceeds the adapter's binding limit of {}", super::human_bytes(bytes), super::human_bytes(self.gpu.max_binding()))));
+            if bytes > gpu.max_binding() {
+                return Err(Error::Gpu(format!("a {} key/value cache layer exceeds the adapter's binding limit of {}", super::human_bytes(bytes), super::human_bytes(gpu.max_binding()))));
             }
             let mut out = Vec::with_capacity(layers);
             for _ in 0..layers {
                 let mut kv = [GpuTensor(0); 2];
                 for t in &mut kv {
-                    let buf = self.gpu.checked("allocating the key/value cache", || {
-                        self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    let buf = gpu.checked("allocating the key/value cache", || {
+                        gpu.device.create_buffer(&wgpu::BufferDescriptor {
                             label: Some("kv cache"),
                             size: bytes,
                             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
                             mapped_at_creation: false,
                         })
                     })?;
-                    self.caches.push(buf);
-                    self.base.push(Desc { store: Store::Cache(self.caches.len() - 1), off: 0, ne: [head_dim, n_head_kv, total] });
-                    *t = GpuTensor(self.base.len() - 1);
+                    caches.push(buf);
+                    base.push(Desc { store: Store::Cache(caches.len() - 1), off: 0, ne: [head_dim, n_head_kv, total] });
+                    *t = GpuTensor(base.len() - 1);
                 }
                 out.push(LayerKv { k: kv[0], v: kv[1] });
             }
-            self.kv = Some(KvCache { shape, layers: out });
-        }
-        Ok(self.kv.as_ref().expect("allocated above").layers.clone())
+            Ok(out)
+        })?;
+        Ok(cache.clone())
     }
 
     /// Runs the graph `build` records (planned once per distinct `key`, which must determine
     /// the graph), with `inputs` written into the graph's i32 inputs in the order `build`
     /// created them, and returns the output tensor's values.
-    pub fn run(&mut self, key: &[usize], inputs: &[&[i32]], build: impl FnOnce(&mut Recorder<'_>) -> GpuTensor) -> Result<Vec<f32>> {
-        if self.plan.as_ref().map(|p| p.key.as_slice()) != Some(key) {
-            self.plan = None;
-            let mut r = Recorder { weights: &self.weights, subgroups: self.gpu.subgroups, matvec: self.gpu.matvec, f16: self.gpu.f16, descs: self.base.clone(), nodes: Vec::new(), inputs: Vec::new(), acts: Vec::new(), error: None };
+    pub fn run(&mut self, key: &GraphKey, inputs: &[&[i32]], build: impl FnOnce(&mut Recorder<'_>) -> GpuTensor) -> Result<Vec<f32>> {
+        let Executor { gpu, weights, base, plans, caches, .. } = self;
+        let plan = plans.get_or_make(key, || {
+            let mut r = Recorder { weights, subgroups: gpu.subgroups, matvec: gpu.matvec, f16: gpu.f16, descs: base.clone(), nodes: Vec::new(), inputs: Vec::new(), acts: Vec::new(), error: None };
             let out = build(&mut r);
             let out = r.descs[out.0];
             if let Some(e) = r.error {
                 return Err(e);
             }
             let (nodes, input_sizes, acts) = (r.nodes, r.inputs, r.acts);
-            self.plan = Some(self.make_plan(key, nodes, input_sizes, acts, out)?);
-        }
-        let plan = self.plan.as_ref().expect("planned above");
+            make_plan(gpu, weights, caches, nodes, input_sizes, acts, out)
+        })?;
+        let plan = &*plan;
         if inputs.iter().map(|i| i.len()).ne(plan.input_lens.iter().copied()) {
             return Err(Error::Invalid(format!("graph takes inputs of {:?} values", plan.input_lens)));
         }
@@ -460,130 +478,129 @@ impl Executor {
         plan.staging.unmap();
         Ok(out)
     }
+}
 
-    fn make_plan(&mut self, key: &[usize], nodes: Vec<Node>, input_sizes: Vec<usize>, acts: Vec<u64>, out: Desc) -> Result<Plan> {
-        let max = self.gpu.max_binding();
-        if let Some(&big) = acts.iter().find(|&&b| b > max) {
-            return Err(Error::Gpu(format!(
-                "an activation of {} exceeds the adapter's storage binding limit of {}: use a shorter sequence or --backend cpu",
-                super::human_bytes(big),
-                super::human_bytes(max)
-            )));
-        }
-        let mut pipelines = Vec::new();
-        for n in &nodes {
-            if let Node::Dispatch { kernel, .. } = n {
-                pipelines.push(self.gpu.pipeline(*kernel)?);
-            }
-        }
-        let stores = |n: &Node| -> Vec<Store> {
-            match n {
-                Node::Dispatch { binds, .. } => binds.iter().filter_map(|b| if let Bind::Store(s) = b { Some(*s) } else { None }).collect(),
-                Node::Copy { src, dst, .. } => vec![*src, *dst],
-            }
-        };
-        // Last node using each activation; the output lives to the end.
-        let mut last = vec![0usize; acts.len()];
-        for (i, n) in nodes.iter().enumerate() {
-            for s in stores(n) {
-                if let Store::Act(a) = s {
-                    last[a] = i;
-                }
-            }
-        }
-        if let Store::Act(a) = out.store {
-            last[a] = usize::MAX;
-        }
-        let gpu = &self.gpu;
-        let (weights, caches) = (&self.weights, &self.caches);
-        let device = &gpu.device;
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-        let buffer = |label: &str, size: u64, usage: wgpu::BufferUsages| {
-            device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: size.next_multiple_of(4).max(4), usage, mapped_at_creation: false })
-        };
-        gpu.checked("planning the graph", || {
-            // Physical buffers: an activation takes the smallest free buffer that fits (or a new
-            // one) at its first use and gives it back after its last.
-            let mut phys: Vec<Buffer> = Vec::new();
-            let mut free: Vec<usize> = Vec::new();
-            let mut of_act: Vec<Option<usize>> = vec![None; acts.len()];
-            for (i, n) in nodes.iter().enumerate() {
-                let used: Vec<usize> = stores(n).into_iter().filter_map(|s| if let Store::Act(a) = s { Some(a) } else { None }).collect();
-                for &a in &used {
-                    if of_act[a].is_none() {
-                        let fits = free.iter().enumerate().filter(|(_, &p)| phys[p].size() >= acts[a]).min_by_key(|(_, &p)| phys[p].size());
-                        of_act[a] = Some(match fits.map(|(j, _)| j) {
-                            Some(j) => free.swap_remove(j),
-                            None => {
-                                phys.push(buffer("activation", acts[a].next_multiple_of(256), storage));
-                                phys.len() - 1
-                            }
-                        });
-                    }
-                }
-                for &a in &used {
-                    if last[a] == i && !free.contains(&of_act[a].expect("assigned above")) {
-                        free.push(of_act[a].expect("assigned above"));
-                    }
-                }
-            }
-            let inputs: Vec<Buffer> = input_sizes.iter().map(|&n| buffer("input", (n * 4) as u64, storage)).collect();
-            let buffer_of = |s: Store| -> Buffer {
-                match s {
-                    Store::Act(a) => phys[of_act[a].expect("every activation is used by a node")].clone(),
-                    Store::Cache(c) => caches[c].clone(),
-                    Store::Input(i) => inputs[i].clone(),
-                    Store::Weight(_) => unreachable!("weights are bound by chunk"),
-                }
-            };
-            let n_dispatch = pipelines.len();
-            let mut params = vec![0u8; n_dispatch.max(1) * 256];
-            let uniforms = buffer("params", params.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
-            let mut steps = Vec::with_capacity(nodes.len());
-            let mut d = 0;
-            for n in &nodes {
-                match n {
-                    Node::Copy { src, src_off, dst, dst_off, bytes } => {
-                        steps.push(Step::Copy(buffer_of(*src), *src_off, buffer_of(*dst), *dst_off, *bytes));
-                    }
-                    Node::Dispatch { params: p, binds, groups, .. } => {
-                        params[d * 256..d * 256 + 48].copy_from_slice(bytemuck::cast_slice(p));
-                        let bufs: Vec<Buffer> = binds
-                            .iter()
-                            .map(|b| match *b {
-                                Bind::Store(s) => buffer_of(s),
-                                Bind::Chunk(w, c) => weights.weights[w].chunks[c].buffer.clone(),
-                            })
-                            .collect();
-                        let mut entries = vec![wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &uniforms, offset: (d * 256) as u64, size: std::num::NonZeroU64::new(48) }),
-                        }];
-                        for (j, b) in bufs.iter().enumerate() {
-                            entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: b.as_entire_binding() });
-                        }
-                        let pipe = pipelines[d].clone();
-                        let bg = device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipe.get_bind_group_layout(0), entries: &entries });
-                        steps.push(Step::Dispatch(pipe, bg, *groups));
-                        d += 1;
-                    }
-                }
-            }
-            gpu.queue.write_buffer(&uniforms, 0, &params);
-            let out_bytes = (out.numel() * 4) as u64;
-            let staging = buffer("read-back", out_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
-            Plan {
-                key: key.to_vec(),
-                input_lens: input_sizes.clone(),
-                output: (buffer_of(out.store), (out.off * 4) as u64, out_bytes),
-                inputs,
-                steps,
-                staging,
-                _uniforms: uniforms,
-                _acts: phys,
-            }
-        })
+/// Plans a recorded graph: pipelines, activation buffers shared by liveness, bind groups.
+fn make_plan(gpu: &mut Gpu, weights: &WeightSet, caches: &[Buffer], nodes: Vec<Node>, input_sizes: Vec<usize>, acts: Vec<u64>, out: Desc) -> Result<Plan> {
+    let max = gpu.max_binding();
+    if let Some(&big) = acts.iter().find(|&&b| b > max) {
+        return Err(Error::Gpu(format!(
+            "an activation of {} exceeds the adapter's storage binding limit of {}: use a shorter sequence or --backend cpu",
+            super::human_bytes(big),
+            super::human_bytes(max)
+        )));
     }
+    let mut pipelines = Vec::new();
+    for n in &nodes {
+        if let Node::Dispatch { kernel, .. } = n {
+            pipelines.push(gpu.pipeline(*kernel)?);
+        }
+    }
+    let stores = |n: &Node| -> Vec<Store> {
+        match n {
+            Node::Dispatch { binds, .. } => binds.iter().filter_map(|b| if let Bind::Store(s) = b { Some(*s) } else { None }).collect(),
+            Node::Copy { src, dst, .. } => vec![*src, *dst],
+        }
+    };
+    // Last node using each activation; the output lives to the end.
+    let mut last = vec![0usize; acts.len()];
+    for (i, n) in nodes.iter().enumerate() {
+        for s in stores(n) {
+            if let Store::Act(a) = s {
+                last[a] = i;
+            }
+        }
+    }
+    if let Store::Act(a) = out.store {
+        last[a] = usize::MAX;
+    }
+    let gpu = &*gpu;
+    let device = &gpu.device;
+    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let buffer = |label: &str, size: u64, usage: wgpu::BufferUsages| {
+        device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: size.next_multiple_of(4).max(4), usage, mapped_at_creation: false })
+    };
+    gpu.checked("planning the graph", || {
+        // Physical buffers: an activation takes the smallest free buffer that fits (or a new
+        // one) at its first use and gives it back after its last.
+        let mut phys: Vec<Buffer> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        let mut of_act: Vec<Option<usize>> = vec![None; acts.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            let used: Vec<usize> = stores(n).into_iter().filter_map(|s| if let Store::Act(a) = s { Some(a) } else { None }).collect();
+            for &a in &used {
+                if of_act[a].is_none() {
+                    let fits = free.iter().enumerate().filter(|(_, &p)| phys[p].size() >= acts[a]).min_by_key(|(_, &p)| phys[p].size());
+                    of_act[a] = Some(match fits.map(|(j, _)| j) {
+                        Some(j) => free.swap_remove(j),
+                        None => {
+                            phys.push(buffer("activation", acts[a].next_multiple_of(256), storage));
+                            phys.len() - 1
+                        }
+                    });
+                }
+            }
+            for &a in &used {
+                if last[a] == i && !free.contains(&of_act[a].expect("assigned above")) {
+                    free.push(of_act[a].expect("assigned above"));
+                }
+            }
+        }
+        let inputs: Vec<Buffer> = input_sizes.iter().map(|&n| buffer("input", (n * 4) as u64, storage)).collect();
+        let buffer_of = |s: Store| -> Buffer {
+            match s {
+                Store::Act(a) => phys[of_act[a].expect("every activation is used by a node")].clone(),
+                Store::Cache(c) => caches[c].clone(),
+                Store::Input(i) => inputs[i].clone(),
+                Store::Weight(_) => unreachable!("weights are bound by chunk"),
+            }
+        };
+        let n_dispatch = pipelines.len();
+        let mut params = vec![0u8; n_dispatch.max(1) * 256];
+        let uniforms = buffer("params", params.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
+        let mut steps = Vec::with_capacity(nodes.len());
+        let mut d = 0;
+        for n in &nodes {
+            match n {
+                Node::Copy { src, src_off, dst, dst_off, bytes } => {
+                    steps.push(Step::Copy(buffer_of(*src), *src_off, buffer_of(*dst), *dst_off, *bytes));
+                }
+                Node::Dispatch { params: p, binds, groups, .. } => {
+                    params[d * 256..d * 256 + PARAMS_BYTES].copy_from_slice(p);
+                    let bufs: Vec<Buffer> = binds
+                        .iter()
+                        .map(|b| match *b {
+                            Bind::Store(s) => buffer_of(s),
+                            Bind::Chunk(w, c) => weights.weights[w].chunks[c].buffer.clone(),
+                        })
+                        .collect();
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &uniforms, offset: (d * 256) as u64, size: std::num::NonZeroU64::new(48) }),
+                    }];
+                    for (j, b) in bufs.iter().enumerate() {
+                        entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: b.as_entire_binding() });
+                    }
+                    let pipe = pipelines[d].clone();
+                    let bg = device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipe.get_bind_group_layout(0), entries: &entries });
+                    steps.push(Step::Dispatch(pipe, bg, *groups));
+                    d += 1;
+                }
+            }
+        }
+        gpu.queue.write_buffer(&uniforms, 0, &params);
+        let out_bytes = (out.numel() * 4) as u64;
+        let staging = buffer("read-back", out_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        Plan {
+            input_lens: input_sizes.clone(),
+            output: (buffer_of(out.store), (out.off * 4) as u64, out_bytes),
+            inputs,
+            steps,
+            staging,
+            _uniforms: uniforms,
+            _acts: phys,
+        }
+    })
 }
 
 impl Engine for Executor {
@@ -591,8 +608,12 @@ impl Engine for Executor {
     type Builder<'a> = Recorder<'a>;
 
     /// `graph_size` does not apply: plans grow as needed.
-    fn run(&mut self, key: &[usize], _graph_size: usize, inputs: &[&[i32]], build: impl FnOnce(&mut Recorder<'_>) -> GpuTensor) -> Result<Vec<f32>> {
+    fn run(&mut self, key: &GraphKey, inputs: &[&[i32]], build: impl FnOnce(&mut Recorder<'_>) -> GpuTensor) -> Result<Vec<f32>> {
         Executor::run(self, key, inputs, build)
+    }
+
+    fn plans_built(&self) -> usize {
+        self.plans.built()
     }
 
     fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<GpuTensor>>> {

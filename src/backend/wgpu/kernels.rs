@@ -3,17 +3,19 @@
 
 use std::sync::Arc;
 
+use super::params::{self, KernelParams};
 use super::Gpu;
 use crate::error::Result;
 use crate::gguf::GgmlType;
 
-const MATMUL: &str = include_str!("../../../kernels/matmul.wgsl");
-const MATVEC: &str = include_str!("../../../kernels/matvec.wgsl");
-const GET_ROWS: &str = include_str!("../../../kernels/get_rows.wgsl");
-const RMS_NORM: &str = include_str!("../../../kernels/rms_norm.wgsl");
-const ELEMENTWISE: &str = include_str!("../../../kernels/elementwise.wgsl");
-const ROPE: &str = include_str!("../../../kernels/rope.wgsl");
-const ATTENTION: &str = include_str!("../../../kernels/attention.wgsl");
+// Each kernel's source is the one its typed parameters mirror (params.rs).
+const MATMUL: &str = <params::MatMul as KernelParams>::SOURCE;
+const MATVEC: &str = <params::MatVec as KernelParams>::SOURCE;
+const GET_ROWS: &str = <params::GetRows as KernelParams>::SOURCE;
+const RMS_NORM: &str = <params::RmsNorm as KernelParams>::SOURCE;
+const ELEMENTWISE: &str = <params::Elementwise as KernelParams>::SOURCE;
+const ROPE: &str = <params::Rope as KernelParams>::SOURCE;
+const ATTENTION: &str = <params::Attention as KernelParams>::SOURCE;
 
 /// How a tensor is laid out in device memory: what `w_load4` of its loader reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

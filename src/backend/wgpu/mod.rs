@@ -9,6 +9,7 @@
 
 mod exec;
 mod kernels;
+mod params;
 mod weights;
 
 use std::collections::HashMap;

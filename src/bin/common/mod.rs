@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use dlm::generate::{Cache, GenParams};
-use dlm::sample::{Confidence, Entropy, Margin, Origin, Threshold, TokenSampler, Unmasker};
-use dlm::{keys, Backend, Gguf, LoadOptions, Model, Tokenizer};
+use dlm::sample::{TokenSampler, UnmaskRule, Unmasker};
+use dlm::{Backend, Gguf, LoadOptions, Model, Tokenizer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Rule {
@@ -27,6 +27,21 @@ pub enum Rule {
     Entropy,
     /// every position with confidence ≥ --threshold, at least one (Fast-dLLM); steps adapt
     Threshold,
+    /// k positions chosen at random per step (linear schedule; llama.cpp's algorithm 3)
+    Random,
+}
+
+impl Rule {
+    pub fn rule(self) -> UnmaskRule {
+        match self {
+            Rule::Origin => UnmaskRule::Origin,
+            Rule::Confidence => UnmaskRule::Confidence,
+            Rule::Margin => UnmaskRule::Margin,
+            Rule::Entropy => UnmaskRule::Entropy,
+            Rule::Threshold => UnmaskRule::Threshold,
+            Rule::Random => UnmaskRule::Random,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -65,10 +80,12 @@ pub struct ModelArgs {
     /// CPU threads [default: all cores]
     #[arg(short, long)]
     pub threads: Option<usize>,
-    /// Mask token id [default: from the file, else 811 (DiffuLLaMA)]
+    /// Mask token id [default: from the file, else the family's: 811 DiffuLLaMA, 126336 LLaDA,
+    /// 151666 Dream]
     #[arg(long)]
     pub mask_id: Option<u32>,
-    /// Read predictions from the previous position's logits [default: from the file, else true]
+    /// Read predictions from the previous position's logits [default: from the file, else the
+    /// family's: true for DiffuLLaMA and Dream, false for LLaDA]
     #[arg(long)]
     pub shift: Option<bool>,
     /// Where the model runs
@@ -87,34 +104,51 @@ pub struct ModelArgs {
     pub list_devices: bool,
 }
 
-/// How the canvas is denoised.
+impl ModelArgs {
+    /// `--mask-id` and `--shift` as overrides of the file's diffusion settings.
+    pub fn overrides(&self) -> dlm::model::DiffusionOverrides {
+        dlm::model::DiffusionOverrides { mask_id: self.mask_id, shift_logits: self.shift, causal: None }
+    }
+}
+
+/// How the canvas is denoised. Flags left out take the model family's defaults (DiffuLLaMA,
+/// LLaDA and Dream sample differently; `--info` and `-v` show what is in effect), filled in by
+/// [`GenArgs::resolve`] once the model is open.
 #[derive(Args, Debug, Clone)]
 pub struct GenArgs {
     /// Forward passes (denoising steps); with --unmask threshold a budget: steps end early once
-    /// every position is committed
-    #[arg(long, default_value_t = 64)]
-    pub steps: usize,
-    /// Which positions to commit each step. The default is the fastest setting that kept the
-    /// accuracy of the exact one (origin/confidence, a step per token) on the trained tiny model
-    /// (README: "Trained tiny model"); a 7B model may differ
-    #[arg(long, value_enum, default_value = "threshold")]
-    pub unmask: Rule,
-    /// Semi-autoregressive blocks of B positions, left to right [default: one block]
-    #[arg(long)]
-    pub block_length: Option<usize>,
+    /// every position is committed [default: the family's: 64 for DiffuLLaMA, one per generated
+    /// token for LLaDA and Dream]
+    #[arg(long = "steps", id = "steps", value_name = "N", visible_alias = "diffusion-steps")]
+    pub steps_flag: Option<usize>,
+    /// Which positions to commit each step [default: the family's: threshold for DiffuLLaMA (the
+    /// fastest setting that kept the exact rule's accuracy on the trained tiny model, README:
+    /// "Trained tiny model"), confidence for LLaDA, entropy for Dream]
+    #[arg(long = "unmask", id = "unmask", value_enum, value_name = "RULE")]
+    pub unmask_flag: Option<Rule>,
+    /// llama-diffusion-cli's numbering of --unmask: 0 origin, 1 entropy, 2 margin, 3 random,
+    /// 4 confidence
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=4), conflicts_with = "unmask")]
+    pub diffusion_algorithm: Option<u8>,
+    /// Semi-autoregressive blocks of B positions, left to right [default: the family's: one
+    /// block, 32 for LLaDA]
+    #[arg(long = "block-length", id = "block_length", value_name = "B", visible_alias = "diffusion-block-length")]
+    pub block_length_flag: Option<usize>,
     /// Confidence threshold for --unmask threshold. 0.5 was the fastest that kept the exact
-    /// accuracy on the trained tiny model; Fast-dLLM's 0.9 is the cautious choice for large models
-    #[arg(long, default_value_t = 0.5)]
-    pub threshold: f32,
-    /// Temperature (0: greedy)
-    #[arg(long, default_value_t = 0.9)]
-    pub temp: f32,
-    /// Top-k (0: off)
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// Top-p, applied after temperature (1: off)
-    #[arg(long, default_value_t = 0.9)]
-    pub top_p: f32,
+    /// accuracy on the trained tiny model; Fast-dLLM's 0.9 is the cautious choice for large
+    /// models [default: 0.5 for DiffuLLaMA, else 0.9]
+    #[arg(long = "threshold", id = "threshold", value_name = "P")]
+    pub threshold_flag: Option<f32>,
+    /// Temperature (0: greedy) [default: the family's: 0.9 DiffuLLaMA, 0 LLaDA, 0.2 Dream]
+    #[arg(long = "temp", id = "temp", value_name = "T")]
+    pub temp_flag: Option<f32>,
+    /// Top-k (0: off) [default: 0]
+    #[arg(long = "top-k", id = "top_k", value_name = "K")]
+    pub top_k_flag: Option<usize>,
+    /// Top-p, applied after temperature (1: off) [default: the family's: 0.9 DiffuLLaMA, 1
+    /// LLaDA, 0.95 Dream]
+    #[arg(long = "top-p", id = "top_p", value_name = "P")]
+    pub top_p_flag: Option<f32>,
     /// Random seed [default: random, printed on stderr]
     #[arg(short, long)]
     pub seed: Option<u64>,
@@ -122,10 +156,58 @@ pub struct GenArgs {
     /// and finished blocks, `dual` also the masked suffix. Each block starts with a full pass.
     #[arg(long, value_enum, default_value = "none")]
     pub cache: CacheArg,
+    // What is in effect: the flag, else the family's default (set by `resolve`).
+    #[arg(skip)]
+    pub steps: usize,
+    #[arg(skip = Rule::Threshold)]
+    pub unmask: Rule,
+    #[arg(skip)]
+    pub block_length: Option<usize>,
+    #[arg(skip)]
+    pub threshold: f32,
+    #[arg(skip)]
+    pub temp: f32,
+    #[arg(skip)]
+    pub top_k: usize,
+    #[arg(skip)]
+    pub top_p: f32,
 }
 
 impl GenArgs {
-    pub fn check(&self) -> anyhow::Result<()> {
+    /// Fills the settings in effect: each flag given, else `d`'s family default (steps for
+    /// `n_gen` generated positions), then checks them.
+    pub fn resolve(&mut self, d: &dlm::model::DiffusionParams, n_gen: usize) -> anyhow::Result<()> {
+        let f = &d.family.sampling;
+        self.steps = self.steps_flag.unwrap_or_else(|| d.default_steps(n_gen));
+        let llama_cpp = self.diffusion_algorithm.and_then(UnmaskRule::from_llama_cpp);
+        self.unmask = self.unmask_flag.unwrap_or(match llama_cpp.unwrap_or(f.unmask) {
+            UnmaskRule::Origin => Rule::Origin,
+            UnmaskRule::Confidence => Rule::Confidence,
+            UnmaskRule::Margin => Rule::Margin,
+            UnmaskRule::Entropy => Rule::Entropy,
+            UnmaskRule::Threshold => Rule::Threshold,
+            UnmaskRule::Random => Rule::Random,
+        });
+        self.block_length = self.block_length_flag.or(f.block_length);
+        self.threshold = self.threshold_flag.unwrap_or(f.threshold);
+        self.temp = self.temp_flag.unwrap_or(f.temp);
+        self.top_k = self.top_k_flag.unwrap_or(f.top_k);
+        self.top_p = self.top_p_flag.unwrap_or(f.top_p);
+        self.check()
+    }
+
+    /// Checks the flags given, before anything is loaded (`resolve` checks what is in effect).
+    pub fn check_flags(&self) -> anyhow::Result<()> {
+        let mut probe = self.clone();
+        probe.steps = self.steps_flag.unwrap_or(1);
+        probe.block_length = self.block_length_flag;
+        probe.threshold = self.threshold_flag.unwrap_or(0.5);
+        probe.temp = self.temp_flag.unwrap_or(0.0);
+        probe.top_p = self.top_p_flag.unwrap_or(1.0);
+        probe.check()
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
         // The origin rule draws for every masked position at every step, passes or not: far
         // more steps than that would be a hang, not a schedule.
         const MAX_STEPS: usize = 1_000_000;
@@ -169,16 +251,8 @@ impl GenArgs {
 
     /// A factory of the unmasking rule (batches need one per sequence).
     pub fn unmasker(&self) -> impl Fn() -> Box<dyn Unmasker> {
-        let (unmask, threshold) = (self.unmask, self.threshold);
-        move || -> Box<dyn Unmasker> {
-            match unmask {
-                Rule::Origin => Box::new(Origin),
-                Rule::Confidence => Box::new(Confidence),
-                Rule::Margin => Box::new(Margin),
-                Rule::Entropy => Box::new(Entropy),
-                Rule::Threshold => Box::new(Threshold(threshold)),
-            }
-        }
+        let (unmask, threshold) = (self.unmask.rule(), self.threshold);
+        move || unmask.unmasker(threshold)
     }
 
     /// `--seed`, or one from the clock.
@@ -237,18 +311,18 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
     };
     let t_load = Instant::now();
     let gguf = Gguf::open(&path)?;
-    dlm::model::check_architecture(&gguf)?;
-    let (mask_id, shift, causal) = diffusion_settings(a, &gguf)?;
-    let n_layer = dlm::model::LlamaParams::from_gguf(&gguf, causal)?.n_layer;
-    let backend = backend_of(a, n_layer)?;
-    let opts = LoadOptions { threads, causal, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, ..Default::default() };
+    let over = a.overrides();
+    let checked = dlm::model::check(&gguf, &over)?;
+    if let Some(note) = checked.diffusion.report(&path) {
+        dlm::errln!("{note}");
+    }
+    let backend = backend_of(a, checked.params.n_layer)?;
+    let opts = LoadOptions { threads, diffusion: over, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, ..Default::default() };
     let model = Model::from_gguf(gguf, &opts)?;
     for w in model.warnings() {
         dlm::errln!("warning: {}: {w}", path.display());
     }
-    if mask_id as usize >= model.params().n_vocab {
-        bail!("mask id {mask_id} is outside the {}-token vocabulary", model.params().n_vocab);
-    }
+    let (mask_id, shift) = (model.diffusion().mask_id, model.diffusion().shift_logits);
     let tok = Tokenizer::from_gguf(model.gguf())?;
     for (id, what) in [(tok.bos, "BOS"), (tok.eos, "EOS")] {
         if id == Some(mask_id) {
@@ -259,37 +333,6 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
         bail!("{}: the tokenizer has {} tokens but the model's vocabulary is {}", path.display(), tok.vocab_size(), model.params().n_vocab);
     }
     Ok(Loaded { model, tok, mask_id, shift, path, load_s: t_load.elapsed().as_secs_f64() })
-}
-
-/// Diffusion settings from the file, with DiffuLLaMA defaults for GGUFs made by other tools.
-pub fn diffusion_settings(a: &ModelArgs, g: &Gguf) -> anyhow::Result<(u32, bool, Option<bool>)> {
-    let file_mask = g.get(keys::MASK_ID).map(|_| g.get_u32(keys::MASK_ID)).transpose()?;
-    let file_shift = g.get(keys::SHIFT_LOGITS).map(|_| g.get_bool(keys::SHIFT_LOGITS)).transpose()?;
-    let causal_key = keys::arch(g.get_str(keys::ARCHITECTURE)?, "attention.causal");
-    let mut defaulted = Vec::new();
-    let mask = a.mask_id.or(file_mask).unwrap_or_else(|| {
-        defaulted.push(format!("mask id {}", keys::DIFFULLAMA_MASK_ID));
-        keys::DIFFULLAMA_MASK_ID
-    });
-    let shift = a.shift.or(file_shift).unwrap_or_else(|| {
-        defaulted.push("shifted logits".into());
-        true
-    });
-    // Files from llama.cpp's converter say nothing about the mask: DiffuLLaMA is bidirectional.
-    let causal = if g.get(&causal_key).is_none() {
-        defaulted.push("bidirectional attention".into());
-        Some(false)
-    } else {
-        None
-    };
-    if !defaulted.is_empty() {
-        dlm::errln!(
-            "note: {} has no diffusion metadata; assuming DiffuLLaMA: {} (override with --mask-id / --shift)",
-            g.path().display(),
-            defaulted.join(", ")
-        );
-    }
-    Ok((mask, shift, causal))
 }
 
 /// The backend the flags ask for.
