@@ -1,6 +1,7 @@
 // y = op(a, b) elementwise over a's shape [ne0, ne1, ne2]; b broadcasts along every
 // dimension where its extent is 1 (b0, b1, b2). OP (set when the pipeline is made):
-// 0 add, 1 mul, 2 swiglu (silu(a) * b).
+// 0 add, 1 mul, 2 swiglu (silu(a) * b), 3 gelu(a) (b unused) as ggml's CPU computes it: the
+// tanh approximation of the input rounded to f16, rounded to f16 (ggml's lookup table).
 
 struct Params {
     ne0: u32, ne1: u32, ne2: u32, groups_x: u32,
@@ -31,7 +32,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     switch OP {
         case 0u: { r = av + bv; }
         case 1u: { r = av * bv; }
-        default: { r = av / (1.0 + exp(-av)) * bv; }
+        case 2u: { r = av / (1.0 + exp(-av)) * bv; }
+        default: { r = gelu_f16(av); }
     }
     y[P.y_off + i] = r;
+}
+
+fn to_f16(v: f32) -> f32 {
+    return unpack2x16float(pack2x16float(vec2<f32>(v, 0.0))).x;
+}
+
+fn gelu_f16(v: f32) -> f32 {
+    if (v <= -10.0) {
+        return 0.0;
+    }
+    if (v >= 10.0) {
+        return v;
+    }
+    let h = to_f16(v);
+    let g = 0.5 * h * (1.0 + tanh(0.7978845608028654 * h * (1.0 + 0.044715 * h * h)));
+    return to_f16(g);
 }

@@ -1,4 +1,6 @@
-// y = x / sqrt(mean(x^2) + eps) over each row of ne0 values; one workgroup per row.
+// RMS norm (CENTER = 0): y = x / sqrt(mean(x^2) + eps), or LayerNorm without its weight and
+// bias (CENTER = 1): y = (x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps), over each row of
+// ne0 values; one workgroup per row.
 
 struct Params {
     ne0: u32, rows: u32, x_off: u32, y_off: u32,
@@ -9,7 +11,23 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
+override CENTER: u32 = 0u;
+
 var<workgroup> partial: array<f32, 256>;
+
+/// The sum of every thread's `partial` (all threads call it; ends with a barrier).
+fn reduce(lid: u32) -> f32 {
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    workgroupBarrier();
+    return total;
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -18,22 +36,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return; // uniform across the workgroup
     }
     let xb = P.x_off + row * P.ne0;
+    var mean = 0.0;
+    if (CENTER != 0u) {
+        var m = 0.0;
+        for (var i = lid; i < P.ne0; i += 256u) {
+            m += x[xb + i];
+        }
+        partial[lid] = m;
+        mean = reduce(lid) / f32(P.ne0);
+    }
     var s = 0.0;
     for (var i = lid; i < P.ne0; i += 256u) {
-        let v = x[xb + i];
+        let v = x[xb + i] - mean;
         s += v * v;
     }
     partial[lid] = s;
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let scale = inverseSqrt(partial[0] / f32(P.ne0) + P.eps);
+    let scale = inverseSqrt(reduce(lid) / f32(P.ne0) + P.eps);
     let yb = P.y_off + row * P.ne0;
     for (var i = lid; i < P.ne0; i += 256u) {
-        y[yb + i] = x[xb + i] * scale;
+        y[yb + i] = (x[xb + i] - mean) * scale;
     }
 }

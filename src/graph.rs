@@ -18,6 +18,13 @@ pub trait Ops {
     fn mul_mat(&mut self, w: Self::T, x: Self::T) -> Self::T;
     /// `x / sqrt(mean(x²) + eps)` over `ne0`.
     fn rms_norm(&mut self, x: Self::T, eps: f32) -> Self::T;
+    /// `(x - mean(x)) / sqrt(var(x) + eps)` over `ne0` (LayerNorm before its weight and bias).
+    fn layer_norm(&mut self, x: Self::T, eps: f32) -> Self::T;
+    /// GELU, tanh approximation (GPT-2's `gelu_new`; ggml's `ggml_gelu`).
+    fn gelu(&mut self, x: Self::T) -> Self::T;
+    /// Values `start..start + len` along `ne0` of `x` `[ne0, n]`, as a contiguous `[len, n]`
+    /// (a fused projection's part).
+    fn slice0(&mut self, x: Self::T, start: usize, len: usize) -> Self::T;
     /// Elementwise product; `b` broadcasts along the dimensions where it is 1.
     fn mul(&mut self, a: Self::T, b: Self::T) -> Self::T;
     /// Elementwise sum; `b` broadcasts along the dimensions where it is 1 (a bias `[ne0]`).
@@ -123,15 +130,29 @@ pub enum PassKind {
 }
 
 impl GraphKey {
+    /// Which kind of pass the graph is: a cache keeps at most one plan per kind, so a run that
+    /// only ever makes one kind holds one plan's memory, as before plans were cached.
+    fn class(&self) -> u8 {
+        match &self.kind {
+            GraphKind::Forward { pass: PassKind::Full, .. } => 0,
+            GraphKind::Forward { pass: PassKind::Store, .. } => 1,
+            GraphKind::Forward { pass: PassKind::Reuse, .. } => 2,
+            GraphKind::Batch { .. } => 3,
+            GraphKind::Other(_) => 4,
+        }
+    }
+
     /// A key for graphs outside the model runtime, with room for `max_nodes`.
     pub fn other(numbers: &[usize], max_nodes: usize) -> GraphKey {
         GraphKey { kind: GraphKind::Other(numbers.to_vec()), max_nodes }
     }
 }
 
-/// A few planned graphs by key, the least recently used dropped first. Block decoding with a
-/// cache alternates graphs (a full pass that stores keys and values, then passes that reuse
-/// them): holding several keeps each switch from planning anew.
+/// A few planned graphs by key: the latest of each kind of pass ([`PassKind`], batches, other),
+/// at most `capacity`, the least recently used dropped first. Block decoding with a cache
+/// alternates a storing and a reusing graph: holding both keeps each switch from planning anew,
+/// while a run of one kind (row counts shrinking as masks drain, batches changing shape) holds
+/// one plan, and one plan's activation memory, as an engine with a single plan did.
 pub struct PlanCache<P> {
     /// Most recently used last.
     plans: Vec<(GraphKey, P)>,
@@ -140,9 +161,8 @@ pub struct PlanCache<P> {
 }
 
 impl<P> PlanCache<P> {
-    /// Plans every engine keeps by default: block decoding with a cache alternates a storing
-    /// pass and a reusing one, plus one for the row count that changes as masks drain. Each
-    /// plan holds its own activation memory, so this stays small.
+    /// Plans every engine keeps by default: enough for one of each kind a run alternates
+    /// between (full, storing, reusing). Each plan holds its own activation memory.
     pub const DEFAULT_CAPACITY: usize = 3;
 
     pub fn new(capacity: usize) -> PlanCache<P> {
@@ -158,6 +178,9 @@ impl<P> PlanCache<P> {
                 self.plans.push(hit);
             }
             None => {
+                // The old plan of this kind goes first (it is not planned again until its key
+                // comes back), then the least recently used while full.
+                self.plans.retain(|(k, _)| k.class() != key.class());
                 if self.plans.len() >= self.capacity {
                     self.plans.remove(0);
                 }
@@ -186,7 +209,7 @@ impl<P> PlanCache<P> {
 }
 
 /// The key/value cache slot both engines keep: one cache of a given shape
-/// (`[layers, head_dim, n_head_kv, total]`), reallocated when a different shape is asked for.
+/// (`[layers, head_dim, n_head_kv, total]`), replaced when a different shape is asked for.
 pub struct KvSlot<C> {
     held: Option<([usize; 4], C)>,
 }
@@ -198,14 +221,19 @@ impl<C> Default for KvSlot<C> {
 }
 
 impl<C> KvSlot<C> {
-    /// The cache of `shape`, allocated by `alloc` unless one of that shape is held. `alloc` runs
-    /// after the old cache is freed and must first drop whatever points at it (plans).
-    pub fn get<E>(&mut self, shape: [usize; 4], alloc: impl FnOnce() -> std::result::Result<C, E>) -> std::result::Result<&C, E> {
-        if self.held.as_ref().map(|(s, _)| *s) != Some(shape) {
-            self.held = None;
-            self.held = Some((shape, alloc()?));
-        }
-        Ok(&self.held.as_ref().expect("held above").1)
+    /// The cache, when one of `shape` is held.
+    pub fn get(&self, shape: [usize; 4]) -> Option<&C> {
+        self.held.as_ref().filter(|(s, _)| *s == shape).map(|(_, c)| c)
+    }
+
+    /// Frees the cache held (whatever points at it, such as plans, must be gone first).
+    pub fn clear(&mut self) {
+        self.held = None;
+    }
+
+    /// Holds `cache` of `shape` (after [`KvSlot::clear`]).
+    pub fn set(&mut self, shape: [usize; 4], cache: C) -> &C {
+        &self.held.insert((shape, cache)).1
     }
 
     pub fn held(&self) -> Option<&C> {

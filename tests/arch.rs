@@ -1,10 +1,13 @@
-//! The LLaMA-family diffusion architectures beside DiffuLLaMA: LLaDA (`llada`) and Dream
-//! (`dream`), in files written by PyPI `gguf` as llama.cpp's converter lays them out
+//! The diffusion architectures beside DiffuLLaMA: LLaDA (`llada`), Dream (`dream`) and DiffuGPT
+//! (`gpt2`), in files written by PyPI `gguf` as llama.cpp's converter lays them out
 //! (tests/pygguf_arch.py). Each is checked against two independent references:
-//! - llama.cpp's own `llada` and `dream` graphs (through the `llama-cpp-sys-2` build we link):
-//!   bit for bit under the same arithmetic, within the per-type bounds with both sides' defaults;
+//! - llama.cpp's own `llada`, `dream` and `gpt2` graphs (through the `llama-cpp-sys-2` build we
+//!   link, attention made bidirectional): bit for bit under the same arithmetic (GPT-2: within
+//!   5e-5, see below), within the per-type bounds with both sides' defaults;
 //! - the numpy forward pass with Hugging Face semantics (tests/ref_forward.py: Qwen2's biases
-//!   and rotate-half RoPE on unpermuted rows for Dream): f32 within 1e-4 relative.
+//!   and rotate-half RoPE on unpermuted rows for Dream; GPT-2's learned positions, LayerNorm,
+//!   fused Q/K/V and tanh GELU): f32 within 1e-4 relative (GPT-2 with ggml's f16 GELU table,
+//!   which llama.cpp computes too; the exact GELU is reported beside it).
 //! Plus the diffusion facts each family resolves, and bad files refused in one line.
 
 mod common;
@@ -42,10 +45,10 @@ fn compare(a: &[f32], b: &[f32]) -> (f32, usize) {
 }
 
 #[test]
-fn llada_and_dream_match_llama_cpp_bit_for_bit() {
+fn llada_dream_and_gpt2_match_llama_cpp() {
     let tmp = tempfile::tempdir().unwrap();
     let toks = tokens();
-    for arch in ["llada", "dream"] {
+    for arch in ["llada", "dream", "gpt2"] {
         for (kind, bound) in [("f32", 2e-3), ("q8_0", 3e-2), ("q4_0", 3e-2)] {
             let path = gguf(tmp.path(), arch, kind, &[]);
             for (exact, repack) in [(true, false), (true, true), (false, true)] {
@@ -58,7 +61,18 @@ fn llada_and_dream_match_llama_cpp_bit_for_bit() {
                 let b = peer.forward(&toks).unwrap();
                 let (err, same) = compare(&a, &b);
                 println!("{arch} {kind} exact={exact} repack={repack}: max relative difference {err:.2e}, top-1 {same}/{}", toks.len());
-                let bound = if exact { 0.0 } else { bound };
+                // GPT-2 in f32 is not yet bit for bit (q8_0 and q4_0 are): an ulp-level difference
+                // (2e-7 with every GELU input past ggml's table, |x| ≥ 10) that ggml's f16 GELU
+                // table, which both sides use, amplifies to ~3e-5 when an input sits on an f16
+                // rounding boundary. Not the tied head, the Q/K/V views or the thread count. With
+                // repacking, llama.cpp repacks its copy of the tied head while ours multiplies by
+                // the embedding in the file's layout (it is also a row lookup): ~1e-7.
+                let bound = match (exact, arch, kind) {
+                    (false, ..) => bound,
+                    (true, "gpt2", "f32") => 5e-5,
+                    (true, "gpt2", _) if repack => 1e-6,
+                    _ => 0.0,
+                };
                 assert!(err <= bound, "{arch} {kind} exact={exact} repack={repack}: {err:.3e} vs llama.cpp");
                 assert!(same * 10 >= toks.len() * 9, "{arch} {kind}: top-1 agrees on {same}/{}", toks.len());
             }
@@ -67,14 +81,25 @@ fn llada_and_dream_match_llama_cpp_bit_for_bit() {
 }
 
 #[test]
-fn llada_and_dream_match_the_numpy_reference() {
+fn llada_dream_and_gpt2_match_the_numpy_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let toks = tokens();
-    let list: Vec<String> = toks.iter().map(|t| t.to_string()).collect();
-    for arch in ["llada", "dream"] {
+    let list = toks.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
+    for arch in ["llada", "dream", "gpt2"] {
         let path = gguf(tmp.path(), arch, "f32", &[]);
         let npy = tmp.path().join(format!("{arch}.npy"));
-        python(&["tests/ref_forward.py", "--gguf", path.to_str().unwrap(), "--tokens", &list.join(","), "--out", npy.to_str().unwrap()]);
+        let mut args = vec!["tests/ref_forward.py", "--gguf", path.to_str().unwrap(), "--tokens", &list, "--out", npy.to_str().unwrap()];
+        if arch == "gpt2" {
+            // The exact GELU first, for the report: ggml's f16 table is what both runtimes compute.
+            python(&args);
+            let (_, exact) = read_npy(&npy);
+            let mut m = Model::load(&path, &LoadOptions { threads: 2, ..Default::default() }).unwrap();
+            let (err, _) = compare(&m.forward(&toks).unwrap(), &exact);
+            println!("gpt2 f32 vs numpy with the exact tanh GELU: {err:.2e}");
+            assert!(err <= 1e-3, "{err:.3e}");
+            args.push("--ggml-gelu");
+        }
+        python(&args);
         let (shape, want) = read_npy(&npy);
         assert_eq!(shape, [toks.len(), N_VOCAB]);
         let mut m = Model::load(&path, &LoadOptions { threads: 2, ..Default::default() }).unwrap();
@@ -90,7 +115,7 @@ fn llada_and_dream_match_the_numpy_reference() {
 fn families_resolve_their_diffusion_defaults() {
     let tmp = tempfile::tempdir().unwrap();
     // With the keys llama.cpp's converters write: the file decides.
-    for (arch, shift) in [("llada", false), ("dream", true)] {
+    for (arch, shift) in [("llada", false), ("dream", true), ("gpt2", true)] {
         let m = Model::load(gguf(tmp.path(), arch, "q8_0", &[]), &LoadOptions::default()).unwrap();
         let d = m.diffusion();
         assert_eq!((d.mask_id, d.shift_logits, d.causal), (31999, shift, false), "{arch}");
@@ -159,6 +184,8 @@ fn dlm_run_takes_each_familys_defaults_and_refuses_broken_files() {
         ("dream", vec!["--drop", "blk.1.attn_k.weight"], "blk.1.attn_k.weight"),
         ("llada", vec!["--drop", "output_norm.weight"], "output_norm.weight"),
         ("llada", vec!["--no-diffusion-keys"], "tokenizer.ggml.mask_token_id"),
+        ("gpt2", vec!["--drop", "blk.0.attn_qkv.bias"], "blk.0.attn_qkv.bias"),
+        ("gpt2", vec!["--drop", "position_embd.weight"], "position_embd.weight"),
     ] {
         let bad = gguf(tmp.path(), arch, "q8_0", &extra);
         let (code, _, err) = dlm_run(&["-m", bad.to_str().unwrap(), "-p", "x", "-n", "4"]);
@@ -166,5 +193,49 @@ fn dlm_run_takes_each_familys_defaults_and_refuses_broken_files() {
         let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
         assert_eq!(errors.len(), 1, "{err}");
         assert!(errors[0].contains(want), "{arch} {extra:?}: {err}");
+    }
+}
+
+#[test]
+fn diffugpt_defaults_and_its_position_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = gguf(tmp.path(), "gpt2", "q8_0", &["--no-diffusion-keys"]);
+    // DiffuGPT-S's mask id 10541 fits this vocabulary: the family's facts apply as they are.
+    let mut m = Model::load(&path, &LoadOptions::default()).unwrap();
+    let d = m.diffusion();
+    assert_eq!((d.family.name, d.mask_id, d.shift_logits, d.causal), ("DiffuGPT", 10541, true, false));
+    assert!(m.params().tied_output);
+    // Learned positions end at the context length (256 here): one more is an error, not a read
+    // past the position table.
+    assert!(m.forward(&vec![5; 256]).is_ok());
+    let err = m.forward(&vec![5; 257]).unwrap_err().to_string();
+    assert!(err.contains("257 tokens") && err.contains("256 positions"), "{err}");
+    let g = path.to_str().unwrap();
+    let (code, out, err) = dlm_run(&["-m", g, "--info", "-n", "16"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("family DiffuGPT") && out.contains("--steps 64 --unmask origin") && out.contains("--temp 0.95"), "{out}");
+    let (code, _, err) = dlm_run(&["-m", g, "-p", "x", "-n", "300"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.lines().filter(|l| l.starts_with("error")).count() == 1 && err.contains("exceeds"), "{err}");
+}
+
+#[test]
+fn wgpu_runs_every_architecture_as_the_cpu_does() {
+    if dlm::backend::wgpu::adapters().is_empty() {
+        eprintln!("SKIPPED: no wgpu adapter (no Vulkan/Metal/DX12 driver; Debian: apt install mesa-vulkan-drivers)");
+        return;
+    }
+    // Our WGSL kernels (NEOX RoPE, biases, LayerNorm, GELU with ggml's f16 rounding, the fused
+    // Q/K/V slices) against ggml's CPU graph on the same f32 files.
+    let tmp = tempfile::tempdir().unwrap();
+    let toks = tokens();
+    for arch in ["llada", "dream", "gpt2"] {
+        let path = gguf(tmp.path(), arch, "f32", &[]);
+        let cpu = Model::load(&path, &LoadOptions { threads: 2, ..Default::default() }).unwrap().forward(&toks).unwrap();
+        let mut gpu = Model::load(&path, &LoadOptions { backend: dlm::Backend::Wgpu, ..Default::default() }).unwrap();
+        let (err, same) = compare(&gpu.forward(&toks).unwrap(), &cpu);
+        println!("{arch} f32 wgpu vs ggml CPU: {err:.2e}, top-1 {same}/{}", toks.len());
+        assert!(err <= 1e-3, "{arch}: {err:.3e}");
+        assert_eq!(same, toks.len(), "{arch}");
     }
 }

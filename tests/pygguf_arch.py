@@ -2,7 +2,7 @@
 """Write a small random-weight GGUF of a LLaMA-family diffusion architecture the way llama.cpp's
 converter lays it out, with PyPI `gguf` alone (independent of dlm's writer):
 
-    python3 tests/pygguf_arch.py {llada|dream} OUT.gguf [--type f32|f16|q8_0|q4_0] [--no-diffusion-keys]
+    python3 tests/pygguf_arch.py {llada|dream|gpt2} OUT.gguf [--type f32|f16|q8_0|q4_0] [--no-diffusion-keys]
         [--drop TENSOR] [--seed N]
 
 - `llada`: LLaMA's tensors (`attn_q/k/v/output`, `ffn_gate/up/down`, RMS norms), no biases;
@@ -11,6 +11,10 @@ converter lays it out, with PyPI `gguf` alone (independent of dlm's writer):
 - `dream`: Qwen2's: the same plus `attn_q/k/v.bias` (f32); `diffusion.shift_logits = true` and
   the mask id. Its Q/K rows stay in Hugging Face's order (NEOX RoPE), as llama.cpp's Qwen2
   converter leaves them.
+- `gpt2` (DiffuGPT): llama.cpp's `gpt2` layout: `token_embd`, `position_embd`, per block
+  `attn_norm.{weight,bias}`, fused `attn_qkv.{weight,bias}`, `attn_output.{weight,bias}`,
+  `ffn_norm.{weight,bias}`, `ffn_up/ffn_down.{weight,bias}`, then `output_norm.{weight,bias}`,
+  the LM head tied to `token_embd` (no `output.weight`); `diffusion.shift_logits = true`.
 
 The vocabulary is llama.cpp's LLaMA SentencePiece one (32000 tokens, tests/data/llama-spm), so
 the mask id is a token of that vocabulary (31999), not the families' own 126336 / 151666.
@@ -25,7 +29,7 @@ import numpy as np
 import gguf
 
 ap = argparse.ArgumentParser()
-ap.add_argument("arch", choices=["llada", "dream"])
+ap.add_argument("arch", choices=["llada", "dream", "gpt2"])
 ap.add_argument("out")
 ap.add_argument("--type", default="f32", choices=["f32", "f16", "q8_0", "q4_0"])
 ap.add_argument("--no-diffusion-keys", action="store_true")
@@ -48,12 +52,17 @@ w.add_name(f"{args.arch}-tiny-random")
 w.add_context_length(n_ctx)
 w.add_embedding_length(n_embd)
 w.add_block_count(n_layer)
-w.add_feed_forward_length(n_ff)
-w.add_rope_dimension_count(hd)
+w.add_feed_forward_length(4 * n_embd if args.arch == "gpt2" else n_ff)
+if args.arch != "gpt2":
+    w.add_rope_dimension_count(hd)
 w.add_head_count(n_head)
-w.add_head_count_kv(n_kv)
-w.add_layer_norm_rms_eps(1e-6 if args.arch == "dream" else 1e-5)
-w.add_rope_freq_base(1000000.0 if args.arch == "dream" else 500000.0)
+if args.arch == "gpt2":
+    n_ff = 4 * n_embd
+    w.add_layer_norm_eps(1e-5)
+else:
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_rms_eps(1e-6 if args.arch == "dream" else 1e-5)
+    w.add_rope_freq_base(1000000.0 if args.arch == "dream" else 500000.0)
 w.add_file_type(ftype)
 w.add_tokenizer_model("llama")
 w.add_token_list(tokens)
@@ -64,7 +73,7 @@ w.add_eos_token_id(2)
 w.add_unk_token_id(0)
 if not args.no_diffusion_keys:
     w.add_mask_token_id(n_vocab - 1)
-    w.add_diffusion_shift_logits(args.arch == "dream")
+    w.add_diffusion_shift_logits(args.arch != "llada")
 
 
 def tensor(name, shape, scale, matrix):
@@ -81,6 +90,30 @@ def tensor(name, shape, scale, matrix):
 
 # numpy shapes are [rows, columns]: ggml's [ne0 = columns, ne1 = rows] reversed.
 tensor("token_embd.weight", (n_vocab, n_embd), 0.5, True)
+if args.arch == "gpt2":
+    ff = 4 * n_embd
+    tensor("position_embd.weight", (n_ctx, n_embd), 0.5, True)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        for norm in ("attn_norm", "ffn_norm"):
+            tensor(b + norm + ".weight", (n_embd,), 0.1, False)
+            tensor(b + norm + ".bias", (n_embd,), 0.1, False)
+        tensor(b + "attn_qkv.weight", (3 * n_embd, n_embd), n_embd ** -0.5, True)
+        tensor(b + "attn_qkv.bias", (3 * n_embd,), 0.5, False)
+        tensor(b + "attn_output.weight", (n_embd, n_embd), n_embd ** -0.5, True)
+        tensor(b + "attn_output.bias", (n_embd,), 0.1, False)
+        tensor(b + "ffn_up.weight", (ff, n_embd), n_embd ** -0.5, True)
+        tensor(b + "ffn_up.bias", (ff,), 0.1, False)
+        tensor(b + "ffn_down.weight", (n_embd, ff), ff ** -0.5, True)
+        tensor(b + "ffn_down.bias", (n_embd,), 0.1, False)
+    tensor("output_norm.weight", (n_embd,), 0.1, False)
+    tensor("output_norm.bias", (n_embd,), 0.1, False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"{args.out}: {args.arch}, {args.type}", file=sys.stderr)
+    sys.exit(0)
 for i in range(n_layer):
     b = f"blk.{i}."
     tensor(b + "attn_norm.weight", (n_embd,), 0.1, False)

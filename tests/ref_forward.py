@@ -74,6 +74,61 @@ def forward(cfg, w, tokens, causal=False):
     return x @ head.T
 
 
+def layer_norm(x, w, b, eps):
+    m = x.mean(-1, keepdims=True)
+    v = ((x - m) ** 2).mean(-1, keepdims=True)
+    return (x - m) / np.sqrt(v + eps) * w + b
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * x * (1.0 + 0.044715 * x * x)))
+
+
+def gelu_ggml(x):
+    """ggml's CPU GELU: a table of f16 outputs indexed by the f16-rounded input, computed in f32
+    (exact below -10 and above 10)."""
+    h = x.astype(np.float16).astype(np.float32)
+    g = (0.5 * h * (1.0 + np.tanh(np.float32(0.7978845608028654) * h * (1.0 + np.float32(0.044715) * h * h)))).astype(np.float16)
+    return np.where(x <= -10.0, 0.0, np.where(x >= 10.0, x, g.astype(np.float64)))
+
+
+def forward_gpt2(path, tokens, causal=False, ggml_gelu=False):
+    """GPT-2 (Hugging Face `GPT2LMHeadModel` semantics: learned positions, LayerNorm with bias,
+    fused c_attn split into q|k|v, GELU tanh approximation, tied head) on a GGUF's dequantized
+    weights in llama.cpp's `gpt2` layout. `ggml_gelu` swaps in ggml's f16 GELU table."""
+    import gguf
+    r = gguf.GGUFReader(path)
+    f = lambda k: r.fields[f"gpt2.{k}"].contents()  # noqa: E731
+    nh, eps = f("attention.head_count"), f("attention.layer_norm_epsilon")
+    W = {}
+    for t in r.tensors:
+        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64)
+        W[t.name] = a.reshape([int(d) for d in reversed(t.shape)])
+    n, e = len(tokens), W["token_embd.weight"].shape[1]
+    hd = e // nh
+    x = W["token_embd.weight"][tokens] + W["position_embd.weight"][np.arange(n)]
+    i = 0
+    while f"blk.{i}.attn_qkv.weight" in W:
+        p = f"blk.{i}."
+        a = layer_norm(x, W[p + "attn_norm.weight"], W[p + "attn_norm.bias"], eps)
+        qkv = a @ W[p + "attn_qkv.weight"].T + W[p + "attn_qkv.bias"]
+        q, k, v = (qkv[:, j * e:(j + 1) * e].reshape(n, nh, hd) for j in range(3))
+        sc = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
+        if causal:
+            sc = sc + np.triu(np.full((n, n), -np.inf), 1)[None]
+        sc = np.exp(sc - sc.max(-1, keepdims=True))
+        sc /= sc.sum(-1, keepdims=True)
+        o = np.einsum("hqk,khd->qhd", sc, v).reshape(n, e)
+        x = x + o @ W[p + "attn_output.weight"].T + W[p + "attn_output.bias"]
+        a = layer_norm(x, W[p + "ffn_norm.weight"], W[p + "ffn_norm.bias"], eps)
+        u = a @ W[p + "ffn_up.weight"].T + W[p + "ffn_up.bias"]
+        u = gelu_ggml(u) if ggml_gelu else gelu_tanh(u)
+        x = x + u @ W[p + "ffn_down.weight"].T + W[p + "ffn_down.bias"]
+        i += 1
+    x = layer_norm(x, W["output_norm.weight"], W["output_norm.bias"], eps)
+    return x @ W.get("output.weight", W["token_embd.weight"]).T
+
+
 def config_from_gguf(path):
     import gguf
     r = gguf.GGUFReader(path)
@@ -125,7 +180,13 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--gguf", type=Path, help="use this GGUF's dequantized weights")
+    ap.add_argument("--ggml-gelu", action="store_true", help="GPT-2: ggml's f16 GELU table instead of the exact tanh form")
     args = ap.parse_args()
+    tokens = [int(t) for t in args.tokens.split(",")]
+    if args.gguf and not args.hf and config_from_gguf(args.gguf)["architecture"] == "gpt2":
+        logits = forward_gpt2(args.gguf, tokens, args.causal, args.ggml_gelu)
+        np.save(args.out, logits.astype(np.float32))
+        return
     cfg = json.loads((args.hf / "config.json").read_text()) if args.hf else config_from_gguf(args.gguf)
     tokens = [int(t) for t in args.tokens.split(",")]
     weights = load_gguf_as_hf(args.gguf, cfg) if args.gguf else load_source(args.hf)

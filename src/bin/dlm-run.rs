@@ -543,7 +543,13 @@ fn info(a: &mut Args) -> anyhow::Result<()> {
         format!("parameters: {:.2} M in {} tensors", n_params as f64 / 1e6, g.tensors().len()),
         format!("tensor types: {}", types.iter().map(|(t, n)| format!("{n} {t}")).collect::<Vec<_>>().join(", ")),
         format!("layers {}, embedding {}, heads {} (kv {}), head dim {}, feed-forward {}, vocab {}", p.n_layer, p.n_embd, p.n_head, p.n_head_kv, p.head_dim(), p.n_ff, p.n_vocab),
-        format!("context: {} tokens; RoPE base {}, dims {}; RMS epsilon {:e}; LM head {}", p.n_ctx_train, p.rope_theta, p.rope_dims, p.norm_eps, if p.tied_output { "tied to the embedding" } else { "output.weight" }),
+        format!(
+            "context: {} tokens; {}; norm epsilon {:e}; LM head {}",
+            p.n_ctx_train,
+            if p.rope_dims == 0 { "learned positions".to_string() } else { format!("RoPE base {}, dims {}", p.rope_theta, p.rope_dims) },
+            p.norm_eps,
+            if p.tied_output { "tied to the embedding" } else { "output.weight" }
+        ),
         format!("attention: {attention} ({})", source(2)),
         format!("mask id: {mask_id} ({}) {:?}", source(0), tok.id_to_token(mask_id).unwrap_or_default()),
         format!("logits shifted: {shift} ({})", source(1)),

@@ -69,24 +69,16 @@ impl Hparams {
         if p.n_embd == 0 || p.n_head == 0 || p.n_embd % p.n_head != 0 {
             return bad("attention.head_count", format!("{} heads do not divide embedding length {}", p.n_head, p.n_embd));
         }
+        if p.head_dim() % 2 != 0 {
+            return bad("attention.head_count", format!("head dimension {} (embedding length {} / {} heads) is odd; RoPE rotates pairs", p.head_dim(), p.n_embd, p.n_head));
+        }
         if p.n_head_kv == 0 || p.n_head % p.n_head_kv != 0 {
             return bad("attention.head_count_kv", format!("{} does not divide head count {}", p.n_head_kv, p.n_head));
         }
         if p.rope_dims == 0 || p.rope_dims > p.head_dim() || p.rope_dims % 2 != 0 {
             return bad("rope.dimension_count", format!("{} must be even and at most the head dimension {}", p.rope_dims, p.head_dim()));
         }
-        if p.n_layer == 0 {
-            return bad("block_count", "must be at least 1".into());
-        }
-        if p.n_vocab == 0 {
-            return bad("vocab_size", "must be at least 1".into());
-        }
-        if p.n_ff == 0 {
-            return bad("feed_forward_length", "must be at least 1".into());
-        }
-        if p.n_ctx_train == 0 {
-            return bad("context_length", "must be at least 1".into());
-        }
+        p.check_sizes(g)?;
         // Finite (the reader refuses NaN and infinities) but possibly out of range, or finite as
         // f64 and infinite as f32.
         if !(p.rope_theta.is_finite() && p.rope_theta > 0.0) {
@@ -117,11 +109,22 @@ impl Hparams {
         if g.get(&k("expert_count")).and_then(|v| v.as_u64()).is_some_and(|n| n > 0) {
             return bad("expert_count", "mixture-of-experts models are not supported".into());
         }
-        // Layers beyond block_count would be silently dropped.
-        if let Some(extra) = g.tensors().iter().filter_map(|t| layer_of(&t.name)).filter(|&l| l >= p.n_layer).max() {
-            return bad("block_count", format!("{} layers, but the file has tensors of layer {extra}", p.n_layer));
-        }
         Ok(p)
+    }
+
+    /// The checks every architecture needs: no zero size, and no tensors of layers beyond
+    /// `block_count` (they would be silently dropped).
+    pub fn check_sizes(&self, g: &Gguf) -> Result<()> {
+        let bad = |key: &str, what: String| Err(g.metadata_error(&keys::arch(&self.arch, key), what));
+        for (key, v) in [("block_count", self.n_layer), ("vocab_size", self.n_vocab), ("feed_forward_length", self.n_ff), ("context_length", self.n_ctx_train)] {
+            if v == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if let Some(extra) = g.tensors().iter().filter_map(|t| layer_of(&t.name)).filter(|&l| l >= self.n_layer).max() {
+            return bad("block_count", format!("{} layers, but the file has tensors of layer {extra}", self.n_layer));
+        }
+        Ok(())
     }
 }
 

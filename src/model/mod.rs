@@ -12,6 +12,7 @@
 
 pub mod diffusion;
 pub mod dream;
+pub mod gpt2;
 pub mod hparams;
 pub mod llada;
 pub mod llama;
@@ -54,6 +55,17 @@ pub trait Network<T>: Send + Sync {
     fn hparams(&self) -> &Hparams;
     /// Logits `[n_vocab, n_out]` of the pass `x` describes, as nodes of `o`.
     fn forward(&self, o: &mut dyn Ops<T = T>, x: &Inputs<'_, T>) -> T;
+    /// The longest sequence the graph can compute, when the architecture has one (learned
+    /// position embeddings have a row per position).
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Tensors read only by row lookups (embeddings), never as a matmul weight: they keep the file's
+/// layout (no repacking) and need only a dequantizer.
+pub fn is_lookup_table(name: &str) -> bool {
+    matches!(name, "token_embd.weight" | "position_embd.weight")
 }
 
 /// One architecture: what a `general.architecture` value needs to be checked, loaded and run.
@@ -104,6 +116,7 @@ architectures! {
     llama::Llama,
     llada::Llada,
     dream::Dream,
+    gpt2::Gpt2,
 }
 
 fn unsupported(g: &Gguf, arch: &str) -> crate::Error {

@@ -247,7 +247,7 @@ impl Model {
         check_weight_types(gguf, params, unused, true)?;
         // The embedding is read by row lookups, which need the file's layout; every other
         // matrix is only ever the weight of a matmul.
-        let weights = Weights::map(gguf, |t| opts.repack && t.name != "token_embd.weight")?;
+        let weights = Weights::map(gguf, |t| opts.repack && !super::is_lookup_table(&t.name))?;
         let (net, _) = load_network(gguf, params.clone(), &|name| weights.get(name))?;
         let executor = Executor::cpu(opts.threads, opts.flash_attn)?.with_plan_capacity(opts.max_graphs);
         Ok(Box::new(OnGgml { executor, net, weights, api: None }))
@@ -303,7 +303,7 @@ impl Model {
                 None => ngl == n_layer && name != "token_embd.weight",
             }
         };
-        let weights = Weights::map_offload(gguf, |t| opts.repack && t.name != "token_embd.weight", Some((crate::backend::ggml::device_buffer_type(dev), &offload)))?;
+        let weights = Weights::map_offload(gguf, |t| opts.repack && !super::is_lookup_table(&t.name), Some((crate::backend::ggml::device_buffer_type(dev), &offload)))?;
         let (net, _) = load_network(gguf, params.clone(), &|name| weights.get(name))?;
         let executor = Executor::on_device(opts.threads, opts.flash_attn, dev)?.with_plan_capacity(opts.max_graphs);
         Ok(Box::new(OnGgml { executor, net, weights, api: Some(dev.api.clone()) }))
@@ -402,7 +402,7 @@ impl Model {
 fn check_weight_types(gguf: &Gguf, p: &Hparams, unused: &[String], ggml: bool) -> Result<()> {
     use crate::backend::ggml::{can_dequantize, can_matmul_on_cpu};
     for t in gguf.tensors().iter().filter(|t| t.shape.len() >= 2 && !unused.contains(&t.name)) {
-        let lookup_only = t.name == "token_embd.weight" && !p.tied_output;
+        let lookup_only = super::is_lookup_table(&t.name) && !(t.name == "token_embd.weight" && p.tied_output);
         let (ok, what) = if ggml && !lookup_only {
             (can_matmul_on_cpu(t.ggml_type), "matrix multiply")
         } else {
@@ -427,10 +427,15 @@ rows: Option<&[usize]>,
     let total = tokens.len();
     let p = net.hparams();
     let n_vocab = p.n_vocab;
-    check_tokens(tokens, n_vocab)?;
+    check_tokens(tokens, n_vocab, net.max_positions())?;
     let (start, end) = match pass {
         Pass::Full | Pass::Store => (0, total),
         Pass::Reuse { start, end } => {
+            if p.causal {
+                // The graph masks a reused pass's scores by its own rows, not by absolute
+                // position: refused rather than computed wrongly.
+                return Err(Error::Invalid("reusing cached keys/values needs bidirectional attention (this model is causal): run without --cache".into()));
+            }
             if *kv_for != Some(total) {
                 return Err(Error::Invalid(format!("no cached keys/values for a sequence of {total} tokens: run a Pass::Store first")));
             }
@@ -458,13 +463,14 @@ rows: Option<&[usize]>,
         Pass::Store => PassKind::Store,
         Pass::Reuse { .. } => PassKind::Reuse,
     };
+    if matches!(pass, Pass::Store) {
+        // Until the pass succeeds: a failed (re)allocation below has already freed the old cache.
+        *kv_for = None;
+    }
     let cache = match pass {
         Pass::Full => Vec::new(),
         _ => executor.kv_cache(p.n_layer, p.head_dim(), p.n_head_kv, total)?,
     };
-    if matches!(pass, Pass::Store) {
-        *kv_for = None; // until the pass succeeds
-    }
     let ids: Vec<i32> = tokens[start..end].iter().map(|&t| t as i32).collect();
     let pos: Vec<i32> = (start as i32..end as i32).collect();
     let kind = GraphKind::Forward { pass: kind, total, start, end, out_rows: out_rows.as_ref().map_or(0, |r| r.len()) };
@@ -498,7 +504,7 @@ fn forward_batch_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, seqs: 
     }
     let (mut ids, mut pos, mut out) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (tokens, rows)) in seqs.iter().zip(rows).enumerate() {
-        check_tokens(tokens, n_vocab).map_err(|e| Error::Invalid(format!("sequence {i} of the batch: {e}")))?;
+        check_tokens(tokens, n_vocab, net.max_positions()).map_err(|e| Error::Invalid(format!("sequence {i} of the batch: {e}")))?;
         if let Some(&bad) = rows.iter().find(|&&r| r >= tokens.len()) {
             return Err(Error::Invalid(format!("sequence {i} of the batch: row {bad} is outside its {} positions", tokens.len())));
         }
@@ -528,9 +534,12 @@ fn graph_size(n_layer: usize, n_seqs: usize) -> usize {
     1024 + n_layer * (64 + 16 * n_seqs)
 }
 
-fn check_tokens(tokens: &[u32], n_vocab: usize) -> Result<()> {
+fn check_tokens(tokens: &[u32], n_vocab: usize, max_positions: Option<usize>) -> Result<()> {
     if tokens.is_empty() {
         return Err(Error::Invalid("forward needs at least one token".into()));
+    }
+    if let Some(max) = max_positions.filter(|&m| tokens.len() > m) {
+        return Err(Error::Invalid(format!("{} tokens are more than the {max} positions this model has embeddings for", tokens.len())));
     }
     if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
         return Err(Error::Invalid(format!("token id {bad} is outside the {n_vocab}-token vocabulary")));

@@ -367,6 +367,18 @@ impl Ops for Builder<'_> {
     fn rms_norm(&mut self, x: TensorRef, eps: f32) -> TensorRef {
         node!(self, sys::ggml_rms_norm(self.ctx.raw(), x.ptr(), eps))
     }
+    fn layer_norm(&mut self, x: TensorRef, eps: f32) -> TensorRef {
+        node!(self, sys::ggml_norm(self.ctx.raw(), x.ptr(), eps))
+    }
+    fn gelu(&mut self, x: TensorRef) -> TensorRef {
+        node!(self, sys::ggml_gelu(self.ctx.raw(), x.ptr()))
+    }
+    fn slice0(&mut self, x: TensorRef, start: usize, len: usize) -> TensorRef {
+        // SAFETY: a live tensor (TensorRef invariant); reading its header is plain access.
+        let (ne, nb) = { let t = unsafe { x.0.as_ref() }; (t.ne, t.nb) };
+        let view = node!(self, sys::ggml_view_2d(self.ctx.raw(), x.ptr(), len as i64, ne[1], nb[1], start * nb[0]));
+        node!(self, sys::ggml_cont(self.ctx.raw(), view.ptr()))
+    }
     fn mul(&mut self, a: TensorRef, b: TensorRef) -> TensorRef {
         node!(self, sys::ggml_mul(self.ctx.raw(), a.ptr(), b.ptr()))
     }
@@ -586,21 +598,24 @@ impl Executor {
     /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
     /// allocated on first use and again whenever the shape changes (contents then undefined).
     pub fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<TensorRef>>> {
-        let Executor { plans, kv, gpu, backend, .. } = self;
-        let on = gpu.as_ref().map_or(backend.0, |g| g.backend.0);
-        let cache = kv.get([layers, head_dim, n_head_kv, total], || -> Result<KvCache> {
-            plans.clear(); // cached graphs point at the old cache's tensors
-            let ctx = Context::metadata_only(2 * layers + 1, false)?;
-            let dims = [head_dim as u64, n_head_kv as u64, total as u64];
-            let layers = (0..layers)
-                .map(|_| Ok(LayerKv { k: ctx.new_header(GgmlType::F32, &dims)?, v: ctx.new_header(GgmlType::F32, &dims)? }))
-                .collect::<Result<Vec<_>>>()?;
-            // SAFETY: a live context of unallocated headers and a live backend; checked for null.
-            let buf = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), on.as_ptr()) };
-            let bytes = 8 * layers.len() * head_dim * n_head_kv * total;
-            let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml(format!("cannot allocate a {} MiB key/value cache", bytes >> 20)))?);
-            Ok(KvCache { layers, _ctx: ctx, _buffer: buffer })
-        })?;
+        let shape = [layers, head_dim, n_head_kv, total];
+        if let Some(cache) = self.kv.get(shape) {
+            return Ok(cache.layers.clone());
+        }
+        // Cached graphs point at the old cache's tensors: they go before it does.
+        self.plans.clear();
+        self.kv.clear();
+        let on = self.gpu.as_ref().map_or(self.backend.0, |g| g.backend.0);
+        let ctx = Context::metadata_only(2 * layers + 1, false)?;
+        let dims = [head_dim as u64, n_head_kv as u64, total as u64];
+        let handles = (0..layers)
+            .map(|_| Ok(LayerKv { k: ctx.new_header(GgmlType::F32, &dims)?, v: ctx.new_header(GgmlType::F32, &dims)? }))
+            .collect::<Result<Vec<_>>>()?;
+        // SAFETY: a live context of unallocated headers and a live backend; checked for null.
+        let buf = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), on.as_ptr()) };
+        let bytes = 8 * layers * head_dim * n_head_kv * total;
+        let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml(format!("cannot allocate a {} MiB key/value cache", bytes >> 20)))?);
+        let cache = self.kv.set(shape, KvCache { layers: handles, _ctx: ctx, _buffer: buffer });
         Ok(cache.layers.clone())
     }
 
@@ -722,19 +737,38 @@ pub struct MatmulChain {
     executor: Executor,
     weights: Weights,
     _gguf: Gguf,
+    /// Rows of `output.weight` (the gathered rows must be among them) and layers of the file.
+    n_vocab: usize,
+    n_layer: usize,
 }
 
 impl MatmulChain {
     /// `gguf` must hold LLaMA tensors named as llama.cpp names them, with an untied `output.weight`.
     pub fn new(gguf: Gguf, dev: &super::GgmlDevice, threads: usize) -> Result<MatmulChain> {
+        // The file must be a runnable LLaMA with its own LM head: every shape the chain's
+        // matmuls chain through, and every type, as a model load checks them.
+        let checked = crate::model::check(&gguf, &Default::default())?;
+        let p = &checked.params;
+        if p.arch != "llama" || p.tied_output || p.n_head_kv != p.n_head {
+            return Err(Error::Invalid("the matmul chain needs a LLaMA file with output.weight and no grouped heads".into()));
+        }
+        for t in gguf.tensors().iter().filter(|t| t.shape.len() >= 2) {
+            if !super::can_matmul_on_cpu(t.ggml_type) {
+                return Err(gguf.tensor_error(&t.name, format!("type {} has no matrix multiply kernel in ggml", t.ggml_type)));
+            }
+        }
+        let (n_vocab, n_layer) = (p.n_vocab, p.n_layer);
         let buft = super::device_buffer_type(dev);
         let all = |_: &TensorInfo| true;
         let weights = Weights::map_offload(&gguf, |_| false, Some((buft, &all)))?;
-        Ok(MatmulChain { executor: Executor::on_device(threads, true, dev)?, weights, _gguf: gguf })
+        Ok(MatmulChain { executor: Executor::on_device(threads, true, dev)?, weights, _gguf: gguf, n_vocab, n_layer })
     }
 
     /// One pass of the chain over `layers` layers at `n` tokens.
     pub fn run(&mut self, layers: usize, n: usize) -> Result<()> {
+        if n == 0 || n > self.n_vocab || layers > self.n_layer {
+            return Err(Error::Invalid(format!("the matmul chain takes 1..={} tokens and at most {} layers", self.n_vocab, self.n_layer)));
+        }
         let weights = &self.weights;
         let w = |name: &str| weights.get(name).ok_or_else(|| Error::Invalid(format!("the matmul chain needs tensor `{name}`")));
         let mut names = vec!["output.weight".to_string()];

@@ -136,6 +136,18 @@ impl Recorder<'_> {
         }
     }
 
+    /// RMS norm or (`center`) LayerNorm without weight and bias, over each row.
+    fn norm(&mut self, x: GpuTensor, eps: f32, center: bool) -> GpuTensor {
+        let dx = self.desc(x);
+        let rows = dx.ne[1] * dx.ne[2];
+        let (y, dy) = self.act(dx.ne);
+        let (gx, gy) = groups_2d(rows);
+        let bx = self.f32_bind(dx);
+        let p = params::RmsNorm { ne0: dx.ne[0] as u32, rows: rows as u32, x_off: dx.off as u32, y_off: dy.off as u32, eps, groups_x: gx, ..Default::default() };
+        self.dispatch(Kernel::Norm(center), p, vec![bx, Bind::Store(dy.store)], (gx, gy));
+        y
+    }
+
     fn elementwise(&mut self, op: u32, a: GpuTensor, b: GpuTensor) -> GpuTensor {
         let (da, db) = (self.desc(a), self.desc(b));
         for i in 0..3 {
@@ -209,13 +221,28 @@ impl Ops for Recorder<'_> {
     }
 
     fn rms_norm(&mut self, x: GpuTensor, eps: f32) -> GpuTensor {
+        self.norm(x, eps, false)
+    }
+
+    fn layer_norm(&mut self, x: GpuTensor, eps: f32) -> GpuTensor {
+        self.norm(x, eps, true)
+    }
+
+    fn gelu(&mut self, x: GpuTensor) -> GpuTensor {
+        self.elementwise(3, x, x)
+    }
+
+    fn slice0(&mut self, x: GpuTensor, start: usize, len: usize) -> GpuTensor {
         let dx = self.desc(x);
-        let rows = dx.ne[1] * dx.ne[2];
-        let (y, dy) = self.act(dx.ne);
-        let (gx, gy) = groups_2d(rows);
+        let n = dx.ne[1] * dx.ne[2];
+        if start + len > dx.ne[0] {
+            self.fail(format!("slice0: values {start}..{} of rows of {}", start + len, dx.ne[0]));
+        }
+        let (y, dy) = self.act([len, n, 1]);
+        let (gx, gy) = groups_2d((len * n).div_ceil(256));
         let bx = self.f32_bind(dx);
-        let p = params::RmsNorm { ne0: dx.ne[0] as u32, rows: rows as u32, x_off: dx.off as u32, y_off: dy.off as u32, eps, groups_x: gx, ..Default::default() };
-        self.dispatch(Kernel::RmsNorm, p, vec![bx, Bind::Store(dy.store)], (gx, gy));
+        let p = params::Slice { ne0: dx.ne[0] as u32, len: len as u32, n: n as u32, groups_x: gx, start: start as u32, x_off: dx.off as u32, y_off: dy.off as u32, ..Default::default() };
+        self.dispatch(Kernel::Slice, p, vec![bx, Bind::Store(dy.store)], (gx, gy));
         y
     }
 
@@ -387,36 +414,39 @@ impl Executor {
     /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
     /// allocated on first use and again whenever the shape changes (contents then undefined).
     pub fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<GpuTensor>>> {
-        let Executor { gpu, weights, base, caches, kv, plans } = self;
-        let cache = kv.get([layers, head_dim, n_head_kv, total], || -> Result<Vec<LayerKv<GpuTensor>>> {
-            // Plans point at the old cache's buffers.
-            plans.clear();
-            base.truncate(weights.weights.len());
-            caches.clear();
-            let bytes = (head_dim * n_head_kv * total * 4) as u64;
-            if bytes > gpu.max_binding() {
-                return Err(Error::Gpu(format!("a {} key/value cache layer exceeds the adapter's binding limit of {}", super::human_bytes(bytes), super::human_bytes(gpu.max_binding()))));
+        let shape = [layers, head_dim, n_head_kv, total];
+        if let Some(cache) = self.kv.get(shape) {
+            return Ok(cache.clone());
+        }
+        // Plans point at the old cache's buffers: they go before it does.
+        self.plans.clear();
+        self.kv.clear();
+        self.base.truncate(self.weights.weights.len());
+        self.caches.clear();
+        let bytes = (head_dim * n_head_kv * total * 4) as u64;
+        if bytes > self.gpu.max_binding() {
+            return Err(Error::Gpu(format!("a {} key/value cache layer exceeds the adapter's binding limit of {}", super::human_bytes(bytes), super::human_bytes(self.gpu.max_binding()))));
+        }
+        let mut out = Vec::with_capacity(layers);
+        for _ in 0..layers {
+            let mut kv = [GpuTensor(0); 2];
+            for t in &mut kv {
+                let gpu = &self.gpu;
+                let buf = gpu.checked("allocating the key/value cache", || {
+                    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("kv cache"),
+                        size: bytes,
+                        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                        mapped_at_creation: false,
+                    })
+                })?;
+                self.caches.push(buf);
+                self.base.push(Desc { store: Store::Cache(self.caches.len() - 1), off: 0, ne: [head_dim, n_head_kv, total] });
+                *t = GpuTensor(self.base.len() - 1);
             }
-            let mut out = Vec::with_capacity(layers);
-            for _ in 0..layers {
-                let mut kv = [GpuTensor(0); 2];
-                for t in &mut kv {
-                    let buf = gpu.checked("allocating the key/value cache", || {
-                        gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                            label: Some("kv cache"),
-                            size: bytes,
-                            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-                            mapped_at_creation: false,
-                        })
-                    })?;
-                    caches.push(buf);
-                    base.push(Desc { store: Store::Cache(caches.len() - 1), off: 0, ne: [head_dim, n_head_kv, total] });
-                    *t = GpuTensor(base.len() - 1);
-                }
-                out.push(LayerKv { k: kv[0], v: kv[1] });
-            }
-            Ok(out)
-        })?;
+            out.push(LayerKv { k: kv[0], v: kv[1] });
+        }
+        let cache = self.kv.set(shape, out);
         Ok(cache.clone())
     }
 

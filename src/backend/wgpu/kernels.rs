@@ -15,6 +15,7 @@ const GET_ROWS: &str = <params::GetRows as KernelParams>::SOURCE;
 const RMS_NORM: &str = <params::RmsNorm as KernelParams>::SOURCE;
 const ELEMENTWISE: &str = <params::Elementwise as KernelParams>::SOURCE;
 const ROPE: &str = <params::Rope as KernelParams>::SOURCE;
+const SLICE: &str = <params::Slice as KernelParams>::SOURCE;
 const ATTENTION: &str = <params::Attention as KernelParams>::SOURCE;
 
 /// How a tensor is laid out in device memory: what `w_load4` of its loader reads.
@@ -123,10 +124,12 @@ pub enum Kernel {
     /// Few columns (≤ [`MATVEC_MAX_N`]); with subgroup reductions or without.
     MatVec(Layout, bool),
     GetRows(Layout),
-    RmsNorm,
-    /// 0 add, 1 mul, 2 swiglu.
+    /// RMS norm (`false`) or LayerNorm without weight and bias (`true`).
+    Norm(bool),
+    /// 0 add, 1 mul, 2 swiglu, 3 gelu.
     Elementwise(u32),
     Rope,
+    Slice,
     /// Head dimension.
     Attention(u32),
 }
@@ -185,7 +188,8 @@ impl Kernel {
                 format!("{body}\n{}", l.loader())
             }
             Kernel::GetRows(l) => format!("{GET_ROWS}\n{}", l.loader()),
-            Kernel::RmsNorm => RMS_NORM.into(),
+            Kernel::Norm(_) => RMS_NORM.into(),
+            Kernel::Slice => SLICE.into(),
             Kernel::Elementwise(_) => ELEMENTWISE.into(),
             Kernel::Rope => ROPE.into(),
             Kernel::Attention(hd) => {
@@ -206,6 +210,7 @@ impl Gpu {
         let src = k.source();
         let constants: Vec<(&str, f64)> = match k {
             Kernel::Elementwise(op) => vec![("OP", op as f64)],
+            Kernel::Norm(center) => vec![("CENTER", center as u32 as f64)],
             _ => Vec::new(),
         };
         let device = &self.device;

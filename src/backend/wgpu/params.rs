@@ -79,6 +79,15 @@ params! {
 }
 
 params! {
+    /// `slice.wgsl`: values `start..start + len` along `ne0` of `[ne0, n]`, made contiguous.
+    Slice = "slice.wgsl" {
+        ne0: u32, len: u32, n: u32, groups_x: u32,
+        start: u32, x_off: u32, y_off: u32, _pad0: u32,
+        _pad1: u32, _pad2: u32, _pad3: u32, _pad4: u32,
+    }
+}
+
+params! {
     /// `rope.wgsl`: NORM (`neox` 0) or NEOX (1) rotary embedding of `[hd, heads, n]`.
     Rope = "rope.wgsl" {
         hd: u32, heads: u32, n: u32, groups_x: u32,
@@ -138,6 +147,7 @@ mod tests {
         check::<MatVec>(&types_of(MatVec::default()));
         check::<RmsNorm>(&types_of(RmsNorm { eps: 0.5, ..Default::default() }));
         check::<Rope>(&types_of(Rope { theta: 0.5, ..Default::default() }));
+        check::<Slice>(&types_of(Slice::default()));
         check::<Attention>(&types_of(Attention { scale: 0.5, ..Default::default() }));
     }
 

@@ -173,12 +173,18 @@ pub struct GenArgs {
     pub top_p: f32,
 }
 
+/// The most steps a run may ask for: the origin rule draws for every masked position at every
+/// step, passes or not, so far more would be a hang, not a schedule.
+const MAX_STEPS: usize = 1_000_000;
+
 impl GenArgs {
     /// Fills the settings in effect: each flag given, else `d`'s family default (steps for
     /// `n_gen` generated positions), then checks them.
     pub fn resolve(&mut self, d: &dlm::model::DiffusionParams, n_gen: usize) -> anyhow::Result<()> {
         let f = &d.family.sampling;
-        self.steps = self.steps_flag.unwrap_or_else(|| d.default_steps(n_gen));
+        // A family's one-step-per-token default follows -n, which is checked against the
+        // context later, with its own message: here it only must not trip the --steps bound.
+        self.steps = self.steps_flag.unwrap_or_else(|| d.default_steps(n_gen).min(MAX_STEPS));
         let llama_cpp = self.diffusion_algorithm.and_then(UnmaskRule::from_llama_cpp);
         self.unmask = self.unmask_flag.unwrap_or(match llama_cpp.unwrap_or(f.unmask) {
             UnmaskRule::Origin => Rule::Origin,
@@ -208,9 +214,6 @@ impl GenArgs {
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        // The origin rule draws for every masked position at every step, passes or not: far
-        // more steps than that would be a hang, not a schedule.
-        const MAX_STEPS: usize = 1_000_000;
         if self.steps == 0 || self.steps > MAX_STEPS {
             bail!("--steps must be in 1..={MAX_STEPS}, got {}", self.steps);
         }
