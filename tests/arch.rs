@@ -167,7 +167,18 @@ fn dlm_run_takes_each_familys_defaults_and_refuses_broken_files() {
     let (code, out, err) = dlm_run(&["-m", g, "--info", "--diffusion-steps", "9", "--diffusion-algorithm", "3", "--diffusion-block-length", "8"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("--steps 9 --unmask random --block-length 8"), "{out}");
-    for bad in [&["--diffusion-algorithm", "5"][..], &["--diffusion-algorithm", "1", "--unmask", "margin"]] {
+    // Dream's timestep schedule replaces LLaDA's default blocks; with explicit blocks, or out of
+    // (0, 1), or with a rule that does not rank positions, it is refused.
+    let (code, _, err) = dlm_run(&["-m", g, "-p", "Hello", "-n", "12", "--diffusion-eps", "0.001", "--steps", "6", "--backend", "cpu", "-s", "1", "-v"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--block-length off") && err.contains("--unmask confidence"), "{err}");
+    for bad in [
+        &["--diffusion-algorithm", "5"][..],
+        &["--diffusion-algorithm", "1", "--unmask", "margin"],
+        &["--diffusion-eps", "0.001", "--block-length", "4"],
+        &["--diffusion-eps", "1.5"],
+        &["--diffusion-eps", "0.001", "--unmask", "threshold"],
+    ] {
         let (code, _, err) = dlm_run(&[&["-m", g, "--info"][..], bad].concat());
         assert_eq!(code, 2, "{bad:?}: {err}");
     }

@@ -9,6 +9,7 @@ mod entropy;
 mod margin;
 mod origin;
 mod random;
+mod timestep;
 mod threshold;
 
 pub use confidence::Confidence;
@@ -16,6 +17,7 @@ pub use entropy::Entropy;
 pub use margin::Margin;
 pub use origin::Origin;
 pub use random::Random;
+pub use timestep::{timestep_quota, Timestep};
 pub use threshold::Threshold;
 
 /// xoshiro256** seeded through splitmix64: small, fast, and identical on every platform.
@@ -192,6 +194,16 @@ impl UnmaskRule {
             UnmaskRule::Entropy => "entropy",
             UnmaskRule::Threshold => "threshold",
             UnmaskRule::Random => "random",
+        }
+    }
+
+    /// A fresh unmasker of this rule on Dream's timestep schedule ([`Timestep`]) when `eps` is
+    /// given and the rule ranks positions (confidence, margin, entropy, random); else as
+    /// [`UnmaskRule::unmasker`].
+    pub fn unmasker_with(self, threshold: f32, eps: Option<f32>) -> Box<dyn Unmasker> {
+        match (eps, self) {
+            (Some(eps), UnmaskRule::Confidence | UnmaskRule::Margin | UnmaskRule::Entropy | UnmaskRule::Random) => Box::new(Timestep { eps, order: self }),
+            _ => self.unmasker(threshold),
         }
     }
 

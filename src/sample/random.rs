@@ -19,7 +19,11 @@ impl Unmasker for Random {
 
 /// `linear_quota` of the `n` masked positions, uniformly without replacement, in canvas order.
 fn random_draws(step: usize, steps: usize, n: usize, rng: &mut Rng) -> Vec<usize> {
-    let k = linear_quota(step, steps, n);
+    random_subset(n, linear_quota(step, steps, n), rng)
+}
+
+/// `k` of `0..n`, uniformly without replacement, in ascending order.
+pub(crate) fn random_subset(n: usize, k: usize, rng: &mut Rng) -> Vec<usize> {
     // A partial Fisher-Yates shuffle: the first k slots end up a uniform k-subset.
     let mut idx: Vec<usize> = (0..n).collect();
     for i in 0..k {

@@ -32,6 +32,17 @@ pub enum Rule {
 }
 
 impl Rule {
+    pub fn of(r: UnmaskRule) -> Rule {
+        match r {
+            UnmaskRule::Origin => Rule::Origin,
+            UnmaskRule::Confidence => Rule::Confidence,
+            UnmaskRule::Margin => Rule::Margin,
+            UnmaskRule::Entropy => Rule::Entropy,
+            UnmaskRule::Threshold => Rule::Threshold,
+            UnmaskRule::Random => Rule::Random,
+        }
+    }
+
     pub fn rule(self) -> UnmaskRule {
         match self {
             Rule::Origin => UnmaskRule::Origin,
@@ -132,7 +143,7 @@ pub struct GenArgs {
     pub diffusion_algorithm: Option<u8>,
     /// Semi-autoregressive blocks of B positions, left to right [default: the family's: one
     /// block, 32 for LLaDA]
-    #[arg(long = "block-length", id = "block_length", value_name = "B", visible_alias = "diffusion-block-length")]
+    #[arg(long = "block-length", id = "block_length", value_name = "B", visible_alias = "diffusion-block-length", conflicts_with = "diffusion_eps")]
     pub block_length_flag: Option<usize>,
     /// Confidence threshold for --unmask threshold. 0.5 was the fastest that kept the exact
     /// accuracy on the trained tiny model; Fast-dLLM's 0.9 is the cautious choice for large
@@ -149,6 +160,11 @@ pub struct GenArgs {
     /// LLaDA, 0.95 Dream]
     #[arg(long = "top-p", id = "top_p", value_name = "P")]
     pub top_p_flag: Option<f32>,
+    /// Dream's timestep schedule (llama-diffusion-cli's --diffusion-eps): time runs from 1 to E
+    /// and each step commits the fraction 1 − s/t of the masked positions, more late than
+    /// early, for --unmask confidence, margin, entropy or random (e.g. 0.001)
+    #[arg(long, value_name = "E")]
+    pub diffusion_eps: Option<f32>,
     /// Random seed [default: random, printed on stderr]
     #[arg(short, long)]
     pub seed: Option<u64>,
@@ -186,15 +202,15 @@ impl GenArgs {
         // context later, with its own message: here it only must not trip the --steps bound.
         self.steps = self.steps_flag.unwrap_or_else(|| d.default_steps(n_gen).min(MAX_STEPS));
         let llama_cpp = self.diffusion_algorithm.and_then(UnmaskRule::from_llama_cpp);
-        self.unmask = self.unmask_flag.unwrap_or(match llama_cpp.unwrap_or(f.unmask) {
-            UnmaskRule::Origin => Rule::Origin,
-            UnmaskRule::Confidence => Rule::Confidence,
-            UnmaskRule::Margin => Rule::Margin,
-            UnmaskRule::Entropy => Rule::Entropy,
-            UnmaskRule::Threshold => Rule::Threshold,
-            UnmaskRule::Random => Rule::Random,
-        });
-        self.block_length = self.block_length_flag.or(f.block_length);
+        self.unmask = self.unmask_flag.unwrap_or(Rule::of(llama_cpp.unwrap_or(f.unmask)));
+        // Dream's timestep schedule replaces the family's blocks, and ranks positions: without a
+        // rule given, a family default that does not rank (origin, threshold) becomes
+        // llama-diffusion-cli's default, confidence.
+        let explicit_rule = self.unmask_flag.is_some() || llama_cpp.is_some();
+        if self.diffusion_eps.is_some() && !explicit_rule && matches!(self.unmask, Rule::Origin | Rule::Threshold) {
+            self.unmask = Rule::Confidence;
+        }
+        self.block_length = self.block_length_flag.or(if self.diffusion_eps.is_some() { None } else { f.block_length });
         self.threshold = self.threshold_flag.unwrap_or(f.threshold);
         self.temp = self.temp_flag.unwrap_or(f.temp);
         self.top_k = self.top_k_flag.unwrap_or(f.top_k);
@@ -205,6 +221,7 @@ impl GenArgs {
     /// Checks the flags given, before anything is loaded (`resolve` checks what is in effect).
     pub fn check_flags(&self) -> anyhow::Result<()> {
         let mut probe = self.clone();
+        probe.unmask = self.unmask_flag.or(self.diffusion_algorithm.and_then(UnmaskRule::from_llama_cpp).map(Rule::of)).unwrap_or(Rule::Confidence);
         probe.steps = self.steps_flag.unwrap_or(1);
         probe.block_length = self.block_length_flag;
         probe.threshold = self.threshold_flag.unwrap_or(0.5);
@@ -228,6 +245,17 @@ impl GenArgs {
         }
         if self.block_length == Some(0) {
             bail!("--block-length must be at least 1");
+        }
+        if let Some(e) = self.diffusion_eps {
+            if !(e > 0.0 && e < 1.0) {
+                bail!("--diffusion-eps must be in (0, 1), got {e}");
+            }
+            if matches!(self.unmask, Rule::Origin | Rule::Threshold) {
+                bail!("--diffusion-eps schedules --unmask confidence, margin, entropy or random; this run uses --unmask {}", flag_value(&self.unmask));
+            }
+            if self.block_length.is_some() {
+                bail!("--diffusion-eps and --block-length are two schedules: use one (the family's default blocks are in effect: add --block-length with a value at least -n to make one block, or drop --diffusion-eps)");
+            }
         }
         Ok(())
     }
@@ -254,8 +282,8 @@ impl GenArgs {
 
     /// A factory of the unmasking rule (batches need one per sequence).
     pub fn unmasker(&self) -> impl Fn() -> Box<dyn Unmasker> {
-        let (unmask, threshold) = (self.unmask.rule(), self.threshold);
-        move || unmask.unmasker(threshold)
+        let (unmask, threshold, eps) = (self.unmask.rule(), self.threshold, self.diffusion_eps);
+        move || unmask.unmasker_with(threshold, eps)
     }
 
     /// `--seed`, or one from the clock.
@@ -360,6 +388,16 @@ fn backend_of(a: &ModelArgs, n_layer: usize) -> anyhow::Result<Backend> {
             bail!("-ngl {n}: the wgpu backend runs all {n_layer} layers on the GPU or none (-ngl 0); partial offload needs a ggml GPU backend (--features cuda, metal or vulkan)")
         }
         _ => Ok(backend),
+    }
+}
+
+/// `--block-length`'s value in effect for a settings line (`off`), with Dream's timestep schedule
+/// after it when one is asked for.
+pub fn block_flag(g: &GenArgs) -> String {
+    let blocks = g.block_length.map_or("off".into(), |b| b.to_string());
+    match g.diffusion_eps {
+        Some(e) => format!("{blocks} --diffusion-eps {e}"),
+        None => blocks,
     }
 }
 
