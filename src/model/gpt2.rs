@@ -12,7 +12,7 @@ use crate::graph::Ops;
 use crate::keys;
 use super::diffusion::{Family, SamplingDefaults, UnmaskRule};
 use super::tensors::Tensors;
-use super::{Architecture, Handle, Hparams, Inputs, Kv, Network};
+use super::{attend, Architecture, Handle, Hparams, Inputs, Network};
 
 /// One block's weights.
 pub struct Block<T> {
@@ -57,7 +57,7 @@ impl<T: Handle> Network<T> for Gpt2Net<T> {
     }
 
     fn forward(&self, o: &mut dyn Ops<T = T>, x: &Inputs<'_, T>) -> T {
-        let (n, seqs) = (x.n, x.seqs);
+        let n = x.n;
         let p = &self.p;
         let (e, hd, eps) = (p.n_embd, p.head_dim(), p.norm_eps);
         let tok = o.get_rows(self.tok_embd, x.tokens); // [n_embd, n]
@@ -72,23 +72,7 @@ impl<T: Handle> Network<T> for Gpt2Net<T> {
             let q = o.reshape_3d(q, [hd, p.n_head, n]);
             let k = o.reshape_3d(k, [hd, p.n_head, n]);
             let v = o.reshape_3d(v, [hd, p.n_head, n]);
-            let (k, v) = match x.kv {
-                Kv::None => (k, v),
-                Kv::Store(cache) => (o.write_tokens(cache[il].k, k, 0), o.write_tokens(cache[il].v, v, 0)),
-                Kv::Reuse { cache, start } => (o.write_tokens(cache[il].k, k, start), o.write_tokens(cache[il].v, v, start)),
-            };
-            let a = if seqs.len() <= 1 {
-                o.attention(q, k, v, p.causal) // [n_embd, n]
-            } else {
-                let mut parts = Vec::with_capacity(seqs.len());
-                let mut s0 = 0;
-                for &len in seqs {
-                    let (qs, ks, vs) = (o.token_range(q, s0, len), o.token_range(k, s0, len), o.token_range(v, s0, len));
-                    parts.push(o.attention(qs, ks, vs, p.causal));
-                    s0 += len;
-                }
-                o.concat_tokens(&parts)
-            };
+            let a = attend(o, x, il, q, k, v, p.causal); // [n_embd, n]
             let a = o.mul_mat(l.wo, a);
             let a = o.add(a, l.bo);
             h_in = o.add(a, h_in);

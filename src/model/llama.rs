@@ -9,7 +9,7 @@ use crate::gguf::Gguf;
 use crate::graph::{Ops, RopeMode};
 use super::diffusion::{Family, SamplingDefaults, UnmaskRule};
 use super::tensors::Tensors;
-use super::{Architecture, Handle, Hparams, Inputs, Kv, Network};
+use super::{attend, Architecture, Handle, Hparams, Inputs, Network};
 
 pub use super::layer_of;
 
@@ -94,8 +94,8 @@ impl<T: Handle> Network<T> for Decoder<T> {
     }
 
     fn forward(&self, o: &mut dyn Ops<T = T>, x: &Inputs<'_, T>) -> T {
-        let (n, seqs, pos) = (x.n, x.seqs, x.pos);
-        debug_assert_eq!(seqs.iter().sum::<usize>(), n);
+        let (n, pos) = (x.n, x.pos);
+        debug_assert_eq!(x.seqs.iter().sum::<usize>(), n);
         let p = &self.p;
         let (hd, eps, rope) = (p.head_dim(), p.norm_eps, self.variant.rope);
         let mut h_in = o.get_rows(self.tok_embd, x.tokens); // [n_embd, n]
@@ -113,25 +113,7 @@ impl<T: Handle> Network<T> for Decoder<T> {
             let v = o.reshape_3d(v, [hd, p.n_head_kv, n]);
             let q = o.rope(q, pos, p.rope_dims, p.rope_theta, rope); // [hd, n_head, n]
             let k = o.rope(k, pos, p.rope_dims, p.rope_theta, rope); // [hd, n_head_kv, n]
-            // With a cache, the computed positions' keys/values go into it and attention reads
-            // the whole cache: the other positions' entries are those of the last full pass.
-            let (k, v) = match x.kv {
-                Kv::None => (k, v),
-                Kv::Store(cache) => (o.write_tokens(cache[il].k, k, 0), o.write_tokens(cache[il].v, v, 0)),
-                Kv::Reuse { cache, start } => (o.write_tokens(cache[il].k, k, start), o.write_tokens(cache[il].v, v, start)),
-            };
-            let a = if seqs.len() <= 1 {
-                o.attention(q, k, v, p.causal) // [n_head * hd, n]
-            } else {
-                let mut parts = Vec::with_capacity(seqs.len());
-                let mut s0 = 0;
-                for &len in seqs {
-                    let (qs, ks, vs) = (o.token_range(q, s0, len), o.token_range(k, s0, len), o.token_range(v, s0, len));
-                    parts.push(o.attention(qs, ks, vs, p.causal)); // [n_head * hd, len]
-                    s0 += len;
-                }
-                o.concat_tokens(&parts) // [n_head * hd, n]
-            };
+            let a = attend(o, x, il, q, k, v, p.causal); // [n_head * hd, n]
             let a = o.mul_mat(l.wo, a); // [n_embd, n]
             let a = biased(o, a, l.bo);
             h_in = o.add(h_in, a);

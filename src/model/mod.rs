@@ -185,6 +185,30 @@ pub fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
+/// Self-attention of one layer (`il`) as every architecture does it: `k`, `v` go through the
+/// key/value cache as `x.kv` says, then each sequence of `x.seqs` attends within itself.
+/// `q` `[hd, n_head, n]`, `k`/`v` `[hd, n_head_kv, n]`; returns `[hd * n_head, n]`.
+pub fn attend<T: Copy>(o: &mut dyn Ops<T = T>, x: &Inputs<'_, T>, il: usize, q: T, k: T, v: T, causal: bool) -> T {
+    // With a cache, the computed positions' keys/values go into it and attention reads the
+    // whole cache: the other positions' entries are those of the last full pass.
+    let (k, v) = match x.kv {
+        Kv::None => (k, v),
+        Kv::Store(cache) => (o.write_tokens(cache[il].k, k, 0), o.write_tokens(cache[il].v, v, 0)),
+        Kv::Reuse { cache, start } => (o.write_tokens(cache[il].k, k, start), o.write_tokens(cache[il].v, v, start)),
+    };
+    if x.seqs.len() <= 1 {
+        return o.attention(q, k, v, causal);
+    }
+    let mut parts = Vec::with_capacity(x.seqs.len());
+    let mut s0 = 0;
+    for &len in x.seqs {
+        let (qs, ks, vs) = (o.token_range(q, s0, len), o.token_range(k, s0, len), o.token_range(v, s0, len));
+        parts.push(o.attention(qs, ks, vs, causal)); // [hd * n_head, len]
+        s0 += len;
+    }
+    o.concat_tokens(&parts)
+}
+
 /// What a forward pass does with keys and values.
 #[derive(Clone, Copy, Debug)]
 pub enum Kv<'a, T> {
