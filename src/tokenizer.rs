@@ -123,48 +123,23 @@ impl Tokenizer {
             Ok(g.get_array(key, ValueType::String)?.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect())
         };
         let tokens = strings(keys::TOKENS)?;
-        let merges: Vec<serde_json::Value> = strings(keys::MERGES)?
+        let merges = strings(keys::MERGES)?
             .iter()
             .enumerate()
             .map(|(i, m)| match m.split_once(' ') {
-                Some((l, r)) => Ok(json!([l, r])),
+                Some((l, r)) => Ok((l.to_owned(), r.to_owned())),
                 None => Err(g.metadata_error(keys::MERGES, format!("merge {i} ({m:?}) is not \"left right\""))),
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let types: Vec<i32> = match g.get(keys::TOKEN_TYPE) {
             None => vec![token_type::NORMAL; tokens.len()],
             Some(_) => g.get_array(keys::TOKEN_TYPE, ValueType::I32)?.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
         };
         let pre = g.get(keys::PRE).and_then(|v| v.as_str()).unwrap_or("default");
-        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-        let pre_tokenizer = match pre {
-            "default" | "gpt2" | "gpt-2" => byte_level,
-            // llama.cpp's SMOLLM: each digit on its own, then GPT-2's regex.
-            "smollm" => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": true}, byte_level]}),
-            other => {
-                return Err(g.metadata_error(keys::PRE, format!("pre-tokenizer `{other}` is not supported yet (supported: default, gpt2, smollm)")))
-            }
-        };
-        let vocab: serde_json::Map<String, serde_json::Value> =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
-        let added: Vec<_> = tokens
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| matches!(types.get(i), Some(&token_type::CONTROL) | Some(&token_type::USER_DEFINED)))
-            .map(|(i, t)| {
-                json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                       "normalized": false, "special": types[i] == token_type::CONTROL})
-            })
-            .collect();
-        let tok = json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-            "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": vocab, "merges": merges}
-        });
+        let pre_tokenizer = byte_level_pre_tokenizer(pre).ok_or_else(|| {
+            g.metadata_error(keys::PRE, format!("pre-tokenizer `{}` is not supported yet (supported: {})", crate::gguf::shown_name(pre), BYTE_LEVEL_PRE.join(", ")))
+        })?;
+        let tok = byte_level_tokenizer_json(&tokens, merges, &types, pre_tokenizer);
         let inner = tok.to_string().parse::<tokenizers::Tokenizer>().map_err(tok_err)?;
         Self::with_specials(g, inner, TokenizerSource::Gpt2Arrays)
     }
@@ -265,6 +240,75 @@ impl Tokenizer {
 }
 
 /// The Hugging Face `tokenizer.json` equivalent to a SentencePiece BPE vocabulary
+/// Qwen2's split (Dream's tokenizer): GPT-2's, with case-insensitive contractions, single digits
+/// and newlines kept apart.
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The `tokenizer.ggml.pre` values [`byte_level_pre_tokenizer`] knows.
+pub const BYTE_LEVEL_PRE: &[&str] = &["default", "gpt-2", "gpt2", "smollm", "qwen2"];
+
+/// The Hugging Face pre-tokenizer llama.cpp means by `tokenizer.ggml.pre = name` for a byte-level
+/// BPE vocabulary, if known.
+pub fn byte_level_pre_tokenizer(name: &str) -> Option<serde_json::Value> {
+    let gpt2 = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    Some(match name {
+        "default" | "gpt2" | "gpt-2" => gpt2,
+        // llama.cpp's SMOLLM: each digit on its own, then GPT-2's regex.
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, gpt2]}),
+        "qwen2" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_REGEX}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]}),
+        _ => return None,
+    })
+}
+
+/// The `tokenizer.ggml.pre` name of a `tokenizer.json` pre-tokenizer, when it splits text as one
+/// llama.cpp knows does (compared by what decides the split: the regex and the byte mapping).
+pub fn byte_level_pre_name(pre: &serde_json::Value) -> Option<&'static str> {
+    let shape = |v: &serde_json::Value| -> serde_json::Value {
+        match v["type"].as_str() {
+            Some("ByteLevel") => json!(["ByteLevel", v["use_regex"].as_bool().unwrap_or(true), v["add_prefix_space"].as_bool().unwrap_or(false)]),
+            Some("Split") => json!(["Split", v["pattern"], v["behavior"], v["invert"]]),
+            Some("Digits") => json!(["Digits", v["individual_digits"]]),
+            _ => json!(null),
+        }
+    };
+    let flat = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        match v["type"].as_str() {
+            Some("Sequence") => v["pretokenizers"].as_array().map(|a| a.iter().map(shape).collect()).unwrap_or_default(),
+            _ => vec![shape(v)],
+        }
+    };
+    let want = flat(pre);
+    ["gpt-2", "smollm", "qwen2"].into_iter().find(|&name| byte_level_pre_tokenizer(name).is_some_and(|p| flat(&p) == want))
+}
+
+/// A Hugging Face `tokenizer.json` for a byte-level BPE (GPT-2 family) vocabulary: `tokens` in id
+/// order, `merges` by rank, token types (CONTROL and USER_DEFINED ones become added tokens) and
+/// the pre-tokenizer. The decoder maps bytes back; no post-processor (BOS is added by
+/// [`Tokenizer`], not by the JSON).
+pub fn byte_level_tokenizer_json(tokens: &[String], merges: Vec<(String, String)>, types: &[i32], pre_tokenizer: serde_json::Value) -> serde_json::Value {
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let added: Vec<_> = tokens
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| matches!(types.get(i), Some(&token_type::CONTROL) | Some(&token_type::USER_DEFINED)))
+        .map(|(i, t)| {
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": types[i] == token_type::CONTROL})
+        })
+        .collect();
+    let merges: Vec<serde_json::Value> = merges.into_iter().map(|(l, r)| json!([l, r])).collect();
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": merges}
+    })
+}
+
 /// (LLaMA's: byte fallback, "▁" for spaces, a dummy prefix), merges derived from `scores`.
 pub fn spm_tokenizer_json(tokens: &[String], scores: &[f32], types: &[i32], unk: Option<u32>) -> Result<String> {
     let n = tokens.len();

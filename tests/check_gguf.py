@@ -77,11 +77,12 @@ def use_more_bits(i, n):
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def expected_type(kind, name, layer, n_layer, ndim, row):
-    if ndim == 1:
+def expected_type(kind, name, layer, n_layer, ndim, row, tied=False):
+    if ndim == 1 or name == "position_embd.weight":  # learned positions stay f32, as in llama.cpp
         return "F32"
     t = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q6_k": "Q6_K", "q4_0": "Q4_0", "q4_k_m": "Q4_K"}[kind]
-    if kind in ("q4_0", "q4_k_m") and name == "output.weight":
+    # llama.cpp's quantizer: without output.weight the embedding is the head and typed as one.
+    if kind in ("q4_0", "q4_k_m") and (name == "output.weight" or (tied and name == "token_embd.weight")):
         t = "Q6_K"
     if kind == "q4_k_m" and (name.endswith("attn_v.weight") or name.endswith("ffn_down.weight")) and use_more_bits(layer, n_layer):
         t = "Q6_K"
@@ -173,7 +174,7 @@ def main():
         w = src[hf_name]
         check(list(t.shape) == list(reversed(w.shape)), f"{name}: shape {list(t.shape)} vs source {list(w.shape)}")
         layer = int(name.split(".")[1]) if name.startswith("blk.") else None
-        want = expected_type(kind, name, layer, nl, w.ndim, w.shape[-1])
+        want = expected_type(kind, name, layer, nl, w.ndim, w.shape[-1], "lm_head.weight" not in names)
         check(t.tensor_type.name == want, f"{name}: type {t.tensor_type.name}, expected {want}")
         if ".attn_q." in name:
             w = permute(w, nh)

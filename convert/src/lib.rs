@@ -1,4 +1,5 @@
-//! dlm-convert: Hugging Face DiffuLLaMA checkpoint → GGUF (see ../shared/DESIGN.md §3).
+//! dlm-convert: Hugging Face checkpoint (DiffuLLaMA, LLaDA, Dream, DiffuGPT) → GGUF (see
+//! ../shared/DESIGN.md §3).
 //!
 //! [`Plan::new`] reads and validates everything (config, tokenizer, every tensor's presence,
 //! dtype and shape) before a byte is written; [`Plan::write`] then streams tensor by tensor:
@@ -6,6 +7,8 @@
 //! over the target only when complete. Peak memory is about one tensor, not the model.
 
 pub mod checkpoint;
+pub mod config;
+pub mod layout;
 pub mod policy;
 pub mod requant;
 pub mod vocab;
@@ -17,10 +20,14 @@ use dlm::gguf::{GgufWriter, Value};
 use dlm::{keys, GgmlType};
 use rayon::prelude::*;
 
-pub use checkpoint::{Checkpoint, LlamaConfig, SourceTensor};
+pub use checkpoint::{Checkpoint, SourceTensor};
+pub use config::{HfArch, HfConfig};
+pub use layout::Transform;
 pub use policy::OutType;
 pub use requant::{Requant, RequantTensor};
-pub use vocab::Vocab;
+pub use vocab::{Vocab, VocabKind};
+
+use layout::Layout;
 
 /// Conversion errors; each names the file, field or tensor at fault.
 #[derive(Debug, thiserror::Error)]
@@ -80,10 +87,10 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub out_type: OutType,
-    /// `--mask-id`: overrides the tokenizer config's mask token and the DiffuLLaMA default.
+    /// `--mask-id`: overrides the config files' mask token and the family's default.
     pub mask_id: Option<u32>,
     pub name: Option<String>,
-    /// `--causal`: an autoregressive checkpoint; writes `llama.attention.causal = true` so that
+    /// `--causal`: an autoregressive checkpoint; writes `{arch}.attention.causal = true` so that
     /// dlm-run keeps the causal mask (decoded left to right with `--block-length 1`).
     pub causal: bool,
 }
@@ -98,8 +105,9 @@ pub struct PlannedTensor {
     pub ggml_type: GgmlType,
     /// The policy's type when it did not fit the row length and `ggml_type` is the fallback.
     pub wanted: Option<GgmlType>,
-    /// Heads to permute rows by (Hugging Face rotate-half → ggml interleaved RoPE), for Q and K.
-    pub permute_heads: Option<u64>,
+    /// Q/K row permutation (Hugging Face rotate-half → ggml interleaved RoPE) or a GPT-2
+    /// `Conv1D` transpose.
+    pub transform: Transform,
     pub source: SourceTensor,
 }
 
@@ -112,12 +120,15 @@ impl PlannedTensor {
 /// A validated conversion, ready to write.
 pub struct Plan {
     pub dir: PathBuf,
-    pub config: LlamaConfig,
+    pub config: HfConfig,
     pub checkpoint: Checkpoint,
     pub tensors: Vec<PlannedTensor>,
     pub header: GgufWriter,
     pub mask_id: u32,
-    pub mask_source: &'static str,
+    /// Where the mask id came from (`--mask-id`, a config file, or the family's default).
+    pub mask_source: String,
+    /// What a user should know that does not stop the conversion.
+    pub warnings: Vec<String>,
 }
 
 /// What a finished conversion did.
@@ -152,161 +163,91 @@ impl Summary {
     }
 }
 
-/// Hugging Face tensor name → (GGUF name, layer).
-fn map_name(hf: &str) -> Option<(String, Option<u64>)> {
-    match hf {
-        "model.embed_tokens.weight" => return Some(("token_embd.weight".into(), None)),
-        "model.norm.weight" => return Some(("output_norm.weight".into(), None)),
-        "lm_head.weight" => return Some(("output.weight".into(), None)),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, leaf) = rest.split_once('.')?;
-    let layer: u64 = layer.parse().ok()?;
-    let gg = match leaf {
-        "input_layernorm.weight" => "attn_norm",
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        "mlp.gate_proj.weight" => "ffn_gate",
-        "mlp.up_proj.weight" => "ffn_up",
-        "mlp.down_proj.weight" => "ffn_down",
-        _ => return None,
-    };
-    Some((format!("blk.{layer}.{gg}.weight"), Some(layer)))
-}
-
-/// Tensors present in many HF checkpoints that carry no weights (recomputed at run time).
-fn ignorable(hf: &str) -> bool {
-    hf.ends_with(".rotary_emb.inv_freq")
-}
-
 impl Plan {
     /// Reads and validates the checkpoint in `dir` against `opts`; writes nothing.
     pub fn new(dir: &Path, opts: &Options) -> Result<Plan> {
         if !dir.is_dir() {
             return Err(ConvertError::input(dir, "neither a folder nor a GGUF file (expected a Hugging Face checkpoint folder, or a GGUF model to re-quantize)".into()));
         }
-        let config = LlamaConfig::load(dir)?;
-        let vocab = Vocab::load(dir)?;
+        let config = HfConfig::load(dir)?;
+        let mut vocab = Vocab::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
         let cfg_path = dir.join("config.json");
-        if vocab.tokens.len() as u64 != config.vocab_size {
-            return Err(ConvertError::field(
-                &cfg_path,
-                "vocab_size",
-                format!("{} but the tokenizer has {} tokens", config.vocab_size, vocab.tokens.len()),
-            ));
+        let c = &config;
+        let family = c.arch.family();
+        let n_tokens = vocab.tokens.len() as u64;
+        let byte_level = matches!(vocab.kind, VocabKind::ByteLevel { .. });
+        // A SentencePiece vocabulary must match exactly (LLaMA's always does); byte-level ones
+        // are padded to the embedding's width as llama.cpp does (Qwen2's 151,665 tokens in 152,064
+        // rows).
+        if n_tokens > c.vocab_size || (!byte_level && n_tokens != c.vocab_size) {
+            return Err(ConvertError::field(&cfg_path, "vocab_size", format!("{} but the tokenizer has {n_tokens} tokens", c.vocab_size)));
         }
-        let (mask_id, mask_source) = match (opts.mask_id, vocab.mask_from_config) {
-            (Some(id), _) => (id, "--mask-id"),
-            (None, Some(id)) => (id, "tokenizer_config.json mask_token"),
-            (None, None) => (keys::DIFFULLAMA_MASK_ID, "DiffuLLaMA default"),
+        vocab.pad_to(c.vocab_size as usize);
+        if c.arch == HfArch::Llada {
+            // llama.cpp's LLaDA converter: LLaDA is trained with BOS.
+            vocab.add_bos = true;
+        }
+        let (mask_id, mask_source) = match (opts.mask_id, vocab.mask_from_config, c.mask_token_id) {
+            (Some(id), _, _) => (id, "--mask-id".to_owned()),
+            (None, Some(id), _) => (id, "tokenizer_config.json mask_token".to_owned()),
+            (None, None, Some(id)) => (id, "config.json mask_token_id".to_owned()),
+            (None, None, None) => (family.mask_id, format!("{} default", family.name)),
         };
-        if mask_id as u64 >= config.vocab_size {
+        if mask_id as u64 >= c.vocab_size {
             return Err(ConvertError::input(
                 dir,
-                format!("mask id {mask_id} ({mask_source}) is outside the {}-token vocabulary", config.vocab_size),
+                format!("mask id {mask_id} ({mask_source}) is outside the {}-token vocabulary", c.vocab_size),
             ));
         }
 
-        let c = &config;
-        let (h, hd, f, v) = (c.hidden_size, c.head_dim(), c.intermediate_size, c.vocab_size);
-        let (q_rows, kv_rows) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-        // Expected Hugging Face shapes (row-major: [rows, cols]).
-        let expect = |gg: &str| -> Vec<u64> {
-            let leaf = gg.rsplit_once('.').map_or(gg, |(a, _)| a);
-            let leaf = leaf.rsplit('.').next().unwrap_or(leaf);
-            match leaf {
-                "token_embd" | "output" => vec![v, h],
-                "attn_q" => vec![q_rows, h],
-                "attn_k" | "attn_v" => vec![kv_rows, h],
-                "attn_output" => vec![h, q_rows],
-                "ffn_gate" | "ffn_up" => vec![f, h],
-                "ffn_down" => vec![h, f],
-                _ => vec![h], // norms
-            }
-        };
-
+        let layout = Layout::new(c, |n| checkpoint.tensors.contains_key(n));
         // Layers the config names beyond those the checkpoint holds are missing tensors; say so
         // before listing every layer's names (a num_hidden_layers of 2^32 would take gigabytes).
-        let present = checkpoint.tensors.keys().filter_map(|n| map_name(n).and_then(|(_, l)| l)).max().map_or(0, |l| l + 1);
+        let present = checkpoint.tensors.keys().filter_map(|n| layout.layer_of(n)).max().map_or(0, |l| l + 1);
         if c.num_hidden_layers > present {
             return Err(ConvertError::input(
                 dir,
                 format!(
-                    "tensor `model.layers.{present}.input_layernorm.weight` is missing from the checkpoint (config.json num_hidden_layers is {}, the checkpoint has {present} layers)",
+                    "tensor `{}` is missing from the checkpoint (config.json says {} layers, the checkpoint has {present})",
+                    layout.first_of_layer(present),
                     c.num_hidden_layers
                 ),
             ));
         }
-
-        let mut wanted_names: Vec<(String, String, Option<u64>)> = Vec::new();
-        let mut push = |hf: &str| {
-            let (gg, layer) = map_name(hf).expect("names below are all mapped");
-            wanted_names.push((hf.to_owned(), gg, layer));
-        };
-        push("model.embed_tokens.weight");
-        for i in 0..c.num_hidden_layers {
-            for leaf in [
-                "input_layernorm",
-                "self_attn.q_proj",
-                "self_attn.k_proj",
-                "self_attn.v_proj",
-                "self_attn.o_proj",
-                "post_attention_layernorm",
-                "mlp.gate_proj",
-                "mlp.up_proj",
-                "mlp.down_proj",
-            ] {
-                push(&format!("model.layers.{i}.{leaf}.weight"));
-            }
-        }
-        push("model.norm.weight");
-        let tied = c.tie_word_embeddings && !checkpoint.tensors.contains_key("lm_head.weight");
-        if !tied {
-            push("lm_head.weight");
-        }
-
+        let wanted = layout.tensors(c);
         for name in checkpoint.tensors.keys() {
-            if !ignorable(name) && !wanted_names.iter().any(|(hf, _, _)| hf == name) {
+            if !layout.ignorable(c, name) && !wanted.iter().any(|m| &m.hf == name) {
                 return Err(ConvertError::input(
                     dir,
-                    format!("unexpected tensor `{name}` for a {}-layer LLaMA (wrong architecture or layer count?)", c.num_hidden_layers),
+                    format!("unexpected tensor `{name}` for a {}-layer {} (wrong architecture or layer count?)", c.num_hidden_layers, family.name),
                 ));
             }
         }
 
-        let mut tensors = Vec::with_capacity(wanted_names.len());
-        for (hf, gg, layer) in wanted_names {
-            let src = checkpoint.tensors.get(&hf).ok_or_else(|| {
-                ConvertError::input(dir, format!("tensor `{hf}` is missing from the checkpoint (needed for {gg})"))
+        let tied = !wanted.iter().any(|m| m.gguf == "output.weight");
+        let mut tensors = Vec::with_capacity(wanted.len());
+        for m in wanted {
+            let src = checkpoint.tensors.get(&m.hf).ok_or_else(|| {
+                ConvertError::input(dir, format!("tensor `{}` is missing from the checkpoint (needed for {})", m.hf, m.gguf))
             })?;
-            let want = expect(&gg);
-            if src.shape != want {
+            if src.shape != m.hf_shape {
                 return Err(ConvertError::Tensor {
-                    name: hf.clone(),
+                    name: m.hf.clone(),
                     file: checkpoint.files[src.file].clone(),
-                    what: format!("shape {:?}, but config.json implies {want:?}", src.shape),
+                    what: format!("shape {:?}, but config.json implies {:?}", src.shape, m.hf_shape),
                 });
             }
-            let shape: Vec<u64> = want.iter().rev().copied().collect(); // ggml order
-            let chosen = policy::choose(opts.out_type, &gg, layer, c.num_hidden_layers, shape.len());
+            let shape = m.ggml_shape();
+            let chosen = policy::choose(opts.out_type, &m.gguf, m.layer, c.num_hidden_layers, shape.len(), tied);
             let ggml_type = policy::fit(chosen, shape[0]);
-            let permute_heads = match gg.rsplit('.').nth(1) {
-                Some("attn_q") => Some(c.num_attention_heads),
-                Some("attn_k") => Some(c.num_key_value_heads),
-                _ => None,
-            };
             tensors.push(PlannedTensor {
-                hf_name: hf,
-                name: gg,
+                hf_name: m.hf,
+                name: m.gguf,
                 shape,
                 ggml_type,
                 wanted: (ggml_type != chosen).then_some(chosen),
-                permute_heads,
+                transform: m.transform,
                 source: src.clone(),
             });
         }
@@ -316,9 +257,15 @@ impl Plan {
             .clone()
             .or_else(|| c.name.as_ref().map(|n| n.rsplit('/').next().unwrap_or(n).to_owned()))
             .or_else(|| dir.canonicalize().ok()?.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "DiffuLLaMA".into());
+            .unwrap_or_else(|| family.name.to_owned());
         let header = build_header(c, &vocab, &name, opts.out_type, mask_id, opts.causal, &tensors)?;
-        Ok(Plan { dir: dir.to_owned(), config, checkpoint, tensors, header, mask_id, mask_source })
+        let mut warnings = Vec::new();
+        if let VocabKind::ByteLevel { pre: None, .. } = vocab.kind {
+            warnings.push(
+                "the tokenizer's pre-tokenizer is not one llama.cpp names; tokenizer.ggml.pre is left out (dlm uses the embedded tokenizer.json; llama.cpp would fall back to its default)".to_owned(),
+            );
+        }
+        Ok(Plan { dir: dir.to_owned(), config, checkpoint, tensors, header, mask_id, mask_source, warnings })
     }
 
     /// Total bytes of source weights that will be read.
@@ -346,7 +293,8 @@ impl Plan {
 
     /// One tensor's output bytes. Each parallel task takes a run of output rows, decodes the
     /// matching source rows (through the Q/K permutation) into a small f32 buffer and quantizes
-    /// it straight into the output: no full-size f32 copy of the tensor is ever made.
+    /// it straight into the output: no full-size f32 copy of the tensor is made, except of a
+    /// transposed GPT-2 weight, whose rows are the source's columns.
     pub fn convert_tensor(&self, t: &PlannedTensor) -> Result<Vec<u8>> {
         let row = t.shape[0] as usize;
         let rows = (t.n_elements() / t.shape[0]) as usize;
@@ -356,9 +304,16 @@ impl Plan {
             what,
         };
         let row_bytes = t.ggml_type.row_bytes(row as u64).ok_or_else(|| err(format!("rows of {row} do not fit {}", t.ggml_type)))? as usize;
-        let src_row = |r: usize| match t.permute_heads {
-            Some(heads) => rope_source_row(r, rows, heads as usize),
-            None => r,
+        // A transposed (GPT-2 Conv1D) source is read whole once: its output rows are columns.
+        let whole = (t.transform == Transform::Transpose).then(|| self.checkpoint.to_f32(&t.source));
+        let fill = |r: usize, vals: &mut [f32]| match (t.transform, &whole) {
+            (Transform::Transpose, Some(src)) => {
+                for (k, v) in vals.iter_mut().enumerate() {
+                    *v = src[k * rows + r];
+                }
+            }
+            (Transform::Permute(heads), _) => self.checkpoint.decode_row(&t.source, rope_source_row(r, rows, heads as usize), vals),
+            _ => self.checkpoint.decode_row(&t.source, r, vals),
         };
         let rows_per_task = rows_per_task(row);
         let mut out = vec![0u8; rows * row_bytes];
@@ -368,7 +323,7 @@ impl Plan {
                 let n = dst.len() / row_bytes;
                 buf.resize(n * row, 0.0);
                 for (k, vals) in buf.chunks_exact_mut(row).enumerate() {
-                    self.checkpoint.decode_row(&t.source, src_row(chunk * rows_per_task + k), vals);
+                    fill(chunk * rows_per_task + k, vals);
                 }
                 quantize_into(t.ggml_type, buf, row, dst)
             })
@@ -461,7 +416,7 @@ pub fn quantize_parallel(t: GgmlType, values: &[f32], row: usize) -> dlm::Result
 }
 
 fn build_header(
-    c: &LlamaConfig,
+    c: &HfConfig,
     vocab: &Vocab,
     name: &str,
     out_type: OutType,
@@ -470,13 +425,14 @@ fn build_header(
     tensors: &[PlannedTensor],
 ) -> Result<GgufWriter> {
     let mut w = GgufWriter::new();
-    let a = |k: &str| keys::arch("llama", k);
+    let arch = c.arch.gguf_name();
+    let a = |k: &str| keys::arch(arch, k);
     let u32_of = |v: u64, what: &str| -> Result<Value> {
         u32::try_from(v)
             .map(Value::U32)
             .map_err(|_| ConvertError::field(Path::new("config.json"), what, format!("{v} does not fit in 32 bits")))
     };
-    w.set(keys::ARCHITECTURE, "llama")?;
+    w.set(keys::ARCHITECTURE, arch)?;
     w.set(keys::NAME, name)?;
     w.set(keys::FILE_TYPE, out_type.file_type())?;
     w.set(keys::QUANTIZATION_VERSION, 2u32)?;
@@ -485,25 +441,42 @@ fn build_header(
     w.set(&a("embedding_length"), u32_of(c.hidden_size, "hidden_size")?)?;
     w.set(&a("block_count"), u32_of(c.num_hidden_layers, "num_hidden_layers")?)?;
     w.set(&a("feed_forward_length"), u32_of(c.intermediate_size, "intermediate_size")?)?;
-    w.set(&a("rope.dimension_count"), u32_of(c.head_dim(), "hidden_size")?)?;
     w.set(&a("attention.head_count"), u32_of(c.num_attention_heads, "num_attention_heads")?)?;
-    w.set(&a("attention.head_count_kv"), u32_of(c.num_key_value_heads, "num_key_value_heads")?)?;
-    w.set(&a("attention.layer_norm_rms_epsilon"), c.rms_norm_eps as f32)?;
-    w.set(&a("rope.freq_base"), c.rope_theta as f32)?;
-    w.set(&a("vocab_size"), u32_of(c.vocab_size, "vocab_size")?)?;
+    if c.arch == HfArch::Gpt2 {
+        w.set(&a("attention.layer_norm_epsilon"), c.norm_eps as f32)?;
+    } else {
+        w.set(&a("rope.dimension_count"), u32_of(c.head_dim(), "hidden_size")?)?;
+        w.set(&a("attention.head_count_kv"), u32_of(c.num_key_value_heads, "num_key_value_heads")?)?;
+        w.set(&a("attention.layer_norm_rms_epsilon"), c.norm_eps as f32)?;
+        w.set(&a("rope.freq_base"), c.rope_theta as f32)?;
+        w.set(&a("vocab_size"), u32_of(c.vocab_size, "vocab_size")?)?;
+    }
     w.set(&a("attention.causal"), causal)?;
 
-    w.set(keys::TOKENIZER_MODEL, "llama")?;
-    w.set(keys::TOKENS, Value::string_array(vocab.tokens.iter().cloned()))?;
-    w.set(keys::SCORES, Value::f32_array(vocab.scores.iter().copied()))?;
-    w.set(keys::TOKEN_TYPE, Value::i32_array(vocab.types.iter().copied()))?;
+    match &vocab.kind {
+        VocabKind::SentencePiece => {
+            w.set(keys::TOKENIZER_MODEL, "llama")?;
+            w.set(keys::TOKENS, Value::string_array(vocab.tokens.iter().cloned()))?;
+            w.set(keys::SCORES, Value::f32_array(vocab.scores.iter().copied()))?;
+            w.set(keys::TOKEN_TYPE, Value::i32_array(vocab.types.iter().copied()))?;
+        }
+        VocabKind::ByteLevel { merges, pre } => {
+            w.set(keys::TOKENIZER_MODEL, "gpt2")?;
+            if let Some(pre) = pre {
+                w.set(keys::PRE, *pre)?;
+            }
+            w.set(keys::TOKENS, Value::string_array(vocab.tokens.iter().cloned()))?;
+            w.set(keys::TOKEN_TYPE, Value::i32_array(vocab.types.iter().copied()))?;
+            w.set(keys::MERGES, Value::string_array(merges.iter().cloned()))?;
+        }
+    }
     for (key, id) in [
         (keys::BOS_ID, vocab.bos.or(c.bos_token_id)),
         (keys::EOS_ID, vocab.eos.or(c.eos_token_id)),
         (keys::UNK_ID, vocab.unk),
         (keys::PAD_ID, vocab.pad),
     ] {
-        if let Some(id) = id {
+        if let Some(id) = id.filter(|&id| (id as u64) < c.vocab_size) {
             w.set(key, id)?;
         }
     }
@@ -511,7 +484,7 @@ fn build_header(
     w.set(keys::ADD_EOS, vocab.add_eos)?;
     w.set(keys::MASK_ID, mask_id)?;
     w.set(keys::HF_JSON, vocab.hf_json.as_str())?;
-    w.set(keys::SHIFT_LOGITS, true)?;
+    w.set(keys::SHIFT_LOGITS, c.arch.family().shift_logits)?;
 
     for t in tensors {
         w.add_tensor(&t.name, &t.shape, t.ggml_type)?;
@@ -531,12 +504,5 @@ mod tests {
         // head_dim 6: [0, 3, 1, 4, 2, 5]
         let rows: Vec<usize> = (0..6).map(|r| rope_source_row(r, 6, 1)).collect();
         assert_eq!(rows, vec![0, 3, 1, 4, 2, 5]);
-    }
-
-    #[test]
-    fn names_map_like_llama_cpp() {
-        assert_eq!(map_name("model.layers.12.mlp.down_proj.weight"), Some(("blk.12.ffn_down.weight".into(), Some(12))));
-        assert_eq!(map_name("model.layers.x.mlp.down_proj.weight"), None);
-        assert_eq!(map_name("lm_head.weight").unwrap().0, "output.weight");
     }
 }

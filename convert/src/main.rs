@@ -1,4 +1,5 @@
-//! `dlm-convert`: Hugging Face DiffuLLaMA checkpoint → GGUF, or GGUF → GGUF re-quantization.
+//! `dlm-convert`: Hugging Face checkpoint (DiffuLLaMA, LLaDA, Dream, DiffuGPT) → GGUF, or GGUF →
+//! GGUF re-quantization.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,12 +10,15 @@ use dlm::GgmlType;
 use dlm_convert::{Options, OutType, Plan, Requant, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Convert a Hugging Face DiffuLLaMA (LLaMA-architecture) checkpoint into a GGUF file for dlm-run.
+/// Convert a Hugging Face diffusion-LM checkpoint into a GGUF file for dlm-run.
 ///
-/// The input folder needs config.json, tokenizer.json (or tokenizer.model), and the weights as
-/// model.safetensors or shards listed in model.safetensors.index.json (bf16, f16 or f32).
-/// The output follows llama.cpp's GGUF conventions, plus the diffusion keys dlm needs
-/// (bidirectional attention, mask token id, shifted logits), so llama.cpp can read it too.
+/// Reads DiffuLLaMA (LlamaForCausalLM), LLaDA (LLaDAModelLM), Dream (DreamModel) and DiffuGPT
+/// (GPT2LMHeadModel) checkpoints. The input folder needs config.json, a tokenizer
+/// (tokenizer.json; or tokenizer.model for LLaMA; or vocab.json with merges.txt for GPT-2), and
+/// the weights as model.safetensors or shards listed in model.safetensors.index.json (bf16, f16
+/// or f32). The output follows llama.cpp's GGUF conventions for each architecture, plus the
+/// diffusion keys dlm needs (bidirectional attention, mask token id, logit shift), so llama.cpp
+/// can read it too.
 ///
 /// Given a GGUF model instead of a folder, it re-quantizes it (llama-quantize's job): every
 /// metadata key is kept, each tensor gets the type --type gives it, and tensors already of that
@@ -24,7 +28,7 @@ use indicatif::{ProgressBar, ProgressStyle};
     name = "dlm-convert",
     version,
     allow_negative_numbers = true,
-    after_help = "Examples:\n  dlm-convert path/to/diffullama-hf -o diffullama-q4.gguf --type q4_0\n  dlm-convert diffullama-f16.gguf -o diffullama-q4_k_m.gguf --type q4_k_m"
+    after_help = "Examples:\n  dlm-convert path/to/diffullama-hf -o diffullama-q4.gguf --type q4_0\n  dlm-convert path/to/LLaDA-8B-Base -o llada-q4_k_m.gguf --type q4_k_m\n  dlm-convert diffullama-f16.gguf -o diffullama-q4_k_m.gguf --type q4_k_m"
 )]
 struct Args {
     /// Hugging Face checkpoint folder, or a GGUF model to re-quantize
@@ -36,14 +40,15 @@ struct Args {
     /// Weight type
     #[arg(long = "type", value_enum, default_value = "f16")]
     out_type: OutType,
-    /// Mask token id [default: the tokenizer config's mask token, else 811, DiffuLLaMA's]
+    /// Mask token id [default: the tokenizer config's mask token, else config.json's
+    /// mask_token_id, else the family's: 811 DiffuLLaMA, 126336 LLaDA, 151666 Dream, 10541 DiffuGPT]
     #[arg(long)]
     mask_id: Option<u32>,
     /// Model name stored in general.name [default: from config.json or the folder name]
     #[arg(long)]
     name: Option<String>,
-    /// The checkpoint is autoregressive (a LLaMA before diffusion adaptation): keep causal
-    /// attention (llama.attention.causal = true); dlm-run then decodes it left to right with
+    /// The checkpoint is autoregressive (a LLaMA or GPT-2 before diffusion adaptation): keep causal
+    /// attention ({arch}.attention.causal = true); dlm-run then decodes it left to right with
     /// --block-length 1
     #[arg(long)]
     causal: bool,
@@ -112,8 +117,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot convert {}", args.input().display()))?;
     plan.check_output(args.output())?;
     let c = &plan.config;
+    for w in &plan.warnings {
+        dlm::errln!("warning: {w}");
+    }
     dlm::errln!(
-        "dlm-convert: {} layers, hidden {}, {} heads ({} kv), ffn {}, vocab {}; --type {}; mask id {} ({})",
+        "dlm-convert: {} ({}): {} layers, hidden {}, {} heads ({} kv), ffn {}, vocab {}; --type {}; mask id {} ({})",
+        c.arch.family().name,
+        c.arch.gguf_name(),
         c.num_hidden_layers,
         c.hidden_size,
         c.num_attention_heads,

@@ -53,12 +53,15 @@ pub fn use_more_bits(layer: u64, n_layer: u64) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
-/// The type llama.cpp's quantizer would choose for tensor `name` (`layer` for `blk.N.*`).
-pub fn choose(out: OutType, name: &str, layer: Option<u64>, n_layer: u64, n_dims: usize) -> GgmlType {
-    if n_dims < 2 {
+/// The type llama.cpp's quantizer would choose for tensor `name` (`layer` for `blk.N.*`);
+/// `tied`: the file has no `output.weight`, so the embedding is also the LM head and gets the
+/// head's type. Learned position tables stay f32, as both llama.cpp's converter and quantizer
+/// keep them.
+pub fn choose(out: OutType, name: &str, layer: Option<u64>, n_layer: u64, n_dims: usize, tied: bool) -> GgmlType {
+    if n_dims < 2 || name == "position_embd.weight" {
         return GgmlType::F32;
     }
-    let is_output = name == "output.weight";
+    let is_output = name == "output.weight" || (tied && name == "token_embd.weight");
     match out {
         OutType::F32 => GgmlType::F32,
         OutType::F16 => GgmlType::F16,
@@ -103,11 +106,15 @@ mod tests {
         // 32 layers: i < 4, i >= 28, or (i - 4) % 3 == 2 -> layers 0-3, 6, 9, ..., 27, 28-31.
         let more: Vec<u64> = (0..32).filter(|&i| use_more_bits(i, 32)).collect();
         assert_eq!(more, vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]);
-        assert_eq!(choose(OutType::Q4_K_M, "blk.6.ffn_down.weight", Some(6), 32, 2), GgmlType::Q6_K);
-        assert_eq!(choose(OutType::Q4_K_M, "blk.7.ffn_down.weight", Some(7), 32, 2), GgmlType::Q4_K);
-        assert_eq!(choose(OutType::Q4_K_M, "blk.6.attn_q.weight", Some(6), 32, 2), GgmlType::Q4_K);
-        assert_eq!(choose(OutType::Q4_0, "output.weight", None, 32, 2), GgmlType::Q6_K);
-        assert_eq!(choose(OutType::Q4_0, "blk.0.attn_norm.weight", Some(0), 32, 1), GgmlType::F32);
+        assert_eq!(choose(OutType::Q4_K_M, "blk.6.ffn_down.weight", Some(6), 32, 2, false), GgmlType::Q6_K);
+        assert_eq!(choose(OutType::Q4_K_M, "blk.7.ffn_down.weight", Some(7), 32, 2, false), GgmlType::Q4_K);
+        assert_eq!(choose(OutType::Q4_K_M, "blk.6.attn_q.weight", Some(6), 32, 2, false), GgmlType::Q4_K);
+        assert_eq!(choose(OutType::Q4_0, "output.weight", None, 32, 2, false), GgmlType::Q6_K);
+        assert_eq!(choose(OutType::Q4_0, "blk.0.attn_norm.weight", Some(0), 32, 1, false), GgmlType::F32);
+        // A tied embedding is the head too; untied it is an ordinary matrix.
+        assert_eq!(choose(OutType::Q4_0, "token_embd.weight", None, 32, 2, true), GgmlType::Q6_K);
+        assert_eq!(choose(OutType::Q4_0, "token_embd.weight", None, 32, 2, false), GgmlType::Q4_0);
+        assert_eq!(choose(OutType::Q4_0, "position_embd.weight", None, 32, 2, true), GgmlType::F32);
     }
 
     #[test]

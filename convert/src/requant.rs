@@ -72,16 +72,17 @@ impl Requant {
         let (mask_id, mask_source) = match (opts.mask_id, gguf.get(keys::MASK_ID).and_then(Value::as_u64)) {
             (Some(id), _) => (id, "--mask-id"),
             (None, Some(id)) => (id as u32, "the source file"),
-            (None, None) => (keys::DIFFULLAMA_MASK_ID, "DiffuLLaMA default, which dlm-run takes"),
+            (None, None) => (checked.diffusion.mask_id, "the family's default, which dlm-run takes"),
         };
         if mask_id as u64 >= n_vocab {
             return Err(ConvertError::input(path, format!("mask id {mask_id} ({mask_source}) is outside the {n_vocab}-token vocabulary")));
         }
 
+        let tied = gguf.tensor("output.weight").is_none();
         let mut tensors = Vec::with_capacity(gguf.tensors().len());
         for (index, t) in gguf.tensors().iter().enumerate() {
             let layer = dlm::model::layer_of(&t.name).map(|l| l as u64);
-            let chosen = policy::choose(opts.out_type, &t.name, layer, n_layer, t.shape.len());
+            let chosen = policy::choose(opts.out_type, &t.name, layer, n_layer, t.shape.len(), tied);
             let ggml_type = policy::fit(chosen, t.shape[0]);
             let shown = dlm::gguf::shown_name(&t.name);
             if ggml_type != t.ggml_type {

@@ -1,8 +1,15 @@
 //! The tokenizer of a checkpoint, turned into what GGUF stores: llama.cpp's token arrays
 //! (`tokenizer.ggml.tokens/scores/token_type`) plus the Hugging Face JSON itself.
 //!
-//! Sources: `tokenizer.json` (BPE with byte fallback, as LLaMA's fast tokenizer) and/or
-//! SentencePiece's `tokenizer.model`. With `tokenizer.model` the scores are SentencePiece's own;
+//! Two kinds of vocabulary:
+//! - SentencePiece-style BPE (LLaMA, DiffuLLaMA): `tokenizer.ggml.model = "llama"` with scores.
+//!   Sources: `tokenizer.json` (BPE with byte fallback, as LLaMA's fast tokenizer) and/or
+//!   SentencePiece's `tokenizer.model`.
+//! - Byte-level BPE (GPT-2, Qwen2, LLaDA): `tokenizer.ggml.model = "gpt2"` with the merges and
+//!   llama.cpp's name for the pre-tokenizer. Sources: `tokenizer.json`, or GPT-2's older
+//!   `vocab.json` + `merges.txt` (from which a `tokenizer.json` is built to embed).
+//!
+//! For SentencePiece vocabularies: With `tokenizer.model` the scores are SentencePiece's own;
 //! from `tokenizer.json` alone they are derived from the merge ranks (a piece first produced by
 //! merge *r* scores −r), which makes SentencePiece's "merge the highest-scoring pair" rule pick
 //! the same merges as the BPE model.
@@ -31,6 +38,17 @@ pub struct Vocab {
     pub mask_from_config: Option<u32>,
     /// The Hugging Face tokenizer JSON to embed (the checkpoint's, or rebuilt from tokenizer.model).
     pub hf_json: String,
+    pub kind: VocabKind,
+}
+
+/// How text becomes tokens, as GGUF records it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VocabKind {
+    /// SentencePiece-style BPE with byte fallback (`tokenizer.ggml.model = "llama"`, scores).
+    SentencePiece,
+    /// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`): merges by rank, and llama.cpp's name
+    /// of the pre-tokenizer when it is one llama.cpp knows.
+    ByteLevel { merges: Vec<String>, pre: Option<&'static str> },
 }
 
 impl Vocab {
@@ -48,6 +66,19 @@ impl Vocab {
             add_eos: false,
             mask_from_config: None,
             hf_json: String::new(),
+            kind: VocabKind::SentencePiece,
+        }
+    }
+
+    /// Pads the token list to `n` with llama.cpp's `[PAD{i}]` placeholders (type UNUSED): a
+    /// model's embedding is often wider than its tokenizer (Qwen2, LLaDA).
+    pub fn pad_to(&mut self, n: usize) {
+        for i in self.tokens.len()..n {
+            self.tokens.push(format!("[PAD{i}]"));
+            self.types.push(token_type::UNUSED);
+            if !self.scores.is_empty() {
+                self.scores.push(0.0);
+            }
         }
     }
 
@@ -77,8 +108,9 @@ impl Vocab {
                     .map_err(|e| ConvertError::input(&model_path, e.to_string()))?;
                 (v, json)
             }
+            (false, false) if dir.join("vocab.json").exists() && dir.join("merges.txt").exists() => from_vocab_and_merges(dir)?,
             (false, false) => {
-                return Err(ConvertError::input(dir, "no tokenizer found: expected tokenizer.json or tokenizer.model".into()))
+                return Err(ConvertError::input(dir, "no tokenizer found: expected tokenizer.json, tokenizer.model, or vocab.json with merges.txt".into()))
             }
         };
         v.hf_json = json_text;
@@ -101,6 +133,9 @@ fn from_hf_json(path: &Path, text: &str) -> Result<Vocab> {
     let ty = model["type"].as_str().unwrap_or("");
     if ty != "BPE" {
         return Err(ConvertError::field(path, "model.type", format!("`{ty}` is not supported; expected \"BPE\" (LLaMA)")));
+    }
+    if model["byte_fallback"].as_bool() != Some(true) && has_byte_level(&j) {
+        return from_byte_level_json(path, &j);
     }
     let vocab = model["vocab"]
         .as_object()
@@ -168,6 +203,139 @@ fn from_hf_json(path: &Path, text: &str) -> Result<Vocab> {
         });
     }
     Ok(Vocab::from_arrays(tokens, scores, types, unk))
+}
+
+/// Whether a `tokenizer.json` maps bytes to printable characters (GPT-2's `ByteLevel`), in its
+/// pre-tokenizer or decoder.
+fn has_byte_level(j: &Json) -> bool {
+    fn any(v: &Json) -> bool {
+        v["type"] == "ByteLevel" || ["pretokenizers", "decoders"].iter().any(|k| v[k].as_array().is_some_and(|a| a.iter().any(any)))
+    }
+    any(&j["pre_tokenizer"]) || any(&j["decoder"])
+}
+
+/// Token id of a `model.vocab` or `added_tokens` entry.
+fn token_id(path: &Path, v: &Json, field: &str) -> Result<u32> {
+    v.as_u64()
+        .and_then(|x| u32::try_from(x).ok())
+        .filter(|&x| x < MAX_TOKENS)
+        .ok_or_else(|| ConvertError::field(path, field, format!("token id {v} is not below {MAX_TOKENS}")))
+}
+
+/// No tokenizer has more tokens than this; an id beyond it is a broken file, not a vocabulary
+/// to pad with placeholders.
+const MAX_TOKENS: u32 = 1 << 24;
+
+/// Byte-level BPE tokens, types and merges from `tokenizer.json`. Ids need not be dense: gaps
+/// become `[PAD{i}]` placeholders, as llama.cpp's converter writes them.
+fn from_byte_level_json(path: &Path, j: &Json) -> Result<Vocab> {
+    let model = &j["model"];
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| ConvertError::field(path, "model.vocab", "expected an object of token -> id".into()))?;
+    let mut by_id: HashMap<u32, (String, i32)> = HashMap::with_capacity(vocab.len());
+    for (tok, id) in vocab {
+        if let Some((prev, _)) = by_id.insert(token_id(path, id, "model.vocab")?, (tok.clone(), token_type::NORMAL)) {
+            return Err(ConvertError::field(path, "model.vocab", format!("id {id} is both {prev:?} and {tok:?}")));
+        }
+    }
+    for added in j["added_tokens"].as_array().into_iter().flatten() {
+        let id = token_id(path, &added["id"], "added_tokens")?;
+        let content = added["content"].as_str().unwrap_or_default().to_owned();
+        let ty = if added["special"].as_bool().unwrap_or(false) { token_type::CONTROL } else { token_type::USER_DEFINED };
+        if let Some((prev, _)) = by_id.get(&id) {
+            if *prev != content {
+                return Err(ConvertError::field(path, "added_tokens", format!("id {id} is both {prev:?} and {content:?}")));
+            }
+        }
+        by_id.insert(id, (content, ty));
+    }
+    let n = by_id.keys().max().map_or(0, |&m| m + 1);
+    let (mut tokens, mut types) = (Vec::with_capacity(n as usize), Vec::with_capacity(n as usize));
+    for i in 0..n {
+        let (t, ty) = by_id.remove(&i).unwrap_or_else(|| (format!("[PAD{i}]"), token_type::UNUSED));
+        tokens.push(t);
+        types.push(ty);
+    }
+    let merges = model["merges"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(rank, m)| match m {
+            Json::String(s) if s.split(' ').count() == 2 => Ok(s.clone()),
+            Json::Array(a) if a.len() == 2 && a.iter().all(|x| x.as_str().is_some_and(|s| !s.contains(' '))) => {
+                Ok(format!("{} {}", a[0].as_str().unwrap_or(""), a[1].as_str().unwrap_or("")))
+            }
+            _ => Err(ConvertError::field(path, "model.merges", format!("merge {rank} is neither \"a b\" nor [a, b]"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pre = dlm::tokenizer::byte_level_pre_name(&j["pre_tokenizer"]);
+    let mut v = Vocab::from_arrays(tokens, Vec::new(), types, None);
+    v.add_bos = false;
+    v.kind = VocabKind::ByteLevel { merges, pre };
+    Ok(v)
+}
+
+/// GPT-2's older tokenizer files: `vocab.json` (token → id) and `merges.txt` (one merge per line
+/// after a `#version` header). Returns the vocabulary and the `tokenizer.json` built from them.
+fn from_vocab_and_merges(dir: &Path) -> Result<(Vocab, String)> {
+    let vocab_path = dir.join("vocab.json");
+    let text = crate::read_text(&vocab_path)?;
+    let vocab: Json = serde_json::from_str(&text).map_err(|e| ConvertError::input(&vocab_path, format!("not valid JSON: {e}")))?;
+    let merges_path = dir.join("merges.txt");
+    let merges_text = crate::read_text(&merges_path)?;
+    let mut merges = Vec::new();
+    for (i, line) in merges_text.lines().enumerate() {
+        if line.starts_with("#version") || line.is_empty() {
+            continue;
+        }
+        match line.split_once(' ') {
+            Some((l, r)) if !r.contains(' ') => merges.push((l.to_owned(), r.to_owned())),
+            _ => return Err(ConvertError::input(&merges_path, format!("line {}: {line:?} is not \"left right\"", i + 1))),
+        }
+    }
+    let j = serde_json::json!({"model": {"vocab": vocab, "merges": merges.iter().map(|(l, r)| format!("{l} {r}")).collect::<Vec<_>>()},
+                               "pre_tokenizer": dlm::tokenizer::byte_level_pre_tokenizer("gpt-2")});
+    let mut v = from_byte_level_json(&vocab_path, &j)?;
+    // GPT-2's `<|endoftext|>` sits in vocab.json itself; tokenizer_config.json names it.
+    let specials = special_contents(dir)?;
+    for (t, ty) in v.tokens.iter().zip(v.types.iter_mut()) {
+        if specials.iter().any(|s| s == t) {
+            *ty = token_type::CONTROL;
+        }
+    }
+    let merges_kept = match &v.kind {
+        VocabKind::ByteLevel { merges, .. } => merges.iter().filter_map(|m| m.split_once(' ')).map(|(l, r)| (l.to_owned(), r.to_owned())).collect(),
+        VocabKind::SentencePiece => Vec::new(),
+    };
+    let json = dlm::tokenizer::byte_level_tokenizer_json(&v.tokens, merges_kept, &v.types, j["pre_tokenizer"].clone()).to_string();
+    Ok((v, json))
+}
+
+/// The contents of the special tokens `tokenizer_config.json` names (its `*_token` fields and
+/// `added_tokens_decoder` entries marked special).
+fn special_contents(dir: &Path) -> Result<Vec<String>> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let cfg: Json = serde_json::from_str(&crate::read_text(&path)?).map_err(|e| ConvertError::input(&path, format!("not valid JSON: {e}")))?;
+    let mut out = Vec::new();
+    for field in ["bos_token", "eos_token", "unk_token", "pad_token", "mask_token"] {
+        match &cfg[field] {
+            Json::String(s) => out.push(s.clone()),
+            Json::Object(o) => out.extend(o.get("content").and_then(Json::as_str).map(str::to_owned)),
+            _ => {}
+        }
+    }
+    for (_, t) in cfg["added_tokens_decoder"].as_object().into_iter().flatten() {
+        if t["special"].as_bool() == Some(true) {
+            out.extend(t["content"].as_str().map(str::to_owned));
+        }
+    }
+    Ok(out)
 }
 
 /// Reads SentencePiece's `ModelProto`: field 1 `repeated SentencePiece { piece = 1; score = 2;
@@ -314,7 +482,7 @@ fn apply_tokenizer_config(dir: &Path, v: &mut Vocab) -> Result<()> {
     v.unk = unk.or(v.unk);
     v.pad = pad;
     v.mask_from_config = mask;
-    v.add_bos = cfg["add_bos_token"].as_bool().unwrap_or(true);
+    v.add_bos = cfg["add_bos_token"].as_bool().unwrap_or(v.add_bos);
     v.add_eos = cfg["add_eos_token"].as_bool().unwrap_or(false);
     Ok(())
 }

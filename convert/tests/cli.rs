@@ -279,12 +279,20 @@ const CASES: &[Case] = &[
     Case { what: "no config", breaks: |d| std::fs::remove_file(d.join("config.json")).unwrap(), expect: &["config.json", "No such file"] },
     Case { what: "config not JSON", breaks: |d| std::fs::write(d.join("config.json"), "{oops").unwrap(), expect: &["config.json", "not valid JSON"] },
     Case {
-        what: "not llama",
+        what: "unsupported architecture",
+        breaks: |d| edit_json(&d.join("config.json"), |v| {
+            v["architectures"] = serde_json::json!(["MambaForCausalLM"]);
+            v["model_type"] = serde_json::json!("mamba");
+        }),
+        expect: &["architectures", "MambaForCausalLM", "expected one of LlamaForCausalLM"],
+    },
+    Case {
+        what: "llama weights labelled gpt2",
         breaks: |d| edit_json(&d.join("config.json"), |v| {
             v["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
             v["model_type"] = serde_json::json!("gpt2");
         }),
-        expect: &["architectures", "LlamaForCausalLM"],
+        expect: &["transformer.h.0.ln_1.weight", "missing"],
     },
     Case {
         what: "heads do not divide",
@@ -314,7 +322,7 @@ const CASES: &[Case] = &[
     Case {
         what: "no tokenizer",
         breaks: |d| std::fs::remove_file(d.join("tokenizer.json")).unwrap(),
-        expect: &["no tokenizer found", "tokenizer.json or tokenizer.model"],
+        expect: &["no tokenizer found", "tokenizer.json, tokenizer.model, or vocab.json with merges.txt"],
     },
     Case {
         what: "unsupported dtype",

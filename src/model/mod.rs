@@ -90,7 +90,9 @@ macro_rules! architectures {
         /// `general.architecture` values this runtime runs.
         pub const ARCHITECTURES: &[&str] = &[$(<$arch>::NAME),*];
 
-        fn family_of(arch: &str) -> Option<Family> {
+        /// The diffusion family of a `general.architecture` value (its defaults: mask id, logit
+        /// shift, sampling), `None` for an architecture this runtime does not run.
+        pub fn family_of(arch: &str) -> Option<Family> {
             $(if arch == <$arch>::NAME { return Some(<$arch>::family()); })*
             None
         }
