@@ -172,7 +172,18 @@ fn dlm_run_takes_each_familys_defaults_and_refuses_broken_files() {
     let (code, _, err) = dlm_run(&["-m", g, "-p", "Hello", "-n", "12", "--diffusion-eps", "0.001", "--steps", "6", "--backend", "cpu", "-s", "1", "-v"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("--block-length off") && err.contains("--unmask confidence"), "{err}");
+    // Dream's algorithm temperature rides on the timestep schedule, and changes which positions
+    // go first (the same seed and a different order give a different canvas).
+    let eps = ["-m", g, "-p", "Hello", "-n", "12", "--diffusion-eps", "0.001", "--steps", "6", "--backend", "cpu", "-s", "1", "--temp", "0"];
+    let (code, plain, err) = dlm_run(&eps);
+    assert_eq!(code, 0, "{err}");
+    let (code, hot, err) = dlm_run(&[&eps[..], &["--diffusion-alg-temp", "5", "-v"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--diffusion-eps 0.001 --diffusion-alg-temp 5"), "{err}");
+    assert_ne!(plain, hot, "a hot alg_temp draws other positions first");
     for bad in [
+        &["--diffusion-alg-temp", "0.5"][..],
+        &["--diffusion-eps", "0.001", "--diffusion-alg-temp", "-1"],
         &["--diffusion-algorithm", "5"][..],
         &["--diffusion-algorithm", "1", "--unmask", "margin"],
         &["--diffusion-eps", "0.001", "--block-length", "4"],

@@ -17,7 +17,7 @@ pub use entropy::Entropy;
 pub use margin::Margin;
 pub use origin::Origin;
 pub use random::Random;
-pub use timestep::{timestep_quota, Timestep};
+pub use timestep::{sample_by_score, timestep_quota, Timestep};
 pub use threshold::Threshold;
 
 /// xoshiro256** seeded through splitmix64: small, fast, and identical on every platform.
@@ -197,12 +197,12 @@ impl UnmaskRule {
         }
     }
 
-    /// A fresh unmasker of this rule on Dream's timestep schedule ([`Timestep`]) when `eps` is
-    /// given and the rule ranks positions (confidence, margin, entropy, random); else as
-    /// [`UnmaskRule::unmasker`].
-    pub fn unmasker_with(self, threshold: f32, eps: Option<f32>) -> Box<dyn Unmasker> {
+    /// A fresh unmasker of this rule on Dream's timestep schedule ([`Timestep`], with its
+    /// `alg_temp`) when `eps` is given and the rule ranks positions (confidence, margin, entropy,
+    /// random); else as [`UnmaskRule::unmasker`].
+    pub fn unmasker_with(self, threshold: f32, eps: Option<f32>, alg_temp: Option<f32>) -> Box<dyn Unmasker> {
         match (eps, self) {
-            (Some(eps), UnmaskRule::Confidence | UnmaskRule::Margin | UnmaskRule::Entropy | UnmaskRule::Random) => Box::new(Timestep { eps, order: self }),
+            (Some(eps), UnmaskRule::Confidence | UnmaskRule::Margin | UnmaskRule::Entropy | UnmaskRule::Random) => Box::new(Timestep { eps, order: self, alg_temp }),
             _ => self.unmasker(threshold),
         }
     }

@@ -165,6 +165,11 @@ pub struct GenArgs {
     /// early, for --unmask confidence, margin, entropy or random (e.g. 0.001)
     #[arg(long, value_name = "E")]
     pub diffusion_eps: Option<f32>,
+    /// Dream's algorithm temperature (with --diffusion-eps): each step draws its positions at
+    /// random with probabilities softmax(score / T) instead of taking the best-ranked ones
+    /// (0: the best-ranked, deterministic) [default: 0]
+    #[arg(long, value_name = "T", requires = "diffusion_eps")]
+    pub diffusion_alg_temp: Option<f32>,
     /// Random seed [default: random, printed on stderr]
     #[arg(short, long)]
     pub seed: Option<u64>,
@@ -253,6 +258,9 @@ impl GenArgs {
             if matches!(self.unmask, Rule::Origin | Rule::Threshold) {
                 bail!("--diffusion-eps schedules --unmask confidence, margin, entropy or random; this run uses --unmask {}", flag_value(&self.unmask));
             }
+            if let Some(t) = self.diffusion_alg_temp.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+                bail!("--diffusion-alg-temp must be a finite number ≥ 0, got {t}");
+            }
             if self.block_length.is_some() {
                 bail!("--diffusion-eps and --block-length are two schedules: use one (the family's default blocks are in effect: add --block-length with a value at least -n to make one block, or drop --diffusion-eps)");
             }
@@ -282,8 +290,8 @@ impl GenArgs {
 
     /// A factory of the unmasking rule (batches need one per sequence).
     pub fn unmasker(&self) -> impl Fn() -> Box<dyn Unmasker> {
-        let (unmask, threshold, eps) = (self.unmask.rule(), self.threshold, self.diffusion_eps);
-        move || unmask.unmasker_with(threshold, eps)
+        let (unmask, threshold, eps, alg_temp) = (self.unmask.rule(), self.threshold, self.diffusion_eps, self.diffusion_alg_temp);
+        move || unmask.unmasker_with(threshold, eps, alg_temp)
     }
 
     /// `--seed`, or one from the clock.
@@ -360,8 +368,10 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
             dlm::errln!("warning: mask id {mask_id} is also the {what} token, so the model cannot tell masked positions from a real {what} (a wrong --mask-id?)");
         }
     }
-    if tok.vocab_size() != model.params().n_vocab {
-        bail!("{}: the tokenizer has {} tokens but the model's vocabulary is {}", path.display(), tok.vocab_size(), model.params().n_vocab);
+    // A model's embedding may be wider than its tokenizer (Qwen2's and LLaDA's are padded for
+    // speed); the reverse would feed the model ids it has no row for.
+    if tok.vocab_size() > model.params().n_vocab {
+        bail!("{}: the tokenizer has {} tokens but the model's vocabulary is only {}", path.display(), tok.vocab_size(), model.params().n_vocab);
     }
     Ok(Loaded { model, tok, mask_id, shift, path, load_s: t_load.elapsed().as_secs_f64() })
 }
@@ -395,9 +405,10 @@ fn backend_of(a: &ModelArgs, n_layer: usize) -> anyhow::Result<Backend> {
 /// after it when one is asked for.
 pub fn block_flag(g: &GenArgs) -> String {
     let blocks = g.block_length.map_or("off".into(), |b| b.to_string());
-    match g.diffusion_eps {
-        Some(e) => format!("{blocks} --diffusion-eps {e}"),
-        None => blocks,
+    match (g.diffusion_eps, g.diffusion_alg_temp.filter(|&t| t > 0.0)) {
+        (Some(e), Some(t)) => format!("{blocks} --diffusion-eps {e} --diffusion-alg-temp {t}"),
+        (Some(e), None) => format!("{blocks} --diffusion-eps {e}"),
+        (None, _) => blocks,
     }
 }
 
