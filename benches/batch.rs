@@ -32,7 +32,7 @@ fn main() {
     let prompts: Vec<Vec<u32>> = (0..PROMPTS)
         .map(|i| std::iter::once(1).chain(all.iter().cycle().skip(1 + 3 * i).take(PROMPT_LEN - 1).copied()).collect())
         .collect();
-    let p = diffullama_params(N_GEN, STEPS, TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0 }, 1);
+    let p = diffullama_params(N_GEN, STEPS, TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0, gumbel: false }, 1);
     let total_tokens = (PROMPTS * N_GEN) as f64;
     println!("batching, 1B-shaped q4_0 (22 layers), {threads} threads: {PROMPTS} prompts of {PROMPT_LEN} tokens, {N_GEN} new tokens each, {STEPS} steps, greedy");
     println!();

@@ -25,7 +25,7 @@ fn main() {
     let n_ctx = prompt.len() + N_GEN;
     println!("generation, 7B-shaped layers x2, q4_0, {threads} threads: {} prompt tokens, {N_GEN} new, {STEPS} steps", prompt.len());
     println!("{:<22} {:>7} {:>10} {:>10} {:>9}", "case", "steps", "ms/step", "tokens/s", "vs llama");
-    let params = diffullama_params(N_GEN, STEPS, TokenSampler { temp: 0.9, top_k: 0, top_p: 0.9 }, 0);
+    let params = diffullama_params(N_GEN, STEPS, TokenSampler { temp: 0.9, top_k: 0, top_p: 0.9, gumbel: false }, 0);
     let mut base = None;
     let cases: [(&str, fn() -> Box<dyn Unmasker>, bool); 3] = [
         ("llama.cpp/origin", || Box::new(Origin), true),

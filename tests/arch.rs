@@ -181,8 +181,13 @@ fn dlm_run_takes_each_familys_defaults_and_refuses_broken_files() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("--diffusion-eps 0.001 --diffusion-alg-temp 5"), "{err}");
     assert_ne!(plain, hot, "a hot alg_temp draws other positions first");
+    // LLaDA's Gumbel-max sampling turns the family's truncation off and says so.
+    let (code, _, err) = dlm_run(&[&eps[..2], &["-p", "Hello", "-n", "6", "--temp", "0.7", "--diffusion-add-gumbel-noise", "-v", "-s", "2"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--temp 0.7 --diffusion-add-gumbel-noise --top-p 1 --top-k 0"), "{err}");
     for bad in [
         &["--diffusion-alg-temp", "0.5"][..],
+        &["--diffusion-add-gumbel-noise", "--top-p", "0.9"],
         &["--diffusion-eps", "0.001", "--diffusion-alg-temp", "-1"],
         &["--diffusion-algorithm", "5"][..],
         &["--diffusion-algorithm", "1", "--unmask", "margin"],

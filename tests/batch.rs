@@ -46,7 +46,7 @@ fn params(temp: f32, steps: usize, block: Option<usize>) -> GenParams {
         n_gen: 24,
         steps,
         block_length: block,
-        sampler: TokenSampler { temp, top_k: 0, top_p: 0.9 },
+        sampler: TokenSampler { temp, top_k: 0, top_p: 0.9, gumbel: false },
         seed: 7,
         mask_id: 811,
         shift_logits: true,

@@ -79,7 +79,7 @@ fn params(cache: Cache, full_lm_head: bool, block: Option<usize>, steps: usize) 
         n_gen: 48,
         steps,
         block_length: block,
-        sampler: TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0 },
+        sampler: TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0, gumbel: false },
         seed: 7,
         mask_id: 811,
         shift_logits: true,

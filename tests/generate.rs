@@ -33,7 +33,7 @@ fn params(n_gen: usize, steps: usize, shift: bool) -> GenParams {
         n_gen,
         steps,
         block_length: None,
-        sampler: TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0 },
+        sampler: TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0, gumbel: false },
         seed: 1,
         mask_id: MASK,
         shift_logits: shift,
@@ -126,7 +126,7 @@ fn blocks_unmask_left_to_right() {
 #[test]
 fn seeds_reproduce_and_differ() {
     let mut p = params(16, 4, true);
-    p.sampler = TokenSampler { temp: 1.0, top_k: 0, top_p: 1.0 };
+    p.sampler = TokenSampler { temp: 1.0, top_k: 0, top_p: 1.0, gumbel: false };
     let a = run(&p, &mut Origin, 0.5).0.tokens;
     assert_eq!(a, run(&p, &mut Origin, 0.5).0.tokens);
     p.seed = 2;
@@ -171,7 +171,7 @@ fn origin_reproduces_the_reference_generate_samples_step_for_step() {
             n_gen,
             steps,
             block_length: None,
-            sampler: TokenSampler { temp: 0.9, top_k: 0, top_p: 0.9 },
+            sampler: TokenSampler { temp: 0.9, top_k: 0, top_p: 0.9, gumbel: false },
             seed,
             mask_id: 49,
             shift_logits: true,

@@ -383,7 +383,7 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
             a.gen.threshold,
             common::block_flag(&a.gen),
             common::flag_value(&a.gen.cache),
-            a.gen.temp,
+            common::temp_flag(&a.gen),
             a.gen.top_p,
             a.gen.top_k,
         );
@@ -563,7 +563,7 @@ fn info(a: &mut Args) -> anyhow::Result<()> {
             common::flag_value(&a.gen.unmask),
             common::block_flag(&a.gen),
             a.gen.threshold,
-            a.gen.temp,
+            common::temp_flag(&a.gen),
             a.gen.top_p,
             a.gen.top_k,
             common::flag_value(&a.gen.cache),

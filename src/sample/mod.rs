@@ -83,13 +83,21 @@ pub struct TokenSampler {
     pub top_k: usize,
     /// 1.0 disables.
     pub top_p: f32,
+    /// LLaDA's Gumbel-max sampling (llama-diffusion-cli's `--diffusion-add-gumbel-noise`): with
+    /// `temp > 0`, the token is argmax(logits / temp + Gumbel noise), which is a draw from the
+    /// whole softmax(logits / temp) (no top-k or top-p), and the scores are those of the plain
+    /// softmax(logits), as LLaDA's low-confidence remasking ranks them. Drawn here by one uniform
+    /// through the cumulative distribution: the same distribution, without a noise value per
+    /// vocabulary entry.
+    pub gumbel: bool,
 }
 
 impl TokenSampler {
     /// Samples from one logits row. Scores use the softmax of `logits / temp` (plain softmax when
     /// greedy) before truncation.
     pub fn sample(&self, logits: &[f32], rng: &mut Rng) -> Candidate {
-        let t = if self.temp > 0.0 { self.temp } else { 1.0 };
+        let gumbel = self.gumbel && self.temp > 0.0;
+        let t = if self.temp > 0.0 && !gumbel { self.temp } else { 1.0 };
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         let mut probs: Vec<f32> = logits.iter().map(|&x| ((x - max) / t).exp()).collect();
         let sum: f32 = probs.iter().sum();
@@ -103,7 +111,14 @@ impl TokenSampler {
                 p2 = p;
             }
         }
-        let token = if self.temp <= 0.0 { i1 } else { self.draw(&probs, rng) };
+        let token = if self.temp <= 0.0 {
+            i1
+        } else if gumbel {
+            let hot: Vec<f32> = logits.iter().map(|&x| ((x - max) / self.temp).exp()).collect();
+            TokenSampler { temp: self.temp, top_k: 0, top_p: 1.0, gumbel: false }.draw(&hot, rng)
+        } else {
+            self.draw(&probs, rng)
+        };
         Candidate { token: token as u32, confidence: probs[token], margin: p1 - p2, entropy }
     }
 
@@ -254,21 +269,48 @@ mod tests {
     fn greedy_scores_and_truncation() {
         let logits = [0.0f32, 2.0, 1.0, -1.0];
         let mut rng = Rng::new(1);
-        let c = TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0 }.sample(&logits, &mut rng);
+        let c = TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0, gumbel: false }.sample(&logits, &mut rng);
         let z: f32 = logits.iter().map(|x| x.exp()).sum();
         assert_eq!(c.token, 1);
         assert!((c.confidence - 2f32.exp() / z).abs() < 1e-6);
         assert!((c.margin - (2f32.exp() - 1f32.exp()) / z).abs() < 1e-6);
         // top-k 1 and a tiny top-p are greedy too, whatever the temperature.
-        for s in [TokenSampler { temp: 5.0, top_k: 1, top_p: 1.0 }, TokenSampler { temp: 0.9, top_k: 0, top_p: 0.01 }] {
+        for s in [TokenSampler { temp: 5.0, top_k: 1, top_p: 1.0, gumbel: false }, TokenSampler { temp: 0.9, top_k: 0, top_p: 0.01, gumbel: false }] {
             assert!((0..200).all(|_| s.sample(&logits, &mut rng).token == 1));
         }
         // top-p 0.9 at temperature 1 keeps tokens 1, 2, 0 (mass 0.665+0.245+0.09 > 0.9): never 3.
-        let s = TokenSampler { temp: 1.0, top_k: 0, top_p: 0.9 };
+        let s = TokenSampler { temp: 1.0, top_k: 0, top_p: 0.9, gumbel: false };
         let mut seen = [0usize; 4];
         (0..4000).for_each(|_| seen[s.sample(&logits, &mut rng).token as usize] += 1);
         assert_eq!(seen[3], 0, "{seen:?}");
         assert!(seen[1] > seen[2] && seen[2] > seen[0] && seen[0] > 0, "{seen:?}");
+    }
+
+    #[test]
+    fn gumbel_draws_from_the_whole_tempered_softmax_and_scores_the_plain_one() {
+        let logits = [0.0f32, 2.0, 1.0, -1.0];
+        let mut rng = Rng::new(3);
+        // Top-p 0.5 would keep token 1 alone; Gumbel sampling ignores it and draws from
+        // softmax(logits / 2) over all four tokens.
+        let s = TokenSampler { temp: 2.0, top_k: 0, top_p: 0.5, gumbel: true };
+        let hot: Vec<f64> = logits.iter().map(|&x| (x as f64 / 2.0).exp()).collect();
+        let z: f64 = hot.iter().sum();
+        let n = 20_000;
+        let mut seen = [0usize; 4];
+        let plain_z: f32 = logits.iter().map(|x| x.exp()).sum();
+        for _ in 0..n {
+            let c = s.sample(&logits, &mut rng);
+            seen[c.token as usize] += 1;
+            // The confidence is the token's probability under the plain softmax.
+            assert!((c.confidence - logits[c.token as usize].exp() / plain_z).abs() < 1e-6);
+        }
+        for i in 0..4 {
+            let want = hot[i] / z;
+            let sd = (want * (1.0 - want) / n as f64).sqrt();
+            assert!((seen[i] as f64 / n as f64 - want).abs() < 4.0 * sd, "{seen:?} vs {want}");
+        }
+        // At temperature 0 it is greedy, like the plain sampler.
+        assert_eq!(TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0, gumbel: true }.sample(&logits, &mut rng).token, 1);
     }
 
     #[test]

@@ -170,6 +170,10 @@ pub struct GenArgs {
     /// (0: the best-ranked, deterministic) [default: 0]
     #[arg(long, value_name = "T", requires = "diffusion_eps")]
     pub diffusion_alg_temp: Option<f32>,
+    /// LLaDA's Gumbel-max sampling (with --temp > 0): each token is drawn from the whole
+    /// softmax(logits / temp), no top-k or top-p, and ranked by its plain softmax probability
+    #[arg(long, conflicts_with_all = ["top_k", "top_p"])]
+    pub diffusion_add_gumbel_noise: bool,
     /// Random seed [default: random, printed on stderr]
     #[arg(short, long)]
     pub seed: Option<u64>,
@@ -220,6 +224,13 @@ impl GenArgs {
         self.temp = self.temp_flag.unwrap_or(f.temp);
         self.top_k = self.top_k_flag.unwrap_or(f.top_k);
         self.top_p = self.top_p_flag.unwrap_or(f.top_p);
+        if self.diffusion_add_gumbel_noise {
+            // Gumbel-max draws from the whole distribution: the family's truncation is off.
+            (self.top_k, self.top_p) = (0, 1.0);
+            if self.temp == 0.0 {
+                dlm::errln!("warning: --diffusion-add-gumbel-noise does nothing at --temp 0 (greedy); give --temp above 0 to sample");
+            }
+        }
         self.check()
     }
 
@@ -274,7 +285,7 @@ impl GenArgs {
             n_gen,
             steps,
             block_length: self.block_length,
-            sampler: TokenSampler { temp: self.temp, top_k: self.top_k, top_p: self.top_p },
+            sampler: TokenSampler { temp: self.temp, top_k: self.top_k, top_p: self.top_p, gumbel: self.diffusion_add_gumbel_noise },
             seed,
             mask_id: l.mask_id,
             shift_logits: l.shift,
@@ -398,6 +409,16 @@ fn backend_of(a: &ModelArgs, n_layer: usize) -> anyhow::Result<Backend> {
             bail!("-ngl {n}: the wgpu backend runs all {n_layer} layers on the GPU or none (-ngl 0); partial offload needs a ggml GPU backend (--features cuda, metal or vulkan)")
         }
         _ => Ok(backend),
+    }
+}
+
+/// `--temp`'s value in effect for a settings line, with `--diffusion-add-gumbel-noise` after it
+/// when asked for.
+pub fn temp_flag(g: &GenArgs) -> String {
+    if g.diffusion_add_gumbel_noise {
+        format!("{} --diffusion-add-gumbel-noise", g.temp)
+    } else {
+        g.temp.to_string()
     }
 }
 
