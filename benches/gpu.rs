@@ -76,7 +76,7 @@ fn tensors(layers: usize, kind: OutType) -> Vec<(String, Vec<u64>, GgmlType)> {
     t.push(("output.weight".into(), vec![e, v], None));
     t.into_iter()
         .map(|(name, shape, layer)| {
-            let ty = policy::fit(policy::choose(kind, &name, layer, layers as u64, shape.len()), shape[0]);
+            let ty = policy::fit(policy::choose(kind, &name, layer, layers as u64, shape.len(), false), shape[0]);
             (name, shape, ty)
         })
         .collect()
