@@ -134,7 +134,7 @@ fn absurd_checkpoints_and_flags_end_at_once_with_one_line() {
     let limit = Duration::from_secs(30);
     let mut problems = Vec::new();
     let cases: Vec<(&str, Box<dyn Fn(&Path)>, Want)> = vec![
-        ("num_hidden_layers 2^32", Box::new(|d| edit_config(d, "num_hidden_layers", serde_json::json!(1u64 << 32))), Want::Error("num_hidden_layers is 4294967296")),
+        ("num_hidden_layers 2^32", Box::new(|d| edit_config(d, "num_hidden_layers", serde_json::json!(1u64 << 32))), Want::Error("`num_hidden_layers`: 4294967296 does not fit in 32 bits")),
         ("max_position_embeddings 0", Box::new(|d| edit_config(d, "max_position_embeddings", serde_json::json!(0))), Want::Error("max_position_embeddings")),
         ("config.json -> /dev/zero", Box::new(|d| relink(d, "config.json", "/dev/zero")), Want::Error("not a regular file")),
         ("tokenizer.json -> /dev/zero", Box::new(|d| relink(d, "tokenizer.json", "/dev/zero")), Want::Error("not a regular file")),
