@@ -114,6 +114,33 @@ pub struct GenParams {
     /// Run the LM head on every position rather than only the rows the sampler reads
     /// (same tokens, slower: for measuring what the restriction saves).
     pub full_lm_head: bool,
+    /// Classifier-free guidance (LLaDA's and llama-diffusion-cli's `cfg_scale`; 0: off). Each
+    /// step also runs the canvas with the prompt (prefix and suffix) masked, in the same batch,
+    /// and samples from `uncond + (scale + 1) · (cond − uncond)`. Needs [`Cache::None`].
+    pub cfg_scale: f32,
+}
+
+impl GenParams {
+    fn check(&self) -> Result<()> {
+        if !(0.0..=MAX_CFG_SCALE).contains(&self.cfg_scale) {
+            return Err(Error::Invalid(format!("the guidance scale must be in [0, {MAX_CFG_SCALE}], got {}", self.cfg_scale)));
+        }
+        if self.cfg_scale > 0.0 && self.cache != Cache::None {
+            return Err(Error::Invalid("classifier-free guidance runs two canvases per step and keeps no key/value cache: use Cache::None".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The largest guidance scale: LLaDA uses 0 to 3; far beyond, (scale + 1)·(cond − uncond) only
+/// amplifies rounding, and a huge one would overflow the logits.
+pub const MAX_CFG_SCALE: f32 = 100.0;
+
+/// Classifier-free guidance on logits rows: `cond` becomes `uncond + (scale + 1)(cond − uncond)`.
+fn guide(cond: &mut [f32], uncond: &[f32], scale: f32) {
+    for (c, &u) in cond.iter_mut().zip(uncond) {
+        *c = u + (scale + 1.0) * (*c - u);
+    }
 }
 
 /// Progress reports; the callback returns whether to go on.
@@ -178,6 +205,12 @@ impl Seq {
         let n_blocks = p.n_gen.div_ceil(block);
         let steps_per_block = (p.steps / n_blocks).max(1);
         Ok(Seq { canvas, masked, start, end, block, n_blocks, steps_per_block, b: 0, s: 0, seed, step_rng: Rng::new(seed), forward_seconds: Vec::new(), steps_taken: 0, stored: None })
+    }
+
+    /// The canvas with everything outside the generated span (the prompt: prefix and suffix)
+    /// masked: guidance's unconditional input.
+    fn unconditional(&self, mask_id: u32) -> Vec<u32> {
+        self.canvas.iter().enumerate().map(|(i, &t)| if (self.start..self.end).contains(&i) { t } else { mask_id }).collect()
     }
 
     fn range(&self) -> std::ops::Range<usize> {
@@ -322,6 +355,7 @@ pub fn generate(
     unmasker: &mut dyn Unmasker,
     mut on_event: impl FnMut(Event<'_>) -> Flow,
 ) -> Result<Generation> {
+    p.check()?;
     let mut seq = Seq::new(prefix, suffix, p, p.seed)?;
     let n_vocab = model.n_vocab();
     let shift = usize::from(p.shift_logits);
@@ -339,7 +373,17 @@ pub fn generate(
         let pass = seq.pass(p);
         let rows: Vec<usize> = positions.iter().map(|&i| i - shift).collect();
         let t0 = Instant::now();
-        let (logits, first) = if p.full_lm_head {
+        let (logits, first) = if p.cfg_scale > 0.0 {
+            // Both canvases in one batch (one read of the weights); rows as the sampler reads them.
+            let all: Vec<usize> = (0..seq.canvas.len()).collect();
+            let read = if p.full_lm_head { &all } else { &rows };
+            let uncond = seq.unconditional(p.mask_id);
+            let mut both = model.forward_batch(&[&seq.canvas, &uncond], &[read, read])?;
+            let (cond, un) = both.split_at_mut(read.len() * n_vocab);
+            guide(cond, un, p.cfg_scale);
+            both.truncate(read.len() * n_vocab);
+            (both, p.full_lm_head.then_some(0))
+        } else if p.full_lm_head {
             (model.forward_rows(&seq.canvas, pass, None)?, Some(pass.start()))
         } else {
             (model.forward_rows(&seq.canvas, pass, Some(&rows))?, None)
@@ -412,6 +456,7 @@ pub fn generate_batch_seeded(
     if prompts.is_empty() {
         return Err(Error::Invalid("a batch needs at least one prompt".into()));
     }
+    p.check()?;
     let mut seqs = prompts.iter().zip(seeds).map(|((prefix, suffix), &seed)| Seq::new(prefix, suffix, p, seed)).collect::<Result<Vec<_>>>()?;
     let mut rules: Vec<Box<dyn Unmasker>> = prompts.iter().map(|_| unmasker()).collect();
     let n_vocab = model.n_vocab();
@@ -445,18 +490,37 @@ pub fn generate_batch_seeded(
             .iter()
             .map(|(i, pos, _)| if p.full_lm_head { (0..seqs[*i].canvas.len()).collect() } else { pos.iter().map(|&q| q - shift).collect() })
             .collect();
-        let tokens: Vec<&[u32]> = work.iter().map(|(i, _, _)| seqs[*i].canvas.as_slice()).collect();
-        let row_refs: Vec<&[usize]> = rows.iter().map(Vec::as_slice).collect();
+        // With guidance each sequence brings its prompt-masked canvas too, right after it.
+        let guided = p.cfg_scale > 0.0;
+        let unconds: Vec<Vec<u32>> = if guided { work.iter().map(|(i, _, _)| seqs[*i].unconditional(p.mask_id)).collect() } else { Vec::new() };
+        let mut tokens: Vec<&[u32]> = Vec::new();
+        let mut row_refs: Vec<&[usize]> = Vec::new();
+        for (k, ((i, _, _), r)) in work.iter().zip(&rows).enumerate() {
+            tokens.push(seqs[*i].canvas.as_slice());
+            row_refs.push(r);
+            if guided {
+                tokens.push(&unconds[k]);
+                row_refs.push(r);
+            }
+        }
         let t0 = Instant::now();
-        let logits = model.forward_batch(&tokens, &row_refs)?;
+        let mut logits = model.forward_batch(&tokens, &row_refs)?;
         let dt = t0.elapsed().as_secs_f64();
         check_finite(&logits, step)?;
         let mut offset = 0;
         for ((i, positions, chosen), rows) in work.iter().zip(&rows) {
             let seq = &mut seqs[*i];
             seq.forward_seconds.push(dt);
-            let mine = &logits[offset * n_vocab..(offset + rows.len()) * n_vocab];
-            offset += rows.len();
+            let n = rows.len() * n_vocab;
+            if guided {
+                let (cond, un) = logits[offset * n_vocab..][..2 * n].split_at_mut(n);
+                guide(cond, un, p.cfg_scale);
+            }
+            let mine = &logits[offset * n_vocab..][..n];
+            if guided {
+                check_finite(mine, step)?;
+            }
+            offset += rows.len() * if guided { 2 } else { 1 };
             let cands = seq.candidates(p, positions, mine, n_vocab, |k| if p.full_lm_head { positions[k] - shift } else { k });
             if *chosen {
                 seq.apply(p, positions, &cands, &(0..positions.len()).collect::<Vec<_>>());

@@ -185,9 +185,16 @@ fn dlm_run_takes_each_familys_defaults_and_refuses_broken_files() {
     let (code, _, err) = dlm_run(&[&eps[..2], &["-p", "Hello", "-n", "6", "--temp", "0.7", "--diffusion-add-gumbel-noise", "-v", "-s", "2"]].concat());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("--temp 0.7 --diffusion-add-gumbel-noise --top-p 1 --top-k 0"), "{err}");
+    // Classifier-free guidance under llama-diffusion-cli's name too.
+    let (code, _, err) = dlm_run(&[&eps[..2], &["-p", "Hello", "-n", "6", "--diffusion-cfg-scale", "1.5", "-v", "-s", "2"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--cfg-scale 1.5"), "{err}");
     for bad in [
         &["--diffusion-alg-temp", "0.5"][..],
         &["--diffusion-add-gumbel-noise", "--top-p", "0.9"],
+        &["--cfg-scale", "1", "--cache", "prefix"],
+        &["--cfg-scale", "-1"],
+        &["--cfg-scale", "1e9"],
         &["--diffusion-eps", "0.001", "--diffusion-alg-temp", "-1"],
         &["--diffusion-algorithm", "5"][..],
         &["--diffusion-algorithm", "1", "--unmask", "margin"],

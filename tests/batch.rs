@@ -53,6 +53,7 @@ fn params(temp: f32, steps: usize, block: Option<usize>) -> GenParams {
         eos: Some(2),
         cache: Default::default(),
         full_lm_head: false,
+        cfg_scale: 0.0,
     }
 }
 
@@ -148,4 +149,69 @@ fn finished_sequences_leave_the_batch() {
     assert_eq!(m.batches[0], vec![5, 7]);
     assert!(m.batches[1..].iter().all(|b| b == &[5]), "{:?}", m.batches);
     assert_eq!(m.batches.len(), 6);
+}
+
+/// Classifier-free guidance written as a model wrapper, apart from the canvas loop: each call
+/// runs the canvas and a copy with every position outside `span` (the prompt and the suffix)
+/// masked, and returns uncond + (scale + 1)(cond − uncond).
+struct Guided<'a> {
+    m: &'a mut Model,
+    span: std::ops::Range<usize>,
+    scale: f32,
+    mask: u32,
+}
+
+impl Forward for Guided<'_> {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let all: Vec<usize> = (0..tokens.len()).collect();
+        self.forward_rows(tokens, Pass::Full, Some(&all))
+    }
+    fn n_vocab(&self) -> usize {
+        self.m.params().n_vocab
+    }
+    fn forward_rows(&mut self, tokens: &[u32], _: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
+        let all: Vec<usize> = (0..tokens.len()).collect();
+        let rows = rows.unwrap_or(&all);
+        let un: Vec<u32> = (0..tokens.len()).map(|i| if self.span.contains(&i) { tokens[i] } else { self.mask }).collect();
+        let both = self.m.forward_batch(&[tokens, &un], &[rows, rows])?;
+        let (c, u) = both.split_at(both.len() / 2);
+        Ok(c.iter().zip(u).map(|(c, u)| u + (self.scale + 1.0) * (c - u)).collect())
+    }
+}
+
+#[test]
+fn guidance_masks_the_prompt_and_batches_like_the_rest() {
+    let (_tmp, file) = tiny_gqa_gguf(OutType::Q8_0);
+    let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
+    let prompts: [Vec<u32>; 2] = [vec![1, 3118, 338, 263, 4997, 2462], vec![1, 450]];
+    let suffix: &[u32] = &[29889, 13];
+    for (temp, block) in [(0.0, None), (0.9, Some(8))] {
+        let plain = params(temp, 8, block);
+        let guided = GenParams { cfg_scale: 1.5, ..plain.clone() };
+        for prompt in &prompts {
+            for suffix in [&[][..], suffix] {
+                let ours = generate(&mut m, prompt, suffix, &guided, &mut Confidence, |_| Flow::Continue).unwrap();
+                let span = prompt.len()..prompt.len() + plain.n_gen;
+                let mut wrapper = Guided { m: &mut m, span, scale: 1.5, mask: plain.mask_id };
+                let want = generate(&mut wrapper, prompt, suffix, &plain, &mut Confidence, |_| Flow::Continue).unwrap();
+                assert_eq!(ours.canvas, want.canvas, "temp {temp}, prompt {prompt:?}, suffix {suffix:?}");
+                let unguided = generate(&mut m, prompt, suffix, &plain, &mut Confidence, |_| Flow::Continue).unwrap();
+                assert_ne!(ours.canvas, unguided.canvas, "guidance changed nothing (temp {temp}, prompt {prompt:?})");
+            }
+        }
+        // In a batch each sequence brings its own unconditional canvas and gets what it gets alone.
+        let batch: Vec<(&[u32], &[u32])> = prompts.iter().map(|x| (x.as_slice(), suffix)).collect();
+        let got = generate_batch(&mut m, &batch, &guided, &|| Box::new(Confidence), |_| Flow::Continue).unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let alone = generate(&mut m, prompt, suffix, &guided, &mut Confidence, |_| Flow::Continue).unwrap();
+            assert_eq!(got[i].canvas, alone.canvas, "batched guidance, prompt {i}");
+        }
+    }
+    let mut bad = GenParams { cfg_scale: 1.0, ..params(0.0, 8, Some(8)) };
+    bad.cache = dlm::generate::Cache::Prefix;
+    assert!(generate(&mut m, &prompts[0], &[], &bad, &mut Origin, |_| Flow::Continue).is_err(), "guidance keeps no cache");
+    for scale in [-1.0, f32::NAN, 1e9] {
+        let bad = GenParams { cfg_scale: scale, ..params(0.0, 8, None) };
+        assert!(generate(&mut m, &prompts[0], &[], &bad, &mut Origin, |_| Flow::Continue).is_err(), "scale {scale}");
+    }
 }

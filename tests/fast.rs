@@ -86,6 +86,7 @@ fn params(cache: Cache, full_lm_head: bool, block: Option<usize>, steps: usize) 
         eos: None,
         cache,
         full_lm_head,
+        cfg_scale: 0.0,
     }
 }
 

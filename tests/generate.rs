@@ -40,6 +40,7 @@ fn params(n_gen: usize, steps: usize, shift: bool) -> GenParams {
         eos: None,
         cache: Default::default(),
         full_lm_head: false,
+        cfg_scale: 0.0,
     }
 }
 
@@ -178,6 +179,7 @@ fn origin_reproduces_the_reference_generate_samples_step_for_step() {
             eos: None,
             cache: Default::default(),
             full_lm_head: false,
+            cfg_scale: 0.0,
         };
         let mut ours = Vec::new();
         let g = generate(&mut Formula, &prefix, &[], &p, &mut Origin, |Event::Step { canvas, .. }| {

@@ -94,5 +94,6 @@ pub fn diffullama_params(n_gen: usize, steps: usize, sampler: dlm::sample::Token
         eos: None,
         cache: Default::default(),
         full_lm_head: false,
+        cfg_scale: 0.0,
     }
 }

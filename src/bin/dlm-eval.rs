@@ -274,7 +274,7 @@ fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
         "settings": {
             "unmask": format!("{:?}", g.unmask).to_lowercase(), "steps_frac": a.steps_frac, "steps": if a.steps_frac.is_none() && steps_given { Some(g.steps) } else { None },
             "block_length": g.block_length, "cache": format!("{:?}", g.cache).to_lowercase(), "threshold": g.threshold,
-            "temp": g.temp, "top_k": g.top_k, "top_p": g.top_p, "gumbel": g.diffusion_add_gumbel_noise,
+            "temp": g.temp, "top_k": g.top_k, "top_p": g.top_p, "gumbel": g.diffusion_add_gumbel_noise, "cfg_scale": g.cfg_scale,
             "diffusion_eps": g.diffusion_eps, "alg_temp": g.diffusion_alg_temp, "seed": seed, "batch_size": a.batch_size,
         },
         "tasks": tasks, "overall": right as f64 / problems.len() as f64, "problems": problems.len(),

@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::{FromArgMatches, Parser, ValueEnum};
-use common::{steady_ms, CacheArg, GenArgs, Loaded, ModelArgs, Rule};
+use common::{steady_ms, CacheArg, GenArgs, Loaded, ModelArgs};
+use dlm::sample::UnmaskRule;
 use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenParams, Generation, Pass};
 use dlm::sample::Unmasker;
 use dlm::{Model, Tokenizer};
@@ -194,7 +195,7 @@ struct Given {
 /// One line each for flags that do nothing in this run, or do something users do not expect.
 fn warn_flags(a: &Args, given: &Given, l: &Loaded) {
     let rule = common::flag_value(&a.gen.unmask);
-    if given.threshold && a.gen.unmask != Rule::Threshold {
+    if given.threshold && a.gen.unmask != UnmaskRule::Threshold {
         dlm::errln!("warning: --threshold applies only to --unmask threshold; this run uses --unmask {rule}");
     }
     if given.batch_size && a.prompts.is_none() {
@@ -207,7 +208,7 @@ fn warn_flags(a: &Args, given: &Given, l: &Loaded) {
     if gpu_flags && l.model.backend_description().starts_with("cpu") {
         dlm::errln!("warning: --device and -ngl have no effect: the model runs on the CPU backend (--list-devices shows the GPUs this build can use)");
     }
-    if a.gen.temp == 0.0 && a.gen.unmask == Rule::Origin {
+    if a.gen.temp == 0.0 && a.gen.unmask == UnmaskRule::Origin {
         dlm::errln!("note: --temp 0 makes each token greedy, but --unmask origin still picks which positions to commit at random (reproducible with --seed)");
     }
 }
@@ -221,8 +222,8 @@ fn fewer_steps_reason(a: &Args, taken: usize, stopped: Option<&str>) -> String {
         return format!(" ({taken} of --steps {}: --stop {s:?} was found in the final text)", a.gen.steps);
     }
     let why = match a.gen.unmask {
-        Rule::Origin => "steps that commit nothing run no forward pass".to_string(),
-        Rule::Threshold => format!("--unmask threshold commits every position above {} at once", a.gen.threshold),
+        UnmaskRule::Origin => "steps that commit nothing run no forward pass".to_string(),
+        UnmaskRule::Threshold => format!("--unmask threshold commits every position above {} at once", a.gen.threshold),
         _ if a.n_predict < a.gen.steps => format!("only {} positions to commit", a.n_predict),
         _ => "a committed EOS ends the text, and what follows it, early".to_string(),
     };

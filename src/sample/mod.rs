@@ -169,20 +169,27 @@ pub trait Unmasker {
     }
 }
 
-/// The unmasking rules by name, for defaults and flags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The unmasking rules by name, for defaults and flags (`--unmask`: each value's `help` is what
+/// `--help` shows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum UnmaskRule {
     /// [`Origin`]: DiffuLLaMA's own, each masked position committed with probability 1/(t+1).
+    #[value(help = "DiffuLLaMA's own: each masked position is committed with probability 1/(t+1)")]
     Origin,
     /// [`Confidence`]: the k most confident positions per step (LLaDA's low-confidence remasking).
+    #[value(help = "the k most confident positions per step (linear schedule)")]
     Confidence,
     /// [`Margin`]: the k largest top-1 − top-2 margins.
+    #[value(help = "the k positions with the largest top-1 − top-2 margin")]
     Margin,
     /// [`Entropy`]: the k lowest entropies (Dream's default order).
+    #[value(help = "the k positions with the lowest entropy")]
     Entropy,
     /// [`Threshold`]: every position at or above a confidence threshold, at least one (Fast-dLLM).
+    #[value(help = "every position with confidence ≥ --threshold, at least one (Fast-dLLM); steps adapt")]
     Threshold,
     /// [`Random`]: k positions chosen uniformly at random.
+    #[value(help = "k positions chosen at random per step (linear schedule; llama.cpp's algorithm 3)")]
     Random,
 }
 

@@ -16,46 +16,6 @@ use dlm::sample::{TokenSampler, UnmaskRule, Unmasker};
 use dlm::{Backend, Gguf, LoadOptions, Model, Tokenizer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Rule {
-    /// DiffuLLaMA's own: each masked position is committed with probability 1/(t+1)
-    Origin,
-    /// the k most confident positions per step (linear schedule)
-    Confidence,
-    /// the k positions with the largest top-1 − top-2 margin
-    Margin,
-    /// the k positions with the lowest entropy
-    Entropy,
-    /// every position with confidence ≥ --threshold, at least one (Fast-dLLM); steps adapt
-    Threshold,
-    /// k positions chosen at random per step (linear schedule; llama.cpp's algorithm 3)
-    Random,
-}
-
-impl Rule {
-    pub fn of(r: UnmaskRule) -> Rule {
-        match r {
-            UnmaskRule::Origin => Rule::Origin,
-            UnmaskRule::Confidence => Rule::Confidence,
-            UnmaskRule::Margin => Rule::Margin,
-            UnmaskRule::Entropy => Rule::Entropy,
-            UnmaskRule::Threshold => Rule::Threshold,
-            UnmaskRule::Random => Rule::Random,
-        }
-    }
-
-    pub fn rule(self) -> UnmaskRule {
-        match self {
-            Rule::Origin => UnmaskRule::Origin,
-            Rule::Confidence => UnmaskRule::Confidence,
-            Rule::Margin => UnmaskRule::Margin,
-            Rule::Entropy => UnmaskRule::Entropy,
-            Rule::Threshold => UnmaskRule::Threshold,
-            Rule::Random => UnmaskRule::Random,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
     /// a compiled-in ggml GPU backend's device, else a GPU through wgpu when a hardware adapter
     /// exists, else the CPU (a software Vulkan driver such as lavapipe is never picked)
@@ -136,7 +96,7 @@ pub struct GenArgs {
     /// fastest setting that kept the exact rule's accuracy on the trained tiny model, README:
     /// "Trained tiny model"), confidence for LLaDA, entropy for Dream]
     #[arg(long = "unmask", id = "unmask", value_enum, value_name = "RULE")]
-    pub unmask_flag: Option<Rule>,
+    pub unmask_flag: Option<UnmaskRule>,
     /// llama-diffusion-cli's numbering of --unmask: 0 origin, 1 entropy, 2 margin, 3 random,
     /// 4 confidence
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=4), conflicts_with = "unmask")]
@@ -174,6 +134,11 @@ pub struct GenArgs {
     /// softmax(logits / temp), no top-k or top-p, and ranked by its plain softmax probability
     #[arg(long, conflicts_with_all = ["top_k", "top_p"])]
     pub diffusion_add_gumbel_noise: bool,
+    /// Classifier-free guidance (LLaDA's cfg_scale): each step also runs the canvas with the
+    /// prompt masked, in the same batch, and samples from uncond + (S + 1)·(cond − uncond);
+    /// costs a second sequence per pass; 0 is off (LLaDA uses up to 3)
+    #[arg(long = "cfg-scale", value_name = "S", visible_alias = "diffusion-cfg-scale", default_value_t = 0.0)]
+    pub cfg_scale: f32,
     /// Random seed [default: random, printed on stderr]
     #[arg(short, long)]
     pub seed: Option<u64>,
@@ -184,8 +149,8 @@ pub struct GenArgs {
     // What is in effect: the flag, else the family's default (set by `resolve`).
     #[arg(skip)]
     pub steps: usize,
-    #[arg(skip = Rule::Threshold)]
-    pub unmask: Rule,
+    #[arg(skip = UnmaskRule::Threshold)]
+    pub unmask: UnmaskRule,
     #[arg(skip)]
     pub block_length: Option<usize>,
     #[arg(skip)]
@@ -211,13 +176,13 @@ impl GenArgs {
         // context later, with its own message: here it only must not trip the --steps bound.
         self.steps = self.steps_flag.unwrap_or_else(|| d.default_steps(n_gen).min(MAX_STEPS));
         let llama_cpp = self.diffusion_algorithm.and_then(UnmaskRule::from_llama_cpp);
-        self.unmask = self.unmask_flag.unwrap_or(Rule::of(llama_cpp.unwrap_or(f.unmask)));
+        self.unmask = self.unmask_flag.unwrap_or(llama_cpp.unwrap_or(f.unmask));
         // Dream's timestep schedule replaces the family's blocks, and ranks positions: without a
         // rule given, a family default that does not rank (origin, threshold) becomes
         // llama-diffusion-cli's default, confidence.
         let explicit_rule = self.unmask_flag.is_some() || llama_cpp.is_some();
-        if self.diffusion_eps.is_some() && !explicit_rule && matches!(self.unmask, Rule::Origin | Rule::Threshold) {
-            self.unmask = Rule::Confidence;
+        if self.diffusion_eps.is_some() && !explicit_rule && matches!(self.unmask, UnmaskRule::Origin | UnmaskRule::Threshold) {
+            self.unmask = UnmaskRule::Confidence;
         }
         self.block_length = self.block_length_flag.or(if self.diffusion_eps.is_some() { None } else { f.block_length });
         self.threshold = self.threshold_flag.unwrap_or(f.threshold);
@@ -237,7 +202,7 @@ impl GenArgs {
     /// Checks the flags given, before anything is loaded (`resolve` checks what is in effect).
     pub fn check_flags(&self) -> anyhow::Result<()> {
         let mut probe = self.clone();
-        probe.unmask = self.unmask_flag.or(self.diffusion_algorithm.and_then(UnmaskRule::from_llama_cpp).map(Rule::of)).unwrap_or(Rule::Confidence);
+        probe.unmask = self.unmask_flag.or(self.diffusion_algorithm.and_then(UnmaskRule::from_llama_cpp)).unwrap_or(UnmaskRule::Confidence);
         probe.steps = self.steps_flag.unwrap_or(1);
         probe.block_length = self.block_length_flag;
         probe.threshold = self.threshold_flag.unwrap_or(0.5);
@@ -262,11 +227,17 @@ impl GenArgs {
         if self.block_length == Some(0) {
             bail!("--block-length must be at least 1");
         }
+        if !(0.0..=dlm::generate::MAX_CFG_SCALE).contains(&self.cfg_scale) {
+            bail!("--cfg-scale must be in [0, {}], got {}", dlm::generate::MAX_CFG_SCALE, self.cfg_scale);
+        }
+        if self.cfg_scale > 0.0 && !matches!(self.cache, CacheArg::None) {
+            bail!("--cfg-scale runs a second, prompt-masked canvas every step and keeps no key/value cache: drop --cache {}", flag_value(&self.cache));
+        }
         if let Some(e) = self.diffusion_eps {
             if !(e > 0.0 && e < 1.0) {
                 bail!("--diffusion-eps must be in (0, 1), got {e}");
             }
-            if matches!(self.unmask, Rule::Origin | Rule::Threshold) {
+            if matches!(self.unmask, UnmaskRule::Origin | UnmaskRule::Threshold) {
                 bail!("--diffusion-eps schedules --unmask confidence, margin, entropy or random; this run uses --unmask {}", flag_value(&self.unmask));
             }
             if let Some(t) = self.diffusion_alg_temp.filter(|t| !(t.is_finite() && *t >= 0.0)) {
@@ -296,12 +267,13 @@ impl GenArgs {
                 CacheArg::Dual => Cache::Dual,
             },
             full_lm_head: false,
+            cfg_scale: self.cfg_scale,
         }
     }
 
     /// A factory of the unmasking rule (batches need one per sequence).
     pub fn unmasker(&self) -> impl Fn() -> Box<dyn Unmasker> {
-        let (unmask, threshold, eps, alg_temp) = (self.unmask.rule(), self.threshold, self.diffusion_eps, self.diffusion_alg_temp);
+        let (unmask, threshold, eps, alg_temp) = (self.unmask, self.threshold, self.diffusion_eps, self.diffusion_alg_temp);
         move || unmask.unmasker_with(threshold, eps, alg_temp)
     }
 
@@ -412,14 +384,17 @@ fn backend_of(a: &ModelArgs, n_layer: usize) -> anyhow::Result<Backend> {
     }
 }
 
-/// `--temp`'s value in effect for a settings line, with `--diffusion-add-gumbel-noise` after it
-/// when asked for.
+/// `--temp`'s value in effect for a settings line, with `--diffusion-add-gumbel-noise` and
+/// `--cfg-scale` after it when asked for.
 pub fn temp_flag(g: &GenArgs) -> String {
+    let mut s = g.temp.to_string();
     if g.diffusion_add_gumbel_noise {
-        format!("{} --diffusion-add-gumbel-noise", g.temp)
-    } else {
-        g.temp.to_string()
+        s += " --diffusion-add-gumbel-noise";
     }
+    if g.cfg_scale > 0.0 {
+        s += &format!(" --cfg-scale {}", g.cfg_scale);
+    }
+    s
 }
 
 /// `--block-length`'s value in effect for a settings line (`off`), with Dream's timestep schedule
