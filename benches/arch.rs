@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{checkpoint, gguf, median, selected, threads, time};
+use common::{alternate, checkpoint, gguf, selected, threads};
 use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
 use dlm::{LoadOptions, Model};
 use dlm_convert::OutType;
@@ -43,17 +43,7 @@ fn main() {
         let mut peer = LlamaCpp::load(&file, &LlamaCppOptions::new(threads, N)).unwrap();
         let n_vocab = ours.params().n_vocab as u32;
         let tokens: Vec<u32> = (0..N as u32).map(|i| (i * 7919 + 13) % n_vocab.min(50257)).collect();
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for rep in 0..=reps {
-            let (ta, la) = time(|| ours.forward(&tokens).unwrap());
-            let (tb, lb) = time(|| peer.forward(&tokens).unwrap());
-            assert_eq!(la.len(), lb.len());
-            if rep > 0 {
-                a.push(ta);
-                b.push(tb);
-            }
-        }
-        let (ta, tb) = (median(a), median(b));
+        let (ta, tb) = alternate(reps, || ours.forward(&tokens).unwrap(), || peer.forward(&tokens).unwrap());
         println!("{arch:<8} {shape:<20} {:>10.1} {:>10.1} {:>11.2}x", ta * 1e3, tb * 1e3, ta / tb);
     }
 }

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{gguf, llama7b_2l, median, selected, threads, time};
+use common::{alternate, gguf, llama7b_2l, selected, threads};
 use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
 use dlm::{LoadOptions, Model};
 use dlm_convert::OutType;
@@ -35,17 +35,7 @@ fn main() {
         let p = ours.params().clone();
         for n in lengths {
             let tokens: Vec<u32> = (0..n as u32).map(|i| if i == 0 { 1 } else { 811 + (i * 7919) % 3000 }).collect();
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            for rep in 0..=reps {
-                let (ta, la) = time(|| ours.forward(&tokens).unwrap());
-                let (tb, lb) = time(|| peer.forward(&tokens).unwrap());
-                assert_eq!(la.len(), lb.len());
-                if rep > 0 {
-                    a.push(ta);
-                    b.push(tb);
-                }
-            }
-            let (ta, tb) = (median(a), median(b));
+            let (ta, tb) = alternate(reps, || ours.forward(&tokens).unwrap(), || peer.forward(&tokens).unwrap());
             let gf = flops(&p, n) / 1e9;
             println!(
                 "{:<12} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>11.2}x",

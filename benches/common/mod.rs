@@ -59,6 +59,23 @@ pub fn time<T>(f: impl FnOnce() -> T) -> (f64, T) {
     (t0.elapsed().as_secs_f64(), out)
 }
 
+/// Runs `ours` and `peer` alternately (so drift in the machine's speed hits both), one warm-up
+/// each then `reps` timed runs; returns their median seconds. Both must return the same number
+/// of logits.
+pub fn alternate(reps: usize, mut ours: impl FnMut() -> Vec<f32>, mut peer: impl FnMut() -> Vec<f32>) -> (f64, f64) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for rep in 0..=reps {
+        let (ta, la) = time(&mut ours);
+        let (tb, lb) = time(&mut peer);
+        assert_eq!(la.len(), lb.len());
+        if rep > 0 {
+            a.push(ta);
+            b.push(tb);
+        }
+    }
+    (median(a), median(b))
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
