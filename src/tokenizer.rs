@@ -148,7 +148,9 @@ impl Tokenizer {
         let opt_u32 = |key: &str| -> Result<Option<u32>> { g.get(key).map(|_| g.get_u32(key)).transpose() };
         let add_bos = match g.get(keys::ADD_BOS) {
             Some(_) => g.get_bool(keys::ADD_BOS)?,
-            None => true,
+            // llama.cpp's defaults for a file that does not say: SentencePiece vocabularies add
+            // BOS, byte-level BPE ones (GPT-2, Qwen2's Dream) do not.
+            None => g.get(keys::TOKENIZER_MODEL).and_then(|v| v.as_str()) != Some("gpt2"),
         };
         let t = Tokenizer { inner, bos: opt_u32(keys::BOS_ID)?, eos: opt_u32(keys::EOS_ID)?, add_bos, source };
         for (key, id) in [(keys::BOS_ID, t.bos), (keys::EOS_ID, t.eos)] {

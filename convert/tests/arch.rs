@@ -130,6 +130,19 @@ fn gpt2_tokenizer_files_and_prefixes_give_gpt2s_own_ids() {
         }
     }
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    // A byte-level file that does not say whether to add BOS (llama.cpp's converter may leave
+    // the key out) adds none, as llama.cpp does; a SentencePiece one does.
+    let g = dlm::Gguf::open(&ga).unwrap();
+    let bare = tmp.path().join("bare.gguf");
+    let mut w = dlm::GgufWriter::new();
+    for (k, v) in g.metadata() {
+        if k != dlm::keys::ADD_BOS && k != dlm::keys::HF_JSON {
+            w.set(k, v.clone()).unwrap();
+        }
+    }
+    w.create(&bare).unwrap().finish().unwrap();
+    let tok = Tokenizer::from_gguf(&dlm::Gguf::open(&bare).unwrap()).unwrap();
+    assert!(!tok.add_bos && tok.encode("Hello world").unwrap() == [15496, 995]);
     assert_eq!(*seen[0].last().unwrap(), 50256, "<|endoftext|> is one special token");
 }
 
