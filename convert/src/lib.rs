@@ -58,6 +58,10 @@ impl ConvertError {
 
 pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
 
+/// The most `[PAD{i}]` placeholders a byte-level vocabulary is padded with to reach the
+/// embedding's rows.
+const MAX_VOCAB_PADDING: u64 = 1 << 16;
+
 /// The largest metadata file (config, tokenizer, index) read whole into memory.
 const MAX_TEXT_FILE: u64 = 1 << 30;
 
@@ -182,6 +186,15 @@ impl Plan {
         // rows).
         if n_tokens > c.vocab_size || (!byte_level && n_tokens != c.vocab_size) {
             return Err(ConvertError::field(&cfg_path, "vocab_size", format!("{} but the tokenizer has {n_tokens} tokens", c.vocab_size)));
+        }
+        // Real paddings are a few hundred rows (Qwen2: 399, LLaDA: 115); millions of placeholder
+        // strings would only be a way to exhaust memory.
+        if c.vocab_size - n_tokens > MAX_VOCAB_PADDING {
+            return Err(ConvertError::field(
+                &cfg_path,
+                "vocab_size",
+                format!("{} is {} more than the tokenizer's {n_tokens} tokens; at most {MAX_VOCAB_PADDING} padding rows are accepted", c.vocab_size, c.vocab_size - n_tokens),
+            ));
         }
         vocab.pad_to(c.vocab_size as usize);
         if c.arch == HfArch::Llada {

@@ -222,9 +222,9 @@ fn token_id(path: &Path, v: &Json, field: &str) -> Result<u32> {
         .ok_or_else(|| ConvertError::field(path, field, format!("token id {v} is not below {MAX_TOKENS}")))
 }
 
-/// No tokenizer has more tokens than this; an id beyond it is a broken file, not a vocabulary
-/// to pad with placeholders.
-const MAX_TOKENS: u32 = 1 << 24;
+/// No tokenizer has more tokens than this (the largest real ones have about 262,000); an id
+/// beyond it is a broken file, not a vocabulary to pad with placeholders.
+const MAX_TOKENS: u32 = 1 << 21;
 
 /// Byte-level BPE tokens, types and merges from `tokenizer.json`. Ids need not be dense: gaps
 /// become `[PAD{i}]` placeholders, as llama.cpp's converter writes them.

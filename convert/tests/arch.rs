@@ -162,9 +162,10 @@ fn broken_family_checkpoints_fail_with_one_clear_line() {
         ("dream vocabulary below its tokenizer", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["vocab_size"] = 50000.into())), &["vocab_size", "50000", "tokenizer has 50258"]),
         ("unknown family", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| { v["architectures"] = serde_json::json!(["MambaForCausalLM"]); v["model_type"] = "mamba".into(); })), &["architectures", "MambaForCausalLM", "LLaDAModelLM", "GPT2LMHeadModel"]),
         ("mask id outside", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["mask_token_id"] = 60000.into())), &["mask id 60000", "config.json mask_token_id", "outside"]),
+        ("a vocabulary padded by billions", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["vocab_size"] = 4_000_000_000u64.into())), &["vocab_size", "4000000000", "at most 65536 padding rows"]),
     ];
     for (i, (what, flags, breaks, expect)) in cases.iter().enumerate() {
-        let arch = ["dream", "llada", "gpt2", "gpt2", "dream", "llada", "llada"][i];
+        let arch = ["dream", "llada", "gpt2", "gpt2", "dream", "llada", "llada", "dream"][i];
         let hf = tmp.path().join(format!("case{i}"));
         let mut extra = vec!["--dtype", "f16", "--shards", "1", "--layers", "2"];
         extra.extend_from_slice(flags);
