@@ -241,7 +241,6 @@ impl Tokenizer {
     }
 }
 
-/// The Hugging Face `tokenizer.json` equivalent to a SentencePiece BPE vocabulary
 /// Qwen2's split (Dream's tokenizer): GPT-2's, with case-insensitive contractions, single digits
 /// and newlines kept apart.
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -311,6 +310,7 @@ pub fn byte_level_tokenizer_json(tokens: &[String], merges: Vec<(String, String)
     })
 }
 
+/// The Hugging Face `tokenizer.json` equivalent to a SentencePiece BPE vocabulary
 /// (LLaMA's: byte fallback, "▁" for spaces, a dummy prefix), merges derived from `scores`.
 pub fn spm_tokenizer_json(tokens: &[String], scores: &[f32], types: &[i32], unk: Option<u32>) -> Result<String> {
     let n = tokens.len();

@@ -24,9 +24,10 @@ import gguf
 # bounds that prove a quantized type really was quantized.
 # Measured on Gaussian weights: Q8_0 0.45%, Q6_K 1.8%, Q5_0 3.9%, Q4_K 7.2%, Q4_0 8.4%.
 MAX_REL_ERR = {"F32": 0.0, "BF16": 0.0, "F16": 5e-4, "Q8_0": 0.007, "Q6_K": 0.022,
-               "Q5_0": 0.05, "Q4_K": 0.085, "Q4_0": 0.10}
+               "Q5_K": 0.045, "Q5_1": 0.05, "Q5_0": 0.05, "Q4_K": 0.085, "Q4_0": 0.10}
 FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_k_m": 15, "q6_k": 18}
-BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q5_0": 32, "Q4_K": 256, "Q6_K": 256}
+BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q5_0": 32, "Q5_1": 32, "Q4_K": 256, "Q5_K": 256,
+         "Q6_K": 256}
 
 failures = []
 
@@ -86,8 +87,10 @@ def expected_type(kind, name, layer, n_layer, ndim, row, tied=False):
         t = "Q6_K"
     if kind == "q4_k_m" and (name.endswith("attn_v.weight") or name.endswith("ffn_down.weight")) and use_more_bits(layer, n_layer):
         t = "Q6_K"
+    if kind == "q4_k_m" and name.endswith("attn_qkv.weight"):  # llama.cpp: a fused Q/K/V gets Q5_K
+        t = "Q5_K"
     while row % BLOCK[t]:
-        t = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}.get(t, "F16")
+        t = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}.get(t, "F16")
     return t
 
 

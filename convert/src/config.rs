@@ -9,7 +9,7 @@
 //! | `GPT2LMHeadModel` (DiffuGPT) | `gpt2` | GPT-2's (`n_embd`, `n_layer`, `n_head`, `n_positions`, `n_inner`) |
 //!
 //! Where a family has two spellings (LLaDA's configs carry both OLMo's and LLaMA's in some
-//! releases), the first present wins, as in llama.cpp's converter.
+//! releases), the first present in [`Keys`] wins, and messages name the key the file uses.
 
 use std::path::Path;
 
@@ -141,70 +141,35 @@ impl HfConfig {
         };
         let string = |names: &[&'static str]| find(names).map(|(n, v)| (n, v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())));
 
-        let cfg = match arch {
-            HfArch::Llama | HfArch::Dream => {
-                let heads = req(&["num_attention_heads"])?;
-                HfConfig {
-                    arch,
-                    hidden_size: req(&["hidden_size"])?,
-                    intermediate_size: req(&["intermediate_size"])?,
-                    num_hidden_layers: req(&["num_hidden_layers"])?,
-                    num_attention_heads: heads,
-                    num_key_value_heads: int(&["num_key_value_heads"])?.unwrap_or(heads),
-                    vocab_size: req(&["vocab_size"])?,
-                    max_position_embeddings: int(&["max_position_embeddings"])?.unwrap_or(if arch == HfArch::Dream { 32768 } else { 4096 }),
-                    norm_eps: float(&["rms_norm_eps"], 1e-6)?,
-                    rope_theta: float(&["rope_theta"], 10000.0)?,
-                    tie_word_embeddings: flag(&["tie_word_embeddings"], false)?,
-                    bos_token_id: None,
-                    eos_token_id: None,
-                    mask_token_id: None,
-                    name: None,
-                }
-            }
-            HfArch::Llada => {
-                let heads = req(&["n_heads", "num_attention_heads"])?;
-                HfConfig {
-                    arch,
-                    hidden_size: req(&["d_model", "hidden_size"])?,
-                    intermediate_size: req(&["mlp_hidden_size", "intermediate_size"])?,
-                    num_hidden_layers: req(&["n_layers", "num_hidden_layers"])?,
-                    num_attention_heads: heads,
-                    num_key_value_heads: int(&["n_kv_heads", "num_key_value_heads"])?.unwrap_or(heads),
-                    vocab_size: req(&["vocab_size", "embedding_size"])?,
-                    max_position_embeddings: int(&["max_sequence_length", "max_position_embeddings"])?.unwrap_or(4096),
-                    norm_eps: float(&["rms_norm_eps"], 1e-5)?,
-                    rope_theta: float(&["rope_theta"], 10000.0)?,
-                    tie_word_embeddings: flag(&["weight_tying", "tie_word_embeddings"], false)?,
-                    bos_token_id: None,
-                    eos_token_id: None,
-                    mask_token_id: None,
-                    name: None,
-                }
-            }
-            HfArch::Gpt2 => {
-                let embd = req(&["n_embd", "hidden_size"])?;
-                HfConfig {
-                    arch,
-                    hidden_size: embd,
-                    intermediate_size: match int(&["n_inner"])? {
-                        Some(f) => f,
-                        None => embd.checked_mul(4).ok_or_else(|| bad("n_embd", format!("{embd} is too large")))?,
-                    },
-                    num_hidden_layers: req(&["n_layer", "num_hidden_layers"])?,
-                    num_attention_heads: req(&["n_head", "num_attention_heads"])?,
-                    num_key_value_heads: req(&["n_head", "num_attention_heads"])?,
-                    vocab_size: req(&["vocab_size"])?,
-                    max_position_embeddings: req(&["n_positions", "n_ctx", "max_position_embeddings"])?,
-                    norm_eps: float(&["layer_norm_epsilon"], 1e-5)?,
-                    rope_theta: 10000.0,
-                    tie_word_embeddings: flag(&["tie_word_embeddings"], true)?,
-                    bos_token_id: None,
-                    eos_token_id: None,
-                    mask_token_id: None,
-                    name: None,
-                }
-            }
+        let k = Keys::of(arch);
+        let heads = req(k.heads)?;
+        let hidden = req(k.hidden)?;
+        let cfg = HfConfig {
+            arch,
+            hidden_size: hidden,
+            intermediate_size: match (int(k.ffn)?, arch) {
+                (Some(f), _) => f,
+                // GPT-2's `n_inner: null` means four times the width.
+                (None, HfArch::Gpt2) => hidden.checked_mul(4).ok_or_else(|| bad(k.hidden[0], format!("{hidden} is too large")))?,
+                (None, _) => req(k.ffn)?,
+            },
+            num_hidden_layers: req(k.layers)?,
+            num_attention_heads: heads,
+            num_key_value_heads: int(k.kv)?.unwrap_or(heads),
+            vocab_size: req(k.vocab)?,
+            max_position_embeddings: match (int(k.ctx)?, arch) {
+                (Some(n), _) => n,
+                (None, HfArch::Gpt2) => req(k.ctx)?, // the size of its position table
+                (None, HfArch::Dream) => 32768,
+                (None, _) => 4096,
+            },
+            norm_eps: float(k.eps, if matches!(arch, HfArch::Llama | HfArch::Dream) { 1e-6 } else { 1e-5 })?,
+            rope_theta: float(&["rope_theta"], 10000.0)?,
+            tie_word_embeddings: flag(k.tie, arch == HfArch::Gpt2)?,
+            bos_token_id: None,
+            eos_token_id: None,
+            mask_token_id: None,
+            name: None,
         };
         let id = |names: &[&'static str]| -> Result<Option<u32>> {
             match find(names) {
@@ -220,15 +185,19 @@ impl HfConfig {
             ..cfg
         };
 
+        // Messages name the key the file uses (`n_heads`, not its LLaMA name).
+        let used = |names: &[&'static str]| find(names).map_or(names[0], |(n, _)| n);
         if cfg.hidden_size % cfg.num_attention_heads != 0 {
-            let field = if arch == HfArch::Gpt2 { "n_head" } else { "num_attention_heads" };
-            return Err(bad(field, format!("{} does not divide the hidden size {}", cfg.num_attention_heads, cfg.hidden_size)));
+            return Err(bad(used(k.heads), format!("{} does not divide the hidden size {}", cfg.num_attention_heads, cfg.hidden_size)));
         }
         if cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
-            return Err(bad("num_key_value_heads", format!("{} does not divide the {} attention heads", cfg.num_key_value_heads, cfg.num_attention_heads)));
+            return Err(bad(used(k.kv), format!("{} does not divide the {} attention heads", cfg.num_key_value_heads, cfg.num_attention_heads)));
         }
         if arch != HfArch::Gpt2 && cfg.head_dim() % 2 != 0 {
-            return Err(bad("hidden_size", format!("head dimension {} must be even for RoPE", cfg.head_dim())));
+            return Err(bad(used(k.hidden), format!("head dimension {} (hidden size / heads) must be even for RoPE", cfg.head_dim())));
+        }
+        if let Some(hd) = int(&["head_dim"])?.filter(|&hd| hd != cfg.head_dim()) {
+            return Err(bad("head_dim", format!("{hd} differs from the hidden size / heads ({}), which the graph requires", cfg.head_dim())));
         }
         if let Some((n, v)) = find(&["rope_scaling"]) {
             return Err(bad(n, format!("RoPE scaling {v} is not supported yet; expected null")));
@@ -260,6 +229,14 @@ impl HfConfig {
                 if !flag(&["rope"], true)? {
                     return Err(bad("rope", "models without RoPE are not supported; expected true".into()));
                 }
+                for key in ["alibi", "scale_logits"] {
+                    if flag(&[key], false)? {
+                        return Err(bad(key, "is not supported (LLaDA-8B does not use it); expected false".into()));
+                    }
+                }
+                if let Some((n, v)) = find(&["clip_qkv"]) {
+                    return Err(bad(n, format!("clipping Q/K/V at {v} is not supported; expected null")));
+                }
             }
             HfArch::Gpt2 => {
                 // GPT-2's "gelu_new" is the tanh approximation, which ggml's GELU computes.
@@ -267,23 +244,80 @@ impl HfConfig {
                 if flag(&["scale_attn_by_inverse_layer_idx"], false)? {
                     return Err(bad("scale_attn_by_inverse_layer_idx", "is not supported; expected false".into()));
                 }
+                if !flag(&["scale_attn_weights"], true)? {
+                    return Err(bad("scale_attn_weights", "attention without the 1/sqrt(head size) scale is not supported; expected true".into()));
+                }
             }
         }
-        // Both are written as f32: a value finite as f64 may not be as f32.
-        let as_f32 = |v: f64| (v as f32).is_finite();
+        // Both are written as f32: a value finite (or nonzero) as f64 may not be as f32.
+        let as_f32 = |v: f64| (v as f32).is_finite() && v as f32 > 0.0;
         if !(cfg.norm_eps > 0.0 && cfg.norm_eps < 1.0 && as_f32(cfg.norm_eps)) {
-            let field = if arch == HfArch::Gpt2 { "layer_norm_epsilon" } else { "rms_norm_eps" };
-            return Err(bad(field, format!("{} is not a norm epsilon (a small positive number such as 1e-5)", cfg.norm_eps)));
+            return Err(bad(used(k.eps), format!("{} is not a norm epsilon (a small positive number such as 1e-5, nonzero in f32)", cfg.norm_eps)));
         }
         if !(cfg.rope_theta > 0.0 && as_f32(cfg.rope_theta)) {
             return Err(bad("rope_theta", format!("{} is not a RoPE frequency base (a positive number such as 10000)", cfg.rope_theta)));
         }
-        for (field, v) in [("hidden_size", cfg.hidden_size), ("intermediate_size", cfg.intermediate_size), ("vocab_size", cfg.vocab_size), ("max_position_embeddings", cfg.max_position_embeddings), ("num_hidden_layers", cfg.num_hidden_layers)] {
+        for (names, v) in [(k.hidden, cfg.hidden_size), (k.ffn, cfg.intermediate_size), (k.vocab, cfg.vocab_size), (k.ctx, cfg.max_position_embeddings), (k.layers, cfg.num_hidden_layers)] {
             if v > u32::MAX as u64 {
-                return Err(bad(field, format!("{v} does not fit in 32 bits")));
+                return Err(bad(used(names), format!("{v} does not fit in 32 bits")));
             }
         }
         Ok(cfg)
+    }
+}
+
+/// A family's `config.json` names for each hyper-parameter, the first present winning (LLaDA's
+/// LLaMA-style names before its OLMo ones, as llama.cpp's converter reads them; its embedding
+/// is `embedding_size` rows when given, as its modelling code sizes it).
+struct Keys {
+    hidden: &'static [&'static str],
+    ffn: &'static [&'static str],
+    layers: &'static [&'static str],
+    heads: &'static [&'static str],
+    kv: &'static [&'static str],
+    vocab: &'static [&'static str],
+    ctx: &'static [&'static str],
+    eps: &'static [&'static str],
+    tie: &'static [&'static str],
+}
+
+impl Keys {
+    fn of(arch: HfArch) -> Keys {
+        match arch {
+            HfArch::Llama | HfArch::Dream => Keys {
+                hidden: &["hidden_size"],
+                ffn: &["intermediate_size"],
+                layers: &["num_hidden_layers"],
+                heads: &["num_attention_heads"],
+                kv: &["num_key_value_heads"],
+                vocab: &["vocab_size"],
+                ctx: &["max_position_embeddings"],
+                eps: &["rms_norm_eps"],
+                tie: &["tie_word_embeddings"],
+            },
+            HfArch::Llada => Keys {
+                hidden: &["hidden_size", "d_model"],
+                ffn: &["intermediate_size", "mlp_hidden_size"],
+                layers: &["num_hidden_layers", "n_layers"],
+                heads: &["num_attention_heads", "n_heads"],
+                kv: &["num_key_value_heads", "n_kv_heads"],
+                vocab: &["embedding_size", "vocab_size"],
+                ctx: &["max_sequence_length", "max_position_embeddings"],
+                eps: &["rms_norm_eps"],
+                tie: &["weight_tying", "tie_word_embeddings"],
+            },
+            HfArch::Gpt2 => Keys {
+                hidden: &["n_embd", "hidden_size"],
+                ffn: &["n_inner"],
+                layers: &["n_layer", "num_hidden_layers"],
+                heads: &["n_head", "num_attention_heads"],
+                kv: &["n_head", "num_attention_heads"],
+                vocab: &["vocab_size"],
+                ctx: &["n_positions", "n_ctx", "max_position_embeddings"],
+                eps: &["layer_norm_epsilon"],
+                tie: &["tie_word_embeddings"],
+            },
+        }
     }
 }
 

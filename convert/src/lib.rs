@@ -174,7 +174,7 @@ impl Plan {
             return Err(ConvertError::input(dir, "neither a folder nor a GGUF file (expected a Hugging Face checkpoint folder, or a GGUF model to re-quantize)".into()));
         }
         let config = HfConfig::load(dir)?;
-        let mut vocab = Vocab::load(dir)?;
+        let mut vocab = Vocab::load(dir, config.vocab_size)?;
         let checkpoint = Checkpoint::open(dir)?;
         let cfg_path = dir.join("config.json");
         let c = &config;
@@ -197,14 +197,15 @@ impl Plan {
             ));
         }
         vocab.pad_to(c.vocab_size as usize);
-        if c.arch == HfArch::Llada {
-            // llama.cpp's LLaDA converter: LLaDA is trained with BOS.
+        if c.arch == HfArch::Llada && vocab.bos.or(c.bos_token_id).is_some() {
+            // llama.cpp's LLaDA converter: LLaDA is trained with BOS (when the files name one).
             vocab.add_bos = true;
         }
-        let (mask_id, mask_source) = match (opts.mask_id, vocab.mask_from_config, c.mask_token_id) {
+        // config.json's mask_token_id first, as llama.cpp's Dream converter reads it.
+        let (mask_id, mask_source) = match (opts.mask_id, c.mask_token_id, vocab.mask_from_config) {
             (Some(id), _, _) => (id, "--mask-id".to_owned()),
-            (None, Some(id), _) => (id, "tokenizer_config.json mask_token".to_owned()),
-            (None, None, Some(id)) => (id, "config.json mask_token_id".to_owned()),
+            (None, Some(id), _) => (id, "config.json mask_token_id".to_owned()),
+            (None, None, Some(id)) => (id, "tokenizer_config.json mask_token".to_owned()),
             (None, None, None) => (family.mask_id, format!("{} default", family.name)),
         };
         if mask_id as u64 >= c.vocab_size {
@@ -217,20 +218,24 @@ impl Plan {
         let layout = Layout::new(c, |n| checkpoint.tensors.contains_key(n));
         // Layers the config names beyond those the checkpoint holds are missing tensors; say so
         // before listing every layer's names (a num_hidden_layers of 2^32 would take gigabytes).
-        let present = checkpoint.tensors.keys().filter_map(|n| layout.layer_of(n)).max().map_or(0, |l| l + 1);
-        if c.num_hidden_layers > present {
+        // Distinct layer numbers, not the highest: one stray `h.4000000000.*` must not pass.
+        let layers: std::collections::BTreeSet<u64> = checkpoint.tensors.keys().filter_map(|n| layout.layer_of(n)).collect();
+        if c.num_hidden_layers > layers.len() as u64 {
+            let missing = (0..).find(|i| !layers.contains(i)).unwrap_or(0);
             return Err(ConvertError::input(
                 dir,
                 format!(
-                    "tensor `{}` is missing from the checkpoint (config.json says {} layers, the checkpoint has {present})",
-                    layout.first_of_layer(present),
-                    c.num_hidden_layers
+                    "tensor `{}` is missing from the checkpoint (config.json says {} layers, the checkpoint has {})",
+                    layout.first_of_layer(missing),
+                    c.num_hidden_layers,
+                    layers.len()
                 ),
             ));
         }
         let wanted = layout.tensors(c);
+        let names: std::collections::HashSet<&str> = wanted.iter().map(|m| m.hf.as_str()).collect();
         for name in checkpoint.tensors.keys() {
-            if !layout.ignorable(c, name) && !wanted.iter().any(|m| &m.hf == name) {
+            if !layout.ignorable(c, name) && !names.contains(name.as_str()) {
                 return Err(ConvertError::input(
                     dir,
                     format!("unexpected tensor `{name}` for a {}-layer {} (wrong architecture or layer count?)", c.num_hidden_layers, family.name),

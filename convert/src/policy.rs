@@ -71,6 +71,8 @@ pub fn choose(out: OutType, name: &str, layer: Option<u64>, n_layer: u64, n_dims
         OutType::Q4_0 if is_output => GgmlType::Q6_K,
         OutType::Q4_0 => GgmlType::Q4_0,
         OutType::Q4_K_M if is_output => GgmlType::Q6_K,
+        // A fused Q/K/V (GPT-2's attn_qkv) gets Q5_K, as llama.cpp's quantizer gives it.
+        OutType::Q4_K_M if name.ends_with("attn_qkv.weight") => GgmlType::Q5_K,
         OutType::Q4_K_M => {
             let more = (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
                 && layer.is_some_and(|i| use_more_bits(i, n_layer));
@@ -90,6 +92,7 @@ pub fn fit(want: GgmlType, row_len: u64) -> GgmlType {
     while row_len % t.block_size() != 0 {
         t = match t {
             GgmlType::Q4_K => GgmlType::Q5_0,
+            GgmlType::Q5_K => GgmlType::Q5_1,
             GgmlType::Q6_K => GgmlType::Q8_0,
             _ => GgmlType::F16,
         };
@@ -115,12 +118,14 @@ mod tests {
         assert_eq!(choose(OutType::Q4_0, "token_embd.weight", None, 32, 2, true), GgmlType::Q6_K);
         assert_eq!(choose(OutType::Q4_0, "token_embd.weight", None, 32, 2, false), GgmlType::Q4_0);
         assert_eq!(choose(OutType::Q4_0, "position_embd.weight", None, 32, 2, true), GgmlType::F32);
+        assert_eq!(choose(OutType::Q4_K_M, "blk.3.attn_qkv.weight", Some(3), 24, 2, true), GgmlType::Q5_K);
     }
 
     #[test]
     fn fallbacks() {
         assert_eq!(fit(GgmlType::Q4_K, 640), GgmlType::Q5_0);
         assert_eq!(fit(GgmlType::Q6_K, 640), GgmlType::Q8_0);
+        assert_eq!(fit(GgmlType::Q5_K, 640), GgmlType::Q5_1);
         assert_eq!(fit(GgmlType::Q4_0, 100), GgmlType::F16);
         assert_eq!(fit(GgmlType::Q4_K, 4096), GgmlType::Q4_K);
     }

@@ -86,13 +86,16 @@ impl Vocab {
         self.tokens.iter().position(|t| t == token).map(|i| i as u32)
     }
 
-    pub fn load(dir: &Path) -> Result<Vocab> {
+    /// The checkpoint's tokenizer; `max_tokens` (config.json's `vocab_size`) bounds byte-level
+    /// token ids, whose gaps become placeholders.
+    pub fn load(dir: &Path, max_tokens: u64) -> Result<Vocab> {
+        let limit = max_tokens.min(MAX_TOKENS as u64) as u32;
         let json_path = dir.join("tokenizer.json");
         let model_path = dir.join("tokenizer.model");
         let (mut v, json_text) = match (json_path.exists(), model_path.exists()) {
             (true, has_model) => {
                 let text = crate::read_text(&json_path)?;
-                let mut v = from_hf_json(&json_path, &text)?;
+                let mut v = from_hf_json(&json_path, &text, limit)?;
                 if has_model {
                     // SentencePiece's own scores are the ground truth for llama.cpp's tokenizer.
                     let sp = from_sentencepiece(&model_path)?;
@@ -108,16 +111,24 @@ impl Vocab {
                     .map_err(|e| ConvertError::input(&model_path, e.to_string()))?;
                 (v, json)
             }
-            (false, false) if dir.join("vocab.json").exists() && dir.join("merges.txt").exists() => from_vocab_and_merges(dir)?,
+            (false, false) if dir.join("vocab.json").exists() && dir.join("merges.txt").exists() => from_vocab_and_merges(dir, limit)?,
             (false, false) => {
                 return Err(ConvertError::input(dir, "no tokenizer found: expected tokenizer.json, tokenizer.model, or vocab.json with merges.txt".into()))
             }
         };
         v.hf_json = json_text;
-        // Check the JSON really loads in the runtime's tokenizer library.
+        // Check the JSON really loads in the runtime's tokenizer library (naming the files it
+        // came from: tokenizer.json, or what was built from the others).
+        let source = if json_path.exists() {
+            json_path.clone()
+        } else if model_path.exists() {
+            model_path.clone()
+        } else {
+            dir.join("vocab.json")
+        };
         v.hf_json
             .parse::<tokenizers::Tokenizer>()
-            .map_err(|e| ConvertError::input(&json_path, format!("the tokenizers library cannot load it: {e}")))?;
+            .map_err(|e| ConvertError::input(&source, format!("the tokenizers library cannot load it: {e}")))?;
         apply_tokenizer_config(dir, &mut v)?;
         Ok(v)
     }
@@ -127,15 +138,16 @@ fn byte_token(t: &str) -> bool {
     t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && u8::from_str_radix(&t[3..5], 16).is_ok()
 }
 
-fn from_hf_json(path: &Path, text: &str) -> Result<Vocab> {
+fn from_hf_json(path: &Path, text: &str, limit: u32) -> Result<Vocab> {
     let j: Json = serde_json::from_str(text).map_err(|e| ConvertError::input(path, format!("not valid JSON: {e}")))?;
     let model = &j["model"];
-    let ty = model["type"].as_str().unwrap_or("");
-    if ty != "BPE" {
-        return Err(ConvertError::field(path, "model.type", format!("`{ty}` is not supported; expected \"BPE\" (LLaMA)")));
+    match model["type"].as_str() {
+        Some("BPE") => {}
+        None => return Err(ConvertError::field(path, "model.type", "missing; expected \"BPE\"".into())),
+        Some(ty) => return Err(ConvertError::field(path, "model.type", format!("`{ty}` is not supported; expected \"BPE\" (SentencePiece-style with byte fallback, or byte-level)"))),
     }
     if model["byte_fallback"].as_bool() != Some(true) && has_byte_level(&j) {
-        return from_byte_level_json(path, &j);
+        return from_byte_level_json(path, &j, limit);
     }
     let vocab = model["vocab"]
         .as_object()
@@ -214,12 +226,13 @@ fn has_byte_level(j: &Json) -> bool {
     any(&j["pre_tokenizer"]) || any(&j["decoder"])
 }
 
-/// Token id of a `model.vocab` or `added_tokens` entry.
-fn token_id(path: &Path, v: &Json, field: &str) -> Result<u32> {
+/// Token id of a `model.vocab` or `added_tokens` entry, below `limit` (config.json's
+/// `vocab_size`, at most [`MAX_TOKENS`]).
+fn token_id(path: &Path, v: &Json, field: &str, limit: u32) -> Result<u32> {
     v.as_u64()
         .and_then(|x| u32::try_from(x).ok())
-        .filter(|&x| x < MAX_TOKENS)
-        .ok_or_else(|| ConvertError::field(path, field, format!("token id {v} is not below {MAX_TOKENS}")))
+        .filter(|&x| x < limit)
+        .ok_or_else(|| ConvertError::field(path, field, format!("token id {v} is not below {limit} (config.json vocab_size)")))
 }
 
 /// No tokenizer has more tokens than this (the largest real ones have about 262,000); an id
@@ -228,19 +241,19 @@ const MAX_TOKENS: u32 = 1 << 21;
 
 /// Byte-level BPE tokens, types and merges from `tokenizer.json`. Ids need not be dense: gaps
 /// become `[PAD{i}]` placeholders, as llama.cpp's converter writes them.
-fn from_byte_level_json(path: &Path, j: &Json) -> Result<Vocab> {
+fn from_byte_level_json(path: &Path, j: &Json, limit: u32) -> Result<Vocab> {
     let model = &j["model"];
     let vocab = model["vocab"]
         .as_object()
         .ok_or_else(|| ConvertError::field(path, "model.vocab", "expected an object of token -> id".into()))?;
     let mut by_id: HashMap<u32, (String, i32)> = HashMap::with_capacity(vocab.len());
     for (tok, id) in vocab {
-        if let Some((prev, _)) = by_id.insert(token_id(path, id, "model.vocab")?, (tok.clone(), token_type::NORMAL)) {
+        if let Some((prev, _)) = by_id.insert(token_id(path, id, "model.vocab", limit)?, (tok.clone(), token_type::NORMAL)) {
             return Err(ConvertError::field(path, "model.vocab", format!("id {id} is both {prev:?} and {tok:?}")));
         }
     }
     for added in j["added_tokens"].as_array().into_iter().flatten() {
-        let id = token_id(path, &added["id"], "added_tokens")?;
+        let id = token_id(path, &added["id"], "added_tokens", limit)?;
         let content = added["content"].as_str().unwrap_or_default().to_owned();
         let ty = if added["special"].as_bool().unwrap_or(false) { token_type::CONTROL } else { token_type::USER_DEFINED };
         if let Some((prev, _)) = by_id.get(&id) {
@@ -280,62 +293,79 @@ fn from_byte_level_json(path: &Path, j: &Json) -> Result<Vocab> {
 
 /// GPT-2's older tokenizer files: `vocab.json` (token → id) and `merges.txt` (one merge per line
 /// after a `#version` header). Returns the vocabulary and the `tokenizer.json` built from them.
-fn from_vocab_and_merges(dir: &Path) -> Result<(Vocab, String)> {
+fn from_vocab_and_merges(dir: &Path, limit: u32) -> Result<(Vocab, String)> {
     let vocab_path = dir.join("vocab.json");
     let text = crate::read_text(&vocab_path)?;
     let vocab: Json = serde_json::from_str(&text).map_err(|e| ConvertError::input(&vocab_path, format!("not valid JSON: {e}")))?;
+    let Some(map) = vocab.as_object() else {
+        return Err(ConvertError::input(&vocab_path, "expected a JSON object of token -> id".into()));
+    };
     let merges_path = dir.join("merges.txt");
     let merges_text = crate::read_text(&merges_path)?;
     let mut merges = Vec::new();
     for (i, line) in merges_text.lines().enumerate() {
-        if line.starts_with("#version") || line.is_empty() {
+        if (i == 0 && line.starts_with("#version")) || line.is_empty() {
             continue;
         }
-        match line.split_once(' ') {
-            Some((l, r)) if !r.contains(' ') => merges.push((l.to_owned(), r.to_owned())),
-            _ => return Err(ConvertError::input(&merges_path, format!("line {}: {line:?} is not \"left right\"", i + 1))),
+        let bad = |what: &str| ConvertError::input(&merges_path, format!("line {}: {line:?} {what}", i + 1));
+        let (l, r) = match line.split_once(' ') {
+            Some((l, r)) if !l.is_empty() && !r.is_empty() && !r.contains(' ') => (l, r),
+            _ => return Err(bad("is not \"left right\"")),
+        };
+        // The tokenizers library needs both halves and their merge in the vocabulary.
+        if let Some(t) = [l, r, &format!("{l}{r}")].into_iter().find(|t| !map.contains_key(*t)) {
+            return Err(bad(&format!("merges `{t}`, which vocab.json does not have")));
         }
+        merges.push(format!("{l} {r}"));
     }
-    let j = serde_json::json!({"model": {"vocab": vocab, "merges": merges.iter().map(|(l, r)| format!("{l} {r}")).collect::<Vec<_>>()},
-                               "pre_tokenizer": dlm::tokenizer::byte_level_pre_tokenizer("gpt-2")});
-    let mut v = from_byte_level_json(&vocab_path, &j)?;
+    let pre = dlm::tokenizer::byte_level_pre_tokenizer("gpt-2").expect("GPT-2's pre-tokenizer is known");
+    let j = serde_json::json!({"model": {"vocab": vocab, "merges": merges}, "pre_tokenizer": pre});
+    let mut v = from_byte_level_json(&vocab_path, &j, limit)?;
     // GPT-2's `<|endoftext|>` sits in vocab.json itself; tokenizer_config.json names it.
-    let specials = special_contents(dir)?;
+    let (cfg_path, cfg) = tokenizer_config(dir)?;
+    if cfg["add_prefix_space"].as_bool() == Some(true) {
+        return Err(ConvertError::field(&cfg_path, "add_prefix_space", "true is not supported (GPT-2 and DiffuGPT tokenize without a prefix space); expected false".into()));
+    }
+    let specials = special_contents(&cfg);
     for (t, ty) in v.tokens.iter().zip(v.types.iter_mut()) {
         if specials.iter().any(|s| s == t) {
             *ty = token_type::CONTROL;
         }
     }
-    let merges_kept = match &v.kind {
-        VocabKind::ByteLevel { merges, .. } => merges.iter().filter_map(|m| m.split_once(' ')).map(|(l, r)| (l.to_owned(), r.to_owned())).collect(),
-        VocabKind::SentencePiece => Vec::new(),
-    };
-    let json = dlm::tokenizer::byte_level_tokenizer_json(&v.tokens, merges_kept, &v.types, j["pre_tokenizer"].clone()).to_string();
+    let pairs = merges.iter().filter_map(|m| m.split_once(' ')).map(|(l, r)| (l.to_owned(), r.to_owned())).collect();
+    let json = dlm::tokenizer::byte_level_tokenizer_json(&v.tokens, pairs, &v.types, j["pre_tokenizer"].clone()).to_string();
     Ok((v, json))
 }
 
-/// The contents of the special tokens `tokenizer_config.json` names (its `*_token` fields and
-/// `added_tokens_decoder` entries marked special).
-fn special_contents(dir: &Path) -> Result<Vec<String>> {
+/// `tokenizer_config.json` (`Json::Null` when the checkpoint has none) and its path.
+fn tokenizer_config(dir: &Path) -> Result<(std::path::PathBuf, Json)> {
     let path = dir.join("tokenizer_config.json");
     if !path.exists() {
-        return Ok(Vec::new());
+        return Ok((path, Json::Null));
     }
-    let cfg: Json = serde_json::from_str(&crate::read_text(&path)?).map_err(|e| ConvertError::input(&path, format!("not valid JSON: {e}")))?;
-    let mut out = Vec::new();
-    for field in ["bos_token", "eos_token", "unk_token", "pad_token", "mask_token"] {
-        match &cfg[field] {
-            Json::String(s) => out.push(s.clone()),
-            Json::Object(o) => out.extend(o.get("content").and_then(Json::as_str).map(str::to_owned)),
-            _ => {}
-        }
+    let cfg = serde_json::from_str(&crate::read_text(&path)?).map_err(|e| ConvertError::input(&path, format!("not valid JSON: {e}")))?;
+    Ok((path, cfg))
+}
+
+/// A special token as `tokenizer_config.json` writes it: a string or an AddedToken object
+/// `{"content": ...}`.
+fn special_content(v: &Json) -> Option<&str> {
+    match v {
+        Json::String(s) => Some(s.as_str()),
+        Json::Object(o) => Some(o.get("content").and_then(Json::as_str).unwrap_or("")),
+        _ => None,
     }
-    for (_, t) in cfg["added_tokens_decoder"].as_object().into_iter().flatten() {
-        if t["special"].as_bool() == Some(true) {
-            out.extend(t["content"].as_str().map(str::to_owned));
-        }
-    }
-    Ok(out)
+}
+
+/// The fields of `tokenizer_config.json` that name special tokens.
+const SPECIAL_FIELDS: [&str; 5] = ["bos_token", "eos_token", "unk_token", "pad_token", "mask_token"];
+
+/// The contents of the special tokens `tokenizer_config.json` names (its `*_token` fields and
+/// `added_tokens_decoder` entries marked special).
+fn special_contents(cfg: &Json) -> Vec<String> {
+    let named = SPECIAL_FIELDS.iter().filter_map(|f| special_content(&cfg[*f]));
+    let decoder = cfg["added_tokens_decoder"].as_object().into_iter().flatten().filter(|(_, t)| t["special"].as_bool() == Some(true));
+    named.chain(decoder.filter_map(|(_, t)| t["content"].as_str())).map(str::to_owned).collect()
 }
 
 /// Reads SentencePiece's `ModelProto`: field 1 `repeated SentencePiece { piece = 1; score = 2;
@@ -457,20 +487,9 @@ impl<'a> Proto<'a> {
 
 /// `tokenizer_config.json`: special tokens, BOS/EOS switches and an optional mask token.
 fn apply_tokenizer_config(dir: &Path, v: &mut Vocab) -> Result<()> {
-    let path = dir.join("tokenizer_config.json");
-    let cfg: Json = if path.exists() {
-        let text = crate::read_text(&path)?;
-        serde_json::from_str(&text).map_err(|e| ConvertError::input(&path, format!("not valid JSON: {e}")))?
-    } else {
-        Json::Null
-    };
-    // A special token is a string or an AddedToken object {"content": ...}.
+    let (path, cfg) = tokenizer_config(dir)?;
     let token_id = |field: &str| -> Result<Option<u32>> {
-        let content = match &cfg[field] {
-            Json::String(s) => s.as_str(),
-            Json::Object(o) => o.get("content").and_then(Json::as_str).unwrap_or(""),
-            _ => return Ok(None),
-        };
+        let Some(content) = special_content(&cfg[field]) else { return Ok(None) };
         v.id_of(content)
             .map(Some)
             .ok_or_else(|| ConvertError::field(&path, field, format!("token {content:?} is not in the vocabulary")))

@@ -159,13 +159,21 @@ fn broken_family_checkpoints_fail_with_one_clear_line() {
         ("llada with biases", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["include_bias"] = true.into())), &["include_bias", "not supported"]),
         ("gpt2 with ReLU", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["activation_function"] = "relu".into())), &["activation_function", "relu", "gelu_new"]),
         ("gpt2 FFN disagrees", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["n_inner"] = 512.into())), &["h.0.mlp.c_fc.weight", "[256, 1024]", "[256, 512]"]),
-        ("dream vocabulary below its tokenizer", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["vocab_size"] = 50000.into())), &["vocab_size", "50000", "tokenizer has 50258"]),
+        ("dream vocabulary below its tokenizer", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["vocab_size"] = 50000.into())), &["tokenizer.json", "not below 50000 (config.json vocab_size)"]),
         ("unknown family", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| { v["architectures"] = serde_json::json!(["MambaForCausalLM"]); v["model_type"] = "mamba".into(); })), &["architectures", "MambaForCausalLM", "LLaDAModelLM", "GPT2LMHeadModel"]),
         ("mask id outside", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["mask_token_id"] = 60000.into())), &["mask id 60000", "config.json mask_token_id", "outside"]),
         ("a vocabulary padded by billions", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["vocab_size"] = 4_000_000_000u64.into())), &["vocab_size", "4000000000", "at most 65536 padding rows"]),
+        ("a token id far beyond the vocabulary", &["--vocab-files"], Box::new(move |d: &Path| edit(&d.join("vocab.json"), &|v| v["ZZZ"] = 16_777_215.into())), &["vocab.json", "16777215", "not below 50257"]),
+        ("a merge of unknown tokens", &["--vocab-files"], Box::new(|d: &Path| {
+            let p = d.join("merges.txt");
+            let text = std::fs::read_to_string(&p).unwrap() + "QQQQ RRRR\n";
+            std::fs::write(p, text).unwrap();
+        }), &["merges.txt", "line 50002", "QQQQ", "vocab.json does not have"]),
+        ("LLaDA's own key in the message", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["n_heads"] = 3.into())), &["`n_heads`", "does not divide"]),
+        ("an epsilon that is zero in f32", &[], Box::new(move |d: &Path| edit(&d.join("config.json"), &|v| v["rms_norm_eps"] = 1e-300.into())), &["rms_norm_eps", "nonzero in f32"]),
     ];
     for (i, (what, flags, breaks, expect)) in cases.iter().enumerate() {
-        let arch = ["dream", "llada", "gpt2", "gpt2", "dream", "llada", "llada", "dream"][i];
+        let arch = ["dream", "llada", "gpt2", "gpt2", "dream", "llada", "llada", "dream", "gpt2", "gpt2", "llada", "dream"][i];
         let hf = tmp.path().join(format!("case{i}"));
         let mut extra = vec!["--dtype", "f16", "--shards", "1", "--layers", "2"];
         extra.extend_from_slice(flags);

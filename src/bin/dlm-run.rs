@@ -18,7 +18,7 @@ use dlm::{Model, Tokenizer};
 
 mod common;
 
-/// Generate text with a diffusion language model (DiffuLLaMA) from a GGUF file.
+/// Generate text with a diffusion language model (DiffuLLaMA, LLaDA, Dream, DiffuGPT) from a GGUF file.
 ///
 /// The canvas is BOS + prompt + N mask tokens (+ suffix); each step runs the whole sequence
 /// through the model and commits some masked positions, until none are left.
@@ -635,7 +635,9 @@ fn run_many(
             dlm::outln!("--- {} ---\n{text}", i + 1)
         }
     };
-    let batch_size = batch_limit(a.batch_size, model.params(), prefixes.iter().map(|p| p.len() + params.n_gen + suffix.len()).max().unwrap_or(1));
+    // Guidance runs each sequence twice per pass (with and without its prompt).
+    let copies = if params.cfg_scale > 0.0 { 2 } else { 1 };
+    let batch_size = batch_limit(a.batch_size, model.params(), copies * prefixes.iter().map(|p| p.len() + params.n_gen + suffix.len()).max().unwrap_or(1));
     if params.cache != Cache::None {
         dlm::errln!("note: a key/value cache belongs to one sequence; the {} prompts run one after another", prefixes.len());
         for (i, prefix) in prefixes.iter().enumerate() {

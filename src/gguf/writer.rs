@@ -30,6 +30,8 @@ impl TensorSpec {
 pub struct GgufWriter {
     metadata: Vec<(String, Value)>,
     tensors: Vec<TensorSpec>,
+    /// The tensors' names, for the duplicate check (a model may declare hundreds of thousands).
+    names: std::collections::HashSet<String>,
 }
 
 impl GgufWriter {
@@ -70,7 +72,7 @@ impl GgufWriter {
                 ggml_type.block_size()
             )));
         }
-        if self.tensors.iter().any(|t| t.name == name) {
+        if !self.names.insert(name.to_owned()) {
             return Err(bad("declared twice".into()));
         }
         self.tensors.push(TensorSpec { name: name.to_owned(), shape: shape.to_vec(), ggml_type });

@@ -23,6 +23,9 @@ pub struct Timestep {
 /// `k` of the indices of `scores`, drawn one after another without replacement, each with
 /// probability proportional to exp(score / temp) among those left; returned in ascending order.
 pub fn sample_by_score(scores: &[f32], k: usize, temp: f32, rng: &mut Rng) -> Vec<usize> {
+    if k >= scores.len() {
+        return (0..scores.len()).collect(); // all of them, whatever the order of the draws
+    }
     let mut left: Vec<usize> = (0..scores.len()).collect();
     let mut out = Vec::with_capacity(k);
     for _ in 0..k.min(scores.len()) {

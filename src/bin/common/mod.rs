@@ -52,11 +52,11 @@ pub struct ModelArgs {
     #[arg(short, long)]
     pub threads: Option<usize>,
     /// Mask token id [default: from the file, else the family's: 811 DiffuLLaMA, 126336 LLaDA,
-    /// 151666 Dream]
+    /// 151666 Dream, 10541 DiffuGPT]
     #[arg(long)]
     pub mask_id: Option<u32>,
     /// Read predictions from the previous position's logits [default: from the file, else the
-    /// family's: true for DiffuLLaMA and Dream, false for LLaDA]
+    /// family's: true for DiffuLLaMA, Dream and DiffuGPT, false for LLaDA]
     #[arg(long)]
     pub shift: Option<bool>,
     /// Where the model runs
@@ -83,18 +83,18 @@ impl ModelArgs {
 }
 
 /// How the canvas is denoised. Flags left out take the model family's defaults (DiffuLLaMA,
-/// LLaDA and Dream sample differently; `--info` and `-v` show what is in effect), filled in by
+/// LLaDA, Dream and DiffuGPT sample differently; `--info` and `-v` show what is in effect), filled in by
 /// [`GenArgs::resolve`] once the model is open.
 #[derive(Args, Debug, Clone)]
 pub struct GenArgs {
     /// Forward passes (denoising steps); with --unmask threshold a budget: steps end early once
-    /// every position is committed [default: the family's: 64 for DiffuLLaMA, one per generated
-    /// token for LLaDA and Dream]
+    /// every position is committed [default: the family's: 64 for DiffuLLaMA and DiffuGPT, one per
+    /// generated token for LLaDA and Dream]
     #[arg(long = "steps", id = "steps", value_name = "N", visible_alias = "diffusion-steps")]
     pub steps_flag: Option<usize>,
     /// Which positions to commit each step [default: the family's: threshold for DiffuLLaMA (the
     /// fastest setting that kept the exact rule's accuracy on the trained tiny model, README:
-    /// "Trained tiny model"), confidence for LLaDA, entropy for Dream]
+    /// "Trained tiny model"), confidence for LLaDA, entropy for Dream, origin for DiffuGPT]
     #[arg(long = "unmask", id = "unmask", value_enum, value_name = "RULE")]
     pub unmask_flag: Option<UnmaskRule>,
     /// llama-diffusion-cli's numbering of --unmask: 0 origin, 1 entropy, 2 margin, 3 random,
@@ -110,14 +110,15 @@ pub struct GenArgs {
     /// models [default: 0.5 for DiffuLLaMA, else 0.9]
     #[arg(long = "threshold", id = "threshold", value_name = "P")]
     pub threshold_flag: Option<f32>,
-    /// Temperature (0: greedy) [default: the family's: 0.9 DiffuLLaMA, 0 LLaDA, 0.2 Dream]
+    /// Temperature (0: greedy) [default: the family's: 0.9 DiffuLLaMA, 0 LLaDA, 0.2 Dream, 0.95
+    /// DiffuGPT]
     #[arg(long = "temp", id = "temp", value_name = "T")]
     pub temp_flag: Option<f32>,
     /// Top-k (0: off) [default: 0]
     #[arg(long = "top-k", id = "top_k", value_name = "K")]
     pub top_k_flag: Option<usize>,
-    /// Top-p, applied after temperature (1: off) [default: the family's: 0.9 DiffuLLaMA, 1
-    /// LLaDA, 0.95 Dream]
+    /// Top-p, applied after temperature (1: off) [default: the family's: 0.9 DiffuLLaMA and
+    /// DiffuGPT, 1 LLaDA, 0.95 Dream]
     #[arg(long = "top-p", id = "top_p", value_name = "P")]
     pub top_p_flag: Option<f32>,
     /// Dream's timestep schedule (llama-diffusion-cli's --diffusion-eps): time runs from 1 to E
@@ -189,6 +190,9 @@ impl GenArgs {
         self.temp = self.temp_flag.unwrap_or(f.temp);
         self.top_k = self.top_k_flag.unwrap_or(f.top_k);
         self.top_p = self.top_p_flag.unwrap_or(f.top_p);
+        if self.diffusion_alg_temp.is_some_and(|t| t > 0.0) && self.unmask == UnmaskRule::Random {
+            dlm::errln!("warning: --diffusion-alg-temp does nothing with --unmask random (positions are drawn uniformly already)");
+        }
         if self.diffusion_add_gumbel_noise {
             // Gumbel-max draws from the whole distribution: the family's truncation is off.
             (self.top_k, self.top_p) = (0, 1.0);
