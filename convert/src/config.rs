@@ -30,7 +30,8 @@ pub enum HfArch {
     Gpt2,
 }
 
-/// `(architectures entry, model_type, arch)`.
+/// `(architectures entry, model_type, arch)`; the (lower-case) model_type is also the GGUF
+/// `general.architecture` llama.cpp writes for the family.
 const CLASSES: &[(&str, &str, HfArch)] = &[
     ("LlamaForCausalLM", "llama", HfArch::Llama),
     ("LLaDAModelLM", "llada", HfArch::Llada),
@@ -41,12 +42,7 @@ const CLASSES: &[(&str, &str, HfArch)] = &[
 impl HfArch {
     /// `general.architecture`.
     pub fn gguf_name(self) -> &'static str {
-        match self {
-            HfArch::Llama => "llama",
-            HfArch::Llada => "llada",
-            HfArch::Dream => "dream",
-            HfArch::Gpt2 => "gpt2",
-        }
+        CLASSES.iter().find(|&&(_, _, a)| a == self).map(|&(_, t, _)| t).expect("every architecture has a row in CLASSES")
     }
 
     /// The family's defaults as the runtime knows them (mask id, logit shift, name).
