@@ -5,10 +5,9 @@
 //! reordering). With `shift_logits` (DiffuLLaMA) the prediction for position p is logits row
 //! p − 1, so the prefix must not be empty (it starts with BOS).
 
-use std::time::Instant;
-
 use rayon::prelude::*;
 
+use crate::engine::{Engine, SeqId};
 use crate::error::{Error, Result};
 use crate::sample::{Candidate, Rng, TokenSampler, Unmasker};
 
@@ -121,7 +120,8 @@ pub struct GenParams {
 }
 
 impl GenParams {
-    fn check(&self) -> Result<()> {
+    /// Refuses a guidance scale out of range, or guidance with a cache.
+    pub fn check(&self) -> Result<()> {
         if !(0.0..=MAX_CFG_SCALE).contains(&self.cfg_scale) {
             return Err(Error::Invalid(format!("the guidance scale must be in [0, {MAX_CFG_SCALE}], got {}", self.cfg_scale)));
         }
@@ -137,7 +137,7 @@ impl GenParams {
 pub const MAX_CFG_SCALE: f32 = 100.0;
 
 /// Classifier-free guidance on logits rows: `cond` becomes `uncond + (scale + 1)(cond − uncond)`.
-fn guide(cond: &mut [f32], uncond: &[f32], scale: f32) {
+pub(crate) fn guide(cond: &mut [f32], uncond: &[f32], scale: f32) {
     for (c, &u) in cond.iter_mut().zip(uncond) {
         *c = u + (scale + 1.0) * (*c - u);
     }
@@ -146,7 +146,7 @@ fn guide(cond: &mut [f32], uncond: &[f32], scale: f32) {
 /// Progress reports; the callback returns whether to go on.
 #[derive(Debug)]
 pub enum Event<'a> {
-    Step { step: usize, block: usize, canvas: &'a [u32], masked: &'a [bool], committed: usize, forward_seconds: f64 },
+    Step { step: usize, canvas: &'a [u32], masked: &'a [bool], committed: usize, forward_seconds: f64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,22 +167,22 @@ pub struct Generation {
 }
 
 /// One canvas and where its schedule stands: the state [`generate`] and [`generate_batch`] step.
-struct Seq {
-    canvas: Vec<u32>,
-    masked: Vec<bool>,
+pub(crate) struct Seq {
+    pub(crate) canvas: Vec<u32>,
+    pub(crate) masked: Vec<bool>,
     /// The generated span.
-    start: usize,
-    end: usize,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
     block: usize,
     n_blocks: usize,
     steps_per_block: usize,
     /// Current block and step within it.
-    b: usize,
+    pub(crate) b: usize,
     s: usize,
     /// Seeds this sequence's commit draws and token draws.
     seed: u64,
     step_rng: Rng,
-    forward_seconds: Vec<f64>,
+    pub(crate) forward_seconds: Vec<f64>,
     /// Steps of the schedule taken, with or without a forward pass (the token draws' step).
     steps_taken: u64,
     /// The block whose full pass filled the key/value cache.
@@ -190,7 +190,7 @@ struct Seq {
 }
 
 impl Seq {
-    fn new(prefix: &[u32], suffix: &[u32], p: &GenParams, seed: u64) -> Result<Seq> {
+    pub(crate) fn new(prefix: &[u32], suffix: &[u32], p: &GenParams, seed: u64) -> Result<Seq> {
         if p.n_gen == 0 || p.steps == 0 {
             return Err(Error::Invalid("need at least one token to generate and one step".into()));
         }
@@ -209,7 +209,7 @@ impl Seq {
 
     /// The canvas with everything outside the generated span (the prompt: prefix and suffix)
     /// masked: guidance's unconditional input.
-    fn unconditional(&self, mask_id: u32) -> Vec<u32> {
+    pub(crate) fn unconditional(&self, mask_id: u32) -> Vec<u32> {
         self.canvas.iter().enumerate().map(|(i, &t)| if (self.start..self.end).contains(&i) { t } else { mask_id }).collect()
     }
 
@@ -219,7 +219,7 @@ impl Seq {
 
     /// The masked positions of the current block, moving on past finished blocks (and blocks
     /// whose step budget is spent); empty once the canvas is complete.
-    fn positions(&mut self) -> Vec<usize> {
+    pub(crate) fn positions(&mut self) -> Vec<usize> {
         while self.b < self.n_blocks {
             if self.s < self.steps_per_block {
                 let positions: Vec<usize> = self.range().filter(|&i| self.masked[i]).collect();
@@ -234,7 +234,7 @@ impl Seq {
     }
 
     /// What the next forward pass computes.
-    fn pass(&mut self, p: &GenParams) -> Pass {
+    pub(crate) fn pass(&mut self, p: &GenParams) -> Pass {
         let shift = usize::from(p.shift_logits);
         let range = self.range();
         match p.cache {
@@ -250,7 +250,7 @@ impl Seq {
 
     /// Samples every position of `positions` from its logits row (`row_of(k)` for the k-th, in
     /// `logits`), in parallel, each with its own random stream.
-    fn candidates(&self, p: &GenParams, positions: &[usize], logits: &[f32], n_vocab: usize, row_of: impl Fn(usize) -> usize + Sync) -> Vec<Candidate> {
+    pub(crate) fn candidates(&self, p: &GenParams, positions: &[usize], logits: &[f32], n_vocab: usize, row_of: impl Fn(usize) -> usize + Sync) -> Vec<Candidate> {
         // Counted from 1, the pass this step would be if every step ran one (as before steps
         // that commit nothing were skipped), so a seed draws the same tokens as it always did.
         let global_step = self.steps_taken + 1;
@@ -267,7 +267,7 @@ impl Seq {
     /// Lets `unmasker` choose among `cands` (one per position of `positions`), commits them,
     /// finalizes everything after a committed EOS, and moves to the next step. Returns how many
     /// positions were committed.
-    fn commit(&mut self, p: &GenParams, positions: &[usize], cands: &[Candidate], unmasker: &mut dyn Unmasker) -> usize {
+    pub(crate) fn commit(&mut self, p: &GenParams, positions: &[usize], cands: &[Candidate], unmasker: &mut dyn Unmasker) -> usize {
         let chosen = unmasker.select(self.s, self.steps_per_block, cands, &mut self.step_rng);
         self.apply(p, positions, cands, &chosen)
     }
@@ -275,7 +275,7 @@ impl Seq {
     /// The rule's choice before any logits ([`Unmasker::select_blind`]): `Some` positions
     /// (canvas indices, never empty) to sample and commit, or `None` when the rule needs every
     /// candidate. A step that commits nothing is taken here, without a forward pass.
-    fn blind(&mut self, positions: &[usize], unmasker: &mut dyn Unmasker) -> Blind {
+    pub(crate) fn blind(&mut self, positions: &[usize], unmasker: &mut dyn Unmasker) -> Blind {
         match unmasker.select_blind(self.s, self.steps_per_block, positions.len(), &mut self.step_rng) {
             None => Blind::Needs,
             Some(chosen) if chosen.is_empty() => {
@@ -289,7 +289,7 @@ impl Seq {
 
     /// Commits `cands[k]` at `positions[k]` for every `k` of `chosen`, finalizes everything
     /// after a committed EOS, and moves to the next step.
-    fn apply(&mut self, p: &GenParams, positions: &[usize], cands: &[Candidate], chosen: &[usize]) -> usize {
+    pub(crate) fn apply(&mut self, p: &GenParams, positions: &[usize], cands: &[Candidate], chosen: &[usize]) -> usize {
         for &k in chosen {
             self.canvas[positions[k]] = cands[k].token;
             self.masked[positions[k]] = false;
@@ -309,12 +309,12 @@ impl Seq {
         chosen.len()
     }
 
-    fn finish(self, p: &GenParams) -> Generation {
+    pub(crate) fn finish(self, p: &GenParams) -> Generation {
         self.result(p)
     }
 
     /// The generation as it stands: the span cut before the first EOS.
-    fn result(&self, p: &GenParams) -> Generation {
+    pub(crate) fn result(&self, p: &GenParams) -> Generation {
         let mut tokens: Vec<u32> = self.canvas[self.start..self.end].to_vec();
         if let Some(e) = p.eos.and_then(|eos| tokens.iter().position(|&t| t == eos)) {
             tokens.truncate(e);
@@ -324,7 +324,7 @@ impl Seq {
 }
 
 /// What a rule decided before the logits.
-enum Blind {
+pub(crate) enum Blind {
     /// It needs the candidates of every masked position.
     Needs,
     /// This step commits nothing (already taken, no pass).
@@ -335,7 +335,7 @@ enum Blind {
 
 /// The logits must be numbers: a corrupt weight or metadata value shows here first, and
 /// sampling from NaN would silently repeat one token.
-fn check_finite(logits: &[f32], step: usize) -> Result<()> {
+pub(crate) fn check_finite(logits: &[f32], step: usize) -> Result<()> {
     match logits.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(i) => Err(Error::Invalid(format!(
@@ -355,54 +355,35 @@ pub fn generate(
     unmasker: &mut dyn Unmasker,
     mut on_event: impl FnMut(Event<'_>) -> Flow,
 ) -> Result<Generation> {
-    p.check()?;
-    let mut seq = Seq::new(prefix, suffix, p, p.seed)?;
-    let n_vocab = model.n_vocab();
-    let shift = usize::from(p.shift_logits);
-    loop {
-        let mut positions = seq.positions();
-        if positions.is_empty() {
-            break;
-        }
-        let blind = seq.blind(&positions, unmasker);
-        match blind {
-            Blind::Skipped => continue,
-            Blind::Chosen(ref chosen) => positions.clone_from(chosen),
-            Blind::Needs => {}
-        }
-        let pass = seq.pass(p);
-        let rows: Vec<usize> = positions.iter().map(|&i| i - shift).collect();
-        let t0 = Instant::now();
-        let (logits, first) = if p.cfg_scale > 0.0 {
-            // Both canvases in one batch (one read of the weights); rows as the sampler reads them.
-            let all: Vec<usize> = (0..seq.canvas.len()).collect();
-            let read = if p.full_lm_head { &all } else { &rows };
-            let uncond = seq.unconditional(p.mask_id);
-            let mut both = model.forward_batch(&[&seq.canvas, &uncond], &[read, read])?;
-            let (cond, un) = both.split_at_mut(read.len() * n_vocab);
-            guide(cond, un, p.cfg_scale);
-            both.truncate(read.len() * n_vocab);
-            (both, p.full_lm_head.then_some(0))
-        } else if p.full_lm_head {
-            (model.forward_rows(&seq.canvas, pass, None)?, Some(pass.start()))
-        } else {
-            (model.forward_rows(&seq.canvas, pass, Some(&rows))?, None)
+    let mut engine = Engine::new();
+    let id = engine.add(prefix, suffix, p.clone(), Box::new(unmasker))?;
+    while let Some(st) = engine.step(model)? {
+        let Some(&(_, committed)) = st.ran.first() else {
+            if let Some((_, g)) = st.finished.into_iter().next() {
+                return Ok(g);
+            }
+            continue;
         };
-        let dt = t0.elapsed().as_secs_f64();
-        check_finite(&logits, seq.forward_seconds.len())?;
-        seq.forward_seconds.push(dt);
-        // Logits row of the k-th masked position.
-        let cands = seq.candidates(p, &positions, &logits, n_vocab, |k| first.map_or(k, |f| rows[k] - f));
-        let committed = match blind {
-            Blind::Chosen(_) => seq.apply(p, &positions, &cands, &(0..positions.len()).collect::<Vec<_>>()),
-            _ => seq.commit(p, &positions, &cands, unmasker),
+        let (flow, done) = match (engine.view(id), st.finished.into_iter().next()) {
+            (Some(v), _) => {
+                let ev = Event::Step { step: v.steps - 1, canvas: v.canvas, masked: v.masked, committed, forward_seconds: st.forward_seconds };
+                (on_event(ev), None)
+            }
+            (None, Some((_, g))) => {
+                let masked = vec![false; g.canvas.len()];
+                let ev = Event::Step { step: g.steps - 1, canvas: &g.canvas, masked: &masked, committed, forward_seconds: st.forward_seconds };
+                (on_event(ev), Some(g))
+            }
+            (None, None) => unreachable!("a sequence leaves the engine only when it finishes"),
         };
-        let ev = Event::Step { step: seq.forward_seconds.len() - 1, block: seq.b, canvas: &seq.canvas, masked: &seq.masked, committed, forward_seconds: dt };
-        if on_event(ev) == Flow::Stop {
+        if let Some(g) = done {
+            return Ok(g);
+        }
+        if flow == Flow::Stop {
             break;
         }
     }
-    Ok(seq.finish(p))
+    engine.remove(id).ok_or_else(|| Error::Invalid("the sequence left the engine without a result".into()))
 }
 
 /// One pass of [`generate_batch`].
@@ -456,90 +437,31 @@ pub fn generate_batch_seeded(
     if prompts.is_empty() {
         return Err(Error::Invalid("a batch needs at least one prompt".into()));
     }
-    p.check()?;
-    let mut seqs = prompts.iter().zip(seeds).map(|((prefix, suffix), &seed)| Seq::new(prefix, suffix, p, seed)).collect::<Result<Vec<_>>>()?;
-    let mut rules: Vec<Box<dyn Unmasker>> = prompts.iter().map(|_| unmasker()).collect();
-    let n_vocab = model.n_vocab();
-    let shift = usize::from(p.shift_logits);
+    let mut engine = Engine::new();
+    // Ids count from 0 in the order added: the index into `prompts`.
+    for ((prefix, suffix), &seed) in prompts.iter().zip(seeds) {
+        engine.add(prefix, suffix, GenParams { seed, ..p.clone() }, unmasker())?;
+    }
+    let mut done: Vec<Option<Generation>> = vec![None; prompts.len()];
     let mut step = 0;
-    let mut reported = vec![false; seqs.len()];
-    loop {
-        // Each sequence's masked positions, or the ones its rule chose before the logits;
-        // sequences whose step commits nothing take it without joining the pass.
-        let mut work: Vec<(usize, Vec<usize>, bool)> = Vec::new();
-        let mut left = false;
-        for (i, s) in seqs.iter_mut().enumerate() {
-            let positions = s.positions();
-            if positions.is_empty() {
-                continue;
-            }
-            left = true;
-            match s.blind(&positions, rules[i].as_mut()) {
-                Blind::Skipped => {}
-                Blind::Chosen(chosen) => work.push((i, chosen, true)),
-                Blind::Needs => work.push((i, positions, false)),
-            }
+    while let Some(st) = engine.step(model)? {
+        for (id, g) in &st.finished {
+            done[*id as usize] = Some(g.clone());
         }
-        if !left {
-            break;
-        }
-        if work.is_empty() {
+        if st.ran.is_empty() {
             continue;
         }
-        let rows: Vec<Vec<usize>> = work
-            .iter()
-            .map(|(i, pos, _)| if p.full_lm_head { (0..seqs[*i].canvas.len()).collect() } else { pos.iter().map(|&q| q - shift).collect() })
-            .collect();
-        // With guidance each sequence brings its prompt-masked canvas too, right after it.
-        let guided = p.cfg_scale > 0.0;
-        let unconds: Vec<Vec<u32>> = if guided { work.iter().map(|(i, _, _)| seqs[*i].unconditional(p.mask_id)).collect() } else { Vec::new() };
-        let mut tokens: Vec<&[u32]> = Vec::new();
-        let mut row_refs: Vec<&[usize]> = Vec::new();
-        for (k, ((i, _, _), r)) in work.iter().zip(&rows).enumerate() {
-            tokens.push(seqs[*i].canvas.as_slice());
-            row_refs.push(r);
-            if guided {
-                tokens.push(&unconds[k]);
-                row_refs.push(r);
-            }
-        }
-        let t0 = Instant::now();
-        let mut logits = model.forward_batch(&tokens, &row_refs)?;
-        let dt = t0.elapsed().as_secs_f64();
-        check_finite(&logits, step)?;
-        let mut offset = 0;
-        for ((i, positions, chosen), rows) in work.iter().zip(&rows) {
-            let seq = &mut seqs[*i];
-            seq.forward_seconds.push(dt);
-            let n = rows.len() * n_vocab;
-            if guided {
-                let (cond, un) = logits[offset * n_vocab..][..2 * n].split_at_mut(n);
-                guide(cond, un, p.cfg_scale);
-            }
-            let mine = &logits[offset * n_vocab..][..n];
-            if guided {
-                check_finite(mine, step)?;
-            }
-            offset += rows.len() * if guided { 2 } else { 1 };
-            let cands = seq.candidates(p, positions, mine, n_vocab, |k| if p.full_lm_head { positions[k] - shift } else { k });
-            if *chosen {
-                seq.apply(p, positions, &cands, &(0..positions.len()).collect::<Vec<_>>());
-            } else {
-                seq.commit(p, positions, &cands, rules[*i].as_mut());
-            }
-        }
-        let masked = seqs.iter().map(|s| s.masked.iter().filter(|&&m| m).count()).sum();
-        let mut finished = Vec::new();
-        for (i, s) in seqs.iter_mut().enumerate() {
-            if !reported[i] && s.positions().is_empty() {
-                reported[i] = true;
-                finished.push((i, s.result(p)));
-            }
-        }
-        if on_step(BatchStep { step, sequences: work.len(), masked, forward_seconds: dt, finished }) == Flow::Stop {
+        let masked = engine.ids().filter_map(|id| engine.view(id)).map(|v| v.masked.iter().filter(|&&m| m).count()).sum();
+        let finished = st.finished.into_iter().map(|(id, g)| (id as usize, g)).collect();
+        if on_step(BatchStep { step, sequences: st.ran.len(), masked, forward_seconds: st.forward_seconds, finished }) == Flow::Stop {
             break;
         }
         step += 1;
     }
-    Ok(seqs.into_iter().map(|s| s.finish(p)).collect())
+    for id in 0..prompts.len() {
+        if let Some(g) = engine.remove(id as SeqId) {
+            done[id] = Some(g);
+        }
+    }
+    done.into_iter().map(|g| g.ok_or_else(|| Error::Invalid("a sequence left the batch without a result".into()))).collect()
 }

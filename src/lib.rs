@@ -8,6 +8,7 @@
 pub mod atomic;
 pub mod backend;
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gguf;

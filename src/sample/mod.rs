@@ -169,6 +169,16 @@ pub trait Unmasker {
     }
 }
 
+/// A borrowed rule is a rule (so `generate` can hand the caller's to the engine).
+impl<U: Unmasker + ?Sized> Unmasker for &mut U {
+    fn select(&mut self, step: usize, steps: usize, cands: &[Candidate], rng: &mut Rng) -> Vec<usize> {
+        (**self).select(step, steps, cands, rng)
+    }
+    fn select_blind(&mut self, step: usize, steps: usize, n: usize, rng: &mut Rng) -> Option<Vec<usize>> {
+        (**self).select_blind(step, steps, n, rng)
+    }
+}
+
 /// The unmasking rules by name, for defaults and flags (`--unmask`: each value's `help` is what
 /// `--help` shows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
