@@ -157,6 +157,7 @@ pub fn terminal_size(_fd: i32) -> Option<(usize, usize)> {
 /// "interrupted", exit 130), a SIGBUS handler (a mapped file changed under us: one line, exit
 /// 2), and a panic hook that prints one line.
 pub fn install() {
+    install_hooks();
     // The handler runs on its own thread (not in the signal context): it may lock and do I/O.
     let _ = ctrlc::set_handler(|| {
         for p in TEMP_FILES.lock().map(|v| v.clone()).unwrap_or_default() {
@@ -171,6 +172,11 @@ pub fn install() {
         }
         exit_now(EXIT_INTERRUPTED);
     });
+}
+
+/// [`install`] without the interrupt handler, for a program that handles its signals itself
+/// (`dlm-server` shuts down gracefully): the one-line panic hook and the SIGBUS handler.
+pub fn install_hooks() {
     std::panic::set_hook(Box::new(|info| {
         let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();

@@ -20,6 +20,7 @@ pub const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
 pub const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
 pub const MASK_ID: &str = "tokenizer.ggml.mask_token_id";
 pub const HF_JSON: &str = "tokenizer.huggingface.json";
+pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
 
 pub const SHIFT_LOGITS: &str = "diffusion.shift_logits";
 

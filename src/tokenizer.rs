@@ -190,10 +190,13 @@ impl Tokenizer {
     /// A partly masked span as its final text will read: `Some(text)` for each run of committed
     /// tokens, `None` for each masked position. A run after a masked position is decoded after
     /// an anchor token and the anchor's text cut off, so it keeps the leading space that the
-    /// whole span's decode gives it (decoding the run alone would drop it); the first run is
-    /// decoded as the span's start is. Like the final text, it ends at the first committed EOS.
-    /// With nothing masked it is one run equal to [`Tokenizer::decode`] of the span up to EOS.
-    pub fn decode_canvas(&self, tokens: &[u32], masked: &[bool]) -> Result<Vec<Option<String>>> {
+    /// whole span's decode gives it (decoding the run alone would drop it). With `continues`
+    /// (the span follows text, such as a prompt, that is shown before it) the first run is
+    /// decoded that way too, so prompt + runs reads as the whole canvas does; without, it is
+    /// decoded as a text's start is. Like the final text, it ends at the first committed EOS.
+    /// With nothing masked and not `continues` it is one run equal to [`Tokenizer::decode`] of
+    /// the span up to EOS.
+    pub fn decode_canvas(&self, tokens: &[u32], masked: &[bool], continues: bool) -> Result<Vec<Option<String>>> {
         let anchor = self.inner.encode("a", false).map_err(tok_err)?.get_ids().last().copied();
         let anchor_text = match anchor {
             Some(a) => Some((a, self.decode(&[a])?)),
@@ -210,8 +213,8 @@ impl Tokenizer {
             }
             let j = (i..end).find(|&k| masked[k]).unwrap_or(end);
             let run = &tokens[i..j];
-            let text = match (&anchor_text, i) {
-                (Some((a, a_text)), 1..) => {
+            let text = match (&anchor_text, i > 0 || continues) {
+                (Some((a, a_text)), true) => {
                     let with = self.decode(&[&[*a], run].concat())?;
                     match with.strip_prefix(a_text.as_str()) {
                         Some(rest) => rest.to_owned(),

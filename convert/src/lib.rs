@@ -502,6 +502,9 @@ fn build_header(
     w.set(keys::ADD_EOS, vocab.add_eos)?;
     w.set(keys::MASK_ID, mask_id)?;
     w.set(keys::HF_JSON, vocab.hf_json.as_str())?;
+    if let Some(t) = &vocab.chat_template {
+        w.set(keys::CHAT_TEMPLATE, t.as_str())?;
+    }
     w.set(keys::SHIFT_LOGITS, c.arch.family().shift_logits)?;
 
     for t in tensors {

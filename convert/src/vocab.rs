@@ -36,6 +36,9 @@ pub struct Vocab {
     pub add_eos: bool,
     /// The mask token named by `tokenizer_config.json`, if any.
     pub mask_from_config: Option<u32>,
+    /// The Jinja chat template (`chat_template.jinja`, else `tokenizer_config.json`'s
+    /// `chat_template`), written as `tokenizer.chat_template` as llama.cpp's converter does.
+    pub chat_template: Option<String>,
     /// The Hugging Face tokenizer JSON to embed (the checkpoint's, or rebuilt from tokenizer.model).
     pub hf_json: String,
     pub kind: VocabKind,
@@ -65,6 +68,7 @@ impl Vocab {
             add_bos: true,
             add_eos: false,
             mask_from_config: None,
+            chat_template: None,
             hf_json: String::new(),
             kind: VocabKind::SentencePiece,
         }
@@ -130,8 +134,42 @@ impl Vocab {
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| ConvertError::input(&source, format!("the tokenizers library cannot load it: {e}")))?;
         apply_tokenizer_config(dir, &mut v)?;
+        v.chat_template = chat_template(dir)?;
         Ok(v)
     }
+}
+
+/// The longest chat template taken (the largest published ones are about 20 KB).
+const MAX_CHAT_TEMPLATE: usize = 1 << 20;
+
+/// The checkpoint's chat template: `chat_template.jinja` (newer transformers), else
+/// `tokenizer_config.json`'s `chat_template`, a string or a list of `{name, template}` of which
+/// the one named `default` is taken (llama.cpp's converter writes the others under their names;
+/// dlm-server renders only one).
+fn chat_template(dir: &Path) -> Result<Option<String>> {
+    let file = dir.join("chat_template.jinja");
+    let (path, text) = if file.exists() {
+        (file.clone(), crate::read_text(&file)?)
+    } else {
+        let (path, cfg) = tokenizer_config(dir)?;
+        let text = match &cfg["chat_template"] {
+            Json::Null => return Ok(None),
+            Json::String(t) => t.clone(),
+            Json::Array(named) => {
+                let default = named.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str());
+                match default {
+                    Some(t) => t.to_owned(),
+                    None => return Err(ConvertError::field(&path, "chat_template", "a list of templates without a string one named \"default\"".into())),
+                }
+            }
+            _ => return Err(ConvertError::field(&path, "chat_template", "expected a string or a list of {name, template}".into())),
+        };
+        (path, text)
+    };
+    if text.len() > MAX_CHAT_TEMPLATE {
+        return Err(ConvertError::input(&path, format!("the chat template is {} bytes; at most {MAX_CHAT_TEMPLATE} are taken", text.len())));
+    }
+    Ok(Some(text))
 }
 
 fn byte_token(t: &str) -> bool {

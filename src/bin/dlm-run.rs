@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::{FromArgMatches, Parser, ValueEnum};
-use common::{steady_ms, CacheArg, GenArgs, Loaded, ModelArgs};
+use common::{steady_ms, CacheArg, GenArgs, Loaded, ModelArgs, BATCH_MEMORY};
 use dlm::sample::UnmaskRule;
 use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenParams, Generation, Pass};
 use dlm::sample::Unmasker;
@@ -231,8 +231,8 @@ fn fewer_steps_reason(a: &Args, taken: usize, stopped: Option<&str>) -> String {
 }
 
 /// The span as text, each masked position shown as `mask`.
-fn canvas_text(tok: &Tokenizer, tokens: &[u32], masked: &[bool], mask: &str) -> String {
-    match tok.decode_canvas(tokens, masked) {
+fn canvas_text(tok: &Tokenizer, tokens: &[u32], masked: &[bool], mask: &str, continues: bool) -> String {
+    match tok.decode_canvas(tokens, masked, continues) {
         Ok(runs) => runs.iter().map(|r| r.as_deref().unwrap_or(mask)).collect(),
         Err(_) => String::new(),
     }
@@ -404,7 +404,7 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
     let (shared, tok_copy, t_gen) = (so_far.clone(), tok.clone(), Instant::now());
     dlm::cli::on_interrupt(move || {
         let Ok(s) = shared.try_lock() else { return };
-        let _ = dlm::outln!("{}", canvas_text(&tok_copy, &s.0, &s.1, "_"));
+        let _ = dlm::outln!("{}", canvas_text(&tok_copy, &s.0, &s.1, "_", false));
         let left = s.1.iter().filter(|&&m| m).count();
         dlm::errln!("stopped after {} passes in {:.2} s: {left} of {} positions still masked (shown as _)", s.2, t_gen.elapsed().as_secs_f64(), s.1.len());
     });
@@ -415,7 +415,7 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
     // visual view draws it); alone, as the tokenizer decodes it.
     let echo = !a.no_display_prompt && !a.json;
     let render = |tokens: &[u32]| -> anyhow::Result<String> {
-        Ok(if echo { canvas_text(tok, tokens, &vec![false; tokens.len()], "") } else { tok.decode(tokens)? })
+        Ok(if echo { canvas_text(tok, tokens, &vec![false; tokens.len()], "", !prompts[0].is_empty()) } else { tok.decode(tokens)? })
     };
     // --stop: the final prefix (committed, no mask before it, cut at EOS) is searched whenever
     // it grows; `final_len` is its length when a stop string was found.
@@ -428,7 +428,7 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
             *s = (tokens.to_vec(), masks.to_vec(), step + 1);
         }
         if let Some(v) = visual.as_mut() {
-            let runs = tok.decode_canvas(tokens, masks).unwrap_or_default();
+            let runs = tok.decode_canvas(tokens, masks, !prompts[0].is_empty()).unwrap_or_default();
             v.frame(&format!("[step {:>3}, {left} masked]", step + 1), &prompts[0], &runs);
         } else if progress {
             dlm::errp!("\r\x1b[K[step {}, {left} of {} masked]", step + 1, a.n_predict);
@@ -678,14 +678,10 @@ fn run_many(
     Ok(())
 }
 
-/// Activation memory one pass of a batch may take.
-const BATCH_MEMORY: f64 = 4.0 * (1u64 << 30) as f64;
-
 /// `-b` lowered (with a note) so that one pass of sequences of `seq_len` tokens stays within
-/// [`BATCH_MEMORY`] of activations: per token about 8 vectors of the embedding width, 3 of the
-/// feed-forward width and, for the rows the LM head reads, a vocabulary of logits.
+/// [`BATCH_MEMORY`] of activations.
 fn batch_limit(asked: usize, p: &dlm::model::Hparams, seq_len: usize) -> usize {
-    let per_token = 4.0 * (8 * p.n_embd + 3 * p.n_ff + p.n_vocab) as f64;
+    let per_token = common::activation_bytes_per_token(p);
     let fit = ((BATCH_MEMORY / (per_token * seq_len.max(1) as f64)) as usize).max(1);
     if asked > fit {
         dlm::errln!(

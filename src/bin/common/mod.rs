@@ -256,15 +256,21 @@ impl GenArgs {
 
     /// The generation parameters for `n_gen` positions and `steps` passes.
     pub fn params(&self, l: &Loaded, n_gen: usize, steps: usize, seed: u64) -> GenParams {
+        GenParams { steps, ..self.params_for(l.mask_id, l.shift, l.tok.eos, n_gen, seed) }
+    }
+
+    /// The generation parameters in effect (after [`GenArgs::resolve`]) for a model with these
+    /// diffusion facts.
+    pub fn params_for(&self, mask_id: u32, shift_logits: bool, eos: Option<u32>, n_gen: usize, seed: u64) -> GenParams {
         GenParams {
             n_gen,
-            steps,
+            steps: self.steps,
             block_length: self.block_length,
             sampler: TokenSampler { temp: self.temp, top_k: self.top_k, top_p: self.top_p, gumbel: self.diffusion_add_gumbel_noise },
             seed,
-            mask_id: l.mask_id,
-            shift_logits: l.shift,
-            eos: l.tok.eos,
+            mask_id,
+            shift_logits,
+            eos,
             cache: match self.cache {
                 CacheArg::None => Cache::None,
                 CacheArg::Prefix => Cache::Prefix,
@@ -386,6 +392,15 @@ fn backend_of(a: &ModelArgs, n_layer: usize) -> anyhow::Result<Backend> {
         }
         _ => Ok(backend),
     }
+}
+
+/// Activation memory one pass of a batch may take.
+pub const BATCH_MEMORY: f64 = 4.0 * (1u64 << 30) as f64;
+
+/// Activation bytes one token of a pass takes: about 8 vectors of the embedding width, 3 of the
+/// feed-forward width and, for the rows the LM head reads, a vocabulary of logits.
+pub fn activation_bytes_per_token(p: &dlm::model::Hparams) -> f64 {
+    4.0 * (8 * p.n_embd + 3 * p.n_ff + p.n_vocab) as f64
 }
 
 /// `--temp`'s value in effect for a settings line, with `--diffusion-add-gumbel-noise` and

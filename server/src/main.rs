@@ -1,0 +1,399 @@
+//! `dlm-server`: an OpenAI-compatible HTTP server for diffusion language models. One engine
+//! thread owns the model and denoises every request's canvas in one continuous batch; requests
+//! join at the next step boundary and leave when done (`worker.rs`). The HTTP side is tokio and
+//! hyper through axum (`routes.rs`); none of it is in the dlm library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use clap::{FromArgMatches, Parser};
+use common::{GenArgs, ModelArgs};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tower::ServiceExt as _;
+
+mod api;
+mod chat;
+#[path = "../../src/bin/common/mod.rs"]
+mod common;
+mod metrics;
+mod routes;
+mod worker;
+
+const ENDPOINTS: &str = "Endpoints:
+  POST /v1/completions       OpenAI completions (prompt, suffix, stream, stop, seed, ...)
+  POST /v1/chat/completions  OpenAI chat, rendered with the model's chat template
+  GET  /v1/models            the model served
+  POST /infill               llama.cpp's infill: input_prefix + [generated] + input_suffix
+  POST /tokenize             {\"content\": text} -> {\"tokens\": [...]}
+  POST /detokenize           {\"tokens\": [...]} -> {\"content\": text}
+  GET  /health               {\"status\": \"ok\"} (no API key needed)
+  GET  /metrics              Prometheus text: requests, tokens, steps, batch, queue, latency
+
+Diffusion fields of a request (each defaults to the flag of the same name):
+  steps, block_length, unmask, threshold, cache, cfg_scale, eps, alg_temp, add_gumbel_noise,
+  top_k; \"stream_canvas\": true also streams the whole canvas after every step.
+
+Example:
+  dlm-server -m diffullama-q4.gguf --port 8080
+  curl localhost:8080/v1/completions -d '{\"prompt\": \"Today is a wonderful day,\", \"max_tokens\": 32}'";
+
+/// Serve a diffusion language model over HTTP with OpenAI's API, batching concurrent requests.
+///
+/// Every request's canvas (prompt + max_tokens masks + suffix) joins one batch that the engine
+/// denoises step by step; each request keeps its own settings and seed, so its answer equals
+/// what dlm-run prints for the same settings and seed, whatever else is in the batch.
+#[derive(Parser, Debug)]
+#[command(name = "dlm-server", version, allow_negative_numbers = true, arg_required_else_help = true, after_help = ENDPOINTS)]
+struct Args {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Request defaults: a request's field of the same meaning overrides each
+    #[command(flatten)]
+    gen: GenArgs,
+    /// Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health (also from DLM_API_KEY)
+    #[arg(long, env = "DLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Most sequences denoised together in one pass (lowered to fit 4 GiB of activations)
+    #[arg(short = 'b', long = "batch-size", default_value_t = 8)]
+    batch_size: usize,
+    /// Most sequences waiting for a place in the batch; beyond, requests get 429 with Retry-After
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Tokens generated when a request gives no max_tokens [default: 128, at most half the
+    /// context]
+    #[arg(short = 'n', long = "n-predict")]
+    n_predict: Option<usize>,
+    /// Longest canvas (prompt + max_tokens + suffix) [default: the model's trained context]
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    ctx_size: Option<usize>,
+    /// Most --steps a request may ask for
+    #[arg(long, default_value_t = 4096)]
+    max_steps: usize,
+    /// Jinja chat template for /v1/chat/completions, replacing the file's tokenizer.chat_template
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
+    /// The model's name in /v1/models and responses [default: the file's name]
+    #[arg(long)]
+    alias: Option<String>,
+    /// Largest request body in bytes (413 beyond)
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body: usize,
+    /// Seconds a client may take to send a request's headers, and again its body (then the
+    /// connection is closed); also how long an idle keep-alive connection stays open
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Most open connections; more wait to be accepted
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// On SIGTERM or SIGINT: seconds to let running requests finish before cancelling them (a
+    /// second signal cancels at once)
+    #[arg(long, default_value_t = 60)]
+    shutdown_timeout: u64,
+    /// More on stderr: the settings in effect
+    #[arg(short = 'v', long, conflicts_with = "log_disable")]
+    verbose: bool,
+    /// Nothing on stderr but errors (no request lines)
+    #[arg(long)]
+    log_disable: bool,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), then exit
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
+}
+
+/// The client's address, for the log line.
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
+
+/// Endpoints as `/metrics` labels them (anything else is `other`: label values stay bounded).
+const KNOWN: &[&str] = &["/v1/completions", "/v1/chat/completions", "/v1/models", "/infill", "/tokenize", "/detokenize", "/health", "/metrics"];
+
+/// Authentication, then the request, then one log line and the metrics.
+async fn around(State(app): State<Arc<routes::App>>, req: Request, next: Next) -> Response {
+    let t0 = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let peer = req.extensions().get::<Peer>().map_or_else(|| "-".to_owned(), |p| p.0.to_string());
+    let key = app.api_key.as_deref().filter(|_| path != "/health");
+    let resp = match key {
+        Some(k) if !routes::authorized(req.headers(), k) => {
+            api::ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "authentication_error", "missing or wrong API key: send Authorization: Bearer KEY").code("invalid_api_key").into_response()
+        }
+        _ => next.run(req).await,
+    };
+    let status = resp.status().as_u16();
+    let endpoint = KNOWN.iter().find(|&&k| k == path).copied().unwrap_or("other");
+    let streaming = resp.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let generation = matches!(endpoint, "/v1/completions" | "/v1/chat/completions" | "/infill");
+    app.metrics.request(endpoint, status, t0.elapsed().as_secs_f64(), generation && !streaming);
+    let note = resp.extensions().get::<routes::Note>().map_or_else(String::new, |n| format!(" | {}", n.0));
+    let shown: String = path.chars().take(120).collect();
+    let how = if streaming { " (streaming)" } else { "" };
+    dlm::errln!("{peer} {method} {shown} {status} {:.1} ms{how}{note}", t0.elapsed().as_secs_f64() * 1e3);
+    resp
+}
+
+fn router(app: Arc<routes::App>, max_body: usize, timeout: Duration) -> Router {
+    Router::new()
+        .route("/v1/completions", post(routes::completions))
+        .route("/completions", post(routes::completions))
+        .route("/v1/chat/completions", post(routes::chat))
+        .route("/chat/completions", post(routes::chat))
+        .route("/v1/models", get(routes::models))
+        .route("/models", get(routes::models))
+        .route("/infill", post(routes::infill))
+        .route("/tokenize", post(routes::tokenize))
+        .route("/detokenize", post(routes::detokenize))
+        .route("/health", get(routes::health))
+        .route("/v1/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(timeout))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), around))
+        .with_state(app)
+}
+
+/// The first SIGINT or SIGTERM.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+struct ServeOpts {
+    timeout: Duration,
+    max_connections: usize,
+    shutdown: Duration,
+}
+
+/// Accepts connections until a signal, then stops accepting, lets running requests finish (for
+/// at most `shutdown`, or until a second signal) and cancels the rest.
+async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<routes::App>, o: ServeOpts) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(o.max_connections));
+    let stop = signal();
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, addr) = tokio::select! {
+            _ = &mut stop => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, never stop serving.
+                    dlm::errln!("warning: accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let r = router.clone();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(Peer(addr));
+            r.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(o.timeout)
+            .serve_connection(TokioIo::new(tcp), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    app.shutting_down.store(true, Ordering::Relaxed);
+    let running = app.metrics.active.load(Ordering::Relaxed) + app.metrics.queued.load(Ordering::Relaxed);
+    dlm::errln!("shutting down: no new connections; {running} sequence(s) running or queued get up to {} s to finish (a second signal cancels them)", o.shutdown.as_secs());
+    let wait = graceful.shutdown();
+    tokio::pin!(wait);
+    tokio::select! {
+        _ = &mut wait => return,
+        _ = tokio::time::sleep(o.shutdown) => dlm::errln!("shutting down: the grace period is over, cancelling what still runs"),
+        _ = signal() => dlm::errln!("shutting down: second signal, cancelling what still runs"),
+    }
+    app.metrics.cancel_all.store(true, Ordering::Relaxed);
+    // Cancelled requests answer at once; connections still open after that are dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+}
+
+fn check_args(a: &Args) -> anyhow::Result<()> {
+    for (v, flag) in [(a.batch_size, "-b/--batch-size"), (a.max_queue, "--max-queue"), (a.n_predict.unwrap_or(1), "-n/--n-predict"), (a.max_steps, "--max-steps"), (a.max_connections, "--max-connections")] {
+        if v == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    if a.timeout == 0 {
+        bail!("--timeout must be at least 1 second");
+    }
+    if a.max_body < 1024 {
+        bail!("--max-body must be at least 1024 bytes, got {}", a.max_body);
+    }
+    if a.api_key.as_deref().is_some_and(|k| k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic())) {
+        bail!("--api-key must be printable ASCII without spaces (it is sent in an HTTP header)");
+    }
+    if let Some(s) = a.gen.steps_flag.filter(|&s| s > a.max_steps) {
+        bail!("--steps {s} is more than --max-steps {}", a.max_steps);
+    }
+    a.gen.check_flags()
+}
+
+fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(shell) = a.completions {
+        return dlm::cli::print_completions(common::command::<Args>(), shell);
+    }
+    if a.m.list_devices {
+        return common::list_devices();
+    }
+    check_args(&a)?;
+    let template_flag = match &a.chat_template {
+        Some(path) => {
+            let text = common::read_text(path, "a chat template", false).context("--chat-template")?;
+            Some(chat::Template::new(text).map_err(|e| anyhow::anyhow!("--chat-template {}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let addr = format!("{}:{}", a.host, a.port);
+    // Bound before the model loads: a port in use fails at once.
+    let std_listener = std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
+    std_listener.set_nonblocking(true).context("setting the socket non-blocking")?;
+    let l = common::load(&a.m)?;
+    let trained = l.n_ctx();
+    let n_ctx = match a.ctx_size {
+        None | Some(0) => trained,
+        Some(c) => {
+            if c > trained {
+                dlm::errln!("warning: -c {c} is longer than the {trained} tokens the model was trained on; positions beyond them may give poor text");
+            }
+            c
+        }
+    };
+    let n_predict = match a.n_predict {
+        Some(n) if n >= n_ctx => bail!("-n {n} leaves no room for a prompt in a context of {n_ctx} tokens"),
+        Some(n) => n,
+        None => 128.min(n_ctx / 2).max(1),
+    };
+    let mut defaults = a.gen.clone();
+    defaults.resolve(l.model.diffusion(), n_predict)?;
+    let chat = match template_flag {
+        Some(t) => Ok(t),
+        None => match l.model.gguf().get(dlm::keys::CHAT_TEMPLATE).and_then(|v| v.as_str()) {
+            Some(src) => chat::Template::new(src.to_owned()).map_err(|e| {
+                dlm::errln!("warning: {}: the chat template does not compile ({e}); /v1/chat/completions answers 400 (give --chat-template FILE)", l.path.display());
+                format!("the model's chat template does not compile ({e}): start dlm-server with --chat-template FILE")
+            }),
+            None => Err("this model has no chat template (tokenizer.chat_template): use /v1/completions, or start dlm-server with --chat-template FILE".to_owned()),
+        },
+    };
+    let p = l.model.params().clone();
+    let pass_tokens = (common::BATCH_MEMORY / common::activation_bytes_per_token(&p)) as usize;
+    let seq_max = (n_ctx * if a.gen.cfg_scale > 0.0 { 2 } else { 1 }).max(1);
+    let max_batch = a.batch_size.min((pass_tokens / seq_max).max(1)).max(1);
+    if max_batch < a.batch_size {
+        dlm::errln!("note: -b {} may be lowered at run time: {} full-context sequences fit 4 GiB of activations", a.batch_size, pass_tokens / seq_max);
+    }
+    let model_id = a.alias.clone().unwrap_or_else(|| l.path.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()));
+    let d = l.model.diffusion().clone();
+    let meta = serde_json::json!({
+        "architecture": p.arch, "n_vocab": p.n_vocab, "n_ctx_train": p.n_ctx_train, "n_ctx": n_ctx, "n_embd": p.n_embd, "n_layer": p.n_layer,
+        "mask_token_id": d.mask_id, "shift_logits": d.shift_logits, "backend": l.model.backend_description(),
+        "defaults": {"steps": defaults.steps, "unmask": common::flag_value(&defaults.unmask), "block_length": defaults.block_length, "threshold": defaults.threshold,
+            "temperature": defaults.temp, "top_p": defaults.top_p, "top_k": defaults.top_k, "max_tokens": n_predict},
+    });
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let app = Arc::new(routes::App {
+        tok: l.tok.clone(),
+        diffusion: d,
+        defaults,
+        n_predict,
+        n_ctx,
+        n_vocab: p.n_vocab,
+        max_steps: a.max_steps,
+        max_queue: a.max_queue,
+        model_id,
+        model_meta: meta,
+        created: clock / 1_000_000_000,
+        chat,
+        jobs: Mutex::new(Some(tx)),
+        metrics: metrics.clone(),
+        shutting_down: AtomicBool::new(false),
+        next_id: AtomicU64::new(0),
+        seeds: AtomicU64::new(a.gen.seed.unwrap_or(clock)),
+        api_key: a.api_key.clone(),
+    });
+    let limits = worker::Limits { max_batch, pass_tokens };
+    let (model, tok) = (l.model, l.tok);
+    let engine = std::thread::Builder::new()
+        .name("dlm-engine".into())
+        .spawn(move || worker::run(model, tok, rx, limits, metrics))
+        .context("starting the engine thread")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")?;
+    let opts = ServeOpts { timeout: Duration::from_secs(a.timeout), max_connections: a.max_connections, shutdown: Duration::from_secs(a.shutdown_timeout) };
+    let r = router(app.clone(), a.max_body, opts.timeout);
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(std_listener).context("listening")?;
+        let local = listener.local_addr().map_or(addr.clone(), |a| a.to_string());
+        dlm::errln!("dlm-server: serving {} on http://{local} (batch {max_batch}, queue {}, context {n_ctx}{})", app.model_id, a.max_queue, if app.api_key.is_some() { ", API key required" } else { "" });
+        serve(listener, r, app.clone(), opts).await;
+        anyhow::Ok(())
+    })?;
+    // No more requests: the engine ends once its last sequence has (cancelled ones at once).
+    app.jobs.lock().map(|mut j| j.take()).ok();
+    app.metrics.cancel_all.store(true, Ordering::Relaxed);
+    let _ = engine.join();
+    rt.shutdown_timeout(Duration::from_secs(1));
+    dlm::errln!("dlm-server: stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    dlm::cli::install_hooks();
+    let matches = common::command::<Args>().get_matches_from(common::init());
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    dlm::cli::set_log(if args.log_disable {
+        dlm::cli::Log::Off
+    } else if args.verbose {
+        dlm::cli::Log::Verbose
+    } else {
+        dlm::cli::Log::Normal
+    });
+    dlm::cli::exit(run(args))
+}

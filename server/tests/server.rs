@@ -1,0 +1,186 @@
+//! dlm-server end to end on the trained tiny DiffuLLaMA (`models/diffullama-tiny`, q4_0): two
+//! servers on loopback ports the OS picks, driven by the real `openai` Python client and raw
+//! sockets (`client.py`), answers compared with `dlm-run`'s; then SIGTERM during a running
+//! request: it finishes, and the process exits 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// `dlm-run` from the same build (the workspace's tests build every binary).
+fn dlm_run() -> PathBuf {
+    let server = PathBuf::from(env!("CARGO_BIN_EXE_dlm-server"));
+    let run = server.with_file_name("dlm-run");
+    assert!(run.exists(), "{} is missing: run the tests of the whole workspace (cargo test --release --workspace)", run.display());
+    run
+}
+
+/// The trained tiny model in q4_0, with `chat_template` (if any) in its tokenizer_config.json.
+fn model(dir: &Path, name: &str, chat_template: Option<&str>) -> PathBuf {
+    let src = root().join("models/diffullama-tiny");
+    let hf = dir.join(name);
+    std::fs::create_dir_all(&hf).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), hf.join(f)).unwrap();
+    }
+    if let Some(t) = chat_template {
+        let path = hf.join("tokenizer_config.json");
+        let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        cfg["chat_template"] = t.into();
+        std::fs::write(&path, cfg.to_string()).unwrap();
+    }
+    let out = dir.join(format!("{name}.gguf"));
+    let opts = dlm_convert::Options { out_type: dlm_convert::OutType::Q4_0, mask_id: None, name: None, causal: false };
+    dlm_convert::Plan::new(&hf, &opts).unwrap().write(&out, |_, _| {}).unwrap();
+    out
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    /// stderr lines after the "serving" line.
+    log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(model: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dlm-server"))
+            .args(["-m", model.to_str().unwrap(), "--port", "0", "-t", "2", "--backend", "cpu", "-b", "8", "--shutdown-timeout", "20", "--timeout", "5"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("dlm-server did not start");
+            if let Some(at) = line.split(" on http://").nth(1) {
+                let url = format!("http://{}", at.split_whitespace().next().unwrap());
+                return Server { child, url, log: rx };
+            }
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    }
+
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("dlm-server did not exit within {limit:?}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Renders only the user's messages, and refuses roles it does not know (as real templates do).
+const TEMPLATE: &str = "{% for m in messages %}{% if m.role not in ['user', 'system', 'assistant'] %}{{ raise_exception('roles are user, system and assistant') }}{% endif %}{% endfor %}{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}";
+
+#[test]
+fn openai_client_against_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = model(tmp.path(), "tiny", None);
+    let chat = model(tmp.path(), "tiny-chat", Some(TEMPLATE));
+    let a = Server::start(&plain, &[]);
+    let b = Server::start(&chat, &["--api-key", "sekret-1", "--alias", "tiny"]);
+    let out = Command::new("python3")
+        .arg(root().join("server/tests/client.py"))
+        .arg(&a.url)
+        .args(["--dlm-run", dlm_run().to_str().unwrap(), "--model", plain.to_str().unwrap()])
+        .args(["--chat-url", &b.url, "--chat-key", "sekret-1"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{stdout}");
+    let log = a.lines();
+    assert!(out.status.success(), "client.py failed:\n{stdout}\n{stderr}\nserver log (last lines):\n{}", log[log.len().saturating_sub(30)..].join("\n"));
+    // One line per request, no internal error, no panic.
+    assert!(log.iter().filter(|l| l.contains(" POST /v1/completions ")).count() > 100, "request lines: {}", log.len());
+    assert!(!log.iter().chain(b.lines().iter()).any(|l| l.contains("internal error") || l.contains("panicked")), "{log:?}");
+}
+
+/// The GGUF carries the template the converter read (PyPI `gguf` reads it back).
+#[test]
+fn converter_writes_the_chat_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = model(tmp.path(), "tiny-chat", Some(TEMPLATE));
+    let script = "import sys, gguf\nr = gguf.GGUFReader(sys.argv[1])\nf = r.fields['tokenizer.chat_template']\nprint(bytes(f.parts[f.data[0]]).decode(), end='')";
+    let out = Command::new("python3").args(["-c", script, file.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), TEMPLATE);
+}
+
+/// SIGTERM while a request runs: no new connections, the running request completes with its
+/// full answer, then the process exits 0.
+#[test]
+fn sigterm_lets_running_requests_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = model(tmp.path(), "tiny", None);
+    let mut s = Server::start(&plain, &[]);
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    // About 3 s of passes: one position each (at temperature 100 no EOS ends the text early).
+    let body = r#"{"prompt": "Today is a wonderful day,", "max_tokens": 64, "steps": 400, "unmask": "confidence", "seed": 3, "temperature": 100, "top_p": 1}"#;
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    write!(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.signal("-TERM");
+    let mut resp = String::new();
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    conn.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let json: serde_json::Value = serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["choices"][0]["finish_reason"], "length", "{json}");
+    assert_eq!(json["usage"]["completion_tokens"], 64, "{json}");
+    assert_eq!(s.wait(Duration::from_secs(30)), Some(0));
+    let log = s.lines();
+    assert!(log.iter().any(|l| l.starts_with("shutting down")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("dlm-server: stopped")), "{log:?}");
+    // A second signal cancels a running request at once (503), and the exit is still 0.
+    let mut s = Server::start(&plain, &[]);
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let body = r#"{"prompt": "Today is a wonderful day,", "max_tokens": 100, "steps": 4000, "unmask": "confidence", "seed": 3, "temperature": 100, "top_p": 1}"#;
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    write!(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.signal("-INT");
+    std::thread::sleep(Duration::from_millis(300));
+    s.signal("-INT");
+    let mut resp = String::new();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let t0 = Instant::now();
+    let _ = conn.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "cancelled, not finished: {:?}", t0.elapsed());
+    assert_eq!(s.wait(Duration::from_secs(30)), Some(0));
+}
