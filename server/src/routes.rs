@@ -316,7 +316,7 @@ async fn outcome(mut rx: watch::Receiver<Progress>) -> Result<Outcome, ApiError>
 #[derive(Clone, Debug)]
 pub struct Note(pub String);
 
-async fn generation(app: Arc<App>, o: Obj, shape: Shape, r: Gen) -> Result<Response, ApiError> {
+async fn generation(app: Arc<App>, shape: Shape, r: Gen) -> Result<Response, ApiError> {
     let rxs = app.submit(&r)?;
     let id = response_id(&app, shape);
     let created = now();
@@ -324,7 +324,6 @@ async fn generation(app: Arc<App>, o: Obj, shape: Shape, r: Gen) -> Result<Respo
     if r.stream {
         return Ok(stream(app, shape, r, rxs, id, created).into_response());
     }
-    let _ = o;
     let mut choices = Vec::new();
     let (mut completion, mut steps, mut queued, mut busy) = (0, 0, 0f64, 0f64);
     let n_choices = rxs.len();
@@ -497,51 +496,74 @@ fn stream(app: Arc<App>, shape: Shape, r: Gen, rxs: Vec<watch::Receiver<Progress
     Sse::new(all).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(1)))
 }
 
-pub async fn completions(State(app): Shared, b: Body) -> Result<Response, ApiError> {
-    let o = body(b)?;
-    let mut prompts = Vec::new();
-    for p in api::prompts(&o, app.n_vocab)? {
-        prompts.push(match p {
-            Prompt::Text(t) => (app.prefix(&t)?, t),
-            Prompt::Tokens(ids) => {
-                let text = app.tok.decode(&ids).unwrap_or_default();
-                (ids, text)
-            }
-        });
+/// Parsing, tokenizing and rendering a template take time in proportion to the body (up to
+/// `--max-body`): on the blocking pool, never on the threads that serve connections.
+async fn off_thread<T: Send + 'static>(app: &Arc<App>, f: impl FnOnce(&App) -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    let app = app.clone();
+    match tokio::task::spawn_blocking(move || f(&app)).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error while reading the request")),
     }
-    let suffix = app.suffix(api::string(&o, "suffix")?.unwrap_or(""))?;
-    let r = app.gen(&o, prompts, suffix, Shape::Completion)?;
-    generation(app, o, Shape::Completion, r).await
+}
+
+pub async fn completions(State(app): Shared, b: Body) -> Result<Response, ApiError> {
+    let r = off_thread(&app, move |app| {
+        let o = body(b)?;
+        let mut prompts = Vec::new();
+        for p in api::prompts(&o, app.n_vocab)? {
+            prompts.push(match p {
+                Prompt::Text(t) => (app.prefix(&t)?, t),
+                Prompt::Tokens(ids) => {
+                    let text = app.tok.decode(&ids).unwrap_or_default();
+                    (ids, text)
+                }
+            });
+        }
+        let suffix = app.suffix(api::string(&o, "suffix")?.unwrap_or(""))?;
+        app.gen(&o, prompts, suffix, Shape::Completion)
+    })
+    .await?;
+    generation(app, Shape::Completion, r).await
 }
 
 pub async fn chat(State(app): Shared, b: Body) -> Result<Response, ApiError> {
-    let o = body(b)?;
-    let messages = api::messages(&o)?;
-    let template = app.chat.as_ref().map_err(|e| ApiError::field("messages", e.clone()).code("no_chat_template"))?;
-    let piece = |id: Option<u32>| id.and_then(|i| app.tok.id_to_token(i)).unwrap_or_default();
-    let (bos, eos) = (piece(app.tok.bos), piece(app.tok.eos));
-    let mut text = template.render(&messages, &bos, &eos).map_err(|e| ApiError::field("messages", format!("the chat template failed: {e}")))?;
-    // The tokenizer adds BOS itself: a template that writes it too would make two.
-    if app.tok.add_bos && !bos.is_empty() {
-        if let Some(rest) = text.strip_prefix(bos.as_str()) {
-            text = rest.to_owned();
+    let r = off_thread(&app, move |app| {
+        let o = body(b)?;
+        let messages = api::messages(&o)?;
+        let template = app.chat.as_ref().map_err(|e| ApiError::field("messages", e.clone()).code("no_chat_template"))?;
+        let piece = |id: Option<u32>| id.and_then(|i| app.tok.id_to_token(i)).unwrap_or_default();
+        let (bos, eos) = (piece(app.tok.bos), piece(app.tok.eos));
+        let mut text = template.render(&messages, &bos, &eos).map_err(|e| ApiError::field("messages", format!("the chat template failed: {e}")))?;
+        // The tokenizer adds BOS itself: a template that writes it too would make two.
+        if app.tok.add_bos && !bos.is_empty() {
+            if let Some(rest) = text.strip_prefix(bos.as_str()) {
+                text = rest.to_owned();
+            }
         }
-    }
-    let prompts = vec![(app.prefix(&text)?, text)];
-    let r = app.gen(&o, prompts, Vec::new(), Shape::Chat)?;
-    generation(app, o, Shape::Chat, r).await
+        let prompts = vec![(app.prefix(&text)?, text)];
+        app.gen(&o, prompts, Vec::new(), Shape::Chat)
+    })
+    .await?;
+    generation(app, Shape::Chat, r).await
 }
 
 pub async fn infill(State(app): Shared, b: Body) -> Result<Response, ApiError> {
-    let o = body(b)?;
-    let prefix_text = api::string(&o, "input_prefix")?.or(api::string(&o, "prompt")?).unwrap_or("").to_owned();
-    let suffix = app.suffix(api::string(&o, "input_suffix")?.unwrap_or(""))?;
-    let prompts = vec![(app.prefix(&prefix_text)?, prefix_text)];
-    let r = app.gen(&o, prompts, suffix, Shape::Infill)?;
-    generation(app, o, Shape::Infill, r).await
+    let r = off_thread(&app, move |app| {
+        let o = body(b)?;
+        let prefix_text = api::string(&o, "input_prefix")?.or(api::string(&o, "prompt")?).unwrap_or("").to_owned();
+        let suffix = app.suffix(api::string(&o, "input_suffix")?.unwrap_or(""))?;
+        let prompts = vec![(app.prefix(&prefix_text)?, prefix_text)];
+        app.gen(&o, prompts, suffix, Shape::Infill)
+    })
+    .await?;
+    generation(app, Shape::Infill, r).await
 }
 
 pub async fn tokenize(State(app): Shared, b: Body) -> Result<Response, ApiError> {
+    off_thread(&app, move |app| tokenize_body(app, b)).await
+}
+
+fn tokenize_body(app: &App, b: Body) -> Result<Response, ApiError> {
     let o = body(b)?;
     let text = api::string(&o, "content")?.ok_or_else(|| ApiError::field("content", "`content` (the text to tokenize) is required"))?;
     let special = api::boolean(&o, "add_special")?.unwrap_or(false);
@@ -559,6 +581,10 @@ pub async fn tokenize(State(app): Shared, b: Body) -> Result<Response, ApiError>
 }
 
 pub async fn detokenize(State(app): Shared, b: Body) -> Result<Response, ApiError> {
+    off_thread(&app, move |app| detokenize_body(app, b)).await
+}
+
+fn detokenize_body(app: &App, b: Body) -> Result<Response, ApiError> {
     let o = body(b)?;
     let ids = match o.get("tokens") {
         Some(Value::Array(a)) => a
