@@ -141,6 +141,14 @@ fn converter_writes_the_chat_template() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), TEMPLATE);
 }
 
+/// Sends a completion request and gives it 300 ms to start.
+fn send(addr: &str, body: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    write!(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    conn
+}
+
 /// SIGTERM while a request runs: no new connections, the running request completes with its
 /// full answer, then the process exits 0.
 #[test]
@@ -151,9 +159,7 @@ fn sigterm_lets_running_requests_finish() {
     let addr = s.url.trim_start_matches("http://").to_owned();
     // About 3 s of passes: one position each (at temperature 100 no EOS ends the text early).
     let body = r#"{"prompt": "Today is a wonderful day,", "max_tokens": 64, "steps": 400, "unmask": "confidence", "seed": 3, "temperature": 100, "top_p": 1}"#;
-    let mut conn = TcpStream::connect(&addr).unwrap();
-    write!(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut conn = send(&addr, body);
     s.signal("-TERM");
     let mut resp = String::new();
     conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -170,9 +176,7 @@ fn sigterm_lets_running_requests_finish() {
     let mut s = Server::start(&plain, &[]);
     let addr = s.url.trim_start_matches("http://").to_owned();
     let body = r#"{"prompt": "Today is a wonderful day,", "max_tokens": 100, "steps": 4000, "unmask": "confidence", "seed": 3, "temperature": 100, "top_p": 1}"#;
-    let mut conn = TcpStream::connect(&addr).unwrap();
-    write!(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut conn = send(&addr, body);
     s.signal("-INT");
     std::thread::sleep(Duration::from_millis(300));
     s.signal("-INT");

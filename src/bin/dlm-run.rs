@@ -748,12 +748,6 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    dlm::cli::set_log(if args.log_disable {
-        dlm::cli::Log::Off
-    } else if args.verbose {
-        dlm::cli::Log::Verbose
-    } else {
-        dlm::cli::Log::Normal
-    });
+    common::set_log(args.log_disable, args.verbose);
     dlm::cli::exit(run(args, given))
 }

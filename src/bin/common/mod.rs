@@ -504,6 +504,17 @@ pub fn read_text(path: &Path, what: &str, streams: bool) -> anyhow::Result<Strin
     Ok(text.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(text))
 }
 
+/// What stderr carries: nothing but errors (`--log-disable`), more (`-v`), or the default.
+pub fn set_log(log_disable: bool, verbose: bool) {
+    dlm::cli::set_log(if log_disable {
+        dlm::cli::Log::Off
+    } else if verbose {
+        dlm::cli::Log::Verbose
+    } else {
+        dlm::cli::Log::Normal
+    });
+}
+
 /// The binary's command with [`dlm::cli::long_version`] as its `--version`.
 pub fn command<T: clap::CommandFactory>() -> clap::Command {
     T::command().long_version(dlm::cli::long_version())
