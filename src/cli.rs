@@ -224,13 +224,13 @@ mod sigbus {
 /// crash the process (seen as SIGSEGV after Ctrl-C).
 #[cfg(unix)]
 #[allow(unsafe_code)]
-fn exit_now(code: i32) -> ! {
+pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit(2) ends the process without touching any state of this one; it never returns.
     unsafe { libc::_exit(code) }
 }
 
 #[cfg(not(unix))]
-fn exit_now(code: i32) -> ! {
+pub fn exit_now(code: i32) -> ! {
     std::process::exit(code)
 }
 

@@ -40,6 +40,9 @@ pub struct Stepped {
     pub forward_seconds: f64,
     /// Sequences whose canvas is now complete; they have left the engine.
     pub finished: Vec<(SeqId, Generation)>,
+    /// Sequences whose pass failed (the model's error, or non-finite logits), with the error;
+    /// they have left the engine. The others went on.
+    pub failed: Vec<(SeqId, Error)>,
 }
 
 /// A sequence as it stands, for progress reports and streaming.
@@ -113,20 +116,17 @@ impl<'r> Engine<'r> {
 
     /// Runs one forward pass for every sequence whose step needs one, and commits. Sequences
     /// whose step commits nothing take it without the pass. Returns `None` when the engine is
-    /// empty. An error (a failed pass, non-finite logits) ends every sequence in the engine:
-    /// their schedules have moved on without the pass, so they are removed.
+    /// empty. A failed pass ends only the sequences it was for (the cached sequence runs in a
+    /// call of its own), and non-finite logits only the sequence they belong to: they leave
+    /// with their error in [`Stepped::failed`] (their schedules moved on without the pass).
     pub fn step(&mut self, model: &mut dyn Forward) -> Result<Option<Stepped>> {
         if self.slots.is_empty() {
             return Ok(None);
         }
-        let out = self.pass(model);
-        if out.is_err() {
-            self.slots.clear();
-        }
-        out.map(Some)
+        Ok(Some(self.pass(model)))
     }
 
-    fn pass(&mut self, model: &mut dyn Forward) -> Result<Stepped> {
+    fn pass(&mut self, model: &mut dyn Forward) -> Stepped {
         let mut out = Stepped::default();
         // Each sequence's masked positions, or the ones its rule chose before the logits.
         let work: Vec<(usize, Vec<usize>, bool)> = loop {
@@ -155,7 +155,16 @@ impl<'r> Engine<'r> {
                 continue;
             }
             let t0 = Instant::now();
-            let logits = self.forward(model, &group)?;
+            let logits = match self.forward(model, &group) {
+                Ok(l) => l,
+                Err(e) => {
+                    let ids: Vec<SeqId> = group.iter().map(|(i, _, _)| self.slots[*i].id).collect();
+                    for id in ids {
+                        out.failed.push((id, Error::Invalid(e.to_string())));
+                    }
+                    continue;
+                }
+            };
             let dt = t0.elapsed().as_secs_f64();
             out.forward_seconds += dt;
             let mut offset = 0;
@@ -165,7 +174,10 @@ impl<'r> Engine<'r> {
                 let shift = usize::from(p.shift_logits);
                 let mine = &logits.rows[offset..offset + logits.lens[k]];
                 offset += logits.lens[k];
-                check_finite(mine, seq.forward_seconds.len())?;
+                if let Err(e) = check_finite(mine, seq.forward_seconds.len()) {
+                    out.failed.push((slot.id, e));
+                    continue;
+                }
                 seq.forward_seconds.push(dt);
                 let first = logits.first[k];
                 let cands = seq.candidates(p, positions, mine, n_vocab, |k| match first {
@@ -180,6 +192,7 @@ impl<'r> Engine<'r> {
                 out.ran.push((slot.id, committed));
             }
         }
+        self.slots.retain(|s| !out.failed.iter().any(|(id, _)| *id == s.id));
         // Complete canvases leave (also those whose last steps committed nothing).
         let mut i = 0;
         while i < self.slots.len() {
@@ -190,7 +203,7 @@ impl<'r> Engine<'r> {
                 i += 1;
             }
         }
-        Ok(out)
+        out
     }
 
     /// The logits of one group of sequences (the cached one alone, or the batch), guided where

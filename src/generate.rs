@@ -357,7 +357,10 @@ pub fn generate(
 ) -> Result<Generation> {
     let mut engine = Engine::new();
     let id = engine.add(prefix, suffix, p.clone(), Box::new(unmasker))?;
-    while let Some(st) = engine.step(model)? {
+    while let Some(mut st) = engine.step(model)? {
+        if let Some((_, e)) = st.failed.pop() {
+            return Err(e);
+        }
         let Some(&(_, committed)) = st.ran.first() else {
             if let Some((_, g)) = st.finished.into_iter().next() {
                 return Ok(g);
@@ -444,7 +447,10 @@ pub fn generate_batch_seeded(
     }
     let mut done: Vec<Option<Generation>> = vec![None; prompts.len()];
     let mut step = 0;
-    while let Some(st) = engine.step(model)? {
+    while let Some(mut st) = engine.step(model)? {
+        if let Some((_, e)) = st.failed.pop() {
+            return Err(e);
+        }
         for (id, g) in &st.finished {
             done[*id as usize] = Some(g.clone());
         }

@@ -276,3 +276,55 @@ fn sequences_join_and_leave_between_passes() {
     assert!(engine.view(a).is_none() && engine.view(b).is_some());
     assert_eq!(engine.len(), 1);
 }
+
+/// [`EosFirst`] whose passes fail when a sequence starts with token 9 (a model error).
+struct Failing(EosFirst);
+
+impl Forward for Failing {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.0.forward(tokens)
+    }
+    fn n_vocab(&self) -> usize {
+        self.0.n_vocab()
+    }
+    fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
+        if tokens[0] == 9 {
+            return Err(dlm::Error::Invalid("poisoned".into()));
+        }
+        self.0.forward_rows(tokens, pass, rows)
+    }
+    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
+        if seqs.iter().any(|s| s[0] == 9) {
+            return Err(dlm::Error::Invalid("poisoned".into()));
+        }
+        self.0.forward_batch(seqs, rows)
+    }
+}
+
+/// A pass that fails ends only the sequences it was for: the cached sequence runs in its own
+/// call, so its failure leaves the batch's sequences going, each still equal to `generate`.
+#[test]
+fn a_failed_pass_ends_only_its_own_sequences() {
+    let mut m = Failing(EosFirst { batches: Vec::new() });
+    let mut p = params(0.0, 6, None);
+    p.n_gen = 6;
+    p.mask_id = 63;
+    let cached = GenParams { cache: Cache::Prefix, block_length: Some(3), ..p.clone() };
+    let mut engine = Engine::new();
+    let bad = engine.add(&[9, 5], &[], cached, Box::new(Threshold(0.9))).unwrap();
+    let good = engine.add(&[5, 5], &[], p.clone(), Box::new(Threshold(0.9))).unwrap();
+    let st = engine.step(&mut m).unwrap().unwrap();
+    assert_eq!(st.failed.len(), 1);
+    assert_eq!(st.failed[0].0, bad);
+    assert!(st.failed[0].1.to_string().contains("poisoned"), "{}", st.failed[0].1);
+    assert_eq!(st.ran, vec![(good, 1)]);
+    let mut last = None;
+    while let Some(st) = engine.step(&mut m).unwrap() {
+        assert!(st.failed.is_empty());
+        last = st.finished.into_iter().next().or(last);
+    }
+    let alone = generate(&mut m, &[5, 5], &[], &p, &mut Threshold(0.9), |_| Flow::Continue).unwrap();
+    assert_eq!(last.expect("finished").1.canvas, alone.canvas);
+    // Alone, the failure is generate's error.
+    assert!(generate(&mut m, &[9, 5], &[], &p, &mut Threshold(0.9), |_| Flow::Continue).is_err());
+}

@@ -277,7 +277,7 @@ impl Plan {
             .or_else(|| dir.canonicalize().ok()?.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| family.name.to_owned());
         let header = build_header(c, &vocab, &name, opts.out_type, mask_id, opts.causal, &tensors)?;
-        let mut warnings = Vec::new();
+        let mut warnings = std::mem::take(&mut vocab.warnings);
         if let VocabKind::ByteLevel { pre: None, .. } = vocab.kind {
             warnings.push(
                 "the tokenizer's pre-tokenizer is not one llama.cpp names; tokenizer.ggml.pre is left out (dlm uses the embedded tokenizer.json; llama.cpp would fall back to its default)".to_owned(),

@@ -39,6 +39,8 @@ pub struct Vocab {
     /// The Jinja chat template (`chat_template.jinja`, else `tokenizer_config.json`'s
     /// `chat_template`), written as `tokenizer.chat_template` as llama.cpp's converter does.
     pub chat_template: Option<String>,
+    /// What the converter should say about the tokenizer files without refusing them.
+    pub warnings: Vec<String>,
     /// The Hugging Face tokenizer JSON to embed (the checkpoint's, or rebuilt from tokenizer.model).
     pub hf_json: String,
     pub kind: VocabKind,
@@ -69,6 +71,7 @@ impl Vocab {
             add_eos: false,
             mask_from_config: None,
             chat_template: None,
+            warnings: Vec::new(),
             hf_json: String::new(),
             kind: VocabKind::SentencePiece,
         }
@@ -134,8 +137,19 @@ impl Vocab {
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| ConvertError::input(&source, format!("the tokenizers library cannot load it: {e}")))?;
         apply_tokenizer_config(dir, &mut v)?;
-        v.chat_template = chat_template(dir)?;
+        v.chat_template = chat_template(dir, &mut v.warnings)?;
         Ok(v)
+    }
+}
+
+fn json_kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
     }
 }
 
@@ -146,7 +160,7 @@ const MAX_CHAT_TEMPLATE: usize = 1 << 20;
 /// `tokenizer_config.json`'s `chat_template`, a string or a list of `{name, template}` of which
 /// the one named `default` is taken (llama.cpp's converter writes the others under their names;
 /// dlm-server renders only one).
-fn chat_template(dir: &Path) -> Result<Option<String>> {
+fn chat_template(dir: &Path, warnings: &mut Vec<String>) -> Result<Option<String>> {
     let file = dir.join("chat_template.jinja");
     let (path, text) = if file.exists() {
         (file.clone(), crate::read_text(&file)?)
@@ -159,10 +173,16 @@ fn chat_template(dir: &Path) -> Result<Option<String>> {
                 let default = named.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str());
                 match default {
                     Some(t) => t.to_owned(),
-                    None => return Err(ConvertError::field(&path, "chat_template", "a list of templates without a string one named \"default\"".into())),
+                    None => {
+                        warnings.push(format!("{}: chat_template is a list without a template named \"default\"; no chat template is written", path.display()));
+                        return Ok(None);
+                    }
                 }
             }
-            _ => return Err(ConvertError::field(&path, "chat_template", "expected a string or a list of {name, template}".into())),
+            other => {
+                warnings.push(format!("{}: chat_template is {}, not a string or a list of {{name, template}}; no chat template is written", path.display(), json_kind(other)));
+                return Ok(None);
+            }
         };
         (path, text)
     };

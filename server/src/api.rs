@@ -120,9 +120,11 @@ pub fn integer(o: &Obj, f: &str, min: u64, max: u64) -> Result<Option<u64>, ApiE
         Value::Number(n) => n,
         _ => return Err(ApiError::field(f, format!("`{f}` must be an integer, got {}", kind(v)))),
     };
-    match n.as_u64() {
+    // 8.0 is 8 (JSON does not tell integers apart); 8.5 is not an integer.
+    let x = n.as_u64().or_else(|| n.as_f64().filter(|x| x.fract() == 0.0 && *x >= 0.0 && *x < 1.8e19).map(|x| x as u64));
+    match x {
         Some(x) if (min..=max).contains(&x) => Ok(Some(x)),
-        _ if n.is_f64() && n.as_f64().is_some_and(|x| x.fract() != 0.0) => Err(ApiError::field(f, format!("`{f}` must be an integer, got {n}"))),
+        _ if n.as_f64().is_some_and(|x| x.fract() != 0.0) => Err(ApiError::field(f, format!("`{f}` must be an integer, got {n}"))),
         _ => Err(ApiError::field(f, format!("`{f}` must be in {min}..={max}, got {n}"))),
     }
 }
@@ -130,11 +132,13 @@ pub fn integer(o: &Obj, f: &str, min: u64, max: u64) -> Result<Option<u64>, ApiE
 /// A finite number in `[min, max]` (with `open_min`: above `min`).
 pub fn number(o: &Obj, f: &str, min: f64, max: f64, open_min: bool) -> Result<Option<f32>, ApiError> {
     let Some(v) = present(o, f) else { return Ok(None) };
-    let x = v.as_f64().ok_or_else(|| ApiError::field(f, format!("`{f}` must be a number, got {}", kind(v))))?;
+    let given = v.as_f64().ok_or_else(|| ApiError::field(f, format!("`{f}` must be a number, got {}", kind(v))))?;
+    // Checked as used: 1e-300 is 0 in f32.
+    let x = given as f32 as f64;
     let low_ok = if open_min { x > min } else { x >= min };
     if !(low_ok && x <= max) {
         let lo = if open_min { "(" } else { "[" };
-        return Err(ApiError::field(f, format!("`{f}` must be in {lo}{min}, {max}], got {x}")));
+        return Err(ApiError::field(f, format!("`{f}` must be in {lo}{min}, {max}] (as a 32-bit float), got {given}")));
     }
     Ok(Some(x as f32))
 }

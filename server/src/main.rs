@@ -119,8 +119,22 @@ struct Args {
 #[derive(Clone, Copy)]
 struct Peer(SocketAddr);
 
-/// Endpoints as `/metrics` labels them (anything else is `other`: label values stay bounded).
-const KNOWN: &[&str] = &["/v1/completions", "/v1/chat/completions", "/v1/models", "/infill", "/tokenize", "/detokenize", "/health", "/metrics"];
+/// Endpoints as `/metrics` labels them, aliases under their canonical name (anything else is
+/// `other`: label values stay bounded).
+const KNOWN: &[(&str, &str)] = &[
+    ("/v1/completions", "/v1/completions"),
+    ("/completions", "/v1/completions"),
+    ("/v1/chat/completions", "/v1/chat/completions"),
+    ("/chat/completions", "/v1/chat/completions"),
+    ("/v1/models", "/v1/models"),
+    ("/models", "/v1/models"),
+    ("/infill", "/infill"),
+    ("/tokenize", "/tokenize"),
+    ("/detokenize", "/detokenize"),
+    ("/health", "/health"),
+    ("/v1/health", "/health"),
+    ("/metrics", "/metrics"),
+];
 
 /// Authentication, then the request, then one log line and the metrics.
 async fn around(State(app): State<Arc<routes::App>>, req: Request, next: Next) -> Response {
@@ -128,15 +142,18 @@ async fn around(State(app): State<Arc<routes::App>>, req: Request, next: Next) -
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let peer = req.extensions().get::<Peer>().map_or_else(|| "-".to_owned(), |p| p.0.to_string());
-    let key = app.api_key.as_deref().filter(|_| path != "/health");
+    let endpoint = KNOWN.iter().find(|k| k.0 == path).map_or("other", |k| k.1);
+    let key = app.api_key.as_deref().filter(|_| endpoint != "/health");
     let resp = match key {
         Some(k) if !routes::authorized(req.headers(), k) => {
             api::ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "authentication_error", "missing or wrong API key: send Authorization: Bearer KEY").code("invalid_api_key").into_response()
         }
-        _ => next.run(req).await,
+        _ => match whole_body(req, app.max_body, app.timeout).await {
+            Ok(req) => next.run(req).await,
+            Err(e) => e.into_response(),
+        },
     };
     let status = resp.status().as_u16();
-    let endpoint = KNOWN.iter().find(|&&k| k == path).copied().unwrap_or("other");
     let streaming = resp.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let generation = matches!(endpoint, "/v1/completions" | "/v1/chat/completions" | "/infill");
     app.metrics.request(endpoint, status, t0.elapsed().as_secs_f64(), generation && !streaming);
@@ -147,7 +164,23 @@ async fn around(State(app): State<Arc<routes::App>>, req: Request, next: Next) -
     resp
 }
 
-fn router(app: Arc<routes::App>, max_body: usize, timeout: Duration) -> Router {
+/// The request with its body read in full within `timeout` (one deadline for the whole body:
+/// a client trickling bytes cannot hold a connection) and at most `max` bytes (413).
+async fn whole_body(req: Request, max: usize, timeout: Duration) -> Result<Request, api::ApiError> {
+    use axum::http::StatusCode;
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+        Err(_) => return Err(api::ApiError::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", format!("the request body did not arrive within {} s", timeout.as_secs()))),
+        Ok(Err(e)) if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) => {
+            return Err(api::ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("the request body is larger than --max-body ({max} bytes)")))
+        }
+        Ok(Err(e)) => return Err(api::ApiError::bad(format!("reading the request body failed: {e}"))),
+        Ok(Ok(b)) => b,
+    };
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+fn router(app: Arc<routes::App>, max_body: usize) -> Router {
     Router::new()
         .route("/v1/completions", post(routes::completions))
         .route("/completions", post(routes::completions))
@@ -164,27 +197,93 @@ fn router(app: Arc<routes::App>, max_body: usize, timeout: Duration) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(timeout))
         .layer(axum::middleware::from_fn_with_state(app.clone(), around))
         .with_state(app)
 }
 
-/// The first SIGINT or SIGTERM.
-async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+/// Counts SIGINT and SIGTERM from the moment it is made (before the model loads: a signal
+/// while loading ends the process at once, with status 0, as there is nothing to finish).
+struct Signals {
+    count: tokio::sync::watch::Receiver<usize>,
+    loading: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install(rt: &tokio::runtime::Runtime) -> anyhow::Result<Signals> {
+        let (tx, count) = tokio::sync::watch::channel(0usize);
+        let loading = Arc::new(AtomicBool::new(true));
+        let during_load = loading.clone();
+        #[cfg(unix)]
+        let (mut term, mut int) = rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            anyhow::Ok((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+        }).context("installing the signal handlers")?;
+        rt.spawn(async move {
+            loop {
+                #[cfg(unix)]
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                #[cfg(not(unix))]
+                let _ = tokio::signal::ctrl_c().await;
+                if during_load.load(Ordering::Relaxed) {
+                    dlm::errln!("interrupted while loading the model");
+                    dlm::cli::exit_now(0);
+                }
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        Ok(Signals { count, loading })
+    }
+
+    /// Waits until `n` signals have come in all.
+    async fn wait(&self, n: usize) {
+        let mut c = self.count.clone();
+        let _ = c.wait_for(|&k| k >= n).await;
+    }
+}
+
+/// A connection whose writes must make progress within `limit`: a client that stops reading a
+/// stream is dropped instead of holding its connection (and a `--max-connections` place) for
+/// ever.
+struct Timed {
+    io: tokio::net::TcpStream,
+    limit: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for Timed {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Timed {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let timer = this.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading"))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -196,10 +295,10 @@ struct ServeOpts {
 
 /// Accepts connections until a signal, then stops accepting, lets running requests finish (for
 /// at most `shutdown`, or until a second signal) and cancels the rest.
-async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<routes::App>, o: ServeOpts) {
+async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<routes::App>, o: ServeOpts, signals: &Signals) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(o.max_connections));
-    let stop = signal();
+    let stop = signals.wait(1);
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
@@ -227,7 +326,7 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<route
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(o.timeout)
-            .serve_connection(TokioIo::new(tcp), svc);
+            .serve_connection(TokioIo::new(Timed { io: tcp, limit: o.timeout, stalled: None }), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
@@ -243,7 +342,7 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<route
     tokio::select! {
         _ = &mut wait => return,
         _ = tokio::time::sleep(o.shutdown) => dlm::errln!("shutting down: the grace period is over, cancelling what still runs"),
-        _ = signal() => dlm::errln!("shutting down: second signal, cancelling what still runs"),
+        _ = signals.wait(2) => dlm::errln!("shutting down: second signal, cancelling what still runs"),
     }
     app.metrics.cancel_all.store(true, Ordering::Relaxed);
     // Cancelled requests answer at once; connections still open after that are dropped.
@@ -286,6 +385,8 @@ fn run(a: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")?;
+    let signals = Signals::install(&rt)?;
     let addr = format!("{}:{}", a.host, a.port);
     // Bound before the model loads: a port in use fails at once.
     let std_listener = std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -301,6 +402,11 @@ fn run(a: Args) -> anyhow::Result<()> {
             c
         }
     };
+    // Learned position embeddings (DiffuGPT) end where they end.
+    let positions = l.model.gguf().tensors().iter().find(|t| t.name == "position_embd.weight").and_then(|t| t.shape.get(1)).map(|&n| n as usize);
+    if let Some(max) = positions.filter(|&m| n_ctx > m) {
+        bail!("-c {n_ctx} is longer than the {max} positions this model has embeddings for");
+    }
     let n_predict = match a.n_predict {
         Some(n) if n >= n_ctx => bail!("-n {n} leaves no room for a prompt in a context of {n_ctx} tokens"),
         Some(n) => n,
@@ -355,6 +461,9 @@ fn run(a: Args) -> anyhow::Result<()> {
         next_id: AtomicU64::new(0),
         seeds: AtomicU64::new(a.gen.seed.unwrap_or(clock)),
         api_key: a.api_key.clone(),
+        max_body: a.max_body,
+        timeout: Duration::from_secs(a.timeout),
+        causal: p.causal,
     });
     let limits = worker::Limits { max_batch, pass_tokens };
     let (model, tok) = (l.model, l.tok);
@@ -362,14 +471,14 @@ fn run(a: Args) -> anyhow::Result<()> {
         .name("dlm-engine".into())
         .spawn(move || worker::run(model, tok, rx, limits, metrics))
         .context("starting the engine thread")?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")?;
+    signals.loading.store(false, Ordering::Relaxed);
     let opts = ServeOpts { timeout: Duration::from_secs(a.timeout), max_connections: a.max_connections, shutdown: Duration::from_secs(a.shutdown_timeout) };
-    let r = router(app.clone(), a.max_body, opts.timeout);
+    let r = router(app.clone(), a.max_body);
     rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(std_listener).context("listening")?;
         let local = listener.local_addr().map_or(addr.clone(), |a| a.to_string());
         dlm::errln!("dlm-server: serving {} on http://{local} (batch {max_batch}, queue {}, context {n_ctx}{})", app.model_id, a.max_queue, if app.api_key.is_some() { ", API key required" } else { "" });
-        serve(listener, r, app.clone(), opts).await;
+        serve(listener, r, app.clone(), opts, &signals).await;
         anyhow::Ok(())
     })?;
     // No more requests: the engine ends once its last sequence has (cancelled ones at once).

@@ -32,6 +32,9 @@ pub struct App {
     pub n_predict: usize,
     pub n_ctx: usize,
     pub n_vocab: usize,
+    /// Causal attention: keys/values of a block depend on nothing after it, so Fast-dLLM's
+    /// caches do not apply.
+    pub causal: bool,
     pub max_steps: usize,
     pub max_queue: usize,
     pub model_id: String,
@@ -45,6 +48,9 @@ pub struct App {
     /// Seed of requests without one, when the server was given none: a clock-seeded counter.
     pub seeds: AtomicU64,
     pub api_key: Option<String>,
+    pub max_body: usize,
+    /// How long a client may take to send a request body.
+    pub timeout: std::time::Duration,
 }
 
 pub type Shared = State<Arc<App>>;
@@ -129,7 +135,10 @@ impl App {
             Shape::Chat => api::integer(o, "max_completion_tokens", 1, max)?.or(api::integer(o, "max_tokens", 1, max)?),
             Shape::Completion => api::integer(o, "max_tokens", 1, max)?,
         }
-        .map_or(self.n_predict, |n| n as usize);
+        .map(|n| n as usize);
+        // Without max_tokens: the server's -n, within the room the longest prompt leaves.
+        let longest = prompts.iter().map(|p| p.0.len()).max().unwrap_or(0) + suffix.len();
+        let n_gen = n_gen.unwrap_or_else(|| self.n_predict.min(self.n_ctx.saturating_sub(longest)).max(1));
         let mut g = self.defaults.clone();
         if let Some(t) = api::number(o, "temperature", 0.0, 100.0, false)? {
             g.temp_flag = Some(t);
@@ -156,6 +165,9 @@ impl App {
         if let Some(c) = api::choice::<CacheArg>(o, "cache")? {
             g.cache = c;
         }
+        if self.causal && g.cache != CacheArg::None {
+            return Err(ApiError::field("cache", "`cache`: this model's attention is causal, so the key/value caches of block decoding do not apply; use \"none\""));
+        }
         if let Some(s) = api::number(o, "cfg_scale", 0.0, dlm::generate::MAX_CFG_SCALE as f64, false)? {
             g.cfg_scale = s;
         }
@@ -179,10 +191,17 @@ impl App {
             None => g.seed.unwrap_or_else(|| self.seeds.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)),
         };
         let n = api::integer(o, "n", 1, 16)?.unwrap_or(1) as usize;
-        if prompts.len() * n > api::MAX_PROMPTS {
-            return Err(ApiError::field("n", format!("{} prompts × n = {n} is more than {} sequences for one request", prompts.len(), api::MAX_PROMPTS)));
+        let most = api::MAX_PROMPTS.min(self.max_queue);
+        if prompts.len() * n > most {
+            return Err(ApiError::field("n", format!("{} prompt(s) × n = {n} is more than the {most} sequences one request may queue", prompts.len())));
         }
-        g.resolve(&self.diffusion, n_gen).map_err(|e| ApiError::bad(field_names(&format!("{e:#}"))))?;
+        g.resolve(&self.diffusion, n_gen).map_err(|e| {
+            let msg = field_names(&format!("{e:#}"));
+            // The field the message names first.
+            let param = FIELDS.iter().filter_map(|f| msg.find(&format!("`{f}`")).map(|at| (at, *f))).min().map(|(_, f)| f);
+            let err = ApiError::bad(msg);
+            ApiError { param: param.map(str::to_owned), ..err }
+        })?;
         if g.diffusion_add_gumbel_noise && (api::has(o, "top_k") || api::has(o, "top_p")) {
             return Err(ApiError::field("add_gumbel_noise", "`add_gumbel_noise` draws from the whole distribution: drop `top_k` and `top_p`"));
         }
@@ -266,6 +285,9 @@ impl App {
     }
 }
 
+/// The fields [`field_names`] may name.
+const FIELDS: &[&str] = &["alg_temp", "eps", "add_gumbel_noise", "block_length", "cfg_scale", "threshold", "unmask", "steps", "cache", "top_p", "top_k", "temperature", "max_tokens"];
+
 /// Flag names in a message from the shared flag checks, as this API's fields.
 fn field_names(msg: &str) -> String {
     const NAMES: &[(&str, &str)] = &[
@@ -345,7 +367,7 @@ async fn generation(app: Arc<App>, shape: Shape, r: Gen) -> Result<Response, Api
                 "stopping_word": out.stop.clone().unwrap_or_default(), "tokens_predicted": out.tokens.len(), "steps": out.steps}),
         });
     }
-    let prompt_tokens: usize = r.prompts.iter().map(|p| (p.0.len() + r.suffix.len()) * r.n).sum();
+    let prompt_tokens: usize = r.prompts.iter().map(|p| p.0.len() + r.suffix.len()).sum();
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion});
     let note = Note(format!("{n_choices} sequence(s), {completion} tokens, {steps} steps, seed {}, queued {:.0} ms, denoised {:.0} ms", r.seed, queued * 1e3, busy * 1e3));
     let mut resp = match shape {
@@ -412,7 +434,8 @@ fn stream(app: Arc<App>, shape: Shape, r: Gen, rxs: Vec<watch::Receiver<Progress
                         Shape::Infill => json!({"index": i, "content": text.unwrap_or_default(), "stop": reason.is_some()}),
                     };
                     let object = if shape == Shape::Chat { "chat.completion.chunk" } else { "text_completion" };
-                    let mut c = json!({"id": id, "object": object, "created": created, "model": app.model_id, "choices": [choice]});
+                    // llama.cpp's /infill streams its objects bare (`content`, `stop`, `index`).
+                    let mut c = if shape == Shape::Infill { choice } else { json!({"id": id, "object": object, "created": created, "model": app.model_id, "choices": [choice]}) };
                     if let Some((k, v)) = extra {
                         c[k] = v;
                     }
@@ -434,7 +457,14 @@ fn stream(app: Arc<App>, shape: Shape, r: Gen, rxs: Vec<watch::Receiver<Progress
                         Ok(o) => {
                             completion.fetch_add(o.tokens.len(), Ordering::Relaxed);
                             let (text, reason) = final_text(&app, o, continues);
-                            let rest = text.strip_prefix(sent.as_str()).unwrap_or("").to_owned();
+                            let rest = match text.strip_prefix(sent.as_str()) {
+                                Some(rest) => rest.to_owned(),
+                                None => {
+                                    // Cannot happen with a decoder whose prefixes decode to prefixes.
+                                    dlm::errln!("warning: streamed text {sent:?} is not a prefix of the final text {text:?}; the rest is not sent");
+                                    String::new()
+                                }
+                            };
                             if !rest.is_empty() {
                                 events.push(chunk(Some(rest), None, None));
                             }
@@ -476,7 +506,7 @@ fn stream(app: Arc<App>, shape: Shape, r: Gen, rxs: Vec<watch::Receiver<Progress
         .flatten()
     });
     let merged = stream::select_all(per_choice.map(Box::pin));
-    let prompt_tokens: usize = r.prompts.iter().map(|p| (p.0.len() + r.suffix.len()) * r.n).sum();
+    let prompt_tokens: usize = r.prompts.iter().map(|p| p.0.len() + r.suffix.len()).sum();
     let usage = r.usage_chunk.then(|| {
         let object = if shape == Shape::Chat { "chat.completion.chunk" } else { "text_completion" };
         (object, app.model_id.clone(), id.clone())
@@ -488,7 +518,9 @@ fn stream(app: Arc<App>, shape: Shape, r: Gen, rxs: Vec<watch::Receiver<Progress
             let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": c, "total_tokens": prompt_tokens + c});
             out.push(Event::default().data(json!({"id": id, "object": object, "created": created, "model": model, "choices": [], "usage": usage}).to_string()));
         }
-        out.push(Event::default().data("[DONE]"));
+        if shape != Shape::Infill {
+            out.push(Event::default().data("[DONE]"));
+        }
         stream::iter(out)
     })
     .flatten();

@@ -152,15 +152,23 @@ pub fn run(mut model: dlm::Model, tok: Tokenizer, rx: Receiver<Job>, limits: Lim
         let stepped = engine.step(&mut model);
         match stepped {
             Err(e) => {
-                // The engine dropped every sequence: each request gets the error.
                 let msg = format!("generation failed: {e}");
                 dlm::errln!("error: {msg}");
                 for a in active.drain(..) {
+                    engine.remove(a.id);
                     finish(&a.job, Err(msg.clone()));
                 }
             }
             Ok(None) => active.clear(),
             Ok(Some(st)) => {
+                // A failed pass ends only its own sequences.
+                for (id, e) in st.failed {
+                    let Some(i) = active.iter().position(|a| a.id == id) else { continue };
+                    let a = active.swap_remove(i);
+                    let msg = format!("generation failed: {e}");
+                    dlm::errln!("error: {msg}");
+                    finish(&a.job, Err(msg));
+                }
                 if !st.ran.is_empty() {
                     metrics.pass(st.ran.len(), st.forward_seconds);
                 }

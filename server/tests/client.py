@@ -154,6 +154,21 @@ def check_streaming(args, client, model, refs):
     first_text = next(i for i, c in enumerate(chunks) if c["choices"][0]["text"])
     first_canvas_done = next((i for i, c in enumerate(chunks) if c.get("canvas", {}).get("masked") == 0), len(chunks))
     assert first_text < first_canvas_done, "text only after the canvas was complete"
+    # Stop strings and several choices: each streamed choice equals its plain answer.
+    for stop in (["e"], [" s", "th"], ["."]):
+        body = dict(model=model, prompt="Today is a wonderful day,", max_tokens=12, seed=6, n=2, stop=stop)
+        plain = [c.text for c in sorted(client.completions.create(**body).choices, key=lambda c: c.index)]
+        got, reasons = ["", ""], [None, None]
+        for chunk in client.completions.create(stream=True, **body):
+            for c in chunk.choices:
+                got[c.index] += c.text or ""
+                reasons[c.index] = c.finish_reason or reasons[c.index]
+        assert got == plain and all(reasons), (stop, got, plain, reasons)
+    # /infill streams llama.cpp's bare objects, ending with stop: true and no [DONE].
+    body = json.dumps({"input_prefix": "rev:", "input_suffix": "= 1284", "n_predict": 5, "seed": 5, "temperature": 0, "stream": True}).encode()
+    with urllib.request.urlopen(urllib.request.Request(args.base + "/infill", data=body), timeout=TIMEOUT) as resp:
+        events = [json.loads(line[6:]) for line in resp.read().decode().splitlines() if line.startswith("data: ")]
+    assert "".join(e["content"] for e in events) == refs[4] and events[-1]["stop"] is True, events
     print(f"streaming: 5 settings equal their plain answers; {len(masks)} canvas frames, masks {masks[0]} -> {masks[-1]}")
 
 
@@ -216,6 +231,11 @@ def check_errors(args, client, model):
         assert code == 400, (body, code, resp)
         err = resp["error"]
         assert err["param"] == field and field in err["message"] and err["type"] == "invalid_request_error", (body, err)
+    # Without max_tokens a long prompt gets the room the context leaves, not an error.
+    long = "copy 58213: " * 9
+    r = post(args.base, "/v1/completions", {"prompt": long, "seed": 1})
+    n_prompt = len(post(args.base, "/tokenize", {"content": long, "add_special": True})["tokens"])
+    assert 0 < r["usage"]["completion_tokens"] <= 128 - n_prompt, (r, n_prompt)
     # Unknown fields are ignored.
     r = post(args.base, "/v1/completions", {"prompt": "copy 58213:", "max_tokens": 8, "seed": 1, "temperature": 0, "frobnicate": [1, 2]})
     assert r["choices"][0]["text"].strip() == "58213", r
@@ -388,7 +408,45 @@ def check_hostile(args, host, port):
         raise AssertionError(f"disconnected clients were not cancelled: {scrape(args.base)}")
     r = post(args.base, "/v1/completions", json.loads(good))
     assert r["choices"][0]["text"].strip() == "58213", r
-    print(f"hostile: {len(codes)} malformed requests, {sum(400 <= c < 500 for c in codes)} of them 4xx, none 5xx; 413 for 2 MiB; junk, 200 idle connections and 2 clients that left: still serving")
+    # A full queue (this server: -b 8, --max-queue 12): 429 with Retry-After; a request that
+    # could never fit the queue: 400 naming n.
+    hog = {"max_tokens": 100, "steps": 4000, "unmask": "confidence", "temperature": 100, "top_p": 1, "seed": 1}
+    socks = []
+    for k in (8, 12):
+        s = socket.create_connection((host, port), timeout=10)
+        s.sendall(request(b"/v1/completions", json.dumps(dict(hog, prompt=["Today is"] * k)).encode()))
+        socks.append(s)
+        time.sleep(0.5)
+    code, resp = status_of(args.base, "/v1/completions", good)
+    assert code == 429 and resp["error"]["code"] == "queue_full", (code, resp)
+    head = raw(host, port, request(b"/v1/completions", good))
+    assert b"retry-after: 1" in head.lower(), head[:300]
+    for s in socks:
+        s.close()
+    code, resp = status_of(args.base, "/v1/completions", json.dumps({"prompt": ["a"] * 13}).encode())
+    assert code == 400 and resp["error"]["param"] == "n", (code, resp)
+    # A body sent a byte a second: cut off at --timeout (5 s here) as a whole, not per byte.
+    s = socket.create_connection((host, port), timeout=20)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+    t0 = time.time()
+    try:
+        while time.time() - t0 < 15:
+            s.sendall(b" ")
+            time.sleep(1)
+    except OSError:
+        pass
+    s.settimeout(2)
+    try:
+        answer = s.recv(200)
+    except OSError:
+        answer = b""
+    s.close()
+    assert time.time() - t0 < 10, f"a trickled body held the connection {time.time() - t0:.0f} s"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+    deadline = time.time() + 20
+    while scrape(args.base)["dlm_active_sequences"][()] > 0 and time.time() < deadline:
+        time.sleep(0.2)
+    print(f"hostile: {len(codes)} malformed requests, {sum(400 <= c < 500 for c in codes)} of them 4xx, none 5xx; 413 for 2 MiB; junk, 200 idle connections and 2 clients that left: still serving; 429 with Retry-After; a trickled body cut off")
 
 
 def check_chat(args):
@@ -401,15 +459,16 @@ def check_chat(args):
                                        max_tokens=8, temperature=0, seed=1)
     assert r.choices[0].message.role == "assistant" and r.choices[0].message.content.strip() == "58213", r
     assert r.object == "chat.completion"
-    pieces = []
+    pieces, usage = [], []
     for chunk in client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": [{"type": "text", "text": "347+85="}]}],
                                                  max_tokens=6, temperature=0, seed=1, stream=True, stream_options={"include_usage": True}):
         assert chunk.object == "chat.completion.chunk"
         if chunk.usage:
-            assert chunk.usage.completion_tokens > 0
+            usage.append(chunk.usage)
         for c in chunk.choices:
             pieces.append(c.delta.content or "")
     assert "".join(pieces).strip() == "432", pieces
+    assert len(usage) == 1 and usage[0].completion_tokens > 0 and usage[0].prompt_tokens > 0, usage
     # The template's own error (raise_exception) is a 400 with its message.
     try:
         client.chat.completions.create(model="tiny", messages=[{"role": "tool", "content": "x"}], max_tokens=4)

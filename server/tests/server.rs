@@ -112,7 +112,7 @@ fn openai_client_against_the_server() {
     let tmp = tempfile::tempdir().unwrap();
     let plain = model(tmp.path(), "tiny", None);
     let chat = model(tmp.path(), "tiny-chat", Some(TEMPLATE));
-    let a = Server::start(&plain, &[]);
+    let a = Server::start(&plain, &["--max-queue", "12"]);
     let b = Server::start(&chat, &["--api-key", "sekret-1", "--alias", "tiny"]);
     let out = Command::new("python3")
         .arg(root().join("server/tests/client.py"))
