@@ -158,10 +158,13 @@ impl<'r> Engine<'r> {
             let logits = match self.forward(model, &group) {
                 Ok(l) => l,
                 Err(e) => {
+                    // The first sequence gets the error itself (its variant intact), the others
+                    // its message.
                     let ids: Vec<SeqId> = group.iter().map(|(i, _, _)| self.slots[*i].id).collect();
-                    for id in ids {
+                    for &id in &ids[1..] {
                         out.failed.push((id, Error::Invalid(e.to_string())));
                     }
+                    out.failed.insert(out.failed.len() - (ids.len() - 1), (ids[0], e));
                     continue;
                 }
             };

@@ -222,14 +222,23 @@ impl Signals {
             loop {
                 #[cfg(unix)]
                 tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+                    Some(()) = term.recv() => {}
+                    Some(()) = int.recv() => {}
+                    else => return,
                 }
                 #[cfg(not(unix))]
-                let _ = tokio::signal::ctrl_c().await;
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
                 if during_load.load(Ordering::Relaxed) {
                     dlm::errln!("interrupted while loading the model");
                     dlm::cli::exit_now(0);
+                }
+                // A third signal: the cancelled work has not wound down (a pass that does not
+                // end); stop now, as dlm-run does on its first.
+                if *tx.borrow() >= 2 {
+                    dlm::errln!("interrupted again: exiting without waiting");
+                    dlm::cli::exit_now(dlm::cli::EXIT_INTERRUPTED);
                 }
                 tx.send_modify(|n| *n += 1);
             }
@@ -259,25 +268,40 @@ impl tokio::io::AsyncRead for Timed {
     }
 }
 
-impl tokio::io::AsyncWrite for Timed {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+impl Timed {
+    /// A write's outcome: progress resets the timer; no progress starts it, and an error once it
+    /// has run `limit`.
+    fn progress(&mut self, cx: &mut std::task::Context<'_>, r: std::task::Poll<std::io::Result<usize>>) -> std::task::Poll<std::io::Result<usize>> {
         use std::future::Future as _;
         use std::task::Poll;
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.io).poll_write(cx, buf) {
+        match r {
             Poll::Ready(r) => {
-                this.stalled = None;
+                self.stalled = None;
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let limit = this.limit;
-                let timer = this.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                let limit = self.limit;
+                let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading"))),
                     Poll::Pending => Poll::Pending,
                 }
             }
         }
+    }
+}
+
+impl tokio::io::AsyncWrite for Timed {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progress(cx, r)
+    }
+    fn poll_write_vectored(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progress(cx, r)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_flush(cx)

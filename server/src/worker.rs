@@ -86,7 +86,16 @@ struct Active {
 
 /// Runs until every sender of `rx` is gone and the last sequence has finished (or `cancel` is
 /// set, which ends everything at the next step boundary).
-pub fn run(mut model: dlm::Model, tok: Tokenizer, rx: Receiver<Job>, limits: Limits, metrics: Arc<Metrics>) {
+pub fn run(model: dlm::Model, tok: Tokenizer, rx: Receiver<Job>, limits: Limits, metrics: Arc<Metrics>) {
+    // A bug here must not leave a server that answers /health but never generates: the panic
+    // hook has printed the line; end the process so a supervisor restarts it.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(model, tok, rx, limits, metrics)));
+    if r.is_err() {
+        dlm::cli::exit_now(101);
+    }
+}
+
+fn serve(mut model: dlm::Model, tok: Tokenizer, rx: Receiver<Job>, limits: Limits, metrics: Arc<Metrics>) {
     let mut engine = Engine::new();
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
@@ -159,7 +168,11 @@ pub fn run(mut model: dlm::Model, tok: Tokenizer, rx: Receiver<Job>, limits: Lim
                     finish(&a.job, Err(msg.clone()));
                 }
             }
-            Ok(None) => active.clear(),
+            Ok(None) => {
+                for a in active.drain(..) {
+                    finish(&a.job, Err("the sequence left the engine without a result".into()));
+                }
+            }
             Ok(Some(st)) => {
                 // A failed pass ends only its own sequences.
                 for (id, e) in st.failed {
@@ -200,7 +213,10 @@ pub fn run(mut model: dlm::Model, tok: Tokenizer, rx: Receiver<Job>, limits: Lim
                 }
                 for k in stopped.into_iter().rev() {
                     let a = active.swap_remove(k);
-                    let Some(g) = engine.remove(a.id) else { continue };
+                    let Some(g) = engine.remove(a.id) else {
+                        finish(&a.job, Err("the sequence left the engine without a result".into()));
+                        continue;
+                    };
                     let outcome = outcome(&a, g.tokens, g.steps);
                     metrics.generated(outcome.tokens.len());
                     finish(&a.job, Ok(outcome));
