@@ -457,11 +457,13 @@ fn run(a: Args) -> anyhow::Result<()> {
     }
     let model_id = a.alias.clone().unwrap_or_else(|| l.path.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()));
     let d = l.model.diffusion().clone();
+    // 0.9 as written, not 0.8999999761581421 (the f32 widened).
+    let short = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::from(x));
     let meta = serde_json::json!({
         "architecture": p.arch, "n_vocab": p.n_vocab, "n_ctx_train": p.n_ctx_train, "n_ctx": n_ctx, "n_embd": p.n_embd, "n_layer": p.n_layer,
         "mask_token_id": d.mask_id, "shift_logits": d.shift_logits, "backend": l.model.backend_description(),
-        "defaults": {"steps": defaults.steps, "unmask": common::flag_value(&defaults.unmask), "block_length": defaults.block_length, "threshold": defaults.threshold,
-            "temperature": defaults.temp, "top_p": defaults.top_p, "top_k": defaults.top_k, "max_tokens": n_predict},
+        "defaults": {"steps": defaults.steps, "unmask": common::flag_value(&defaults.unmask), "block_length": defaults.block_length, "threshold": short(defaults.threshold),
+            "temperature": short(defaults.temp), "top_p": short(defaults.top_p), "top_k": defaults.top_k, "max_tokens": n_predict},
     });
     let metrics = Arc::new(metrics::Metrics::new());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -502,6 +504,9 @@ fn run(a: Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::from_std(std_listener).context("listening")?;
         let local = listener.local_addr().map_or(addr.clone(), |a| a.to_string());
         dlm::errln!("dlm-server: serving {} on http://{local} (batch {max_batch}, queue {}, context {n_ctx}{})", app.model_id, a.max_queue, if app.api_key.is_some() { ", API key required" } else { "" });
+        if dlm::cli::logs(dlm::cli::Log::Verbose) {
+            dlm::errln!("settings: {} | request defaults: {}", app.model_meta["backend"], app.model_meta["defaults"]);
+        }
         serve(listener, r, app.clone(), opts, &signals).await;
         anyhow::Ok(())
     })?;
