@@ -21,7 +21,8 @@ use tokio::sync::watch;
 use crate::api::{self, ApiError, Obj, Prompt};
 use crate::chat::Template;
 use crate::common::{CacheArg, GenArgs};
-use crate::worker::{find_stop, render, Job, Outcome, Progress, RuleSpec};
+use crate::common::find_stop;
+use crate::worker::{render, Job, Outcome, Progress, RuleSpec};
 
 /// What every handler reads.
 pub struct App {
@@ -106,20 +107,12 @@ fn response_id(app: &App, shape: Shape) -> String {
 impl App {
     /// BOS + prompt as dlm-run lays it out (BOS alone for an empty prompt).
     fn prefix(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        let mut ids = self.tok.encode(text).map_err(|e| ApiError::field("prompt", format!("cannot tokenize the prompt: {e}")))?;
-        if ids.is_empty() {
-            ids.extend(self.tok.bos.or(Some(1)));
-        }
-        Ok(ids)
+        crate::common::prefix_ids(&self.tok, text).map_err(|e| ApiError::field("prompt", format!("cannot tokenize the prompt: {e}")))
     }
 
     /// The suffix continues the text: no BOS.
     fn suffix(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        if text.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids = self.tok.encode(text).map_err(|e| ApiError::field("suffix", format!("cannot tokenize the suffix: {e}")))?;
-        Ok(ids.into_iter().skip(usize::from(self.tok.add_bos && self.tok.bos.is_some())).collect())
+        crate::common::suffix_ids(&self.tok, text).map_err(|e| ApiError::field("suffix", format!("cannot tokenize the suffix: {e}")))
     }
 
     /// Reads the generation fields of `o` over the server's defaults, as dlm-run reads its flags.

@@ -15,6 +15,7 @@ use dlm::sample::UnmaskRule;
 use dlm::Tokenizer;
 use tokio::sync::watch;
 
+use crate::common::{canvas_text, find_stop};
 use crate::metrics::Metrics;
 
 /// How the unmasking rule is made (on the engine thread: rules are not `Send`).
@@ -301,13 +302,5 @@ fn finish(job: &Job, r: Result<Outcome, String>) {
 
 /// The text of `tokens` as shown after the prompt (`continues`) or alone.
 pub fn render(tok: &Tokenizer, tokens: &[u32], continues: bool) -> String {
-    match tok.decode_canvas(tokens, &vec![false; tokens.len()], continues) {
-        Ok(runs) => runs.into_iter().flatten().collect(),
-        Err(_) => String::new(),
-    }
-}
-
-/// The earliest of `stops` in `text`: its byte offset and the string.
-pub fn find_stop<'s>(text: &str, stops: &'s [String]) -> Option<(usize, &'s str)> {
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str()).map(|at| (at, s.as_str()))).min_by_key(|&(at, _)| at)
+    canvas_text(tok, tokens, &vec![false; tokens.len()], "", continues)
 }

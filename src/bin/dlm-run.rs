@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::{FromArgMatches, Parser, ValueEnum};
-use common::{steady_ms, CacheArg, GenArgs, Loaded, ModelArgs, BATCH_MEMORY};
+use common::{canvas_text, find_stop, steady_ms, CacheArg, GenArgs, Loaded, ModelArgs, BATCH_MEMORY};
 use dlm::sample::UnmaskRule;
 use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenParams, Generation, Pass};
 use dlm::sample::Unmasker;
@@ -111,11 +111,6 @@ enum ColorArg {
     On,
     Off,
     Auto,
-}
-
-/// The earliest of `stops` in `text`: its byte offset and the string.
-fn find_stop<'s>(text: &str, stops: &'s [String]) -> Option<(usize, &'s str)> {
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str()).map(|at| (at, s.as_str()))).min_by_key(|&(at, _)| at)
 }
 
 /// Wraps the model to keep the first forward pass's logits for --dump-logits.
@@ -228,14 +223,6 @@ fn fewer_steps_reason(a: &Args, taken: usize, stopped: Option<&str>) -> String {
         _ => "a committed EOS ends the text, and what follows it, early".to_string(),
     };
     format!(" ({taken} of --steps {}: {why})", a.gen.steps)
-}
-
-/// The span as text, each masked position shown as `mask`.
-fn canvas_text(tok: &Tokenizer, tokens: &[u32], masked: &[bool], mask: &str, continues: bool) -> String {
-    match tok.decode_canvas(tokens, masked, continues) {
-        Ok(runs) => runs.iter().map(|r| r.as_deref().unwrap_or(mask)).collect(),
-        Err(_) => String::new(),
-    }
 }
 
 /// `--visual`: the canvas redrawn after each step. On a terminal it is redrawn in place (never

@@ -306,24 +306,48 @@ pub struct Loaded {
 impl Loaded {
     /// BOS + prompt as the runtime lays it out (BOS alone for an empty prompt).
     pub fn prefix(&self, prompt: &str) -> anyhow::Result<Vec<u32>> {
-        let mut prefix = self.tok.encode(prompt)?;
-        if prefix.is_empty() {
-            prefix.extend(self.tok.bos.or(Some(1)));
-        }
-        Ok(prefix)
+        Ok(prefix_ids(&self.tok, prompt)?)
     }
 
     /// The suffix continues the text: no BOS.
     pub fn suffix(&self, suffix: &str) -> anyhow::Result<Vec<u32>> {
-        if suffix.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids = self.tok.encode(suffix)?;
-        Ok(ids.into_iter().skip(usize::from(self.tok.add_bos && self.tok.bos.is_some())).collect())
+        Ok(suffix_ids(&self.tok, suffix)?)
     }
 
     pub fn n_ctx(&self) -> usize {
         self.model.params().n_ctx_train
+    }
+}
+
+/// BOS + prompt as the runtime lays it out (BOS alone for an empty prompt).
+pub fn prefix_ids(tok: &Tokenizer, prompt: &str) -> dlm::Result<Vec<u32>> {
+    let mut prefix = tok.encode(prompt)?;
+    if prefix.is_empty() {
+        prefix.extend(tok.bos.or(Some(1)));
+    }
+    Ok(prefix)
+}
+
+/// A suffix's ids: it continues the text, so no BOS.
+pub fn suffix_ids(tok: &Tokenizer, suffix: &str) -> dlm::Result<Vec<u32>> {
+    if suffix.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = tok.encode(suffix)?;
+    Ok(ids.into_iter().skip(usize::from(tok.add_bos && tok.bos.is_some())).collect())
+}
+
+/// The earliest of `stops` in `text`: its byte offset and the string.
+pub fn find_stop<'s>(text: &str, stops: &'s [String]) -> Option<(usize, &'s str)> {
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str()).map(|at| (at, s.as_str()))).min_by_key(|&(at, _)| at)
+}
+
+/// A span as text, each masked position shown as `mask`; with `continues` it reads on from
+/// text shown before it (its first token keeps its leading space).
+pub fn canvas_text(tok: &Tokenizer, tokens: &[u32], masked: &[bool], mask: &str, continues: bool) -> String {
+    match tok.decode_canvas(tokens, masked, continues) {
+        Ok(runs) => runs.iter().map(|r| r.as_deref().unwrap_or(mask)).collect(),
+        Err(_) => String::new(),
     }
 }
 
