@@ -10,6 +10,11 @@
 //!
 //!     cargo bench --bench forward              # all cases (~5 min on 2 cores)
 //!     cargo bench --bench forward -- q4_0/128  # a subset
+//!
+//! Cases `check/q4_0` and `check/q8_0`: the load-time check of every tensor's values
+//! (`--check-tensors`) on the same file, dlm's against ggml's own `ggml_validate_row_data`
+//! (llama.cpp's `--check-tensors`, one thread) and against one forward pass of 128 tokens,
+//! with the file in the page cache.
 
 mod common;
 
@@ -24,6 +29,7 @@ fn main() {
     let threads = threads();
     println!("forward pass, 7B-shaped layers x2, {threads} threads, median of {reps}");
     println!("{:<12} {:>10} {:>10} {:>10} {:>10} {:>12}", "case", "dlm ms", "llama ms", "dlm GF/s", "llama GF/s", "dlm/llama");
+    check_cost(&hf, reps, threads);
     for kind in [OutType::Q4_0, OutType::Q8_0] {
         let lengths: Vec<usize> = [128, 256, 512].into_iter().filter(|n| selected(&format!("{}/{n}", kind.name()))).collect();
         if lengths.is_empty() {
@@ -57,4 +63,37 @@ fn flops(p: &dlm::model::Hparams, n: usize) -> f64 {
     let per_layer = e * q + 2 * e * kv + q * e + 3 * e * ff;
     let attention = 2 * n * q; // scores and weighted values, per token
     2.0 * n as f64 * (p.n_layer * (per_layer + attention) + e * v) as f64
+}
+
+/// The value check of a whole file against ggml's and against one 128-token pass.
+fn check_cost(hf: &std::path::Path, reps: usize, threads: usize) {
+    for kind in [OutType::Q4_0, OutType::Q8_0] {
+        if !selected(&format!("check/{}", kind.name())) {
+            continue;
+        }
+        let file = gguf(hf, kind);
+        let g = dlm::Gguf::open(&file).unwrap();
+        let mb = g.tensors().iter().map(|t| t.size).sum::<u64>() as f64 / 1e6;
+        let ggml = || {
+            assert!(g.tensors().iter().all(|t| dlm::backend::ggml::validate_row_data(t.ggml_type, g.tensor_data(t))));
+            Vec::new()
+        };
+        let (ours, peer) = alternate(reps, || {
+            dlm::model::check_values(&g).unwrap();
+            Vec::new()
+        }, ggml);
+        let mut m = Model::load(&file, &LoadOptions { threads, ..Default::default() }).unwrap();
+        let tokens: Vec<u32> = (0..128u32).map(|i| 811 + i).collect();
+        let pass = common::median((0..=reps).map(|_| common::time(|| m.forward(&tokens).unwrap()).0).skip(1).collect());
+        println!(
+            "check/{:<6} {mb:.0} MB: dlm {:.1} ms ({:.1} GB/s), ggml_validate_row_data {:.1} ms, dlm/ggml {:.2}x; one 128-token pass {:.1} ms, check/pass {:.2}",
+            kind.name(),
+            ours * 1e3,
+            mb / 1e3 / ours,
+            peer * 1e3,
+            ours / peer,
+            pass * 1e3,
+            ours / pass
+        );
+    }
 }

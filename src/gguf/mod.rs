@@ -8,10 +8,12 @@
 
 mod reader;
 mod types;
+mod values;
 mod writer;
 
 pub use reader::{Gguf, TensorInfo};
 pub use types::GgmlType;
+pub use values::first_non_finite;
 pub use writer::{GgufWriter, TensorSpec, TensorStream};
 
 /// The four bytes every GGUF file starts with.

@@ -167,6 +167,15 @@ impl Gguf {
         &self.storage.bytes()[start..start + info.size as usize]
     }
 
+    /// Refuses `info` if it holds a non-finite float or block scale (see
+    /// [`super::first_non_finite`]), naming the tensor and the first bad block or element.
+    pub fn check_values(&self, info: &TensorInfo) -> Result<()> {
+        match super::first_non_finite(info.ggml_type, self.tensor_data(info)) {
+            None => Ok(()),
+            Some(bad) => Err(self.tensor_error(&info.name, format!("{bad}; the file is corrupt"))),
+        }
+    }
+
     /// Error for a metadata key, naming this file.
     pub fn metadata_error(&self, key: &str, what: impl Into<String>) -> Error {
         Error::Metadata { path: self.path.clone(), key: super::shown_name(key), what: what.into() }

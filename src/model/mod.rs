@@ -157,6 +157,19 @@ pub fn check(gguf: &Gguf, over: &DiffusionOverrides) -> Result<Checked> {
     Ok(Checked { params, diffusion, unused, warnings })
 }
 
+/// Every tensor's values, as llama.cpp's `--check-tensors` does: floats finite, block scales
+/// finite (see [`crate::gguf::first_non_finite`]); the first bad tensor is the error. Reads the
+/// whole file; returns its tensors' bytes. [`check`] does this only for the norm weights and
+/// biases (small, and read by every pass).
+pub fn check_values(gguf: &Gguf) -> Result<u64> {
+    let mut bytes = 0;
+    for t in gguf.tensors() {
+        gguf.check_values(t)?;
+        bytes += t.size;
+    }
+    Ok(bytes)
+}
+
 /// The file's diffusion settings (see [`DiffusionParams::resolve`]); refuses an architecture
 /// this runtime has no graph for, naming those it has.
 pub fn resolve(gguf: &Gguf, over: &DiffusionOverrides) -> Result<DiffusionParams> {

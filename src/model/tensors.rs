@@ -52,6 +52,11 @@ impl<'a, T> Tensors<'a, T> {
         if vector && info.ggml_type != GgmlType::F32 {
             return Err(self.g.tensor_error(name, format!("norm weights and biases must be f32, found {}", info.ggml_type)));
         }
+        // Norm weights and biases are small: their values are always checked (a NaN there
+        // would otherwise reach the logits only on some backends and paths).
+        if vector {
+            self.g.check_values(info)?;
+        }
         if !vector && matches!(info.ggml_type, GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 | GgmlType::F64) {
             return Err(self.g.tensor_error(name, format!("type {} cannot be a weight matrix", info.ggml_type)));
         }

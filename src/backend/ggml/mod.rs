@@ -154,6 +154,16 @@ pub fn dequantize(t: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// ggml's own check of a tensor's bytes (`ggml_validate_row_data`, what llama.cpp's
+/// `--check-tensors` runs): false for a non-finite float or block scale, for a length that is
+/// not whole blocks, and for a type ggml does not validate (Q8_1). It prints what it found to
+/// stderr itself. dlm checks with [`crate::gguf::first_non_finite`]; this is its reference.
+pub fn validate_row_data(t: GgmlType, data: &[u8]) -> bool {
+    // SAFETY: ggml reads `data.len()` bytes from the pointer (after checking that they are whole
+    // blocks of `t`, a type id from our table that ggml knows), and keeps no reference.
+    unsafe { sys::ggml_validate_row_data(ggml_type(t), data.as_ptr().cast(), data.len()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
