@@ -8,10 +8,34 @@ use serde_json::Value;
 
 pub struct Template {
     env: Environment<'static>,
+    /// The source, for the child process that renders it.
+    source: String,
 }
 
-/// The longest rendered prompt accepted (a template loop cannot make more).
+/// The longest rendered prompt accepted: rendering stops there, whatever the template does.
 const MAX_RENDERED: usize = 4 << 20;
+
+/// Interpreter instructions one rendering may take (bounds the time of a template's loops).
+const FUEL: u64 = 50_000_000;
+
+/// Why rendering failed.
+#[derive(Debug)]
+pub struct RenderError {
+    pub message: String,
+    /// A limit (prompt size, fuel, memory, CPU) stopped it, rather than the template's own
+    /// logic (`raise_exception`, an undefined method): a template that hits one on a one-line
+    /// probe is refused at start.
+    pub limit: bool,
+}
+
+impl RenderError {
+    fn logic(message: String) -> Self {
+        RenderError { message, limit: false }
+    }
+    fn limit(message: String) -> Self {
+        RenderError { message, limit: true }
+    }
+}
 
 impl Template {
     /// Compiles `source`; the error says what is wrong and where.
@@ -22,20 +46,186 @@ impl Template {
         // Templates that stamp today's date (LLaMA 3's) get it (UTC).
         env.add_function("strftime_now", |fmt: String| -> String { strftime(&fmt, now()) });
         // Bounded work: a template's loops cannot run away.
-        env.set_fuel(Some(50_000_000));
-        env.add_template_owned("chat", source).map_err(|e| describe(&e))?;
-        Ok(Template { env })
+        env.set_fuel(Some(FUEL));
+        env.add_template_owned("chat", source.clone()).map_err(|e| describe(&e))?;
+        Ok(Template { env, source })
     }
 
     /// The prompt for `messages` ([{role, content}]), ending where the assistant's reply starts.
-    pub fn render(&self, messages: &Value, bos: &str, eos: &str) -> Result<String, String> {
-        let t = self.env.get_template("chat").map_err(|e| describe(&e))?;
+    /// On Linux it is rendered in a child process with limits on memory and CPU time (see
+    /// [`isolated`]): minijinja has no bound on the memory a template's string operations take,
+    /// and a template that doubles a string 30 times, or repeats a long message once per turn
+    /// into a variable, would otherwise end the whole server on a failed allocation.
+    pub fn render(&self, messages: &Value, bos: &str, eos: &str) -> Result<String, RenderError> {
+        #[cfg(target_os = "linux")]
+        return isolated::render(&self.source, messages, bos, eos);
+        #[cfg(not(target_os = "linux"))]
+        self.render_here(messages, bos, eos)
+    }
+
+    /// Renders in this process: bounded in instructions (fuel) and in output (the prompt cap,
+    /// checked as it is written), not in the memory of the template's own variables.
+    pub fn render_here(&self, messages: &Value, bos: &str, eos: &str) -> Result<String, RenderError> {
+        let t = self.env.get_template("chat").map_err(|e| RenderError::logic(describe(&e)))?;
         let ctx = minijinja::context! { messages => messages, add_generation_prompt => true, bos_token => bos, eos_token => eos };
-        let out = t.render(ctx).map_err(|e| describe(&e))?;
-        if out.len() > MAX_RENDERED {
-            return Err(format!("the rendered prompt has {} bytes (at most {MAX_RENDERED})", out.len()));
+        let mut out = Capped { bytes: Vec::new(), over: false };
+        if let Err(e) = t.render_captured_to(ctx, &mut out) {
+            return Err(if out.over {
+                RenderError::limit(format!("the rendered prompt is longer than {} MiB", MAX_RENDERED >> 20))
+            } else if e.kind() == ErrorKind::OutOfFuel {
+                RenderError::limit(format!("{} (more than {FUEL} template instructions)", describe(&e)))
+            } else {
+                RenderError::logic(describe(&e))
+            });
         }
-        Ok(out)
+        String::from_utf8(out.bytes).map_err(|_| RenderError::logic("the rendered prompt is not UTF-8".into()))
+    }
+}
+
+/// An output that refuses to grow past [`MAX_RENDERED`] bytes.
+struct Capped {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED {
+            self.over = true;
+            return Err(std::io::Error::other("the prompt limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Rendering in a child process: `dlm-server` runs itself with [`isolated::CHILD_ARG`], sends
+/// the template and the messages on its stdin and reads the prompt from its stdout. The child
+/// lowers its own limits first (address space: what it has mapped plus 1 GiB; CPU: 10 s; no
+/// core file), so a template that needs more dies alone (a failed allocation aborts it) and the
+/// request gets a 400. Costs a process start per chat request (a few ms; `README`).
+#[cfg(target_os = "linux")]
+pub mod isolated {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::{Command, Stdio};
+    use std::sync::{Condvar, Mutex};
+
+    use serde_json::Value;
+
+    use super::{RenderError, Template, MAX_RENDERED};
+
+    /// The first argument that makes `dlm-server` a renderer.
+    pub const CHILD_ARG: &str = "--internal-render-chat-template";
+    /// Memory a rendering may take beyond what the child has mapped when it starts.
+    const MEMORY: u64 = 1 << 30;
+    /// CPU seconds a rendering may take (fuel bounds it first in all but odd cases).
+    const CPU_SECONDS: u64 = 10;
+    /// Renderings at once: each may take `MEMORY`.
+    const AT_ONCE: usize = 4;
+    /// The child's exit code for a template's own error (the message on stdout).
+    const LOGIC: i32 = 3;
+    /// ... and for a limit it noticed itself (the prompt cap, fuel).
+    const LIMIT: i32 = 4;
+
+    static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+    pub fn render(source: &str, messages: &Value, bos: &str, eos: &str) -> Result<String, RenderError> {
+        let _slot = Slot::take();
+        let request = serde_json::json!({"template": source, "messages": messages, "bos": bos, "eos": eos}).to_string();
+        let internal = |what: String| RenderError::logic(format!("cannot render the chat template: {what}"));
+        let mut child = Command::new("/proc/self/exe")
+            .arg(CHILD_ARG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| internal(format!("starting the renderer: {e}")))?;
+        // The child reads all of its input before it writes: no deadlock. A child that died
+        // early makes this fail (EPIPE): its exit status tells why.
+        let _ = child.stdin.take().map(|mut w| w.write_all(request.as_bytes()));
+        let mut out = Vec::new();
+        let read = child.stdout.take().map(|r| r.take(MAX_RENDERED as u64 + (1 << 16)).read_to_end(&mut out));
+        let status = child.wait().map_err(|e| internal(format!("waiting for the renderer: {e}")))?;
+        let text = || String::from_utf8_lossy(&out).into_owned();
+        match (status.code(), status.signal()) {
+            (Some(0), _) if matches!(read, Some(Ok(_))) => String::from_utf8(out).map_err(|_| RenderError::logic("the rendered prompt is not UTF-8".into())),
+            (Some(LOGIC), _) => Err(RenderError::logic(text())),
+            (Some(LIMIT), _) => Err(RenderError::limit(text())),
+            (_, Some(sig)) => Err(RenderError::limit(format!(
+                "rendering needed more than {} GiB of memory or {CPU_SECONDS} s of CPU (the renderer ended with signal {sig})",
+                MEMORY >> 30
+            ))),
+            (code, _) => Err(internal(format!("the renderer exited with {code:?}"))),
+        }
+    }
+
+    /// One of `AT_ONCE` rendering slots, given back on drop.
+    struct Slot;
+
+    impl Slot {
+        fn take() -> Slot {
+            let (busy, freed) = &SLOTS;
+            let mut n = busy.lock().unwrap_or_else(|e| e.into_inner());
+            while *n >= AT_ONCE {
+                n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+            }
+            *n += 1;
+            Slot
+        }
+    }
+
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            let (busy, freed) = &SLOTS;
+            *busy.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            freed.notify_one();
+        }
+    }
+
+    /// The child: limits first, then one rendering; its exit code says how it went.
+    pub fn child_main() -> i32 {
+        limit_self();
+        let mut input = String::new();
+        if std::io::stdin().read_to_string(&mut input).is_err() {
+            return 2;
+        }
+        let Ok(req) = serde_json::from_str::<Value>(&input) else { return 2 };
+        let field = |k: &str| req[k].as_str().unwrap_or("").to_owned();
+        let result = Template::new(field("template"))
+            .map_err(RenderError::logic)
+            .and_then(|t| t.render_here(&req["messages"], &field("bos"), &field("eos")));
+        let (text, code) = match result {
+            Ok(p) => (p, 0),
+            Err(e) => (e.message, if e.limit { LIMIT } else { LOGIC }),
+        };
+        let mut out = std::io::stdout().lock();
+        if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+            return 2;
+        }
+        code
+    }
+
+    /// Address space: what is mapped now plus `MEMORY`; CPU: `CPU_SECONDS`; core files: none.
+    fn limit_self() {
+        let mapped = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmSize:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()))
+            .map_or(4 << 30, |kb| kb * 1024);
+        for (resource, value) in [(libc::RLIMIT_AS, mapped + MEMORY), (libc::RLIMIT_CPU, CPU_SECONDS), (libc::RLIMIT_CORE, 0)] {
+            let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference,
+            // which lives for the call.
+            unsafe {
+                if libc::getrlimit(resource, &mut old) == 0 {
+                    let cur = (value as libc::rlim_t).min(old.rlim_max);
+                    libc::setrlimit(resource, &libc::rlimit { rlim_cur: cur, rlim_max: old.rlim_max });
+                }
+            }
+        }
     }
 }
 
@@ -117,12 +307,16 @@ mod tests {
     fn templates_render_and_fail_clearly() {
         let t = Template::new("{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content.strip() }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}".into()).unwrap();
         let msgs = serde_json::json!([{"role": "user", "content": "  hi  "}]);
-        assert_eq!(t.render(&msgs, "<s>", "</s>").unwrap(), "<s>[user] hi\n[assistant]");
+        assert_eq!(t.render_here(&msgs, "<s>", "</s>").unwrap(), "<s>[user] hi\n[assistant]");
         let t = Template::new("{{ raise_exception('no system role') }}".into()).unwrap();
-        assert_eq!(t.render(&msgs, "", "").unwrap_err(), "no system role (template line 1)");
+        assert_eq!(t.render_here(&msgs, "", "").unwrap_err().message, "no system role (template line 1)");
         assert!(Template::new("{% for %}".into()).err().expect("a syntax error").contains("line 1"));
         // A template that loops for ever runs out of fuel instead of hanging.
+        let t = Template::new("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into()).unwrap();
+        assert!(t.render_here(&msgs, "", "").unwrap_err().limit);
+        // Output stops at the prompt cap, long before the 10^10 bytes this would write.
         let t = Template::new("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}".into()).unwrap();
-        assert!(t.render(&msgs, "", "").is_err());
+        let e = t.render_here(&msgs, "", "").unwrap_err();
+        assert!(e.limit && e.message.contains("longer than 4 MiB"), "{e:?}");
     }
 }

@@ -438,12 +438,19 @@ fn run(a: Args) -> anyhow::Result<()> {
     };
     let mut defaults = a.gen.clone();
     defaults.resolve(l.model.diffusion(), n_predict)?;
-    let chat = match template_flag {
-        Some(t) => Ok(t),
-        None => match l.model.gguf().get(dlm::keys::CHAT_TEMPLATE).and_then(|v| v.as_str()) {
-            Some(src) => chat::Template::new(src.to_owned()).map_err(|e| {
-                dlm::errln!("warning: {}: the chat template does not compile ({e}); /v1/chat/completions answers 400 (give --chat-template FILE)", l.path.display());
-                format!("the model's chat template does not compile ({e}): start dlm-server with --chat-template FILE")
+    let piece = |id: Option<u32>| id.and_then(|i| l.tok.id_to_token(i)).unwrap_or_default();
+    let (bos, eos) = (piece(l.tok.bos), piece(l.tok.eos));
+    let chat = match (template_flag, &a.chat_template) {
+        (Some(t), Some(path)) => {
+            if let Err(e) = probe(&t, &bos, &eos) {
+                bail!("--chat-template {}: {e}", path.display());
+            }
+            Ok(t)
+        }
+        _ => match l.model.gguf().get(dlm::keys::CHAT_TEMPLATE).and_then(|v| v.as_str()) {
+            Some(src) => chat::Template::new(src.to_owned()).and_then(|t| probe(&t, &bos, &eos).map(|_| t)).map_err(|e| {
+                dlm::errln!("warning: {}: the chat template is unusable ({e}); /v1/chat/completions answers 400 (give --chat-template FILE)", l.path.display());
+                format!("the model's chat template is unusable ({e}): start dlm-server with --chat-template FILE")
             }),
             None => Err("this model has no chat template (tokenizer.chat_template): use /v1/completions, or start dlm-server with --chat-template FILE".to_owned()),
         },
@@ -519,7 +526,26 @@ fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Renders a one-message conversation once, at start: a template that hits a limit (memory,
+/// time, the prompt cap) there would on every request, and is refused. A template that refuses
+/// the probe by its own logic (`raise_exception`) only gets a warning: real requests may suit it.
+fn probe(t: &chat::Template, bos: &str, eos: &str) -> Result<(), String> {
+    let messages = serde_json::json!([{"role": "user", "content": "Hello"}]);
+    match t.render(&messages, bos, eos) {
+        Ok(_) => Ok(()),
+        Err(e) if e.limit => Err(format!("the chat template fails on a one-message conversation: {}", e.message)),
+        Err(e) => {
+            dlm::errln!("warning: the chat template refuses a one-message conversation ({}); requests it refuses get a 400", e.message);
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    if std::env::args_os().nth(1).is_some_and(|a| a == chat::isolated::CHILD_ARG) {
+        return ExitCode::from(chat::isolated::child_main() as u8);
+    }
     dlm::cli::install_hooks();
     let matches = common::command::<Args>().get_matches_from(common::init());
     let args = match Args::from_arg_matches(&matches) {

@@ -51,7 +51,12 @@ struct Server {
 
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dlm-server"))
+        Self::start_in(Command::new(env!("CARGO_BIN_EXE_dlm-server")), model, extra)
+    }
+
+    /// Started by `cmd` (the binary itself, or a wrapper such as `prlimit` that runs it).
+    fn start_in(mut cmd: Command, model: &Path, extra: &[&str]) -> Server {
+        let mut child = cmd
             .args(["-m", model.to_str().unwrap(), "--port", "0", "-t", "2", "--backend", "cpu", "-b", "8", "--shutdown-timeout", "20", "--timeout", "5"])
             .args(extra)
             .stdout(Stdio::null())
@@ -187,4 +192,73 @@ fn sigterm_lets_running_requests_finish() {
     assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
     assert!(t0.elapsed() < Duration::from_secs(3), "cancelled, not finished: {:?}", t0.elapsed());
     assert_eq!(s.wait(Duration::from_secs(30)), Some(0));
+}
+
+/// `dlm-server` under an address-space limit of 4 GiB (`prlimit`, util-linux): what a
+/// container's memory limit does to it.
+fn limited() -> Command {
+    let mut c = Command::new("prlimit");
+    c.arg(format!("--as={}", 4u64 << 30)).arg("--").arg(env!("CARGO_BIN_EXE_dlm-server"));
+    c
+}
+
+/// One request on its own connection: the status and the body.
+fn post(url: &str, path: &str, body: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(conn, "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).unwrap();
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+}
+
+/// Doubles a string 31 times (16 GiB) when a message says "boom"; else the user's messages.
+const DOUBLING: &str = "{% for m in messages %}{% if m.content == 'boom' %}{% set ns = namespace(s='abcdefgh') %}{% for i in range(31) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}{% endif %}{{ m.content }}{% endfor %}";
+
+/// Chat templates that would take gigabytes: the request gets a 400 naming the limit, the
+/// server goes on serving (the same request from before the fix aborted the process), and a
+/// template that fails its start-up probe is refused at start (`--chat-template`: exit 2) or
+/// turned off with a warning (the GGUF's).
+#[test]
+fn chat_templates_that_would_take_gigabytes_get_a_400() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Every message's turn repeats the first message: 925 KB of body renders to terabytes.
+    let repeat = "{% for m in messages %}{% for n in messages %}{{ messages[0].content }}{% endfor %}{% endfor %}";
+    let repeating = model(tmp.path(), "repeat", Some(&format!("{{% if messages[0].content == 'boom' %}}{DOUBLING}{{% else %}}{repeat}{{% endif %}}")));
+    let s = Server::start_in(limited(), &repeating, &[]);
+    let mut messages = vec![serde_json::json!({"role": "user", "content": "a".repeat(900_000)})];
+    messages.extend((0..700).map(|_| serde_json::json!({"role": "user", "content": "b"})));
+    let big = serde_json::json!({"messages": messages, "max_tokens": 2}).to_string();
+    assert!(big.len() > 900_000 && big.len() < 1 << 20, "{}", big.len());
+    let (status, body) = post(&s.url, "/v1/chat/completions", &big);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("longer than 4 MiB"), "{body}");
+    let (status, body) = post(&s.url, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "boom"}], "max_tokens": 2}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("more than 1 GiB of memory"), "{body}");
+    // Still serving, chat included.
+    let (status, body) = post(&s.url, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "copy 12:"}], "max_tokens": 2, "steps": 2}"#);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(&s.url, "/v1/completions", r#"{"prompt": "copy 12:", "max_tokens": 2, "steps": 2}"#);
+    assert_eq!(status, 200, "{body}");
+    let log = s.lines();
+    let status_of = |l: &String| l.split_whitespace().nth(3).map(str::to_owned);
+    assert!(!log.iter().any(|l| status_of(l).is_some_and(|s| s.starts_with('5')) || l.contains("panicked")), "{log:?}");
+    drop(s);
+
+    // A template that takes gigabytes on any conversation fails its probe at start.
+    let plain = model(tmp.path(), "plain", None);
+    let file = tmp.path().join("doubling.jinja");
+    std::fs::write(&file, DOUBLING.replace("m.content == 'boom'", "true")).unwrap();
+    let out = limited().args(["-m", plain.to_str().unwrap(), "--port", "0", "--chat-template", file.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: --chat-template") && err.contains("more than 1 GiB of memory"), "{err}");
+    let embedded = model(tmp.path(), "doubling", Some(&DOUBLING.replace("m.content == 'boom'", "true")));
+    let s = Server::start_in(limited(), &embedded, &[]);
+    let (status, body) = post(&s.url, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("--chat-template FILE"), "{body}");
 }
