@@ -2,7 +2,6 @@
 //! listed in `model.safetensors.index.json`), memory-mapped.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
@@ -55,10 +54,12 @@ impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Checkpoint> {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
+        let mut index = None;
         let files: Vec<PathBuf> = if index_path.exists() {
             let text = crate::read_text(&index_path)?;
-            let index: Index = serde_json::from_str(&text)
+            let parsed: Index = serde_json::from_str(&text)
                 .map_err(|e| ConvertError::field(&index_path, "weight_map", format!("expected a map of tensor name to file: {e}")))?;
+            let index = index.insert(parsed);
             let mut names: Vec<&String> = index.weight_map.values().collect();
             names.sort();
             names.dedup();
@@ -80,7 +81,7 @@ impl Checkpoint {
         let mut maps = Vec::with_capacity(files.len());
         let mut tensors = BTreeMap::new();
         for (fi, path) in files.iter().enumerate() {
-            let file = File::open(path).map_err(|e| ConvertError::io(path, e))?;
+            let file = crate::open_regular(path)?;
             // SAFETY: read-only map of a checkpoint file for the duration of the conversion;
             // undefined only if another process truncates the file meanwhile, which is outside
             // our control as for any mmap-based loader. All reads go through bounds-checked slices.
@@ -105,6 +106,20 @@ impl Checkpoint {
                 }
             }
             maps.push(map);
+        }
+        // The index and the shards must agree: a tensor it names must be in the shard it names
+        // (a shard that lost a tensor is a damaged download, not a smaller model).
+        if let Some(index) = &index {
+            for (name, shard) in &index.weight_map {
+                let found = tensors.get(name).map(|t: &SourceTensor| files[t.file].file_name().unwrap_or_default().to_string_lossy());
+                if found.as_deref() != Some(shard.as_str()) {
+                    let what = match found {
+                        None => format!("names tensor `{name}` in {shard}, which has no such tensor (a damaged or incomplete download?)"),
+                        Some(other) => format!("names tensor `{name}` in {shard}, but it is in {other}"),
+                    };
+                    return Err(ConvertError::field(&index_path, "weight_map", what));
+                }
+            }
         }
         Ok(Checkpoint { files, maps, tensors })
     }

@@ -83,6 +83,8 @@ pub struct HfConfig {
     /// `mask_token_id` (LLaDA's and Dream's configs name their mask token here).
     pub mask_token_id: Option<u32>,
     pub name: Option<String>,
+    /// Things the user should know about how the file was read (warnings).
+    pub notes: Vec<String>,
 }
 
 impl HfConfig {
@@ -100,7 +102,7 @@ impl HfConfig {
             return Err(ConvertError::input(&path, "not a JSON object; expected a model config".into()));
         }
         let bad = |field: &str, what: String| ConvertError::field(&path, field, what);
-        let arch = arch_of(&raw).ok_or_else(|| {
+        let (arch, arch_note) = arch_of(&raw).ok_or_else(|| {
             bad(
                 "architectures",
                 format!(
@@ -166,6 +168,7 @@ impl HfConfig {
             eos_token_id: None,
             mask_token_id: None,
             name: None,
+            notes: arch_note.map(|n| format!("{}: {n}", path.display())).into_iter().collect(),
         };
         let id = |names: &[&'static str]| -> Result<Option<u32>> {
             match find(names) {
@@ -317,16 +320,22 @@ impl Keys {
     }
 }
 
-/// The architecture `config.json` names: an `architectures` entry first, else `model_type`.
-fn arch_of(raw: &Json) -> Option<HfArch> {
-    let listed = raw.get("architectures").and_then(Json::as_array).into_iter().flatten().filter_map(Json::as_str);
-    for name in listed {
-        if let Some(&(_, _, a)) = CLASSES.iter().find(|(c, _, _)| *c == name) {
-            return Some(a);
-        }
+/// The architecture `config.json` names: the first `architectures` entry dlm converts. A list
+/// that names only other classes is refused even when `model_type` is one dlm knows (a
+/// `MistralForCausalLM` says `model_type: llama` in some fine-tunes, and is not a LLaMA). Only
+/// without a list (absent, null or empty) does `model_type` decide, with a note saying so.
+fn arch_of(raw: &Json) -> Option<(HfArch, Option<String>)> {
+    let listed: Vec<&Json> = match raw.get("architectures") {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Array(a)) => a.iter().collect(),
+        Some(other) => vec![other],
+    };
+    if !listed.is_empty() {
+        return listed.iter().filter_map(|v| v.as_str()).find_map(|name| CLASSES.iter().find(|(c, _, _)| *c == name)).map(|&(_, _, a)| (a, None));
     }
     let ty = raw.get("model_type").and_then(Json::as_str)?.to_ascii_lowercase();
-    CLASSES.iter().find(|(_, t, _)| *t == ty).map(|&(_, _, a)| a)
+    let &(class, _, a) = CLASSES.iter().find(|(_, t, _)| *t == ty)?;
+    Some((a, Some(format!("no `architectures` list; converting by model_type `{ty}` as {class}"))))
 }
 
 /// A token id, or the first of a list (`eos_token_id: [1, 2]`).
@@ -345,10 +354,15 @@ mod tests {
     #[test]
     fn classes_and_model_types() {
         let j = |s: &str| serde_json::from_str::<Json>(s).unwrap();
-        assert_eq!(arch_of(&j(r#"{"architectures": ["GPT2LMHeadModel"]}"#)), Some(HfArch::Gpt2));
-        assert_eq!(arch_of(&j(r#"{"model_type": "Dream"}"#)), Some(HfArch::Dream));
-        assert_eq!(arch_of(&j(r#"{"architectures": ["Foo", "LLaDAModelLM"]}"#)), Some(HfArch::Llada));
-        assert_eq!(arch_of(&j(r#"{"architectures": ["MambaForCausalLM"], "model_type": "mamba"}"#)), None);
+        let arch = |s: &str| arch_of(&j(s)).map(|(a, note)| (a, note.is_some()));
+        assert_eq!(arch(r#"{"architectures": ["GPT2LMHeadModel"]}"#), Some((HfArch::Gpt2, false)));
+        assert_eq!(arch(r#"{"model_type": "Dream"}"#), Some((HfArch::Dream, true)));
+        assert_eq!(arch(r#"{"architectures": [], "model_type": "llama"}"#), Some((HfArch::Llama, true)));
+        assert_eq!(arch(r#"{"architectures": ["Foo", "LLaDAModelLM"]}"#), Some((HfArch::Llada, false)));
+        assert_eq!(arch(r#"{"architectures": ["MambaForCausalLM"], "model_type": "mamba"}"#), None);
+        // A list naming another class decides, whatever model_type says.
+        assert_eq!(arch(r#"{"architectures": ["MistralForCausalLM"], "model_type": "llama"}"#), None);
+        assert_eq!(arch(r#"{"architectures": [7], "model_type": "llama"}"#), None);
         assert!(HfArch::Llama.permutes_qk() && HfArch::Llada.permutes_qk() && !HfArch::Dream.permutes_qk());
         assert_eq!(HfArch::Gpt2.family().name, "DiffuGPT");
     }

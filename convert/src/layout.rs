@@ -204,6 +204,7 @@ mod tests {
             eos_token_id: None,
             mask_token_id: None,
             name: None,
+            notes: Vec::new(),
         }
     }
 

@@ -65,16 +65,22 @@ const MAX_VOCAB_PADDING: u64 = 1 << 16;
 /// The largest metadata file (config, tokenizer, index) read whole into memory.
 const MAX_TEXT_FILE: u64 = 1 << 30;
 
-/// A checkpoint's metadata file, read whole: a regular file (a link to `/dev/zero` or a FIFO
-/// would never end) of at most 1 GiB.
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read as _;
+/// Opens a checkpoint's file for reading, refusing anything but a regular file: checked
+/// before opening, since opening a FIFO blocks until someone writes to it, and reading a link
+/// to `/dev/zero` never ends.
+pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File> {
     let meta = std::fs::metadata(path).map_err(|e| ConvertError::io(path, e))?;
     if !meta.is_file() {
         return Err(ConvertError::input(path, "not a regular file".into()));
     }
+    std::fs::File::open(path).map_err(|e| ConvertError::io(path, e))
+}
+
+/// A checkpoint's metadata file, read whole: a regular file of at most 1 GiB.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
     let mut bytes = Vec::new();
-    let file = std::fs::File::open(path).map_err(|e| ConvertError::io(path, e))?;
+    let file = open_regular(path)?;
     file.take(MAX_TEXT_FILE + 1).read_to_end(&mut bytes).map_err(|e| ConvertError::io(path, e))?;
     if bytes.len() as u64 > MAX_TEXT_FILE {
         return Err(ConvertError::input(path, "more than 1 GiB; not a checkpoint's metadata file".into()));
@@ -277,7 +283,8 @@ impl Plan {
             .or_else(|| dir.canonicalize().ok()?.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| family.name.to_owned());
         let header = build_header(c, &vocab, &name, opts.out_type, mask_id, opts.causal, &tensors)?;
-        let mut warnings = std::mem::take(&mut vocab.warnings);
+        let mut warnings = c.notes.clone();
+        warnings.append(&mut vocab.warnings);
         if let VocabKind::ByteLevel { pre: None, .. } = vocab.kind {
             warnings.push(
                 "the tokenizer's pre-tokenizer is not one llama.cpp names; tokenizer.ggml.pre is left out (dlm uses the embedded tokenizer.json; llama.cpp would fall back to its default)".to_owned(),
