@@ -55,6 +55,28 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// The fields the tokenizers library reads at the top of a `tokenizer.json`. At any other it
+/// stops with what reads as a JSON syntax error (`expected , or }`): it skips the key but not
+/// its value.
+const HF_JSON_FIELDS: [&str; 9] = ["version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer", "model", "post_processor", "decoder"];
+
+/// A `tokenizer.json` through the tokenizers library; when it fails on a top-level field it
+/// does not know, the error names that field instead of repeating the library's message.
+pub fn parse_hf_json(text: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
+    text.parse::<tokenizers::Tokenizer>().map_err(|e| {
+        // Only the keys are kept: a huge unknown field costs a scan, not a copy.
+        let keys = serde_json::from_str::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(text);
+        match keys.ok().and_then(|k| k.into_keys().find(|k| !HF_JSON_FIELDS.contains(&k.as_str()))) {
+            Some(field) => format!(
+                "unknown top-level field `{}`: the tokenizers library reads only {} (remove the field)",
+                crate::gguf::shown_name(&field),
+                HF_JSON_FIELDS.join(", ")
+            ),
+            None => e.to_string(),
+        }
+    })
+}
+
 impl Tokenizer {
     /// From the embedded JSON when present, else from the token arrays.
     pub fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
@@ -67,9 +89,7 @@ impl Tokenizer {
     /// From `tokenizer.huggingface.json` only.
     pub fn from_gguf_json(g: &Gguf) -> Result<Tokenizer> {
         let json = g.get_str(keys::HF_JSON)?;
-        let inner = json
-            .parse::<tokenizers::Tokenizer>()
-            .map_err(|e| g.metadata_error(keys::HF_JSON, format!("not a valid tokenizer.json: {e}")))?;
+        let inner = parse_hf_json(json).map_err(|e| g.metadata_error(keys::HF_JSON, format!("not a valid tokenizer.json: {e}")))?;
         Self::with_specials(g, inner, TokenizerSource::EmbeddedJson)
     }
 

@@ -120,13 +120,15 @@ fn bad_files() -> Vec<(&'static str, Edit, Want)> {
             Want::Error("blk.1.ffn_up.weight"),
         ),
         (
-            "NaN weights (non-finite logits)",
+            "NaN output norm",
             Box::new(|_, t| {
                 let w = t.iter_mut().find(|x| x.0 == "output_norm.weight").unwrap();
                 w.3 = f32_bytes(w.1[0] as usize, f32::NAN);
             }),
-            Want::Error("non-finite"),
+            Want::Error("`output_norm.weight`: element 0 is NaN"),
         ),
+        ("infinite attention norm", poison("blk.0.attn_norm.weight", 3, f32::INFINITY), Want::Error("`blk.0.attn_norm.weight`: element 3 is +inf")),
+        ("NaN in an f32 weight matrix", poison("blk.1.ffn_up.weight", 1000, f32::NAN), Want::Error("`blk.1.ffn_up.weight`: element 1000 is NaN")),
         (
             "a missing tensor",
             Box::new(|_, t| t.retain(|x| x.0 != "blk.1.attn_v.weight")),
@@ -141,6 +143,34 @@ fn bad_files() -> Vec<(&'static str, Edit, Want)> {
             }),
             Want::Error("blk.0.ffn_norm.weight"),
         ),
+    ]
+}
+
+/// Element `at` of an f32 tensor set to `v`.
+fn poison(name: &'static str, at: usize, v: f32) -> Edit {
+    Box::new(move |_, t| {
+        let w = t.iter_mut().find(|x| x.0 == name).unwrap();
+        w.3[4 * at..4 * at + 4].copy_from_slice(&v.to_le_bytes());
+    })
+}
+
+/// The f16 scale of block `block` of a Q4_0 tensor set to `bits` (0x7e00 NaN, 0x7c00 +inf).
+fn poison_scale(name: &'static str, block: usize, bits: u16) -> Edit {
+    Box::new(move |_, t| {
+        let w = t.iter_mut().find(|x| x.0 == name).unwrap();
+        assert_eq!(w.2, GgmlType::Q4_0, "{name}");
+        w.3[18 * block..18 * block + 2].copy_from_slice(&bits.to_le_bytes());
+    })
+}
+
+/// Files of the Q4_0 conversion: a NaN or infinite block scale never reaches the logits (ggml
+/// re-quantizes the activations, turning NaN into numbers), so only the load-time check finds it.
+fn bad_q4_files() -> Vec<(&'static str, Edit, Want)> {
+    vec![
+        ("NaN block scale in a Q4_0 attn_q", poison_scale("blk.0.attn_q.weight", 5, 0x7e00), Want::Error("`blk.0.attn_q.weight`: block 5 (elements 160..192): scale is NaN")),
+        ("+inf block scale in a Q4_0 ffn_down", poison_scale("blk.1.ffn_down.weight", 77, 0x7c00), Want::Error("`blk.1.ffn_down.weight`: block 77 (elements 2464..2496): scale is +inf")),
+        ("-inf block scale in a Q4_0 attn_output", poison_scale("blk.1.attn_output.weight", 0, 0xfc00), Want::Error("`blk.1.attn_output.weight`: block 0 (elements 0..32): scale is -inf")),
+        ("NaN attention norm beside Q4_0 weights", poison("blk.1.attn_norm.weight", 0, f32::NAN), Want::Error("`blk.1.attn_norm.weight`: element 0 is NaN")),
     ]
 }
 
@@ -161,13 +191,15 @@ fn bad_model_files_get_one_clear_line() {
     std::fs::create_dir(&dir).unwrap();
     let limit = Duration::from_secs(60);
     let mut problems = Vec::new();
-    for (i, (name, edit, want)) in bad_files().into_iter().enumerate() {
+    let q4 = Gguf::open(convert(&hf, OutType::Q4_0)).unwrap();
+    let cases = bad_files().into_iter().map(|c| (&src, c)).chain(bad_q4_files().into_iter().map(|c| (&q4, c)));
+    for (i, (src, (name, edit, want))) in cases.enumerate() {
         let path = dir.join(format!("case{i}.gguf"));
         let mut meta = src.metadata().to_vec();
         let mut tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> =
             src.tensors().iter().map(|i| (i.name.clone(), i.shape.clone(), i.ggml_type, src.tensor_data(i).to_vec())).collect();
         edit(&mut meta, &mut tensors);
-        rewrite(&src, &path, |m| *m = meta, |t| *t = tensors);
+        rewrite(src, &path, |m| *m = meta, |t| *t = tensors);
         let before = snapshot(&dir);
         problems.extend(judge(name, run_bounded(run_args(&path, &[]), None, limit), want));
         // The other model loader (dlm-score) must say the same.
@@ -181,6 +213,46 @@ fn bad_model_files_get_one_clear_line() {
         // One case file at a time: each snapshot hashes every file of the folder.
         std::fs::remove_file(&path).unwrap();
     }
+
+    // --no-check-tensors skips the scan of the weight matrices, not the norms' check.
+    for (name, edit, want) in [
+        ("--no-check-tensors, NaN Q4_0 scale (runs: the user opted out)", poison_scale("blk.0.attn_q.weight", 5, 0x7e00), Want::Ok),
+        ("--no-check-tensors, NaN attention norm", poison("blk.0.attn_norm.weight", 1, f32::NAN), Want::Error("`blk.0.attn_norm.weight`: element 1 is NaN")),
+    ] {
+        let path = dir.join("opt-out.gguf");
+        let mut meta = q4.metadata().to_vec();
+        let mut tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> =
+            q4.tensors().iter().map(|i| (i.name.clone(), i.shape.clone(), i.ggml_type, q4.tensor_data(i).to_vec())).collect();
+        edit(&mut meta, &mut tensors);
+        rewrite(&q4, &path, |m| *m = meta, |t| *t = tensors);
+        problems.extend(judge(name, run_bounded(run_args(&path, &["--no-check-tensors"]), None, limit), want));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    // A tokenizer smaller than the embedding: runs, with one warning naming the ids without text.
+    let path = dir.join("short-vocab.gguf");
+    rewrite(
+        &src,
+        &path,
+        |m| {
+            m.retain(|(k, _)| k != "tokenizer.huggingface.json");
+            for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"] {
+                if let Some((_, Value::Array(_, items))) = m.iter_mut().find(|(k, _)| k == key) {
+                    items.truncate(31_990);
+                }
+            }
+        },
+        |_| {},
+    );
+    let r = run_bounded(run_args(&path, &[]), None, limit);
+    if let Ok(o) = &r {
+        let err = String::from_utf8_lossy(&o.stderr);
+        if err.lines().filter(|l| l.contains("10 of the model's 32000 token ids (between 31990 and 31999) have no text")).count() != 1 {
+            problems.push(format!("a tokenizer smaller than the embedding: no single warning: {err}"));
+        }
+    }
+    problems.extend(judge("a tokenizer smaller than the embedding", r, Want::Ok));
+    std::fs::remove_file(&path).unwrap();
 
     // A file whose data section starts 16 bytes off ggml's 32-byte alignment (general.alignment
     // 16 and a 16-byte tensor first) runs, and gives the tokens of the original file.

@@ -133,9 +133,7 @@ impl Vocab {
         } else {
             dir.join("vocab.json")
         };
-        v.hf_json
-            .parse::<tokenizers::Tokenizer>()
-            .map_err(|e| ConvertError::input(&source, format!("the tokenizers library cannot load it: {e}")))?;
+        dlm::tokenizer::parse_hf_json(&v.hf_json).map_err(|e| ConvertError::input(&source, format!("the tokenizers library cannot load it: {e}")))?;
         apply_tokenizer_config(dir, &mut v)?;
         v.chat_template = chat_template(dir, &mut v.warnings)?;
         Ok(v)

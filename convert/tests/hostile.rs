@@ -118,6 +118,12 @@ fn edit_config(dir: &Path, key: &str, v: serde_json::Value) {
     std::fs::write(&p, c.to_string()).unwrap();
 }
 
+/// Replaces `path` with a FIFO (opening it for reading would wait for a writer for ever).
+fn fifo(path: &Path) {
+    std::fs::remove_file(path).unwrap();
+    assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+}
+
 fn relink(dir: &Path, name: &str, target: &str) {
     std::fs::remove_file(dir.join(name)).unwrap();
     std::os::unix::fs::symlink(target, dir.join(name)).unwrap();
@@ -138,6 +144,22 @@ fn absurd_checkpoints_and_flags_end_at_once_with_one_line() {
         ("max_position_embeddings 0", Box::new(|d| edit_config(d, "max_position_embeddings", serde_json::json!(0))), Want::Error("max_position_embeddings")),
         ("config.json -> /dev/zero", Box::new(|d| relink(d, "config.json", "/dev/zero")), Want::Error("not a regular file")),
         ("tokenizer.json -> /dev/zero", Box::new(|d| relink(d, "tokenizer.json", "/dev/zero")), Want::Error("not a regular file")),
+        ("model.safetensors is a FIFO", Box::new(|d| fifo(&d.join("model.safetensors"))), Want::Error("model.safetensors: not a regular file")),
+        (
+            "MistralForCausalLM with model_type llama",
+            Box::new(|d| edit_config(d, "architectures", serde_json::json!(["MistralForCausalLM"]))),
+            Want::Error("`architectures`: expected one of LlamaForCausalLM"),
+        ),
+        (
+            "a 50 MB unknown field in tokenizer.json",
+            Box::new(|d| {
+                let p = d.join("tokenizer.json");
+                let mut t: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                t["zz_extra"] = "x".repeat(50 << 20).into();
+                std::fs::write(&p, t.to_string()).unwrap();
+            }),
+            Want::Error("unknown top-level field `zz_extra`"),
+        ),
     ];
     for (i, (name, edit, want)) in cases.into_iter().enumerate() {
         let dir = tmp.path().join(format!("case{i}"));
@@ -146,6 +168,67 @@ fn absurd_checkpoints_and_flags_end_at_once_with_one_line() {
         c.arg(&dir).arg("-o").arg(out.join("m.gguf")).args(["--type", "q8_0", "--quiet"]);
         problems.extend(judge(name, run_bounded(c, None, limit), want));
     }
+    // A sharded checkpoint whose index and shards disagree, or whose shard is a FIFO.
+    let sharded = tmp.path().join("sharded");
+    checkpoint(&sharded, &["--shards", "2"]);
+    let index = |d: &Path| -> (PathBuf, serde_json::Value) {
+        let p = d.join("model.safetensors.index.json");
+        let v = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        (p, v)
+    };
+    let shards: Vec<String> = {
+        let (_, v) = index(&sharded);
+        let mut s: Vec<String> = v["weight_map"].as_object().unwrap().values().map(|x| x.as_str().unwrap().to_owned()).collect();
+        s.sort();
+        s.dedup();
+        s
+    };
+    assert_eq!(shards.len(), 2, "{shards:?}");
+    let (first, second) = (shards[0].clone(), shards[1].clone());
+    let (second2, first2) = (second.clone(), first.clone());
+    let sharded_cases: Vec<(&str, Box<dyn Fn(&Path)>, Want)> = vec![
+        ("a shard named in the index is a FIFO", Box::new(move |d| fifo(&d.join(&second))), Want::Error("not a regular file")),
+        (
+            "the index names a tensor its shard lacks",
+            Box::new(move |d| {
+                let (p, mut v) = index(d);
+                v["weight_map"]["model.layers.0.mlp.extra.weight"] = first.clone().into();
+                std::fs::write(p, v.to_string()).unwrap();
+            }),
+            Want::Error("names tensor `model.layers.0.mlp.extra.weight`"),
+        ),
+        (
+            "the index puts a tensor in the other shard",
+            Box::new(move |d| {
+                let (p, mut v) = index(d);
+                let map = v["weight_map"].as_object_mut().unwrap();
+                let name = map.iter().find(|(_, f)| **f == second2.as_str()).unwrap().0.clone();
+                map.insert(name, first2.clone().into());
+                std::fs::write(p, v.to_string()).unwrap();
+            }),
+            Want::Error("but it is in"),
+        ),
+    ];
+    for (i, (name, edit, want)) in sharded_cases.into_iter().enumerate() {
+        let dir = tmp.path().join(format!("sharded{i}"));
+        variant(&sharded, &dir, edit);
+        let mut c = Command::new(CONVERT);
+        c.arg(&dir).arg("-o").arg(out.join("m.gguf")).args(["--type", "q8_0", "--quiet"]);
+        problems.extend(judge(name, run_bounded(c, None, limit), want));
+    }
+    // No architectures list: converted by model_type, with one warning saying so.
+    let dir = tmp.path().join("no-architectures");
+    variant(&hf, &dir, |d| edit_config(d, "architectures", serde_json::json!([])));
+    let mut c = Command::new(CONVERT);
+    c.arg(&dir).arg("-o").arg(out.join("t.gguf")).args(["--type", "q8_0", "--quiet"]);
+    let r = run_bounded(c, None, limit);
+    if let Ok(o) = &r {
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !err.contains("warning:") || !err.contains("no `architectures` list; converting by model_type `llama` as LlamaForCausalLM") {
+            problems.push(format!("empty architectures: no warning: {err}"));
+        }
+    }
+    problems.extend(judge("empty architectures", r, Want::Ok));
     for (name, threads, want) in [("-t 0", "0", Want::Error("-t")), ("-t 100000", "100000", Want::Ok)] {
         let mut c = Command::new(CONVERT);
         c.arg(&hf).arg("-o").arg(out.join("t.gguf")).args(["--type", "q8_0", "--quiet", "-t", threads]);

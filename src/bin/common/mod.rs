@@ -389,7 +389,8 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
         dlm::errln!("{note}");
     }
     let backend = backend_of(a, checked.params.n_layer)?;
-    let opts = LoadOptions { threads, diffusion: over, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, ..Default::default() };
+    // Checked above, timed for -v.
+    let opts = LoadOptions { threads, diffusion: over, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, check_values: false, ..Default::default() };
     let model = Model::from_gguf(gguf, &opts)?;
     for w in model.warnings() {
         dlm::errln!("warning: {}: {w}", path.display());
@@ -405,6 +406,16 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
     // speed); the reverse would feed the model ids it has no row for.
     if tok.vocab_size() > model.params().n_vocab {
         bail!("{}: the tokenizer has {} tokens but the model's vocabulary is only {}", path.display(), tok.vocab_size(), model.params().n_vocab);
+    }
+    // The other way round the model can generate ids that print nothing: say so once.
+    let n_vocab = model.params().n_vocab as u32;
+    let textless: Vec<u32> = (0..n_vocab).filter(|&id| tok.id_to_token(id).is_none()).collect();
+    if let (Some(first), Some(last)) = (textless.first(), textless.last()) {
+        dlm::errln!(
+            "warning: {}: {} of the model's {n_vocab} token ids (between {first} and {last}) have no text in its tokenizer: generated, they print nothing",
+            path.display(),
+            textless.len()
+        );
     }
     Ok(Loaded { model, tok, mask_id, shift, path, load_s: t_load.elapsed().as_secs_f64() })
 }
