@@ -1,7 +1,7 @@
 //! dlm: run diffusion language models (DiffuLLaMA first) from quantized GGUF files.
 //!
 //! Data flows one way: file → [`gguf`] → model → logits → sampler → tokens → [`tokenizer`].
-//! Design notes, model facts and the reference sampler: `../shared/DESIGN.md`; the paper is
+//! Design notes, model facts and the reference sampler: `docs/DESIGN.md`; the paper is
 //! "Scaling Diffusion Language Models via Adaptation from Autoregressive Models" (ICLR 2025).
 #![deny(unsafe_code)]
 

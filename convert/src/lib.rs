@@ -1,5 +1,5 @@
 //! dlm-convert: Hugging Face checkpoint (DiffuLLaMA, LLaDA, Dream, DiffuGPT) → GGUF (see
-//! ../shared/DESIGN.md §3).
+//! docs/DESIGN.md §3).
 //!
 //! [`Plan::new`] reads and validates everything (config, tokenizer, every tensor's presence,
 //! dtype and shape) before a byte is written; [`Plan::write`] then streams tensor by tensor:
