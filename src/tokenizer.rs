@@ -68,7 +68,7 @@ pub fn parse_hf_json(text: &str) -> std::result::Result<tokenizers::Tokenizer, S
         let keys = serde_json::from_str::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(text);
         match keys.ok().and_then(|k| k.into_keys().find(|k| !HF_JSON_FIELDS.contains(&k.as_str()))) {
             Some(field) => format!(
-                "unknown top-level field `{}`: the tokenizers library reads only {} (remove the field)",
+                "it has a top-level field `{}`, and only {} are read (remove the field)",
                 crate::gguf::shown_name(&field),
                 HF_JSON_FIELDS.join(", ")
             ),

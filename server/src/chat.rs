@@ -10,6 +10,8 @@ pub struct Template {
     env: Environment<'static>,
     /// The source, for the child process that renders it.
     source: String,
+    /// Rendered in a child process under limits (Linux, unless the child cannot start).
+    isolated: bool,
 }
 
 /// The longest rendered prompt accepted: rendering stops there, whatever the template does.
@@ -22,18 +24,27 @@ const FUEL: u64 = 50_000_000;
 #[derive(Debug)]
 pub struct RenderError {
     pub message: String,
-    /// A limit (prompt size, fuel, memory, CPU) stopped it, rather than the template's own
-    /// logic (`raise_exception`, an undefined method): a template that hits one on a one-line
-    /// probe is refused at start.
-    pub limit: bool,
+    pub kind: Failure,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The template's own logic refused (`raise_exception`, an undefined method): the request.
+    Logic,
+    /// A limit (prompt size, fuel, memory, CPU, wall time) stopped it: a template that hits one
+    /// on a one-message probe is refused at start.
+    Limit,
+    /// The server could not render now (no renderer process, every slot busy for too long):
+    /// not the request's fault.
+    Unavailable,
 }
 
 impl RenderError {
     fn logic(message: String) -> Self {
-        RenderError { message, limit: false }
+        RenderError { message, kind: Failure::Logic }
     }
     fn limit(message: String) -> Self {
-        RenderError { message, limit: true }
+        RenderError { message, kind: Failure::Limit }
     }
 }
 
@@ -48,7 +59,7 @@ impl Template {
         // Bounded work: a template's loops cannot run away.
         env.set_fuel(Some(FUEL));
         env.add_template_owned("chat", source.clone()).map_err(|e| describe(&e))?;
-        Ok(Template { env, source })
+        Ok(Template { env, source, isolated: cfg!(target_os = "linux") })
     }
 
     /// The prompt for `messages` ([{role, content}]), ending where the assistant's reply starts.
@@ -58,9 +69,15 @@ impl Template {
     /// into a variable, would otherwise end the whole server on a failed allocation.
     pub fn render(&self, messages: &Value, bos: &str, eos: &str) -> Result<String, RenderError> {
         #[cfg(target_os = "linux")]
-        return isolated::render(&self.source, messages, bos, eos);
-        #[cfg(not(target_os = "linux"))]
+        if self.isolated {
+            return isolated::render(&self.source, messages, bos, eos);
+        }
         self.render_here(messages, bos, eos)
+    }
+
+    /// From now on renders in this process (when the child process cannot run at all).
+    pub fn render_in_process(&mut self) {
+        self.isolated = false;
     }
 
     /// Renders in this process: bounded in instructions (fuel) and in output (the prompt cap,
@@ -104,19 +121,21 @@ impl std::io::Write for Capped {
 
 /// Rendering in a child process: `dlm-server` runs itself with [`isolated::CHILD_ARG`], sends
 /// the template and the messages on its stdin and reads the prompt from its stdout. The child
-/// lowers its own limits first (address space: what it has mapped plus 1 GiB; CPU: 10 s; no
-/// core file), so a template that needs more dies alone (a failed allocation aborts it) and the
-/// request gets a 400. Costs a process start per chat request (a few ms; `README`).
+/// lowers its own limits first (address space: what it has mapped plus 1 GiB; CPU: 10 s, then
+/// SIGKILL; no core file; first in line for the out-of-memory killer), so a template that needs
+/// more dies alone (a failed allocation aborts it) and the request gets a 400. The parent kills
+/// a child still running after 30 s of wall time. Costs a process start per chat request.
 #[cfg(target_os = "linux")]
 pub mod isolated {
     use std::io::{Read as _, Write as _};
     use std::os::unix::process::ExitStatusExt as _;
     use std::process::{Command, Stdio};
-    use std::sync::{Condvar, Mutex};
+    use std::sync::{mpsc, Condvar, Mutex};
+    use std::time::{Duration, Instant};
 
     use serde_json::Value;
 
-    use super::{RenderError, Template, MAX_RENDERED};
+    use super::{Failure, RenderError, Template, MAX_RENDERED};
 
     /// The first argument that makes `dlm-server` a renderer.
     pub const CHILD_ARG: &str = "--internal-render-chat-template";
@@ -124,57 +143,80 @@ pub mod isolated {
     const MEMORY: u64 = 1 << 30;
     /// CPU seconds a rendering may take (fuel bounds it first in all but odd cases).
     const CPU_SECONDS: u64 = 10;
+    /// Wall time a rendering, and a wait for a free slot, may take.
+    const WALL: Duration = Duration::from_secs(30);
     /// Renderings at once: each may take `MEMORY`.
-    const AT_ONCE: usize = 4;
+    const AT_ONCE: usize = 2;
     /// The child's exit code for a template's own error (the message on stdout).
     const LOGIC: i32 = 3;
     /// ... and for a limit it noticed itself (the prompt cap, fuel).
     const LIMIT: i32 = 4;
+    /// The longest error message a child sends.
+    const MAX_MESSAGE: usize = 4096;
 
     static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
 
+    fn unavailable(what: String) -> RenderError {
+        RenderError { message: format!("cannot render the chat template now: {what}"), kind: Failure::Unavailable }
+    }
+
     pub fn render(source: &str, messages: &Value, bos: &str, eos: &str) -> Result<String, RenderError> {
-        let _slot = Slot::take();
+        let _slot = Slot::take().ok_or_else(|| unavailable(format!("{AT_ONCE} renderings have been running for {} s", WALL.as_secs())))?;
         let request = serde_json::json!({"template": source, "messages": messages, "bos": bos, "eos": eos}).to_string();
-        let internal = |what: String| RenderError::logic(format!("cannot render the chat template: {what}"));
         let mut child = Command::new("/proc/self/exe")
             .arg(CHILD_ARG)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| internal(format!("starting the renderer: {e}")))?;
+            .map_err(|e| unavailable(format!("starting the renderer process: {e}")))?;
+        // Wall time: killed if still running then. The watchdog ends (and is joined) before the
+        // child is reaped, so its pid cannot name another process.
+        let (done, finished) = mpsc::channel::<()>();
+        let pid = child.id() as libc::pid_t;
+        let watchdog = std::thread::spawn(move || {
+            if finished.recv_timeout(WALL) == Err(mpsc::RecvTimeoutError::Timeout) {
+                // SAFETY: kill(2) with the pid of our own child, not yet reaped (see above).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
         // The child reads all of its input before it writes: no deadlock. A child that died
         // early makes this fail (EPIPE): its exit status tells why.
         let _ = child.stdin.take().map(|mut w| w.write_all(request.as_bytes()));
         let mut out = Vec::new();
-        let read = child.stdout.take().map(|r| r.take(MAX_RENDERED as u64 + (1 << 16)).read_to_end(&mut out));
-        let status = child.wait().map_err(|e| internal(format!("waiting for the renderer: {e}")))?;
+        let read = child.stdout.take().map(|r| r.take(MAX_RENDERED as u64 + MAX_MESSAGE as u64).read_to_end(&mut out));
+        let _ = done.send(());
+        let _ = watchdog.join();
+        let status = child.wait().map_err(|e| unavailable(format!("waiting for the renderer: {e}")))?;
         let text = || String::from_utf8_lossy(&out).into_owned();
         match (status.code(), status.signal()) {
             (Some(0), _) if matches!(read, Some(Ok(_))) => String::from_utf8(out).map_err(|_| RenderError::logic("the rendered prompt is not UTF-8".into())),
             (Some(LOGIC), _) => Err(RenderError::logic(text())),
             (Some(LIMIT), _) => Err(RenderError::limit(text())),
             (_, Some(sig)) => Err(RenderError::limit(format!(
-                "rendering needed more than {} GiB of memory or {CPU_SECONDS} s of CPU (the renderer ended with signal {sig})",
-                MEMORY >> 30
+                "rendering needed more than {} GiB of memory, {CPU_SECONDS} s of CPU or {} s in all (the renderer ended with signal {sig})",
+                MEMORY >> 30,
+                WALL.as_secs()
             ))),
-            (code, _) => Err(internal(format!("the renderer exited with {code:?}"))),
+            (Some(101), _) => Err(RenderError::limit("the renderer failed on this template and these messages (a panic: an operation too large?)".into())),
+            (code, _) => Err(unavailable(format!("the renderer exited with {code:?}"))),
         }
     }
 
-    /// One of `AT_ONCE` rendering slots, given back on drop.
+    /// One of `AT_ONCE` rendering slots, given back on drop; `None` after waiting `WALL`.
     struct Slot;
 
     impl Slot {
-        fn take() -> Slot {
+        fn take() -> Option<Slot> {
             let (busy, freed) = &SLOTS;
+            let deadline = Instant::now() + WALL;
             let mut n = busy.lock().unwrap_or_else(|e| e.into_inner());
             while *n >= AT_ONCE {
-                n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+                let left = deadline.checked_duration_since(Instant::now())?;
+                n = freed.wait_timeout(n, left).unwrap_or_else(|e| e.into_inner()).0;
             }
             *n += 1;
-            Slot
+            Some(Slot)
         }
     }
 
@@ -200,7 +242,15 @@ pub mod isolated {
             .and_then(|t| t.render_here(&req["messages"], &field("bos"), &field("eos")));
         let (text, code) = match result {
             Ok(p) => (p, 0),
-            Err(e) => (e.message, if e.limit { LIMIT } else { LOGIC }),
+            Err(e) => {
+                let mut m = e.message;
+                if m.len() > MAX_MESSAGE {
+                    let cut = (0..=MAX_MESSAGE - 3).rev().find(|&i| m.is_char_boundary(i)).unwrap_or(0);
+                    m.truncate(cut);
+                    m.push('…');
+                }
+                (m, if e.kind == Failure::Limit { LIMIT } else { LOGIC })
+            }
         };
         let mut out = std::io::stdout().lock();
         if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
@@ -209,22 +259,26 @@ pub mod isolated {
         code
     }
 
-    /// Address space: what is mapped now plus `MEMORY`; CPU: `CPU_SECONDS`; core files: none.
+    /// Address space: what is mapped now plus `MEMORY` (hard); CPU: `CPU_SECONDS` (SIGXCPU),
+    /// then SIGKILL a second later (the hard limit, whatever SIGXCPU's disposition); core
+    /// files: none; and this process goes first if the machine runs out of memory. Limits an
+    /// operator set lower stay.
     fn limit_self() {
         let mapped = std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmSize:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()))
             .map_or(4 << 30, |kb| kb * 1024);
-        for (resource, value) in [(libc::RLIMIT_AS, mapped + MEMORY), (libc::RLIMIT_CPU, CPU_SECONDS), (libc::RLIMIT_CORE, 0)] {
+        let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+        for (resource, soft, extra) in [(libc::RLIMIT_AS, mapped + MEMORY, 0), (libc::RLIMIT_CPU, CPU_SECONDS, 1), (libc::RLIMIT_CORE, 0, 0)] {
             let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference,
-            // which lives for the call.
-            unsafe {
-                if libc::getrlimit(resource, &mut old) == 0 {
-                    let cur = (value as libc::rlim_t).min(old.rlim_max);
-                    libc::setrlimit(resource, &libc::rlimit { rlim_cur: cur, rlim_max: old.rlim_max });
-                }
+            // SAFETY: getrlimit only writes the struct passed by reference, which outlives the call.
+            if unsafe { libc::getrlimit(resource, &mut old) } != 0 {
+                continue;
             }
+            let cur = (soft as libc::rlim_t).min(old.rlim_cur);
+            let new = libc::rlimit { rlim_cur: cur, rlim_max: cur.saturating_add(extra).min(old.rlim_max) };
+            // SAFETY: setrlimit only reads the struct passed by reference, which outlives the call.
+            unsafe { libc::setrlimit(resource, &new) };
         }
     }
 }
@@ -313,10 +367,10 @@ mod tests {
         assert!(Template::new("{% for %}".into()).err().expect("a syntax error").contains("line 1"));
         // A template that loops for ever runs out of fuel instead of hanging.
         let t = Template::new("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into()).unwrap();
-        assert!(t.render_here(&msgs, "", "").unwrap_err().limit);
+        assert_eq!(t.render_here(&msgs, "", "").unwrap_err().kind, Failure::Limit);
         // Output stops at the prompt cap, long before the 10^10 bytes this would write.
         let t = Template::new("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}".into()).unwrap();
         let e = t.render_here(&msgs, "", "").unwrap_err();
-        assert!(e.limit && e.message.contains("longer than 4 MiB"), "{e:?}");
+        assert!(e.kind == Failure::Limit && e.message.contains("longer than 4 MiB"), "{e:?}");
     }
 }

@@ -441,14 +441,14 @@ fn run(a: Args) -> anyhow::Result<()> {
     let piece = |id: Option<u32>| id.and_then(|i| l.tok.id_to_token(i)).unwrap_or_default();
     let (bos, eos) = (piece(l.tok.bos), piece(l.tok.eos));
     let chat = match (template_flag, &a.chat_template) {
-        (Some(t), Some(path)) => {
-            if let Err(e) = probe(&t, &bos, &eos) {
+        (Some(mut t), Some(path)) => {
+            if let Err(e) = probe(&mut t, &bos, &eos) {
                 bail!("--chat-template {}: {e}", path.display());
             }
             Ok(t)
         }
         _ => match l.model.gguf().get(dlm::keys::CHAT_TEMPLATE).and_then(|v| v.as_str()) {
-            Some(src) => chat::Template::new(src.to_owned()).and_then(|t| probe(&t, &bos, &eos).map(|_| t)).map_err(|e| {
+            Some(src) => chat::Template::new(src.to_owned()).and_then(|mut t| probe(&mut t, &bos, &eos).map(|_| t)).map_err(|e| {
                 dlm::errln!("warning: {}: the chat template is unusable ({e}); /v1/chat/completions answers 400 (give --chat-template FILE)", l.path.display());
                 format!("the model's chat template is unusable ({e}): start dlm-server with --chat-template FILE")
             }),
@@ -529,15 +529,23 @@ fn run(a: Args) -> anyhow::Result<()> {
 /// Renders a one-message conversation once, at start: a template that hits a limit (memory,
 /// time, the prompt cap) there would on every request, and is refused. A template that refuses
 /// the probe by its own logic (`raise_exception`) only gets a warning: real requests may suit it.
-fn probe(t: &chat::Template, bos: &str, eos: &str) -> Result<(), String> {
+/// When the renderer process cannot run at all (no `/proc`, no processes left), rendering
+/// moves into this process with a warning: without the memory bound, but chat still works.
+fn probe(t: &mut chat::Template, bos: &str, eos: &str) -> Result<(), String> {
     let messages = serde_json::json!([{"role": "user", "content": "Hello"}]);
-    match t.render(&messages, bos, eos) {
+    let mut result = t.render(&messages, bos, eos);
+    if let Some(e) = result.as_ref().err().filter(|e| e.kind == chat::Failure::Unavailable) {
+        dlm::errln!("warning: {}; chat templates render inside dlm-server, without a bound on their memory", e.message);
+        t.render_in_process();
+        result = t.render(&messages, bos, eos);
+    }
+    match result {
         Ok(_) => Ok(()),
-        Err(e) if e.limit => Err(format!("the chat template fails on a one-message conversation: {}", e.message)),
-        Err(e) => {
+        Err(e) if e.kind == chat::Failure::Logic => {
             dlm::errln!("warning: the chat template refuses a one-message conversation ({}); requests it refuses get a 400", e.message);
             Ok(())
         }
+        Err(e) => Err(format!("the chat template fails on a one-message conversation: {}", e.message)),
     }
 }
 

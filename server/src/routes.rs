@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::api::{self, ApiError, Obj, Prompt};
-use crate::chat::Template;
+use crate::chat::{Failure, Template};
 use crate::common::{CacheArg, GenArgs};
 use crate::common::find_stop;
 use crate::worker::{render, Job, Outcome, Progress, RuleSpec};
@@ -558,7 +558,10 @@ pub async fn chat(State(app): Shared, b: Body) -> Result<Response, ApiError> {
         let template = app.chat.as_ref().map_err(|e| ApiError::field("messages", e.clone()).code("no_chat_template"))?;
         let piece = |id: Option<u32>| id.and_then(|i| app.tok.id_to_token(i)).unwrap_or_default();
         let (bos, eos) = (piece(app.tok.bos), piece(app.tok.eos));
-        let mut text = template.render(&messages, &bos, &eos).map_err(|e| ApiError::field("messages", format!("the chat template failed: {}", e.message)))?;
+        let mut text = template.render(&messages, &bos, &eos).map_err(|e| match e.kind {
+            Failure::Unavailable => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.message),
+            Failure::Logic | Failure::Limit => ApiError::field("messages", format!("the chat template failed: {}", e.message)),
+        })?;
         // The tokenizer adds BOS itself: a template that writes it too would make two.
         if app.tok.add_bos && !bos.is_empty() {
             if let Some(rest) = text.strip_prefix(bos.as_str()) {

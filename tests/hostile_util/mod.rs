@@ -80,8 +80,12 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, u64)> {
     out
 }
 
+/// Cases judged by this test binary so far ([`assert_clean`] prints it).
+static JUDGED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The problems of one finished case (empty: it passed).
 pub fn judge(name: &str, r: Result<Output, String>, want: Want) -> Vec<String> {
+    JUDGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut bad = Vec::new();
     let out = match r {
         Ok(o) => o,
@@ -122,6 +126,7 @@ pub fn judge(name: &str, r: Result<Output, String>, want: Want) -> Vec<String> {
 }
 
 pub fn assert_clean(problems: Vec<String>) {
+    eprintln!("hostile cases judged so far in this binary: {}", JUDGED.load(std::sync::atomic::Ordering::Relaxed));
     assert!(problems.is_empty(), "{} problem(s):\n{}", problems.iter().filter(|p| !p.starts_with("    ")).count(), problems.join("\n"));
 }
 

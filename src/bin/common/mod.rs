@@ -407,14 +407,18 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
     if tok.vocab_size() > model.params().n_vocab {
         bail!("{}: the tokenizer has {} tokens but the model's vocabulary is only {}", path.display(), tok.vocab_size(), model.params().n_vocab);
     }
-    // The other way round the model can generate ids that print nothing: say so once.
-    let n_vocab = model.params().n_vocab as u32;
-    let textless: Vec<u32> = (0..n_vocab).filter(|&id| tok.id_to_token(id).is_none()).collect();
-    if let (Some(first), Some(last)) = (textless.first(), textless.last()) {
+    // The other way round the model can generate ids the tokenizer has no entry for: say so
+    // once. The file's token list counts (converters pad it with `[PAD{i}]` placeholders to
+    // the embedding's rows, as llama.cpp does for Qwen2 and LLaDA, while the embedded
+    // tokenizer.json stays unpadded); without one, the tokenizer's own size.
+    let n_vocab = model.params().n_vocab;
+    let listed = model.gguf().get(dlm::keys::TOKENS).and_then(|v| v.as_array()).map(|(_, items)| items.len());
+    let known = listed.unwrap_or_else(|| tok.vocab_size());
+    if known < n_vocab {
         dlm::errln!(
-            "warning: {}: {} of the model's {n_vocab} token ids (between {first} and {last}) have no text in its tokenizer: generated, they print nothing",
+            "warning: {}: the tokenizer has {known} tokens but the model {n_vocab}: ids {known}..{} have no text (generated, they print nothing)",
             path.display(),
-            textless.len()
+            n_vocab - 1
         );
     }
     Ok(Loaded { model, tok, mask_id, shift, path, load_s: t_load.elapsed().as_secs_f64() })
