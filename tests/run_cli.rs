@@ -467,3 +467,50 @@ fn llama_cpp_output_flags_echo_stop_context_verbosity_completions() {
     let parts: Vec<&str> = ggml.split_whitespace().next().unwrap().split('.').collect();
     assert!(parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok()), "ggml version {ggml:?}");
 }
+
+/// What tripped llama.cpp users (issue 31): the default `-n` fits the context the prompt
+/// leaves (an explicit one still errors), llama.cpp's multi-letter short flags are read whole
+/// (`-hf` printed help and exited 0, `-cnv` was `-c nv`), and a missing `-m` is one line in
+/// every binary that runs a model.
+#[test]
+fn llama_cpp_habits_default_length_multi_letter_flags_missing_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = convert(&tiny(tmp.path()), OutType::Q8_0);
+    let g = gguf.to_str().unwrap();
+    let prompt = "Today is a wonderful day,";
+    let ids = dlm_run(&["-m", g, "-p", prompt, "--tokenize"]);
+    let n_prompt = String::from_utf8_lossy(&ids.stdout).lines().count();
+    assert!(n_prompt > 2, "{ids:?}");
+    let run = |extra: &[&str]| dlm_run(&[&["-m", g, "-p", prompt, "-s", "1", "-t", "2", "--steps", "4", "-c", "16"], extra].concat());
+    let fitted = run(&["--json"]);
+    let err = String::from_utf8_lossy(&fitted.stderr);
+    assert!(err.contains(&format!("note: -n {}: the room a context of 16 tokens leaves after the prompt", 16 - n_prompt)), "{err}");
+    assert!(json(&fitted)["steps"].as_u64().unwrap() >= 1);
+    let explicit = run(&["-n", "128"]);
+    assert_eq!(explicit.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&explicit.stderr).contains("exceeds -c 16"), "{explicit:?}");
+
+    let one_line = |out: &Output, text: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("error: ") && err.contains(text), "{err}");
+        assert!(out.stdout.is_empty());
+    };
+    one_line(&dlm_run(&["-hf", "foo/bar", "-p", "x"]), "dlm does not download models; see README: Getting a model");
+    one_line(&dlm_run(&["-m", g, "-cnv"]), "-cnv is a llama.cpp flag dlm does not have");
+    one_line(&dlm_run(&["-m", g, "-sys", "hi", "-p", "x"]), "no system prompt");
+    one_line(&dlm_run(&["-m", g, "-p", "x", "-ctk", "q8_0"]), "-ctk");
+    // Those dlm has: -fa (with llama.cpp's on/off/auto, or bare) and -ngl.
+    for fa in [&["-fa", "off"][..], &["-fa"], &["-fa", "auto"], &["-ngl", "0"]] {
+        let out = run(&[fa, &["-n", "4"]].concat());
+        assert!(out.status.success(), "{fa:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let server = PathBuf::from(env!("CARGO_BIN_EXE_dlm-run")).with_file_name("dlm-server");
+    assert!(server.exists(), "{} is missing: run the tests of the whole workspace", server.display());
+    for bin in [PathBuf::from(env!("CARGO_BIN_EXE_dlm-run")), PathBuf::from(env!("CARGO_BIN_EXE_dlm-eval")), server] {
+        for args in [&[][..], &["-t", "2"]] {
+            one_line(&Command::new(&bin).args(args).output().unwrap(), "-m/--model is required");
+        }
+    }
+}

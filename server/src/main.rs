@@ -53,7 +53,7 @@ Example:
 /// denoises step by step; each request keeps its own settings and seed, so its answer equals
 /// what dlm-run prints for the same settings and seed, whatever else is in the batch.
 #[derive(Parser, Debug)]
-#[command(name = "dlm-server", version, allow_negative_numbers = true, arg_required_else_help = true, after_help = ENDPOINTS)]
+#[command(name = "dlm-server", version, allow_negative_numbers = true, after_help = ENDPOINTS)]
 struct Args {
     #[command(flatten)]
     m: ModelArgs,
@@ -374,6 +374,7 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, app: Arc<route
 }
 
 fn check_args(a: &Args) -> anyhow::Result<()> {
+    a.m.path()?;
     for (v, flag) in [(a.batch_size, "-b/--batch-size"), (a.max_queue, "--max-queue"), (a.n_predict.unwrap_or(1), "-n/--n-predict"), (a.max_steps, "--max-steps"), (a.max_connections, "--max-connections")] {
         if v == 0 {
             bail!("{flag} must be at least 1");

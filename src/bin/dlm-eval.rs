@@ -27,7 +27,7 @@ mod common;
 /// independent draws for independent problems. "tokens_per_second" counts every position of
 /// the answer regions (EOS padding included) over the generation time.
 #[derive(Parser, Debug)]
-#[command(name = "dlm-eval", version, allow_negative_numbers = true, arg_required_else_help = true, after_help = "Example:\n  dlm-eval -m diffullama-tiny-q4_0.gguf --problems models/tasks/test.jsonl --unmask confidence --temp 0")]
+#[command(name = "dlm-eval", version, allow_negative_numbers = true, after_help = "Example:\n  dlm-eval -m diffullama-tiny-q4_0.gguf --problems models/tasks/test.jsonl --unmask confidence --temp 0")]
 struct Args {
     #[command(flatten)]
     m: ModelArgs,
@@ -143,6 +143,7 @@ fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
         common::list_devices()?;
         return Ok(());
     }
+    a.m.path()?;
     a.gen.check_flags()?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");

@@ -23,7 +23,7 @@ mod common;
 /// The canvas is BOS + prompt + N mask tokens (+ suffix); each step runs the whole sequence
 /// through the model and commits some masked positions, until none are left.
 #[derive(Parser, Debug)]
-#[command(name = "dlm-run", version, allow_negative_numbers = true, arg_required_else_help = true, after_help = "Example:\n  dlm-run -m diffullama-q4.gguf -p \"Today is a wonderful day,\" -n 128")]
+#[command(name = "dlm-run", version, allow_negative_numbers = true, after_help = "Example:\n  dlm-run -m diffullama-q4.gguf -p \"Today is a wonderful day,\" -n 128")]
 struct Args {
     #[command(flatten)]
     m: ModelArgs,
@@ -48,8 +48,9 @@ struct Args {
     /// (llama.cpp's -e)
     #[arg(short = 'e', long)]
     escape: bool,
-    /// Tokens to generate
-    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    /// Tokens to generate [default: 128, or the room the context leaves after the prompt when
+    /// that is less]
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128, hide_default_value = true)]
     n_predict: usize,
     /// Text after the generated span: the model infills between prompt and suffix
     #[arg(long)]
@@ -165,6 +166,7 @@ fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) -> anyhow::Res
 }
 
 fn check_args(a: &Args) -> anyhow::Result<()> {
+    a.m.path()?;
     if a.n_predict == 0 {
         bail!("-n must be at least 1");
     }
@@ -185,6 +187,7 @@ fn check_args(a: &Args) -> anyhow::Result<()> {
 struct Given {
     batch_size: bool,
     threshold: bool,
+    n_predict: bool,
 }
 
 /// One line each for flags that do nothing in this run, or do something users do not expect.
@@ -312,8 +315,6 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
         return tokenize(&a, &read_prompts(&a)?.concat());
     }
     let mut l = common::load(&a.m)?;
-    a.gen.resolve(l.model.diffusion(), a.n_predict)?;
-    warn_flags(&a, &given, &l);
     let load_s = l.load_s;
     let suffix = l.suffix(&esc(a.suffix.as_deref().unwrap_or("")))?;
     let prompts = read_prompts(&a)?;
@@ -336,14 +337,24 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
         }
     };
     let mut prefixes = Vec::with_capacity(prompts.len());
-    for (i, prompt) in prompts.iter().enumerate() {
-        let prefix = l.prefix(prompt)?;
+    for prompt in &prompts {
+        prefixes.push(l.prefix(prompt)?);
+    }
+    // Without -n, the default shrinks to the room the context leaves (as dlm-server does).
+    let longest = prefixes.iter().map(Vec::len).max().unwrap_or(0) + suffix.len();
+    if !given.n_predict && longest + a.n_predict > n_ctx && longest < n_ctx {
+        let what = if suffix.is_empty() { "the prompt" } else { "the prompt and suffix" };
+        dlm::errln!("note: -n {}: the room a context of {n_ctx} tokens leaves after {what} (give -n to choose)", n_ctx - longest);
+        a.n_predict = n_ctx - longest;
+    }
+    a.gen.resolve(l.model.diffusion(), a.n_predict)?;
+    warn_flags(&a, &given, &l);
+    for (i, prefix) in prefixes.iter().enumerate() {
         let len = prefix.len().saturating_add(a.n_predict).saturating_add(suffix.len());
         if len > n_ctx {
             let which = a.prompts.as_ref().map_or(String::new(), |f| format!("{} prompt {}: ", f.display(), i + 1));
             bail!("{which}prompt ({}) + -n ({}) + suffix ({}) = {len} tokens exceeds {ctx_from}", prefix.len(), a.n_predict, suffix.len());
         }
-        prefixes.push(prefix);
     }
     let seed = a.gen.seed();
     if a.gen.seed.is_none() && !a.json {
@@ -507,7 +518,7 @@ fn read_prompts(a: &Args) -> anyhow::Result<Vec<String>> {
 /// `--info`: the file's facts and what the runtime will take from it, without loading weights.
 fn info(a: &mut Args) -> anyhow::Result<()> {
     use dlm::{keys, Gguf};
-    let path = a.m.model.clone().context("-m/--model is required")?;
+    let path = a.m.path()?.to_owned();
     let g = Gguf::open(&path)?;
     let checked = dlm::model::check(&g, &a.m.overrides())?;
     let d = &checked.diffusion;
@@ -565,7 +576,7 @@ fn info(a: &mut Args) -> anyhow::Result<()> {
 
 /// `--tokenize` / `--detokenize` on `text`, with the file's tokenizer only.
 fn tokenize(a: &Args, text: &str) -> anyhow::Result<()> {
-    let path = a.m.model.clone().context("-m/--model is required")?;
+    let path = a.m.path()?.to_owned();
     let tok = dlm::Tokenizer::from_gguf(&dlm::Gguf::open(&path)?)?;
     if a.detokenize {
         let ids = text
@@ -730,7 +741,7 @@ fn main() -> ExitCode {
     dlm::cli::install();
     let matches = common::command::<Args>().get_matches_from(common::init());
     let on_command_line = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
-    let given = Given { batch_size: on_command_line("batch_size"), threshold: on_command_line("threshold") };
+    let given = Given { batch_size: on_command_line("batch_size"), threshold: on_command_line("threshold"), n_predict: on_command_line("n_predict") };
     let args = match Args::from_arg_matches(&matches) {
         Ok(a) => a,
         Err(e) => e.exit(),

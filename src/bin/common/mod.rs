@@ -42,11 +42,18 @@ pub enum CacheArg {
     Dual,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashAttn {
+    On,
+    Off,
+    Auto,
+}
+
 /// Which model, where it runs, and its diffusion facts.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// GGUF model file
-    #[arg(short, long, required_unless_present = "list_devices")]
+    #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// CPU threads [default: all cores]
     #[arg(short, long)]
@@ -73,6 +80,11 @@ pub struct ModelArgs {
     /// List the GPUs this build can use, then exit
     #[arg(long)]
     pub list_devices: bool,
+    /// Attention through ggml's flash-attention kernel (also -fa, as in llama.cpp): on (the
+    /// default; auto is the same) or off (explicit scores and soft-max, what llama.cpp runs
+    /// with it off)
+    #[arg(long = "flash-attn", value_enum, value_name = "on|off|auto", num_args = 0..=1, default_missing_value = "on")]
+    pub flash_attn: Option<FlashAttn>,
     /// Check every tensor's values at load: floats finite, every quantized block's scale
     /// finite (a NaN scale does not reach the logits; it makes garbage text). On by default: it
     /// reads the file at 11-19 GB/s, 5 % of one 128-token forward pass (README: "Checking
@@ -85,6 +97,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// `-m`, or the one-line error for its absence.
+    pub fn path(&self) -> anyhow::Result<&std::path::Path> {
+        self.model.as_deref().context("-m/--model is required: the GGUF model file (--help lists every flag)")
+    }
+
     /// `--mask-id` and `--shift` as overrides of the file's diffusion settings.
     pub fn overrides(&self) -> dlm::model::DiffusionOverrides {
         dlm::model::DiffusionOverrides { mask_id: self.mask_id, shift_logits: self.shift, causal: None }
@@ -363,7 +380,7 @@ pub fn canvas_text(tok: &Tokenizer, tokens: &[u32], masked: &[bool], mask: &str,
 /// Opens the file, resolves the diffusion settings and the backend, loads the model and its
 /// tokenizer, and checks that they agree.
 pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
-    let path = a.model.clone().context("-m/--model is required")?;
+    let path = a.path()?.to_owned();
     let cores = LoadOptions::default().threads;
     let threads = match a.threads {
         None => cores,
@@ -390,7 +407,7 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
     }
     let backend = backend_of(a, checked.params.n_layer)?;
     // Checked above, timed for -v.
-    let opts = LoadOptions { threads, diffusion: over, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, check_values: false, ..Default::default() };
+    let opts = LoadOptions { threads, diffusion: over, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, check_values: false, flash_attn: a.flash_attn != Some(FlashAttn::Off), ..Default::default() };
     let model = Model::from_gguf(gguf, &opts)?;
     for w in model.warnings() {
         dlm::errln!("warning: {}: {w}", path.display());
@@ -498,7 +515,60 @@ pub fn init() -> Vec<std::ffi::OsString> {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
         std::env::set_var("XDG_RUNTIME_DIR", "/nonexistent/dlm-headless");
     }
-    std::env::args_os().map(|a| if a == "-ngl" { "--n-gpu-layers".into() } else { a }).collect()
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match llama_cpp_short_flags(&args) {
+        Ok(args) => args,
+        Err(e) => {
+            dlm::errln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// llama.cpp's multi-letter short flags (`-ngl`), which clap would read as a run of one-letter
+/// flags (`-hf` as `-h`: help, exit 0; `-cnv` as `-c nv`). Those dlm has become its long names;
+/// the others are refused in one line that says what dlm offers instead.
+const LLAMA_CPP_FLAGS: &[(&str, Result<&str, &str>)] = &[
+    ("-ngl", Ok("--n-gpu-layers")),
+    ("-fa", Ok("--flash-attn")),
+    ("-dev", Err("llama.cpp's --device takes device names; dlm's --device takes an index from --list-devices")),
+    ("-hf", Err("dlm does not download models; see README: Getting a model")),
+    ("-hfr", Err("dlm does not download models; see README: Getting a model")),
+    ("-hff", Err("dlm does not download models; see README: Getting a model")),
+    ("-hft", Err("dlm does not download models; see README: Getting a model")),
+    ("-hfv", Err("dlm does not download models; see README: Getting a model")),
+    ("-mu", Err("dlm does not download models; see README: Getting a model")),
+    ("-cnv", Err("dlm-run has no conversation mode yet; chat through dlm-server's /v1/chat/completions (README: dlm-server)")),
+    ("-no-cnv", Err("dlm-run has no conversation mode: it answers one prompt (or --prompts) and exits")),
+    ("-st", Err("dlm-run has no conversation mode: it answers one prompt (or --prompts) and exits")),
+    ("-sys", Err("dlm-run has no system prompt; chat with one through dlm-server's /v1/chat/completions")),
+    ("-sysf", Err("dlm-run has no system prompt; chat with one through dlm-server's /v1/chat/completions")),
+    ("-mli", Err("dlm-run has no interactive mode; -f FILE or standard input take a multi-line prompt")),
+    ("-sm", Err("dlm does not split a model across GPUs (-ngl offloads layers to one)")),
+    ("-ts", Err("dlm does not split a model across GPUs (-ngl offloads layers to one)")),
+    ("-mg", Err("choose the GPU with --device N (an index from --list-devices)")),
+    ("-ctk", Err("dlm chooses its key/value cache type itself")),
+    ("-ctv", Err("dlm chooses its key/value cache type itself")),
+    ("-nkvo", Err("dlm keeps the key/value cache where its layers run")),
+    ("-cb", Err("dlm-server always batches continuously; dlm-run batches --prompts with -b")),
+    ("-np", Err("dlm-server's parallel sequences are -b (per pass) and --max-queue")),
+    ("-tb", Err("dlm uses -t threads for every pass")),
+    ("-ub", Err("dlm sizes its passes itself (-b sequences per pass)")),
+    ("-ot", Err("dlm does not override tensor placement (-ngl offloads whole layers)")),
+    ("-cmoe", Err("dlm runs no mixture-of-experts models")),
+    ("-ncmoe", Err("dlm runs no mixture-of-experts models")),
+    ("-md", Err("dlm has no speculative decoding (draft models)")),
+    ("-lv", Err("use -v for more output or --log-disable for less")),
+];
+
+fn llama_cpp_short_flags(args: &[std::ffi::OsString]) -> Result<Vec<std::ffi::OsString>, String> {
+    args.iter()
+        .map(|a| match LLAMA_CPP_FLAGS.iter().find(|(f, _)| a == f) {
+            None => Ok(a.clone()),
+            Some((_, Ok(long))) => Ok(long.into()),
+            Some((f, Err(why))) => Err(format!("{f} is a llama.cpp flag dlm does not have: {why}")),
+        })
+        .collect()
 }
 
 /// `--list-devices`: every ggml GPU device and wgpu adapter, one per line, with what `auto`
