@@ -49,7 +49,17 @@ pub mod file_type {
     pub const MOSTLY_Q4_0: u32 = 2;
     pub const MOSTLY_Q4_1: u32 = 3;
     pub const MOSTLY_Q8_0: u32 = 7;
+    pub const MOSTLY_Q5_0: u32 = 8;
+    pub const MOSTLY_Q5_1: u32 = 9;
+    pub const MOSTLY_Q2_K: u32 = 10;
+    pub const MOSTLY_Q3_K_S: u32 = 11;
+    pub const MOSTLY_Q3_K_M: u32 = 12;
+    pub const MOSTLY_Q3_K_L: u32 = 13;
+    pub const MOSTLY_Q4_K_S: u32 = 14;
     pub const MOSTLY_Q4_K_M: u32 = 15;
+    pub const MOSTLY_Q5_K_S: u32 = 16;
+    pub const MOSTLY_Q5_K_M: u32 = 17;
     pub const MOSTLY_Q6_K: u32 = 18;
+    pub const MOSTLY_IQ4_NL: u32 = 25;
     pub const MOSTLY_BF16: u32 = 32;
 }

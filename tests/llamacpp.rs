@@ -77,3 +77,42 @@ fn peer_refuses_what_llama_cpp_would_abort_on() {
     let missing = tmp.path().join("nope.gguf");
     assert!(LlamaCpp::load(&missing, &LlamaCppOptions::new(1, 16)).is_err());
 }
+
+/// Every type mix `dlm-convert --type` writes equals llama.cpp's own quantizer
+/// (`llama_model_quantize`, what `llama-quantize` runs) on the same f32 file: the same type for
+/// every tensor and the same bytes. 16 layers, so the per-layer rules (first/last eighth, every
+/// third, the first 2 or 4 `attn_v`, the first sixteenth of `ffn_down`) all apply, and 4 query
+/// heads per key/value head (`q2_k`'s and `iq4_nl`'s `attn_v` rules).
+#[test]
+fn every_type_mix_equals_llama_quantize() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    checkpoint(&hf, &["--shards", "1", "--layers", "16", "--heads", "4", "--kv-heads", "1"]);
+    let f32_file = convert(&hf, OutType::F32);
+    let kinds = [
+        OutType::Q8_0, OutType::Q6_K, OutType::Q5_1, OutType::Q5_0, OutType::Q5_K_M, OutType::Q5_K_S, OutType::Q4_1, OutType::Q4_0,
+        OutType::Q4_K_M, OutType::Q4_K_S, OutType::IQ4_NL, OutType::Q3_K_L, OutType::Q3_K_M, OutType::Q3_K_S, OutType::Q2_K,
+    ];
+    for kind in kinds {
+        let ours = tmp.path().join(format!("dlm-{}.gguf", kind.name()));
+        let theirs = tmp.path().join(format!("llama-{}.gguf", kind.name()));
+        let opts = dlm_convert::Options { out_type: kind, mask_id: None, name: None, causal: false };
+        dlm_convert::Requant::new(&f32_file, &opts, false).unwrap().write(&ours, |_, _| {}).unwrap();
+        dlm::backend::ggml::llama_quantize(&f32_file, &theirs, kind.file_type(), 2).unwrap();
+        let (a, b) = (dlm::Gguf::open(&ours).unwrap(), dlm::Gguf::open(&theirs).unwrap());
+        assert_eq!(a.get_u32(dlm::keys::FILE_TYPE).unwrap(), b.get_u32(dlm::keys::FILE_TYPE).unwrap(), "{}", kind.name());
+        assert_eq!(a.tensors().len(), b.tensors().len());
+        let mut types = std::collections::BTreeMap::new();
+        for t in b.tensors() {
+            let mine = a.tensor(&t.name).unwrap_or_else(|| panic!("{}: {} missing", kind.name(), t.name));
+            assert_eq!(mine.ggml_type, t.ggml_type, "{}: {}", kind.name(), t.name);
+            assert!(a.tensor_data(mine) == b.tensor_data(t), "{}: {}: other bytes than llama.cpp's", kind.name(), t.name);
+            *types.entry(t.ggml_type.name()).or_insert(0) += 1;
+        }
+        println!("{}: {types:?}", kind.name());
+        // And the runtime runs it.
+        let mut m = Model::load(&ours, &LoadOptions { threads: 2, ..Default::default() }).unwrap();
+        let logits = m.forward(&[1, 20628, 338, 263]).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()), "{}", kind.name());
+    }
+}

@@ -263,7 +263,8 @@ impl Plan {
                 });
             }
             let shape = m.ggml_shape();
-            let chosen = policy::choose(opts.out_type, &m.gguf, m.layer, c.num_hidden_layers, shape.len(), tied);
+            let at = policy::Place { layer: m.layer, n_layer: c.num_hidden_layers, n_dims: shape.len(), tied, n_gqa: c.num_attention_heads / c.num_key_value_heads };
+            let chosen = policy::choose(opts.out_type, &m.gguf, at);
             let ggml_type = policy::fit(chosen, shape[0]);
             tensors.push(PlannedTensor {
                 hf_name: m.hf,

@@ -28,18 +28,24 @@ use indicatif::{ProgressBar, ProgressStyle};
     name = "dlm-convert",
     version,
     allow_negative_numbers = true,
-    after_help = "Examples:\n  dlm-convert path/to/diffullama-hf -o diffullama-q4.gguf --type q4_0\n  dlm-convert path/to/LLaDA-8B-Base -o llada-q4_k_m.gguf --type q4_k_m\n  dlm-convert diffullama-f16.gguf -o diffullama-q4_k_m.gguf --type q4_k_m"
+    after_help = "Examples:\n  dlm-convert path/to/diffullama-hf -o diffullama-q4.gguf --type q4_0\n  dlm-convert path/to/LLaDA-8B-Base -o llada-q4_k_m.gguf --type q4_k_m\n  dlm-convert diffullama-f16.gguf -o diffullama-q4_k_m.gguf --type q4_k_m\n  dlm-convert diffullama-f16.gguf diffullama-q5_k_m.gguf Q5_K_M   (llama-quantize's order)"
 )]
 struct Args {
     /// Hugging Face checkpoint folder, or a GGUF model to re-quantize
     #[arg(required_unless_present = "completions")]
     input: Option<PathBuf>,
+    /// The output, as llama-quantize takes it: `dlm-convert IN.gguf OUT.gguf Q4_K_M` (-o)
+    #[arg(value_name = "OUTPUT", conflicts_with = "output")]
+    output_pos: Option<PathBuf>,
+    /// The weight type, as llama-quantize takes it (--type)
+    #[arg(value_name = "TYPE", value_enum, ignore_case = true, hide_possible_values = true, conflicts_with = "out_type")]
+    type_pos: Option<OutType>,
     /// Output GGUF path (written to a temporary file and renamed when complete)
-    #[arg(short, long, required_unless_present = "completions")]
+    #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Weight type
-    #[arg(long = "type", value_enum, default_value = "f16")]
-    out_type: OutType,
+    /// Weight type (llama-quantize's names, either case) [default: f16]
+    #[arg(long = "type", value_enum, ignore_case = true)]
+    out_type: Option<OutType>,
     /// Mask token id [default: the tokenizer config's mask token, else config.json's
     /// mask_token_id, else the family's: 811 DiffuLLaMA, 126336 LLaDA, 151666 Dream, 10541 DiffuGPT]
     #[arg(long)]
@@ -72,7 +78,10 @@ impl Args {
         self.input.as_deref().expect("clap requires it without --completions")
     }
     fn output(&self) -> &std::path::Path {
-        self.output.as_deref().expect("clap requires it without --completions")
+        self.output.as_deref().or(self.output_pos.as_deref()).expect("checked in run")
+    }
+    fn out_type(&self) -> OutType {
+        self.out_type.or(self.type_pos).unwrap_or(OutType::F16)
     }
 }
 
@@ -94,6 +103,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(shell) = args.completions {
         return dlm::cli::print_completions(command(), shell);
     }
+    if args.output.is_none() && args.output_pos.is_none() {
+        anyhow::bail!("the output is required: -o OUTPUT.gguf, or a second argument as llama-quantize takes it (dlm-convert IN OUT TYPE)");
+    }
     if let Some(t) = args.threads {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let t = match t {
@@ -106,7 +118,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("setting up threads")?;
     }
-    let opts = Options { out_type: args.out_type, mask_id: args.mask_id, name: args.name.clone(), causal: args.causal };
+    let opts = Options { out_type: args.out_type(), mask_id: args.mask_id, name: args.name.clone(), causal: args.causal };
     if dlm_convert::requant::is_gguf(args.input()) {
         return requantize(&args, &opts);
     }
@@ -130,7 +142,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         c.num_key_value_heads,
         c.intermediate_size,
         c.vocab_size,
-        args.out_type.name(),
+        args.out_type().name(),
         plan.mask_id,
         plan.mask_source
     );
@@ -166,7 +178,7 @@ fn requantize(args: &Args, opts: &Options) -> anyhow::Result<()> {
         args.input().display(),
         rq.tensors.len(),
         from.join(", "),
-        args.out_type.name(),
+        args.out_type().name(),
         rq.mask_id,
         rq.mask_source
     );

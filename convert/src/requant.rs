@@ -82,7 +82,8 @@ impl Requant {
         let mut tensors = Vec::with_capacity(gguf.tensors().len());
         for (index, t) in gguf.tensors().iter().enumerate() {
             let layer = dlm::model::layer_of(&t.name).map(|l| l as u64);
-            let chosen = policy::choose(opts.out_type, &t.name, layer, n_layer, t.shape.len(), tied);
+            let at = policy::Place { layer, n_layer, n_dims: t.shape.len(), tied, n_gqa: (checked.params.n_head / checked.params.n_head_kv.max(1)) as u64 };
+            let chosen = policy::choose(opts.out_type, &t.name, at);
             let ggml_type = policy::fit(chosen, t.shape[0]);
             let shown = dlm::gguf::shown_name(&t.name);
             if ggml_type != t.ggml_type {

@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 use dlm::gguf::Gguf;
 use dlm::tokenizer::TokenizerSource;
 use dlm::Tokenizer;
+use dlm_convert::OutType;
+use clap::ValueEnum as _;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
@@ -439,4 +441,33 @@ fn sentencepiece_model_without_tokenizer_json_matches_sentencepiece() {
     let out = convert(&hf, &tmp.path().join("u.gguf"), &["--type", "q8_0", "--mask-id", "3"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("trainer_spec.model_type") && err.contains("not BPE"), "{err}");
+}
+
+/// llama-quantize's habits: `IN OUT TYPE` as positional arguments and upper-case type names
+/// give the same file as `-o OUT --type type`; giving both forms, or no output, is one error.
+#[test]
+fn llama_quantize_argument_order_and_upper_case_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    make_checkpoint(&hf, &["--shards", "1"]);
+    let f32_file = tmp.path().join("m-f32.gguf");
+    assert_ok(&convert(&hf, &f32_file, &["--type", "f32"]));
+    let bin = env!("CARGO_BIN_EXE_dlm-convert");
+    for (ty, upper) in [("q5_k_m", "Q5_K_M"), ("q3_k_s", "Q3_K_S"), ("iq4_nl", "IQ4_NL")] {
+        let (a, b) = (tmp.path().join(format!("a-{ty}.gguf")), tmp.path().join(format!("b-{ty}.gguf")));
+        assert_ok(&convert(&f32_file, &a, &["--type", ty]));
+        assert_ok(&Command::new(bin).arg(&f32_file).arg(&b).arg(upper).arg("--quiet").output().unwrap());
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "{ty}: the positional form wrote another file");
+        assert_eq!(Gguf::open(&b).unwrap().get_u32(dlm::keys::FILE_TYPE).unwrap(), OutType::from_str(ty, true).unwrap().file_type());
+    }
+    let one_line = |out: Output, text: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.starts_with("error: ") && err.contains(text), "{err}");
+    };
+    let out = tmp.path().join("x.gguf");
+    one_line(Command::new(bin).arg(&f32_file).output().unwrap(), "the output is required");
+    one_line(Command::new(bin).arg(&f32_file).arg(&out).arg("q4_0").args(["--type", "q8_0"]).output().unwrap(), "cannot be used with");
+    one_line(Command::new(bin).arg(&f32_file).arg(&out).arg("q9_9").output().unwrap(), "invalid value 'q9_9'");
+    assert!(!out.exists());
 }

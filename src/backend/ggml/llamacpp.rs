@@ -175,3 +175,23 @@ impl crate::generate::Forward for LlamaCpp {
         self.n_vocab
     }
 }
+
+/// llama.cpp's own quantizer (`llama_model_quantize`, what `llama-quantize` runs) from `input`
+/// to `output` with `general.file_type` `ftype` and llama.cpp's defaults otherwise: the
+/// reference the converter's type mixes are tested against.
+pub fn llama_quantize(input: &Path, output: &Path, ftype: u32, threads: usize) -> Result<()> {
+    init_once();
+    let c = |p: &Path| CString::new(p.to_string_lossy().as_bytes()).map_err(|_| Error::Invalid(format!("{}: a NUL in the path", p.display())));
+    let (inp, out) = (c(input)?, c(output)?);
+    // SAFETY: returns a plain struct of defaults.
+    let mut params = unsafe { sys::llama_model_quantize_default_params() };
+    params.ftype = ftype as sys::llama_ftype;
+    params.nthread = threads as i32;
+    // SAFETY: both paths are NUL-terminated strings that outlive the call; `params` is a valid
+    // struct whose pointers are the defaults' (null).
+    let rc = unsafe { sys::llama_model_quantize(inp.as_ptr(), out.as_ptr(), &params) };
+    if rc != 0 {
+        return Err(Error::Invalid(format!("llama_model_quantize({}) failed with {rc}", input.display())));
+    }
+    Ok(())
+}

@@ -15,7 +15,7 @@ pub use device::{gpu_devices, GgmlDevice};
 pub use device::buffer_type as device_buffer_type;
 pub(crate) use exec::{Executor, TensorRef, Weights};
 pub use exec::MatmulChain;
-pub use llamacpp::{LlamaCpp, LlamaCppOptions};
+pub use llamacpp::{llama_quantize, LlamaCpp, LlamaCppOptions};
 
 use llama_cpp_sys_2 as sys;
 
