@@ -92,6 +92,65 @@ pub fn wants_logprobs(o: &Obj) -> bool {
     }
 }
 
+/// Fields of OpenAI's and llama.cpp's APIs that ask for something dlm does not do. Ignoring
+/// them would answer a different question than the one asked, so a request that asks (a
+/// non-empty list or map, a non-zero penalty, a format other than text) gets a 400 naming the
+/// field; a value that asks for nothing (`0`, `{}`, `[]`, `{"type": "text"}`, `"none"`, the
+/// neutral `repeat_penalty: 1`) passes, as clients send those by default.
+pub fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
+    const NOT: &[(&str, &str)] = &[
+        ("response_format", "JSON- or schema-constrained output is not implemented; ask for the format in the prompt"),
+        ("tools", "tool calling is not implemented"),
+        ("functions", "function calling is not implemented"),
+        ("tool_choice", "tool calling is not implemented"),
+        ("function_call", "function calling is not implemented"),
+        ("logit_bias", "logit biases are not implemented"),
+        ("presence_penalty", "repetition penalties are not implemented (a diffusion model commits tokens out of order)"),
+        ("frequency_penalty", "repetition penalties are not implemented (a diffusion model commits tokens out of order)"),
+        ("repeat_penalty", "repetition penalties are not implemented (a diffusion model commits tokens out of order)"),
+        ("best_of", "best_of is not implemented; use n and pick"),
+        ("top_logprobs", "log-probabilities are not available from a diffusion model's parallel decoding"),
+        ("n_probs", "token probabilities are not returned"),
+        ("grammar", "grammar-constrained output is not implemented"),
+        ("json_schema", "schema-constrained output is not implemented"),
+        ("min_p", "min-p sampling is not implemented (temperature, top_k and top_p are)"),
+        ("typical_p", "typical sampling is not implemented (temperature, top_k and top_p are)"),
+        ("mirostat", "mirostat sampling is not implemented"),
+        ("audio", "audio output is not available"),
+        ("modalities", "only text output is available"),
+        ("prediction", "predicted outputs are not implemented"),
+    ];
+    for &(f, why) in NOT {
+        let Some(v) = present(o, f) else { continue };
+        let neutral = match (f, v) {
+            (_, Value::Bool(false)) => true,
+            (_, Value::Array(a)) if f != "modalities" => a.is_empty(),
+            ("modalities", Value::Array(a)) => a.iter().all(|m| m == "text"),
+            (_, Value::Object(m)) if f == "response_format" => m.get("type").and_then(Value::as_str) == Some("text"),
+            (_, Value::Object(m)) => m.is_empty(),
+            ("repeat_penalty" | "typical_p", Value::Number(n)) => n.as_f64() == Some(1.0),
+            ("best_of", Value::Number(n)) => n.as_f64() == Some(1.0),
+            (_, Value::Number(n)) => n.as_f64() == Some(0.0),
+            ("tool_choice" | "function_call", Value::String(s)) => s == "none" || (s == "auto" && !has(o, "tools") && !has(o, "functions")),
+            (_, Value::String(s)) => s.is_empty(),
+            _ => false,
+        };
+        if !neutral {
+            return Err(ApiError::field(f, format!("`{f}`: {why}")).code("unsupported_parameter"));
+        }
+    }
+    Ok(())
+}
+
+/// A path or name from a request as a message shows it: escaped, at most 100 characters.
+pub fn shown(s: &str) -> String {
+    let e: String = s.escape_debug().collect();
+    match e.char_indices().nth(100) {
+        None => e,
+        Some((cut, _)) => format!("{}…", &e[..cut]),
+    }
+}
+
 /// A present, non-null field.
 fn present<'a>(o: &'a Obj, f: &str) -> Option<&'a Value> {
     o.get(f).filter(|v| !v.is_null())

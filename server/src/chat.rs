@@ -75,6 +75,11 @@ impl Template {
         self.render_here(messages, bos, eos)
     }
 
+    /// The template's text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// From now on renders in this process (when the child process cannot run at all).
     pub fn render_in_process(&mut self) {
         self.isolated = false;

@@ -34,10 +34,16 @@ const ENDPOINTS: &str = "Endpoints:
   POST /v1/chat/completions  OpenAI chat, rendered with the model's chat template
   GET  /v1/models            the model served
   POST /infill               llama.cpp's infill: input_prefix + [generated] + input_suffix
+  POST /completion           llama.cpp's native completion (prompt, n_predict; its answer shape)
+  GET  /props                llama.cpp's: default settings, context, batch, chat template
   POST /tokenize             {\"content\": text} -> {\"tokens\": [...]}
   POST /detokenize           {\"tokens\": [...]} -> {\"content\": text}
   GET  /health               {\"status\": \"ok\"} (no API key needed)
   GET  /metrics              Prometheus text: requests, tokens, steps, batch, queue, latency
+
+Fields that ask for what dlm does not do get a 400 naming the field: response_format, tools,
+logit_bias, presence/frequency/repeat penalties, best_of, logprobs, grammar, json_schema, min_p,
+typical_p, mirostat (neutral values such as 0, {} or {\"type\": \"text\"} pass).
 
 Diffusion fields of a request (each defaults to the flag of the same name):
   steps, block_length, unmask, threshold, cache, cfg_scale, eps, alg_temp, add_gumbel_noise,
@@ -189,6 +195,9 @@ fn router(app: Arc<routes::App>, max_body: usize) -> Router {
         .route("/v1/models", get(routes::models))
         .route("/models", get(routes::models))
         .route("/infill", post(routes::infill))
+        // llama-server's native completion: the same request and answer as its /infill.
+        .route("/completion", post(routes::infill))
+        .route("/props", get(routes::props))
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))
         .route("/health", get(routes::health))
@@ -486,6 +495,8 @@ fn run(a: Args) -> anyhow::Result<()> {
         max_steps: a.max_steps,
         max_queue: a.max_queue,
         model_id,
+        model_path: l.path.display().to_string(),
+        max_batch,
         model_meta: meta,
         created: clock / 1_000_000_000,
         chat,

@@ -39,6 +39,10 @@ pub struct App {
     pub max_steps: usize,
     pub max_queue: usize,
     pub model_id: String,
+    /// The GGUF file, as given.
+    pub model_path: String,
+    /// Sequences per pass at most.
+    pub max_batch: usize,
     pub model_meta: Value,
     pub created: u64,
     pub chat: Result<Template, String>,
@@ -122,6 +126,7 @@ impl App {
         if api::wants_logprobs(o) {
             return Err(ApiError::field("logprobs", "`logprobs`: log-probabilities are not available from a diffusion model's parallel decoding"));
         }
+        api::refuse_unsupported(o)?;
         let max = self.n_ctx as u64;
         let n_gen = match shape {
             Shape::Infill => api::integer(o, "n_predict", 1, max)?.or(api::integer(o, "max_tokens", 1, max)?),
@@ -645,8 +650,33 @@ pub async fn metrics(State(app): Shared) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()).into_response()
 }
 
-pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "no such endpoint (see dlm-server --help for the list)").code("not_found")
+/// The endpoints, for the 404 that names them.
+pub const ENDPOINTS: &str = "POST /v1/completions, /v1/chat/completions, /completion, /infill, /tokenize, /detokenize; GET /v1/models, /props, /health, /metrics";
+
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    let why = match uri.path().trim_end_matches('/') {
+        "/v1/embeddings" | "/embeddings" | "/embedding" => "dlm-server computes no embeddings. ",
+        "/slots" => "dlm-server has no slots: requests share one continuous batch (see /metrics). ",
+        _ => "",
+    };
+    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("no such endpoint: {}. {why}It serves {ENDPOINTS}", crate::api::shown(uri.path()))).code("not_found")
+}
+
+/// llama-server's `/props`: the settings a request gets by default, the context, the batch,
+/// the model and its chat template.
+pub async fn props(State(app): Shared) -> Response {
+    let m = &app.model_meta;
+    Json(json!({
+        "default_generation_settings": {"n_ctx": m["n_ctx"], "params": m["defaults"]},
+        "total_slots": app.max_batch,
+        "model_path": app.model_path,
+        "model_alias": app.model_id,
+        "chat_template": app.chat.as_ref().map(|t| t.source()).unwrap_or(""),
+        "modalities": {"vision": false, "audio": false},
+        "build_info": env!("CARGO_PKG_VERSION"),
+        "meta": m,
+    }))
+    .into_response()
 }
 
 pub async fn method_not_allowed() -> ApiError {

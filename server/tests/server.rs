@@ -204,9 +204,13 @@ fn limited() -> Command {
 
 /// One request on its own connection: the status and the body.
 fn post(url: &str, path: &str, body: &str) -> (u16, String) {
+    request(url, "POST", path, body)
+}
+
+fn request(url: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut conn = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(conn, "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(conn, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut resp = String::new();
     conn.read_to_string(&mut resp).unwrap();
     let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -261,4 +265,61 @@ fn chat_templates_that_would_take_gigabytes_get_a_400() {
     let (status, body) = post(&s.url, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("--chat-template FILE"), "{body}");
+}
+
+/// Fields that ask for what dlm does not do are a 400 naming the field (they were accepted and
+/// ignored), neutral values pass; llama-server's `/completion` and `/props` answer, and the
+/// endpoints dlm lacks are a 404 that lists those it has.
+#[test]
+fn unsupported_fields_are_refused_and_llama_server_endpoints_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chat = model(tmp.path(), "tiny-chat", Some(TEMPLATE));
+    let s = Server::start(&chat, &[]);
+    let json = |b: &str| serde_json::from_str::<serde_json::Value>(b).unwrap_or_else(|e| panic!("{e}: {b}"));
+    let asks = [
+        ("response_format", r#"{"type": "json_object"}"#),
+        ("tools", r#"[{"type": "function", "function": {"name": "f"}}]"#),
+        ("tool_choice", r#""required""#),
+        ("logit_bias", r#"{"50256": -100}"#),
+        ("presence_penalty", "0.5"),
+        ("frequency_penalty", "-1"),
+        ("repeat_penalty", "1.1"),
+        ("best_of", "3"),
+        ("grammar", r#""root ::= \"a\"""#),
+        ("json_schema", r#"{"type": "object"}"#),
+        ("min_p", "0.05"),
+        ("mirostat", "2"),
+    ];
+    for (field, value) in asks {
+        for (path, head) in [("/v1/completions", r#""prompt": "copy 12:""#), ("/v1/chat/completions", r#""messages": [{"role": "user", "content": "copy 12:"}]"#)] {
+            let (status, body) = post(&s.url, path, &format!(r#"{{{head}, "max_tokens": 2, "{field}": {value}}}"#));
+            assert_eq!(status, 400, "{path} {field}: {body}");
+            let e = &json(&body)["error"];
+            assert_eq!(e["param"], field, "{body}");
+            assert_eq!(e["code"], "unsupported_parameter", "{body}");
+        }
+    }
+    let neutral = r#"{"prompt": "copy 12:", "max_tokens": 2, "steps": 2, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "repeat_penalty": 1.0, "best_of": 1}"#;
+    let (status, body) = post(&s.url, "/v1/completions", neutral);
+    assert_eq!(status, 200, "{body}");
+
+    // /completion: llama-server's request and answer, the text of /v1/completions.
+    let (status, native) = post(&s.url, "/completion", r#"{"prompt": "copy 58213:", "n_predict": 8, "seed": 5, "temperature": 0}"#);
+    assert_eq!(status, 200, "{native}");
+    let (_, openai) = post(&s.url, "/v1/completions", r#"{"prompt": "copy 58213:", "max_tokens": 8, "seed": 5, "temperature": 0}"#);
+    let native = json(&native);
+    assert_eq!(native["content"], json(&openai)["choices"][0]["text"], "{native}");
+    assert_eq!(native["stop"], true);
+    let (status, props) = request(&s.url, "GET", "/props", "");
+    assert_eq!(status, 200, "{props}");
+    let props = json(&props);
+    assert_eq!(props["chat_template"], TEMPLATE);
+    assert_eq!(props["default_generation_settings"]["n_ctx"], 128, "{props}");
+    assert!(props["total_slots"].as_u64().unwrap() >= 1, "{props}");
+    for (method, path, why) in [("GET", "/slots", "no slots"), ("POST", "/v1/embeddings", "no embeddings"), ("GET", "/v2/nope", "no such endpoint: /v2/nope")] {
+        let (status, body) = request(&s.url, method, path, "{}");
+        assert_eq!(status, 404, "{path}: {body}");
+        let m = json(&body)["error"]["message"].as_str().unwrap().to_owned();
+        assert!(m.contains(why) && m.contains("/v1/chat/completions") && m.contains("/props") && !m.contains('\u{1b}'), "{m}");
+    }
 }
