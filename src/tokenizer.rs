@@ -30,6 +30,17 @@ pub enum TokenizerSource {
     Gpt2Arrays,
 }
 
+impl std::fmt::Display for TokenizerSource {
+    /// Where it came from, in the file's terms.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenizerSource::EmbeddedJson => "the embedded tokenizer.json (tokenizer.huggingface.json)",
+            TokenizerSource::SpmArrays => "SentencePiece token arrays (tokenizer.ggml.*)",
+            TokenizerSource::Gpt2Arrays => "byte-level BPE token arrays and merges (tokenizer.ggml.*)",
+        })
+    }
+}
+
 /// A ready tokenizer plus the special ids the runtime needs.
 #[derive(Clone)]
 pub struct Tokenizer {

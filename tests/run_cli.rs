@@ -396,7 +396,8 @@ fn llama_cpp_output_flags_echo_stop_context_verbosity_completions() {
     let (alone, _) = run(&["--no-display-prompt"]);
     assert_eq!(alone, format!("{generated}\n"));
     let rest = echoed.strip_prefix(prompt).unwrap_or_else(|| panic!("prompt not echoed: {echoed:?}"));
-    assert_eq!(rest.trim_start(), alone.trim_start(), "echoed text vs the generation alone");
+    // The same text, its first token's leading space included, echoed, alone and in --json.
+    assert_eq!(rest, alone, "echoed text vs the generation alone");
     assert!(!echoed.contains('\x1b'));
     let (colored, _) = run(&["--color"]);
     assert!(colored.starts_with(&format!("\x1b[33m{prompt}\x1b[0m")), "{colored:?}");
@@ -419,6 +420,18 @@ fn llama_cpp_output_flags_echo_stop_context_verbosity_completions() {
     let out = dlm_run_stdin(&[&base[..2], &base[4..], &["--prompts", "-", "--json", "--stop", &stop]].concat(), &format!("{prompt}\n"));
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["text"].as_str().unwrap(), want, "--stop in a batch");
+    // --json's tokens end where its text does: they decode to the stopped text (less at most
+    // the piece of one token cut by the stop string).
+    let kept: Vec<u64> = stopped["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    let all: Vec<u64> = full["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    assert_eq!(kept[..], all[..kept.len()], "{stopped}");
+    let text_of = |ids: &[u64]| {
+        let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+        String::from_utf8(dlm_run(&["-m", g, "--detokenize", "-p", &list]).stdout).unwrap().trim_end_matches('\n').to_owned()
+    };
+    let want_alone = want.trim_start();
+    assert!(want_alone.starts_with(&text_of(&kept)), "--json tokens beyond the stop: {:?} vs {want:?}", text_of(&kept));
+    assert!(!want_alone.starts_with(&text_of(&all[..kept.len() + 1])), "--json tokens stop short of the stop string");
 
     // -c: the canvas limit, named in the error; beyond the trained context, a warning.
     let out = dlm_run(&[&base[..], &["-c", "10"]].concat());
@@ -506,6 +519,26 @@ fn llama_cpp_habits_default_length_multi_letter_flags_missing_model() {
         let out = run(&[fa, &["-n", "4"]].concat());
         assert!(out.status.success(), "{fa:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
+    // Rough edges: llama.cpp's infill names, --info in words, completions for every binary,
+    // dlm-eval's settings as written.
+    let infill = |flags: [&str; 2]| String::from_utf8(run(&[flags[0], "copy 12: ", flags[1], " end", "-n", "4"]).stdout).unwrap();
+    assert_eq!(infill(["--in-prefix", "--in-suffix"]), infill(["-p", "--suffix"]));
+    let info = String::from_utf8(dlm_run(&["-m", g, "--info"]).stdout).unwrap();
+    assert!(info.contains("BOS 1 \"<s>\"") && info.contains("adds BOS: yes"), "{info}");
+    assert!(!info.contains("Some(") && !info.contains("EmbeddedJson"), "Rust debug text in --info: {info}");
+    for bin in [env!("CARGO_BIN_EXE_dlm-eval"), env!("CARGO_BIN_EXE_dlm-score")] {
+        let out = Command::new(bin).args(["--completions", "bash"]).output().unwrap();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("complete -F"), "{bin}: {out:?}");
+    }
+    let problems = tmp.path().join("p.jsonl");
+    std::fs::write(&problems, "{\"task\": \"copy\", \"prompt\": \"copy 12:\", \"answer\": \" 12\", \"n\": 3}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm-eval"))
+        .args(["-m", g, "--problems", problems.to_str().unwrap(), "-t", "2", "--unmask", "threshold", "--threshold", "0.9", "--temp", "0.7"])
+        .output()
+        .unwrap();
+    let settings = &json(&out)["settings"];
+    assert_eq!((settings["threshold"].to_string(), settings["temp"].to_string(), settings["unmask"].to_string()), ("0.9".into(), "0.7".into(), "\"threshold\"".into()));
+
     let server = PathBuf::from(env!("CARGO_BIN_EXE_dlm-run")).with_file_name("dlm-server");
     assert!(server.exists(), "{} is missing: run the tests of the whole workspace", server.display());
     for bin in [PathBuf::from(env!("CARGO_BIN_EXE_dlm-run")), PathBuf::from(env!("CARGO_BIN_EXE_dlm-eval")), server] {

@@ -474,8 +474,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     }
     let model_id = a.alias.clone().unwrap_or_else(|| l.path.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()));
     let d = l.model.diffusion().clone();
-    // 0.9 as written, not 0.8999999761581421 (the f32 widened).
-    let short = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::from(x));
+    let short = common::short;
     let meta = serde_json::json!({
         "architecture": p.arch, "n_vocab": p.n_vocab, "n_ctx_train": p.n_ctx_train, "n_ctx": n_ctx, "n_embd": p.n_embd, "n_layer": p.n_layer,
         "mask_token_id": d.mask_id, "shift_logits": d.shift_logits, "backend": l.model.backend_description(),

@@ -36,6 +36,9 @@ struct Args {
     /// Problems, one JSON object per line
     #[arg(long, value_name = "FILE.jsonl")]
     problems: Option<PathBuf>,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), then exit
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
     /// Steps per problem as a fraction of its answer region, rounded up [default: 1, unless
     /// --steps is given]
     #[arg(long, value_name = "F", conflicts_with = "steps")]
@@ -139,6 +142,9 @@ fn steps_for(a: &Args, steps_given: bool, n: usize) -> usize {
 }
 
 fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
+    if let Some(shell) = a.completions {
+        return dlm::cli::print_completions(common::command::<Args>(), shell);
+    }
     if a.m.list_devices {
         common::list_devices()?;
         return Ok(());
@@ -273,10 +279,10 @@ fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
     let summary = serde_json::json!({
         "model": l.path.display().to_string(), "backend": backend,
         "settings": {
-            "unmask": format!("{:?}", g.unmask).to_lowercase(), "steps_frac": a.steps_frac, "steps": if a.steps_frac.is_none() && steps_given { Some(g.steps) } else { None },
-            "block_length": g.block_length, "cache": format!("{:?}", g.cache).to_lowercase(), "threshold": g.threshold,
-            "temp": g.temp, "top_k": g.top_k, "top_p": g.top_p, "gumbel": g.diffusion_add_gumbel_noise, "cfg_scale": g.cfg_scale,
-            "diffusion_eps": g.diffusion_eps, "alg_temp": g.diffusion_alg_temp, "seed": seed, "batch_size": a.batch_size,
+            "unmask": common::flag_value(&g.unmask), "steps_frac": a.steps_frac, "steps": if a.steps_frac.is_none() && steps_given { Some(g.steps) } else { None },
+            "block_length": g.block_length, "cache": common::flag_value(&g.cache), "threshold": common::short(g.threshold),
+            "temp": common::short(g.temp), "top_k": g.top_k, "top_p": common::short(g.top_p), "gumbel": g.diffusion_add_gumbel_noise, "cfg_scale": common::short(g.cfg_scale),
+            "diffusion_eps": g.diffusion_eps.map(common::short), "alg_temp": g.diffusion_alg_temp.map(common::short), "seed": seed, "batch_size": a.batch_size,
         },
         "tasks": tasks, "overall": right as f64 / problems.len() as f64, "problems": problems.len(),
         "forward_passes": pass_seconds.len(), "ms_per_pass": steady_ms(&pass_seconds), "seconds": seconds,

@@ -30,8 +30,8 @@ struct Args {
     #[command(flatten)]
     gen: GenArgs,
     /// Prompt [default: standard input when it is a pipe or a file, else empty: unconditional
-    /// generation]
-    #[arg(short, long)]
+    /// generation]; --in-prefix is llama.cpp's infill name for it
+    #[arg(short, long, visible_alias = "in-prefix")]
     prompt: Option<String>,
     /// Read the prompt from FILE, all of it (one trailing newline dropped), as llama.cpp's -f
     #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "prompt")]
@@ -53,7 +53,8 @@ struct Args {
     #[arg(short = 'n', long = "n-predict", default_value_t = 128, hide_default_value = true)]
     n_predict: usize,
     /// Text after the generated span: the model infills between prompt and suffix
-    #[arg(long)]
+    /// (llama.cpp's infill name: --in-suffix)
+    #[arg(long, visible_alias = "in-suffix")]
     suffix: Option<String>,
     /// Redraw the canvas on stderr as positions unmask (masked positions dimmed)
     #[arg(long, visible_alias = "diffusion-visual")]
@@ -411,9 +412,12 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
     let mut visual = a.visual.then(Visual::new);
     // The text as printed: with the prompt echoed, each run keeps its leading space (as the
     // visual view draws it); alone, as the tokenizer decodes it.
+    // The text continues the prompt, echoed or not (--no-display-prompt, --json): its first
+    // token keeps its leading space, as llama.cpp prints it and dlm-server returns it.
     let echo = !a.no_display_prompt && !a.json;
+    let continues = !prompts[0].is_empty();
     let render = |tokens: &[u32]| -> anyhow::Result<String> {
-        Ok(if echo { canvas_text(tok, tokens, &vec![false; tokens.len()], "", !prompts[0].is_empty()) } else { tok.decode(tokens)? })
+        Ok(if continues { canvas_text(tok, tokens, &vec![false; tokens.len()], "", true) } else { tok.decode(tokens)? })
     };
     // --stop: the final prefix (committed, no mask before it, cut at EOS) is searched whenever
     // it grows; `final_len` is its length when a stop string was found.
@@ -457,17 +461,13 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
     }
 
     let shown = &gen.tokens[..final_len.unwrap_or(gen.tokens.len()).min(gen.tokens.len())];
-    let mut text = render(shown)?;
-    let stopped = find_stop(&text, &a.stop).map(|(at, s)| {
-        text.truncate(at);
-        s
-    });
+    let (text, stopped, n_kept) = cut_at_stop(shown, &a.stop, render)?;
     let total: f64 = gen.forward_seconds.iter().sum();
     let ms_per_step = steady_ms(&gen.forward_seconds);
     let tps = gen.tokens.len() as f64 / total.max(1e-9);
     if a.json {
         let obj = serde_json::json!({
-            "text": text, "tokens": gen.tokens, "prompt_tokens": prefix, "steps": gen.steps, "seed": seed, "stop": stopped,
+            "text": text, "tokens": &gen.tokens[..n_kept], "prompt_tokens": prefix, "steps": gen.steps, "seed": seed, "stop": stopped,
             "backend": model.backend_description(), "load_ms": load_s * 1e3, "ms_per_step": ms_per_step, "tokens_per_second": tps,
             "forward_ms": gen.forward_seconds.iter().map(|s| s * 1e3).collect::<Vec<_>>(),
         });
@@ -491,6 +491,19 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The text of `tokens` (through `render`) cut before the first stop string, the stop string,
+/// and how many tokens lie wholly before it (what `--json`'s `tokens` lists).
+fn cut_at_stop<'s>(tokens: &[u32], stops: &'s [String], render: impl Fn(&[u32]) -> anyhow::Result<String>) -> anyhow::Result<(String, Option<&'s str>, usize)> {
+    let mut text = render(tokens)?;
+    let Some((at, stop)) = find_stop(&text, stops) else { return Ok((text, None, tokens.len())) };
+    text.truncate(at);
+    let mut kept = 0;
+    while kept < tokens.len() && render(&tokens[..kept + 1])?.len() <= at {
+        kept += 1;
+    }
+    Ok((text, Some(stop), kept))
 }
 
 /// The prompts as llama.cpp users give them: `--prompts FILE` (one per line), `-f FILE` (one
@@ -536,6 +549,8 @@ fn info(a: &mut Args) -> anyhow::Result<()> {
     let name = g.get(keys::NAME).and_then(|v| v.as_str()).unwrap_or("(none)");
     let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map_or("none".to_string(), |t| format!("present ({} bytes)", t.len()));
     let attention = if p.causal { "causal" } else { "bidirectional" };
+    // An id with its text: `1 "<s>"`, or `none`.
+    let special = |id: Option<u32>| id.map_or("none".to_owned(), |i| format!("{i} {:?}", tok.id_to_token(i).unwrap_or_default()));
     let lines = [
         format!("file: {} ({:.1} MB, GGUF v{}, alignment {})", path.display(), bytes as f64 / 1e6, g.version(), g.alignment()),
         format!("architecture: {} (name: {name}; family {})", p.arch, d.family.name),
@@ -552,7 +567,14 @@ fn info(a: &mut Args) -> anyhow::Result<()> {
         format!("attention: {attention} ({})", source(2)),
         format!("mask id: {mask_id} ({}) {:?}", source(0), tok.id_to_token(mask_id).unwrap_or_default()),
         format!("logits shifted: {shift} ({})", source(1)),
-        format!("tokenizer: {:?}, {} tokens, BOS {:?}, EOS {:?}, adds BOS: {}", tok.source, tok.vocab_size(), tok.bos, tok.eos, tok.add_bos),
+        format!(
+            "tokenizer: {}, {} tokens, BOS {}, EOS {}, adds BOS: {}",
+            tok.source,
+            tok.vocab_size(),
+            special(tok.bos),
+            special(tok.eos),
+            if tok.add_bos { "yes" } else { "no" }
+        ),
         format!("chat template: {template}"),
         format!(
             "generation (in effect for -n {}: flags, else the {} defaults): --steps {} --unmask {} --block-length {} --threshold {} --temp {} --top-p {} --top-k {} --cache {}",
@@ -618,14 +640,14 @@ fn run_many(
     // every one carries its index), so an interrupted batch keeps what it finished.
     let mut print = |i: usize, g: &Generation| -> anyhow::Result<()> {
         n_tokens += g.tokens.len();
-        let mut text = tok.decode(&g.tokens)?;
-        let stopped = find_stop(&text, &a.stop).map(|(at, s)| {
-            text.truncate(at);
-            s
-        });
+        // The text continues its prompt, as a single run's does.
+        let render = |t: &[u32]| -> anyhow::Result<String> {
+            Ok(if !prompts[i].is_empty() { canvas_text(tok, t, &vec![false; t.len()], "", true) } else { tok.decode(t)? })
+        };
+        let (text, stopped, n_kept) = cut_at_stop(&g.tokens, &a.stop, render)?;
         if a.json {
             let obj = serde_json::json!({
-                "index": i, "prompt": prompts[i], "text": text, "tokens": g.tokens, "prompt_tokens": prefixes[i],
+                "index": i, "prompt": prompts[i], "text": text, "tokens": &g.tokens[..n_kept], "prompt_tokens": prefixes[i],
                 "steps": g.steps, "seed": seed, "stop": stopped,
             });
             dlm::outln!("{obj}")

@@ -26,14 +26,17 @@ mod common;
 /// perplexity). Masks are seeded: the same --seed gives the same numbers. --draws repeats the T
 /// levels with fresh masks, for a standard error.
 #[derive(Parser, Debug)]
-#[command(name = "dlm-score", version, allow_negative_numbers = true, arg_required_else_help = true, after_help = "Examples:
+#[command(name = "dlm-score", version, allow_negative_numbers = true, arg_required_else_help = true, subcommand_negates_reqs = true, after_help = "Examples:
   dlm-score likelihood -m model.gguf --context 'The capital of France is' --continuation ' Paris'
   dlm-score choice -m model.gguf --items models/tasks/choice.jsonl
   dlm-score perplexity -m f16.gguf -f text.txt --kl-divergence-base base.kld
   dlm-score perplexity -m q4_0.gguf --kl-divergence-base base.kld --kl-divergence")]
 struct Cli {
     #[command(subcommand)]
-    mode: Mode,
+    mode: Option<Mode>,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), then exit
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -514,10 +517,12 @@ fn perplexity(a: PerplexityArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse_from(common::init());
     dlm::cli::install();
-    let r = match cli.mode {
-        Mode::Likelihood(a) => likelihood(a),
-        Mode::Choice(a) => choice(a),
-        Mode::Perplexity(a) => perplexity(a),
+    let r = match (cli.mode, cli.completions) {
+        (_, Some(shell)) => dlm::cli::print_completions(common::command::<Cli>(), shell),
+        (Some(Mode::Likelihood(a)), None) => likelihood(a),
+        (Some(Mode::Choice(a)), None) => choice(a),
+        (Some(Mode::Perplexity(a)), None) => perplexity(a),
+        (None, None) => Err(anyhow::anyhow!("a mode is required: likelihood, choice or perplexity (--help explains each)")),
     };
     dlm::cli::exit(r)
 }

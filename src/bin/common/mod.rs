@@ -645,6 +645,11 @@ pub fn command<T: clap::CommandFactory>() -> clap::Command {
     T::command().long_version(dlm::cli::long_version())
 }
 
+/// An f32 setting for JSON as it was written: 0.9, not the widened 0.8999999761581421.
+pub fn short(x: f32) -> f64 {
+    x.to_string().parse::<f64>().unwrap_or(f64::from(x))
+}
+
 /// A flag's value as typed on the command line (`--unmask threshold`).
 pub fn flag_value(v: &impl ValueEnum) -> String {
     v.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned())
