@@ -213,6 +213,40 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// A prompt's ids as the canvas starts: BOS (when the model wants it) + the prompt; an
+    /// empty prompt is BOS alone (id 1 when the file names none), so the canvas has a start.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(prompt)?;
+        if ids.is_empty() {
+            ids.extend(self.bos.or(Some(1)));
+        }
+        Ok(ids)
+    }
+
+    /// A suffix's ids (the text after an infilled span): it continues the text, so no BOS.
+    pub fn suffix_ids(&self, suffix: &str) -> Result<Vec<u32>> {
+        if suffix.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = self.encode(suffix)?;
+        Ok(ids.into_iter().skip(usize::from(self.add_bos && self.bos.is_some())).collect())
+    }
+
+    /// `context` and `continuation` as a scorer sees them (lm-evaluation-harness's rule): the
+    /// context's trailing spaces move to the continuation, and the continuation is the tail of
+    /// the whole text's tokens when the context's tokens begin them (else tokenized alone).
+    pub fn split_continuation(&self, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+        let trimmed = context.trim_end_matches(' ');
+        let continuation = format!("{}{continuation}", &context[trimmed.len()..]);
+        let ctx = self.prompt_ids(trimmed)?;
+        let whole = self.prompt_ids(&format!("{trimmed}{continuation}"))?;
+        if whole.len() > ctx.len() && whole.starts_with(&ctx) {
+            let cont = whole[ctx.len()..].to_vec();
+            return Ok((ctx, cont));
+        }
+        Ok((ctx, self.suffix_ids(&continuation)?))
+    }
+
     /// Text of `ids`, skipping special tokens (BOS, EOS, ...).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(tok_err)

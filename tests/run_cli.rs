@@ -547,3 +547,41 @@ fn llama_cpp_habits_default_length_multi_letter_flags_missing_model() {
         }
     }
 }
+
+/// The library's front door gives what the binaries print: `Session::generate` equals
+/// `dlm-run --json` for the same settings and seed (family defaults and explicit ones, an
+/// infill), and `Session::score` equals `dlm-score likelihood`.
+#[test]
+fn session_equals_dlm_run_and_dlm_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = convert(&tiny(tmp.path()), OutType::Q8_0);
+    let g = gguf.to_str().unwrap();
+    let mut s = dlm::Session::load_with(&gguf, &dlm::LoadOptions { threads: 2, ..Default::default() }).unwrap();
+    let cases: Vec<(Vec<&str>, dlm::Settings)> = vec![
+        (vec!["-n", "12", "-s", "3"], dlm::Settings { n: 12, seed: 3, ..Default::default() }),
+        (
+            vec!["-n", "12", "-s", "4", "--steps", "6", "--unmask", "confidence", "--temp", "0.5", "--top-k", "5", "--block-length", "4"],
+            dlm::Settings { n: 12, seed: 4, steps: Some(6), unmask: Some(dlm::model::UnmaskRule::Confidence), temp: Some(0.5), top_k: Some(5), block_length: Some(4), ..Default::default() },
+        ),
+        (vec!["-n", "6", "-s", "5", "--suffix", " and the end."], dlm::Settings { n: 6, seed: 5, suffix: " and the end.".into(), ..Default::default() }),
+    ];
+    for (flags, settings) in cases {
+        let cli = json(&dlm_run(&[&["-m", g, "-p", "Today is a wonderful day,", "-t", "2", "--json"][..], &flags].concat()));
+        let out = s.generate("Today is a wonderful day,", &settings).unwrap();
+        assert_eq!(serde_json::json!(out.tokens), cli["tokens"], "{flags:?}");
+        assert_eq!(out.text, cli["text"].as_str().unwrap(), "{flags:?}");
+        assert_eq!(serde_json::json!(out.steps), cli["steps"], "{flags:?}");
+    }
+    let scored = Command::new(env!("CARGO_BIN_EXE_dlm-score"))
+        .args(["likelihood", "-m", g, "--context", "Today is a", "--continuation", " wonderful day", "-t", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(scored.status.success(), "{}", String::from_utf8_lossy(&scored.stderr));
+    let want: serde_json::Value = serde_json::from_slice(&scored.stdout).unwrap();
+    let got = s.score("Today is a", " wonderful day").unwrap();
+    assert!((got.score - want["score"].as_f64().unwrap()).abs() < 1e-9, "{} vs {}", got.score, want["score"]);
+    // Bad settings are errors, not panics.
+    assert!(s.generate("x", &dlm::Settings { n: 0, ..Default::default() }).is_err());
+    assert!(s.generate("x", &dlm::Settings { n: 100_000, ..Default::default() }).is_err());
+    assert!(s.generate("x", &dlm::Settings { temp: Some(f32::NAN), ..Default::default() }).is_err());
+}

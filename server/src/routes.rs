@@ -111,12 +111,12 @@ fn response_id(app: &App, shape: Shape) -> String {
 impl App {
     /// BOS + prompt as dlm-run lays it out (BOS alone for an empty prompt).
     fn prefix(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        crate::common::prefix_ids(&self.tok, text).map_err(|e| ApiError::field("prompt", format!("cannot tokenize the prompt: {e}")))
+        self.tok.prompt_ids(text).map_err(|e| ApiError::field("prompt", format!("cannot tokenize the prompt: {e}")))
     }
 
     /// The suffix continues the text: no BOS.
     fn suffix(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        crate::common::suffix_ids(&self.tok, text).map_err(|e| ApiError::field("suffix", format!("cannot tokenize the suffix: {e}")))
+        self.tok.suffix_ids(text).map_err(|e| ApiError::field("suffix", format!("cannot tokenize the suffix: {e}")))
     }
 
     /// Reads the generation fields of `o` over the server's defaults, as dlm-run reads its flags.

@@ -192,15 +192,7 @@ impl Common {
 /// running text), with trailing spaces of the context moved to the continuation; separately
 /// encoded when the joint tokens do not start with the context's.
 fn split_tokens(l: &Loaded, context: &str, continuation: &str) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
-    let trimmed = context.trim_end_matches(' ');
-    let (context, continuation) = (trimmed, format!("{}{continuation}", &context[trimmed.len()..]));
-    let ctx = l.prefix(context)?;
-    let whole = l.prefix(&format!("{context}{continuation}"))?;
-    if whole.len() > ctx.len() && whole.starts_with(&ctx) {
-        let cont = whole[ctx.len()..].to_vec();
-        return Ok((ctx, cont));
-    }
-    Ok((ctx, l.suffix(&continuation)?))
+    l.tok.split_continuation(context, continuation).context("cannot tokenize the context and continuation")
 }
 
 /// Text from a file, fit to print on one line: control characters escaped.

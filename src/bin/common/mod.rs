@@ -332,35 +332,17 @@ pub struct Loaded {
 impl Loaded {
     /// BOS + prompt as the runtime lays it out (BOS alone for an empty prompt).
     pub fn prefix(&self, prompt: &str) -> anyhow::Result<Vec<u32>> {
-        Ok(prefix_ids(&self.tok, prompt)?)
+        Ok(self.tok.prompt_ids(prompt)?)
     }
 
     /// The suffix continues the text: no BOS.
     pub fn suffix(&self, suffix: &str) -> anyhow::Result<Vec<u32>> {
-        Ok(suffix_ids(&self.tok, suffix)?)
+        Ok(self.tok.suffix_ids(suffix)?)
     }
 
     pub fn n_ctx(&self) -> usize {
         self.model.params().n_ctx_train
     }
-}
-
-/// BOS + prompt as the runtime lays it out (BOS alone for an empty prompt).
-pub fn prefix_ids(tok: &Tokenizer, prompt: &str) -> dlm::Result<Vec<u32>> {
-    let mut prefix = tok.encode(prompt)?;
-    if prefix.is_empty() {
-        prefix.extend(tok.bos.or(Some(1)));
-    }
-    Ok(prefix)
-}
-
-/// A suffix's ids: it continues the text, so no BOS.
-pub fn suffix_ids(tok: &Tokenizer, suffix: &str) -> dlm::Result<Vec<u32>> {
-    if suffix.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids = tok.encode(suffix)?;
-    Ok(ids.into_iter().skip(usize::from(tok.add_bos && tok.bos.is_some())).collect())
 }
 
 /// The earliest of `stops` in `text`: its byte offset and the string.
