@@ -539,6 +539,14 @@ fn llama_cpp_habits_default_length_multi_letter_flags_missing_model() {
     let settings = &json(&out)["settings"];
     assert_eq!((settings["threshold"].to_string(), settings["temp"].to_string(), settings["unmask"].to_string()), ("0.9".into(), "0.7".into(), "\"threshold\"".into()));
 
+    // The README section -hf's error points to exists, and no project file points outside the
+    // repository (../shared is not in a clone).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains("\n## Getting a model\n"), "README: Getting a model is missing");
+    for f in ["README.md", "Cargo.toml", "src/lib.rs", "convert/src/lib.rs", "docs/DESIGN.md"] {
+        assert!(!std::fs::read_to_string(root.join(f)).unwrap().contains("../shared"), "{f} points outside the repository");
+    }
     let server = PathBuf::from(env!("CARGO_BIN_EXE_dlm-run")).with_file_name("dlm-server");
     assert!(server.exists(), "{} is missing: run the tests of the whole workspace", server.display());
     for bin in [PathBuf::from(env!("CARGO_BIN_EXE_dlm-run")), PathBuf::from(env!("CARGO_BIN_EXE_dlm-eval")), server] {
