@@ -263,17 +263,20 @@ fn every_truncation_is_an_error_never_a_panic() {
     }
 }
 
-#[test]
-fn random_corruption_never_panics() {
-    let good = sample_bytes();
-    // Deterministic xorshift so failures reproduce.
-    let mut state = 0x9E3779B97F4A7C15u64;
-    let mut next = || {
+/// A deterministic xorshift generator, so failures reproduce.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
-    };
+    }
+}
+
+#[test]
+fn random_corruption_never_panics() {
+    let good = sample_bytes();
+    let mut next = xorshift(0x9E3779B97F4A7C15);
     let (mut ok, mut err) = (0, 0);
     for _ in 0..20_000 {
         let mut b = good.clone();
@@ -327,13 +330,7 @@ fn reads_files_written_by_pypi_gguf() {
 /// infinity patterns written at random even offsets), judged block by block and as rows.
 #[test]
 fn value_check_agrees_with_ggml_on_every_type() {
-    let mut state = 0x2545F4914F6CDD1Du64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x2545F4914F6CDD1D);
     // Q8_1 ggml does not validate (refuses it); F64 it judges after rounding to f32.
     for t in GgmlType::all().filter(|t| !matches!(t, GgmlType::Q8_1 | GgmlType::F64)) {
         let size = t.type_size() as usize;

@@ -161,13 +161,19 @@ fn absurd_checkpoints_and_flags_end_at_once_with_one_line() {
             Want::Error("cannot load it: it has a top-level field `zz_extra`, and only version,"),
         ),
     ];
-    for (i, (name, edit, want)) in cases.into_iter().enumerate() {
-        let dir = tmp.path().join(format!("case{i}"));
-        variant(&hf, &dir, edit);
-        let mut c = Command::new(CONVERT);
-        c.arg(&dir).arg("-o").arg(out.join("m.gguf")).args(["--type", "q8_0", "--quiet"]);
-        problems.extend(judge(name, run_bounded(c, None, limit), want));
-    }
+    // Each case: a copy of `base` edited, converted to q8_0 in `out`, judged.
+    let run_cases = |base: &Path, tag: &str, cases: Vec<(&str, Box<dyn Fn(&Path)>, Want)>| -> Vec<String> {
+        let mut problems = Vec::new();
+        for (i, (name, edit, want)) in cases.into_iter().enumerate() {
+            let dir = tmp.path().join(format!("{tag}{i}"));
+            variant(base, &dir, edit);
+            let mut c = Command::new(CONVERT);
+            c.arg(&dir).arg("-o").arg(out.join("m.gguf")).args(["--type", "q8_0", "--quiet"]);
+            problems.extend(judge(name, run_bounded(c, None, limit), want));
+        }
+        problems
+    };
+    problems.extend(run_cases(&hf, "case", cases));
     // A sharded checkpoint whose index and shards disagree, or whose shard is a FIFO.
     let sharded = tmp.path().join("sharded");
     checkpoint(&sharded, &["--shards", "2"]);
@@ -209,13 +215,7 @@ fn absurd_checkpoints_and_flags_end_at_once_with_one_line() {
             Want::Error("but it is in"),
         ),
     ];
-    for (i, (name, edit, want)) in sharded_cases.into_iter().enumerate() {
-        let dir = tmp.path().join(format!("sharded{i}"));
-        variant(&sharded, &dir, edit);
-        let mut c = Command::new(CONVERT);
-        c.arg(&dir).arg("-o").arg(out.join("m.gguf")).args(["--type", "q8_0", "--quiet"]);
-        problems.extend(judge(name, run_bounded(c, None, limit), want));
-    }
+    problems.extend(run_cases(&sharded, "sharded", sharded_cases));
     // No architectures list: converted by model_type, with one warning saying so.
     let dir = tmp.path().join("no-architectures");
     variant(&hf, &dir, |d| edit_config(d, "architectures", serde_json::json!([])));
