@@ -61,5 +61,6 @@ pub mod file_type {
     pub const MOSTLY_Q5_K_M: u32 = 17;
     pub const MOSTLY_Q6_K: u32 = 18;
     pub const MOSTLY_IQ4_NL: u32 = 25;
+    pub const MOSTLY_IQ4_XS: u32 = 30;
     pub const MOSTLY_BF16: u32 = 32;
 }

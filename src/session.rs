@@ -166,7 +166,7 @@ impl Session {
         let (params, rule, threshold) = self.params(s)?;
         let prefix = self.tok.prompt_ids(prompt)?;
         let suffix = self.tok.suffix_ids(&s.suffix)?;
-        let len = prefix.len() + s.n + suffix.len();
+        let len = prefix.len().saturating_add(s.n).saturating_add(suffix.len());
         let n_ctx = self.model.params().n_ctx_train;
         if len > n_ctx {
             return Err(Error::Invalid(format!("prompt ({}) + n ({}) + suffix ({}) = {len} tokens exceeds the model's context of {n_ctx}", prefix.len(), s.n, suffix.len())));

@@ -91,7 +91,7 @@ fn every_type_mix_equals_llama_quantize() {
     let f32_file = convert(&hf, OutType::F32);
     let kinds = [
         OutType::Q8_0, OutType::Q6_K, OutType::Q5_1, OutType::Q5_0, OutType::Q5_K_M, OutType::Q5_K_S, OutType::Q4_1, OutType::Q4_0,
-        OutType::Q4_K_M, OutType::Q4_K_S, OutType::IQ4_NL, OutType::Q3_K_L, OutType::Q3_K_M, OutType::Q3_K_S, OutType::Q2_K,
+        OutType::Q4_K_M, OutType::Q4_K_S, OutType::IQ4_NL, OutType::IQ4_XS, OutType::Q3_K_L, OutType::Q3_K_M, OutType::Q3_K_S, OutType::Q2_K,
     ];
     for kind in kinds {
         let ours = tmp.path().join(format!("dlm-{}.gguf", kind.name()));

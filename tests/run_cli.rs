@@ -514,6 +514,10 @@ fn llama_cpp_habits_default_length_multi_letter_flags_missing_model() {
     one_line(&dlm_run(&["-m", g, "-cnv"]), "-cnv is a llama.cpp flag dlm does not have");
     one_line(&dlm_run(&["-m", g, "-sys", "hi", "-p", "x"]), "no system prompt");
     one_line(&dlm_run(&["-m", g, "-p", "x", "-ctk", "q8_0"]), "-ctk");
+    one_line(&dlm_run(&["-m", g, "-hfrd", "org/repo"]), "-hfrd is a llama.cpp flag dlm does not have: dlm does not download models");
+    let out = run(&["-co", "-n", "2"]);
+    assert!(out.status.success() && out.stdout.starts_with(b"\x1b[33m"), "-co is --color on: {out:?}");
+    one_line(&dlm_run(&["-m", g, "-p", &"x ".repeat(40), "-c", "16"]), "leave no room to generate in -c 16");
     // Those dlm has: -fa (with llama.cpp's on/off/auto, or bare) and -ngl.
     for fa in [&["-fa", "off"][..], &["-fa"], &["-fa", "auto"], &["-ngl", "0"]] {
         let out = run(&[fa, &["-n", "4"]].concat());
@@ -591,5 +595,6 @@ fn session_equals_dlm_run_and_dlm_score() {
     // Bad settings are errors, not panics.
     assert!(s.generate("x", &dlm::Settings { n: 0, ..Default::default() }).is_err());
     assert!(s.generate("x", &dlm::Settings { n: 100_000, ..Default::default() }).is_err());
+    assert!(s.generate("x", &dlm::Settings { n: usize::MAX, ..Default::default() }).is_err());
     assert!(s.generate("x", &dlm::Settings { temp: Some(f32::NAN), ..Default::default() }).is_err());
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use dlm::GgmlType;
+use clap::ValueEnum as _;
 use dlm_convert::{Options, OutType, Plan, Requant, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -34,12 +35,13 @@ struct Args {
     /// Hugging Face checkpoint folder, or a GGUF model to re-quantize
     #[arg(required_unless_present = "completions")]
     input: Option<PathBuf>,
-    /// The output, as llama-quantize takes it: `dlm-convert IN.gguf OUT.gguf Q4_K_M` (-o)
-    #[arg(value_name = "OUTPUT", conflicts_with = "output")]
-    output_pos: Option<PathBuf>,
-    /// The weight type, as llama-quantize takes it (--type)
-    #[arg(value_name = "TYPE", value_enum, ignore_case = true, hide_possible_values = true, conflicts_with = "out_type")]
-    type_pos: Option<OutType>,
+    /// llama-quantize's order: `IN OUT TYPE`, or `IN TYPE` (writes ggml-model-TYPE.gguf beside
+    /// the input, as llama-quantize does); the same as -o OUT --type TYPE
+    #[arg(value_name = "OUTPUT|TYPE")]
+    second: Option<PathBuf>,
+    /// The weight type, after OUTPUT (llama-quantize's order)
+    #[arg(value_name = "TYPE")]
+    third: Option<String>,
     /// Output GGUF path (written to a temporary file and renamed when complete)
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -78,10 +80,45 @@ impl Args {
         self.input.as_deref().expect("clap requires it without --completions")
     }
     fn output(&self) -> &std::path::Path {
-        self.output.as_deref().or(self.output_pos.as_deref()).expect("checked in run")
+        self.output.as_deref().expect("resolved in main")
     }
     fn out_type(&self) -> OutType {
-        self.out_type.or(self.type_pos).unwrap_or(OutType::F16)
+        self.out_type.unwrap_or(OutType::F16)
+    }
+
+    /// Folds llama-quantize's positional order into -o and --type: `IN OUT TYPE`, `IN TYPE`
+    /// (the output named as llama-quantize names it, beside the input), and with -o given,
+    /// `IN TYPE`. The same thing given twice, or a second argument that is neither, is an error.
+    fn resolve_positional(&mut self) -> anyhow::Result<()> {
+        let parse = |s: &str| OutType::from_str(s, true).map_err(|_| anyhow::anyhow!("`{s}` is not a weight type (dlm-convert --help lists them)"));
+        let as_type = self.second.as_ref().and_then(|p| p.to_str()).and_then(|s| OutType::from_str(s, true).ok());
+        let (out, ty) = match (self.second.take(), self.third.take()) {
+            (None, _) => (None, None),
+            (Some(out), Some(t)) => (Some(out), Some(parse(&t)?)),
+            // `IN TYPE`: a type name where llama-quantize lets the output be left out.
+            (Some(_), None) if as_type.is_some() => (None, as_type),
+            (Some(out), None) => (Some(out), None),
+        };
+        if let Some(t) = ty {
+            if self.out_type.is_some() {
+                anyhow::bail!("the type is given twice: --type and a positional TYPE ({})", t.name());
+            }
+            self.out_type = Some(t);
+        }
+        match (out, &self.output) {
+            (Some(_), Some(_)) => anyhow::bail!("the output is given twice: -o and a positional OUTPUT"),
+            (Some(o), None) => self.output = Some(o),
+            (None, Some(_)) => {}
+            (None, None) if ty.is_some() => {
+                let input = self.input.as_deref().expect("clap requires it without --completions");
+                let dir = if input.is_dir() { input } else { input.parent().unwrap_or(std::path::Path::new(".")) };
+                let o = dir.join(format!("ggml-model-{}.gguf", self.out_type().name()));
+                dlm::errln!("note: writing {} (llama-quantize's name for `IN TYPE`; give -o to choose)", o.display());
+                self.output = Some(o);
+            }
+            (None, None) => anyhow::bail!("the output is required: -o OUTPUT.gguf, or llama-quantize's order (dlm-convert IN OUT TYPE)"),
+        }
+        Ok(())
     }
 }
 
@@ -99,13 +136,11 @@ fn human(bytes: u64) -> String {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(mut args: Args) -> anyhow::Result<()> {
     if let Some(shell) = args.completions {
         return dlm::cli::print_completions(command(), shell);
     }
-    if args.output.is_none() && args.output_pos.is_none() {
-        anyhow::bail!("the output is required: -o OUTPUT.gguf, or a second argument as llama-quantize takes it (dlm-convert IN OUT TYPE)");
-    }
+    args.resolve_positional()?;
     if let Some(t) = args.threads {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let t = match t {

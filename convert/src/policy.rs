@@ -49,6 +49,9 @@ pub enum OutType {
     /// 4.5 bits per weight, non-linear 32-weight blocks (no importance matrix needed)
     #[value(name = "iq4_nl")]
     IQ4_NL,
+    /// 4.25 bits per weight, non-linear 256-weight blocks (no importance matrix needed)
+    #[value(name = "iq4_xs")]
+    IQ4_XS,
     /// Q3_K, with Q5_K attn_v and ffn_down, Q4_K attn_output
     #[value(name = "q3_k_l")]
     Q3_K_L,
@@ -82,6 +85,7 @@ impl OutType {
             Q4_K_M => file_type::MOSTLY_Q4_K_M,
             Q4_K_S => file_type::MOSTLY_Q4_K_S,
             IQ4_NL => file_type::MOSTLY_IQ4_NL,
+            IQ4_XS => file_type::MOSTLY_IQ4_XS,
             Q3_K_L => file_type::MOSTLY_Q3_K_L,
             Q3_K_M => file_type::MOSTLY_Q3_K_M,
             Q3_K_S => file_type::MOSTLY_Q3_K_S,
@@ -109,6 +113,7 @@ impl OutType {
             Q4_0 => GgmlType::Q4_0,
             Q4_K_M | Q4_K_S => GgmlType::Q4_K,
             IQ4_NL => GgmlType::IQ4_NL,
+            IQ4_XS => GgmlType::IQ4_XS,
             Q3_K_L | Q3_K_M | Q3_K_S => GgmlType::Q3_K,
             Q2_K => GgmlType::Q2_K,
         }
@@ -160,7 +165,7 @@ pub fn choose(out: OutType, name: &str, at: Place) -> GgmlType {
             Q3_K_M if i < 2 => GgmlType::Q5_K,
             Q3_K_M => GgmlType::Q4_K,
             Q3_K_L => GgmlType::Q5_K,
-            IQ4_NL if at.n_gqa >= 4 => GgmlType::Q5_K,
+            IQ4_NL | IQ4_XS if at.n_gqa >= 4 => GgmlType::Q5_K,
             Q4_K_M | Q5_K_M if more => GgmlType::Q6_K,
             Q4_K_S if i < 4 => GgmlType::Q5_K,
             _ => base,
@@ -173,7 +178,7 @@ pub fn choose(out: OutType, name: &str, at: Place) -> GgmlType {
             Q3_K_M => GgmlType::Q4_K,
             Q3_K_L => GgmlType::Q5_K,
             Q4_K_M | Q5_K_M if more => GgmlType::Q6_K,
-            IQ4_NL | Q4_K_S if i < n / 8 => GgmlType::Q5_K,
+            IQ4_NL | IQ4_XS | Q4_K_S if i < n / 8 => GgmlType::Q5_K,
             _ => base,
         };
     }
@@ -204,6 +209,7 @@ pub fn fit(want: GgmlType, row_len: u64) -> GgmlType {
     while row_len % t.block_size() != 0 {
         t = match t {
             GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+            GgmlType::IQ4_XS => GgmlType::IQ4_NL,
             GgmlType::Q4_K => GgmlType::Q5_0,
             GgmlType::Q5_K => GgmlType::Q5_1,
             GgmlType::Q6_K => GgmlType::Q8_0,

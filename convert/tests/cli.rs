@@ -467,7 +467,15 @@ fn llama_quantize_argument_order_and_upper_case_types() {
     };
     let out = tmp.path().join("x.gguf");
     one_line(Command::new(bin).arg(&f32_file).output().unwrap(), "the output is required");
-    one_line(Command::new(bin).arg(&f32_file).arg(&out).arg("q4_0").args(["--type", "q8_0"]).output().unwrap(), "cannot be used with");
-    one_line(Command::new(bin).arg(&f32_file).arg(&out).arg("q9_9").output().unwrap(), "invalid value 'q9_9'");
+    one_line(Command::new(bin).arg(&f32_file).arg(&out).arg("q4_0").args(["--type", "q8_0"]).output().unwrap(), "the type is given twice");
+    one_line(Command::new(bin).arg(&f32_file).arg(&out).arg("-o").arg(&out).output().unwrap(), "the output is given twice");
+    // `IN TYPE`: llama-quantize's name beside the input; `IN -o OUT TYPE` takes the type.
+    assert_ok(&Command::new(bin).arg(&f32_file).arg("Q5_K_M").arg("--quiet").output().unwrap());
+    let named = tmp.path().join("ggml-model-q5_k_m.gguf");
+    assert!(std::fs::read(&named).unwrap() == std::fs::read(tmp.path().join("a-q5_k_m.gguf")).unwrap());
+    let c = tmp.path().join("c.gguf");
+    assert_ok(&Command::new(bin).arg(&f32_file).arg("-o").arg(&c).arg("iq4_nl").arg("--quiet").output().unwrap());
+    assert!(std::fs::read(&c).unwrap() == std::fs::read(tmp.path().join("a-iq4_nl.gguf")).unwrap());
+    one_line(Command::new(bin).arg(&f32_file).arg(&out).arg("q9_9").output().unwrap(), "`q9_9` is not a weight type");
     assert!(!out.exists());
 }

@@ -131,7 +131,11 @@ pub fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
             ("repeat_penalty" | "typical_p", Value::Number(n)) => n.as_f64() == Some(1.0),
             ("best_of", Value::Number(n)) => n.as_f64() == Some(1.0),
             (_, Value::Number(n)) => n.as_f64() == Some(0.0),
-            ("tool_choice" | "function_call", Value::String(s)) => s == "none" || (s == "auto" && !has(o, "tools") && !has(o, "functions")),
+            ("tool_choice" | "function_call", Value::String(s)) => {
+                let asks_tools = |f: &str| present(o, f).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()));
+                s == "none" || (s == "auto" && !asks_tools("tools") && !asks_tools("functions"))
+            }
+            ("response_format", Value::String(s)) => s == "text",
             (_, Value::String(s)) => s.is_empty(),
             _ => false,
         };

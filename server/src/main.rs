@@ -195,8 +195,7 @@ fn router(app: Arc<routes::App>, max_body: usize) -> Router {
         .route("/v1/models", get(routes::models))
         .route("/models", get(routes::models))
         .route("/infill", post(routes::infill))
-        // llama-server's native completion: the same request and answer as its /infill.
-        .route("/completion", post(routes::infill))
+        .route("/completion", post(routes::completion_native))
         .route("/props", get(routes::props))
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))

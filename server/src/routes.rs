@@ -114,6 +114,21 @@ impl App {
         self.tok.prompt_ids(text).map_err(|e| ApiError::field("prompt", format!("cannot tokenize the prompt: {e}")))
     }
 
+    /// The request's prompts (text, ids, or a list of them), each with its text.
+    fn prompts(&self, o: &Obj) -> Result<Vec<(Vec<u32>, String)>, ApiError> {
+        let mut prompts = Vec::new();
+        for p in api::prompts(o, self.n_vocab)? {
+            prompts.push(match p {
+                Prompt::Text(t) => (self.prefix(&t)?, t),
+                Prompt::Tokens(ids) => {
+                    let text = self.tok.decode(&ids).unwrap_or_default();
+                    (ids, text)
+                }
+            });
+        }
+        Ok(prompts)
+    }
+
     /// The suffix continues the text: no BOS.
     fn suffix(&self, text: &str) -> Result<Vec<u32>, ApiError> {
         self.tok.suffix_ids(text).map_err(|e| ApiError::field("suffix", format!("cannot tokenize the suffix: {e}")))
@@ -539,16 +554,7 @@ async fn off_thread<T: Send + 'static>(app: &Arc<App>, f: impl FnOnce(&App) -> R
 pub async fn completions(State(app): Shared, b: Body) -> Result<Response, ApiError> {
     let r = off_thread(&app, move |app| {
         let o = body(b)?;
-        let mut prompts = Vec::new();
-        for p in api::prompts(&o, app.n_vocab)? {
-            prompts.push(match p {
-                Prompt::Text(t) => (app.prefix(&t)?, t),
-                Prompt::Tokens(ids) => {
-                    let text = app.tok.decode(&ids).unwrap_or_default();
-                    (ids, text)
-                }
-            });
-        }
+        let prompts = app.prompts(&o)?;
         let suffix = app.suffix(api::string(&o, "suffix")?.unwrap_or(""))?;
         app.gen(&o, prompts, suffix, Shape::Completion)
     })
@@ -580,9 +586,30 @@ pub async fn chat(State(app): Shared, b: Body) -> Result<Response, ApiError> {
     generation(app, Shape::Chat, r).await
 }
 
+/// llama-server's native requests say "as many as fit" with `n_predict: -1` (its default).
+fn unlimited_means_default(o: &mut Obj) {
+    if o.get("n_predict").and_then(Value::as_i64) == Some(-1) {
+        o.remove("n_predict");
+    }
+}
+
+/// llama-server's `/completion`: `/v1/completions`' prompts (text, ids, or a list of them) with
+/// llama.cpp's request names and answer shape (that of `/infill`).
+pub async fn completion_native(State(app): Shared, b: Body) -> Result<Response, ApiError> {
+    let r = off_thread(&app, move |app| {
+        let mut o = body(b)?;
+        unlimited_means_default(&mut o);
+        let prompts = app.prompts(&o)?;
+        app.gen(&o, prompts, Vec::new(), Shape::Infill)
+    })
+    .await?;
+    generation(app, Shape::Infill, r).await
+}
+
 pub async fn infill(State(app): Shared, b: Body) -> Result<Response, ApiError> {
     let r = off_thread(&app, move |app| {
-        let o = body(b)?;
+        let mut o = body(b)?;
+        unlimited_means_default(&mut o);
         let prefix_text = api::string(&o, "input_prefix")?.or(api::string(&o, "prompt")?).unwrap_or("").to_owned();
         let suffix = app.suffix(api::string(&o, "input_suffix")?.unwrap_or(""))?;
         let prompts = vec![(app.prefix(&prefix_text)?, prefix_text)];

@@ -302,6 +302,8 @@ fn unsupported_fields_are_refused_and_llama_server_endpoints_answer() {
     let neutral = r#"{"prompt": "copy 12:", "max_tokens": 2, "steps": 2, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "repeat_penalty": 1.0, "best_of": 1}"#;
     let (status, body) = post(&s.url, "/v1/completions", neutral);
     assert_eq!(status, 200, "{body}");
+    let (status, body) = post(&s.url, "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "copy 12:"}], "max_tokens": 2, "steps": 2, "tools": [], "tool_choice": "auto", "response_format": "text"}"#);
+    assert_eq!(status, 200, "{body}");
 
     // /completion: llama-server's request and answer, the text of /v1/completions.
     let (status, native) = post(&s.url, "/completion", r#"{"prompt": "copy 58213:", "n_predict": 8, "seed": 5, "temperature": 0}"#);
@@ -310,6 +312,13 @@ fn unsupported_fields_are_refused_and_llama_server_endpoints_answer() {
     let native = json(&native);
     assert_eq!(native["content"], json(&openai)["choices"][0]["text"], "{native}");
     assert_eq!(native["stop"], true);
+    // Token ids as the prompt, and llama-server's default n_predict -1 (as many as fit).
+    let ids = json(&post(&s.url, "/tokenize", r#"{"content": "copy 58213:", "add_special": true}"#).1)["tokens"].clone();
+    let (status, by_ids) = post(&s.url, "/completion", &format!(r#"{{"prompt": {ids}, "n_predict": 8, "seed": 5, "temperature": 0}}"#));
+    assert_eq!(status, 200, "{by_ids}");
+    assert_eq!(json(&by_ids)["content"], native["content"], "{by_ids}");
+    let (status, body) = post(&s.url, "/completion", r#"{"prompt": "copy 12:", "n_predict": -1, "steps": 2}"#);
+    assert_eq!(status, 200, "{body}");
     let (status, props) = request(&s.url, "GET", "/props", "");
     assert_eq!(status, 200, "{props}");
     let props = json(&props);

@@ -343,8 +343,11 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
     }
     // Without -n, the default shrinks to the room the context leaves (as dlm-server does).
     let longest = prefixes.iter().map(Vec::len).max().unwrap_or(0) + suffix.len();
-    if !given.n_predict && longest + a.n_predict > n_ctx && longest < n_ctx {
-        let what = if suffix.is_empty() { "the prompt" } else { "the prompt and suffix" };
+    let what = if suffix.is_empty() { "the prompt" } else { "the prompt and suffix" };
+    if !given.n_predict && longest >= n_ctx {
+        bail!("{what} ({longest} tokens) leave no room to generate in {ctx_from}");
+    }
+    if !given.n_predict && longest + a.n_predict > n_ctx {
         dlm::errln!("note: -n {}: the room a context of {n_ctx} tokens leaves after {what} (give -n to choose)", n_ctx - longest);
         a.n_predict = n_ctx - longest;
     }

@@ -514,11 +514,6 @@ const LLAMA_CPP_FLAGS: &[(&str, Result<&str, &str>)] = &[
     ("-ngl", Ok("--n-gpu-layers")),
     ("-fa", Ok("--flash-attn")),
     ("-dev", Err("llama.cpp's --device takes device names; dlm's --device takes an index from --list-devices")),
-    ("-hf", Err("dlm does not download models; see README: Getting a model")),
-    ("-hfr", Err("dlm does not download models; see README: Getting a model")),
-    ("-hff", Err("dlm does not download models; see README: Getting a model")),
-    ("-hft", Err("dlm does not download models; see README: Getting a model")),
-    ("-hfv", Err("dlm does not download models; see README: Getting a model")),
     ("-mu", Err("dlm does not download models; see README: Getting a model")),
     ("-cnv", Err("dlm-run has no conversation mode yet; chat through dlm-server's /v1/chat/completions (README: dlm-server)")),
     ("-no-cnv", Err("dlm-run has no conversation mode: it answers one prompt (or --prompts) and exits")),
@@ -539,13 +534,33 @@ const LLAMA_CPP_FLAGS: &[(&str, Result<&str, &str>)] = &[
     ("-ot", Err("dlm does not override tensor placement (-ngl offloads whole layers)")),
     ("-cmoe", Err("dlm runs no mixture-of-experts models")),
     ("-ncmoe", Err("dlm runs no mixture-of-experts models")),
+    ("-co", Ok("--color=on")),
+    ("-sp", Err("dlm prints text, never the special tokens' own pieces")),
+    ("-cml", Err("dlm-run has no chat mode; chat through dlm-server's /v1/chat/completions")),
+    ("-jf", Err("schema-constrained output is not implemented")),
+    ("-dt", Err("dlm's key/value cache needs no defragmentation")),
+    ("-kvu", Err("dlm keeps one key/value cache per model")),
+    ("-to", Err("dlm-run has no server timeout; dlm-server's is --timeout")),
     ("-md", Err("dlm has no speculative decoding (draft models)")),
+    ("-cd", Err("dlm has no speculative decoding (draft models)")),
+    ("-ps", Err("dlm has no speculative decoding (draft models)")),
+    ("-ngld", Err("dlm has no speculative decoding (draft models)")),
+    ("-devd", Err("dlm has no speculative decoding (draft models)")),
+    ("-td", Err("dlm has no speculative decoding (draft models)")),
+    ("-tbd", Err("dlm has no speculative decoding (draft models)")),
+    ("-ctkd", Err("dlm has no speculative decoding (draft models)")),
+    ("-ctvd", Err("dlm has no speculative decoding (draft models)")),
+    ("-otd", Err("dlm has no speculative decoding (draft models)")),
     ("-lv", Err("use -v for more output or --log-disable for less")),
 ];
 
 fn llama_cpp_short_flags(args: &[std::ffi::OsString]) -> Result<Vec<std::ffi::OsString>, String> {
     args.iter()
         .map(|a| match LLAMA_CPP_FLAGS.iter().find(|(f, _)| a == f) {
+            // Every -hf… flag (-hfr, -hfd, -hffv, …): clap would read `-h` and print help.
+            None if a.to_str().is_some_and(|s| s.starts_with("-hf")) => {
+                Err(format!("{} is a llama.cpp flag dlm does not have: dlm does not download models; see README: Getting a model", a.to_string_lossy()))
+            }
             None => Ok(a.clone()),
             Some((_, Ok(long))) => Ok(long.into()),
             Some((f, Err(why))) => Err(format!("{f} is a llama.cpp flag dlm does not have: {why}")),
