@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::generate::{check_finite, guide, Blind, Cache, Forward, GenParams, Generation, Seq};
-use crate::sample::Unmasker;
+use crate::sample::{Scores, Unmasker};
 
 /// Names a sequence of an [`Engine`] (given out by [`Engine::add`], from 0, never reused).
 pub type SeqId = u64;
@@ -183,7 +183,9 @@ impl<'r> Engine<'r> {
                 }
                 seq.forward_seconds.push(dt);
                 let first = logits.first[k];
-                let cands = seq.candidates(p, positions, mine, n_vocab, |k| match first {
+                // Positions the rule chose blind need only their tokens.
+                let scores = if *chosen { Scores::NONE } else { slot.rule.scores() };
+                let cands = seq.candidates(p, positions, mine, n_vocab, scores, |k| match first {
                     Some(f) => positions[k] - shift - f,
                     None => k,
                 });

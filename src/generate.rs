@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::engine::{Engine, SeqId};
 use crate::error::{Error, Result};
-use crate::sample::{Candidate, Rng, TokenSampler, Unmasker};
+use crate::sample::{Candidate, Rng, Scores, TokenSampler, Unmasker};
 
 /// Which positions a forward pass computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,8 +249,8 @@ impl Seq {
     }
 
     /// Samples every position of `positions` from its logits row (`row_of(k)` for the k-th, in
-    /// `logits`), in parallel, each with its own random stream.
-    pub(crate) fn candidates(&self, p: &GenParams, positions: &[usize], logits: &[f32], n_vocab: usize, row_of: impl Fn(usize) -> usize + Sync) -> Vec<Candidate> {
+    /// `logits`), in parallel, each with its own random stream, computing the scores `scores`.
+    pub(crate) fn candidates(&self, p: &GenParams, positions: &[usize], logits: &[f32], n_vocab: usize, scores: Scores, row_of: impl Fn(usize) -> usize + Sync) -> Vec<Candidate> {
         // Counted from 1, the pass this step would be if every step ran one (as before steps
         // that commit nothing were skipped), so a seed draws the same tokens as it always did.
         let global_step = self.steps_taken + 1;
@@ -259,7 +259,7 @@ impl Seq {
             .map(|k| {
                 let r = row_of(k);
                 let mut rng = Rng::for_position(self.seed, global_step, positions[k] as u64);
-                p.sampler.sample(&logits[r * n_vocab..(r + 1) * n_vocab], &mut rng)
+                p.sampler.sample_scores(&logits[r * n_vocab..(r + 1) * n_vocab], &mut rng, scores)
             })
             .collect()
     }

@@ -9,7 +9,9 @@ mod entropy;
 mod margin;
 mod origin;
 mod random;
+pub mod reference;
 mod timestep;
+mod token;
 mod threshold;
 
 pub use confidence::Confidence;
@@ -19,6 +21,7 @@ pub use origin::Origin;
 pub use random::Random;
 pub use timestep::{sample_by_score, timestep_quota, Timestep};
 pub use threshold::Threshold;
+pub use token::{Scores, TokenSampler};
 
 /// xoshiro256** seeded through splitmix64: small, fast, and identical on every platform.
 #[derive(Clone, Debug)]
@@ -74,84 +77,6 @@ pub struct Candidate {
     pub entropy: f32,
 }
 
-/// Token sampling: greedy when `temp == 0`, else temperature, then top-k, then top-p
-/// (temperature before top-p, as DiffuLLaMA's reference sampler does).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TokenSampler {
-    pub temp: f32,
-    /// 0 disables.
-    pub top_k: usize,
-    /// 1.0 disables.
-    pub top_p: f32,
-    /// LLaDA's Gumbel-max sampling (llama-diffusion-cli's `--diffusion-add-gumbel-noise`): with
-    /// `temp > 0`, the token is argmax(logits / temp + Gumbel noise), which is a draw from the
-    /// whole softmax(logits / temp) (no top-k or top-p), and the scores are those of the plain
-    /// softmax(logits), as LLaDA's low-confidence remasking ranks them. Drawn here by one uniform
-    /// through the cumulative distribution: the same distribution, without a noise value per
-    /// vocabulary entry.
-    pub gumbel: bool,
-}
-
-impl TokenSampler {
-    /// Samples from one logits row. Scores use the softmax of `logits / temp` (plain softmax when
-    /// greedy) before truncation.
-    pub fn sample(&self, logits: &[f32], rng: &mut Rng) -> Candidate {
-        let gumbel = self.gumbel && self.temp > 0.0;
-        let t = if self.temp > 0.0 && !gumbel { self.temp } else { 1.0 };
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut probs: Vec<f32> = logits.iter().map(|&x| ((x - max) / t).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-        let entropy = -probs.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum::<f32>();
-        let (mut i1, mut p1, mut p2) = (0usize, f32::NEG_INFINITY, 0f32);
-        for (i, &p) in probs.iter().enumerate() {
-            if p > p1 {
-                (i1, p1, p2) = (i, p, p1.max(0.0));
-            } else if p > p2 {
-                p2 = p;
-            }
-        }
-        let token = if self.temp <= 0.0 {
-            i1
-        } else if gumbel {
-            let hot: Vec<f32> = logits.iter().map(|&x| ((x - max) / self.temp).exp()).collect();
-            TokenSampler { temp: self.temp, top_k: 0, top_p: 1.0, gumbel: false }.draw(&hot, rng)
-        } else {
-            self.draw(&probs, rng)
-        };
-        Candidate { token: token as u32, confidence: probs[token], margin: p1 - p2, entropy }
-    }
-
-    /// Draws from `probs` truncated by top-k and top-p.
-    fn draw(&self, probs: &[f32], rng: &mut Rng) -> usize {
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        let keep_k = if self.top_k > 0 { self.top_k.min(probs.len()) } else { probs.len() };
-        if keep_k < probs.len() {
-            order.select_nth_unstable_by(keep_k - 1, |&a, &b| probs[b].total_cmp(&probs[a]));
-            order.truncate(keep_k);
-        }
-        order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-        if self.top_p < 1.0 {
-            // Keep the smallest prefix whose mass reaches top_p (at least one token).
-            let mut mass = 0.0;
-            let cut = order.iter().position(|&i| {
-                mass += probs[i];
-                mass >= self.top_p
-            });
-            order.truncate(cut.map_or(order.len(), |c| c + 1));
-        }
-        let total: f64 = order.iter().map(|&i| probs[i] as f64).sum();
-        let mut u = rng.uniform() * total;
-        for &i in &order {
-            u -= probs[i] as f64;
-            if u < 0.0 {
-                return i;
-            }
-        }
-        *order.last().expect("at least one token kept")
-    }
-}
-
 /// Decides which masked positions to commit at a step.
 pub trait Unmasker {
     /// `cands[i]` is the candidate for the i-th still-masked position (in canvas order);
@@ -167,6 +92,12 @@ pub trait Unmasker {
         let _ = (step, steps, n, rng);
         None
     }
+
+    /// Which candidate scores [`Unmasker::select`] reads; the sampler skips the others (they are
+    /// NaN). The default: all of them.
+    fn scores(&self) -> Scores {
+        Scores::ALL
+    }
 }
 
 /// A borrowed rule is a rule (so `generate` can hand the caller's to the engine).
@@ -176,6 +107,9 @@ impl<U: Unmasker + ?Sized> Unmasker for &mut U {
     }
     fn select_blind(&mut self, step: usize, steps: usize, n: usize, rng: &mut Rng) -> Option<Vec<usize>> {
         (**self).select_blind(step, steps, n, rng)
+    }
+    fn scores(&self) -> Scores {
+        (**self).scores()
     }
 }
 

@@ -2,7 +2,7 @@
 //! t = T − 1 − s, every still-masked position is committed independently with probability
 //! 1/(t + 1); the last step (t = 0) commits everything left.
 
-use super::{Candidate, Rng, Unmasker};
+use super::{Scores, Candidate, Rng, Unmasker};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Origin;
@@ -16,6 +16,10 @@ impl Unmasker for Origin {
     /// that commits some samples only those positions.
     fn select_blind(&mut self, step: usize, steps: usize, n: usize, rng: &mut Rng) -> Option<Vec<usize>> {
         Some(origin_draws(step, steps, n, rng))
+    }
+
+    fn scores(&self) -> Scores {
+        Scores::NONE
     }
 }
 

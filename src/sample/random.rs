@@ -2,7 +2,7 @@
 //! (llama.cpp's `--diffusion-algorithm 3`, LLaDA's "random remasking"). The choice needs no
 //! logits, so a step samples only the positions it commits.
 
-use super::{linear_quota, Candidate, Rng, Unmasker};
+use super::{Scores, linear_quota, Candidate, Rng, Unmasker};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Random;
@@ -14,6 +14,10 @@ impl Unmasker for Random {
 
     fn select_blind(&mut self, step: usize, steps: usize, n: usize, rng: &mut Rng) -> Option<Vec<usize>> {
         Some(random_draws(step, steps, n, rng))
+    }
+
+    fn scores(&self) -> Scores {
+        Scores::NONE
     }
 }
 

@@ -2,7 +2,7 @@
 //! threshold, and at least the single most confident one, so the number of steps adapts to how
 //! sure the model is. The step budget still bounds it: the last step commits everything left.
 
-use super::{top_k_by, Candidate, Rng, Unmasker};
+use super::{Scores, top_k_by, Candidate, Rng, Unmasker};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Threshold(pub f32);
@@ -18,5 +18,9 @@ impl Unmasker for Threshold {
         } else {
             sure
         }
+    }
+
+    fn scores(&self) -> Scores {
+        Scores { confidence: true, ..Scores::NONE }
     }
 }

@@ -5,7 +5,7 @@
 //! the linear schedule a step may commit nothing; more is committed late than early.
 
 use super::random::random_subset;
-use super::{top_k_by, Candidate, Rng, UnmaskRule, Unmasker};
+use super::{top_k_by, Scores, Candidate, Rng, UnmaskRule, Unmasker};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Timestep {
@@ -79,6 +79,15 @@ impl Unmasker for Timestep {
 
     fn select_blind(&mut self, step: usize, steps: usize, n: usize, rng: &mut Rng) -> Option<Vec<usize>> {
         (self.order == UnmaskRule::Random).then(|| random_subset(n, timestep_quota(step, steps, n, self.eps), rng))
+    }
+
+    fn scores(&self) -> Scores {
+        match self.order {
+            UnmaskRule::Margin => Scores { margin: true, ..Scores::NONE },
+            UnmaskRule::Entropy => Scores { entropy: true, ..Scores::NONE },
+            UnmaskRule::Random => Scores::NONE,
+            _ => Scores { confidence: true, ..Scores::NONE },
+        }
     }
 }
 
