@@ -13,21 +13,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{diffullama_1b_sharp, gguf, root, threads, time};
+use common::{diffullama_1b_sharp, gguf, root, threads, time, tiny_q4};
 use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
 use dlm::score::{self, BatchForward, Item, ScoreParams};
 use dlm::{Gguf, LoadOptions, Model, Tokenizer};
 use dlm_convert::{Options, OutType, Plan};
-
-fn tiny_q4() -> PathBuf {
-    let out = root().join("target/bench-data/diffullama-tiny-q4_0.gguf");
-    if !out.exists() {
-        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        let opts = Options { out_type: OutType::Q4_0, mask_id: None, name: None, causal: false };
-        Plan::new(&root().join("models/diffullama-tiny"), &opts).unwrap().write(&out, |_, _| {}).unwrap();
-    }
-    out
-}
 
 /// The first `n` items of every task (the file holds 100 per task, in task order).
 fn items(tok: &Tokenizer, per_task: usize) -> Vec<Item> {

@@ -52,6 +52,17 @@ pub fn selected(name: &str) -> bool {
     filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
 }
 
+/// The trained tiny DiffuLLaMA (`models/diffullama-tiny`) as Q4_0 (cached in target/bench-data).
+pub fn tiny_q4() -> PathBuf {
+    let out = root().join("target/bench-data/diffullama-tiny-q4_0.gguf");
+    if !out.exists() {
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let opts = Options { out_type: OutType::Q4_0, mask_id: None, name: None, causal: false };
+        Plan::new(&root().join("models/diffullama-tiny"), &opts).unwrap().write(&out, |_, _| {}).unwrap();
+    }
+    out
+}
+
 /// Seconds one call of `f` takes.
 pub fn time<T>(f: impl FnOnce() -> T) -> (f64, T) {
     let t0 = Instant::now();

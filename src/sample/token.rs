@@ -102,7 +102,7 @@ impl TokenSampler {
         let y2 = if zeros >= 2 { 0.0 } else { below };
         let near = if y2 - TIE >= ZERO_BELOW { y2 - TIE } else { -TIE };
         collect_ge(y, near, &mut sc.near);
-        let ambiguous = sc.near.iter().any(|&i| y[i as usize] != 0.0);
+        let ambiguous = sc.near.iter().any(|&i| y[i as usize] != 0.0 && y[i as usize] >= -TIE);
         let nothing_else = greedy && !need.confidence && !need.margin && !need.entropy;
         if nothing_else && !ambiguous {
             let first = sc.near.iter().copied().find(|&i| y[i as usize] == 0.0).expect("the max is near itself");
@@ -118,7 +118,7 @@ impl TokenSampler {
         let sum = exp_sum(y, &mut sc.e, &mut sc.hist);
         let p_of = |e: &[f32], i: usize| {
             let ei = e[i];
-            (if ei.is_nan() { y[i].exp() } else { ei }) / sum
+            (if ei.is_nan() { exp0(y[i]) } else { ei }) / sum
         };
 
         let (mut i1, mut p1, mut p2) = (0usize, f32::NEG_INFINITY, 0f32);
@@ -254,70 +254,104 @@ fn collect_ge(y: &[f32], thr: f32, out: &mut Vec<u32>) {
     }
 }
 
-/// The binary exponent of a positive normal float, or `None` for 0 and subnormals.
-fn exponent(x: f32) -> Option<i32> {
-    let bits = (x.to_bits() >> 23) & 0xff;
-    (bits != 0).then(|| bits as i32 - 127)
+/// `expf(y)`, which is exactly 0 below [`ZERO_BELOW`] (without libm's slow underflow path).
+fn exp0(y: f32) -> f32 {
+    let z = if y < ZERO_BELOW { 0.0 } else { y };
+    if y < ZERO_BELOW {
+        0.0
+    } else {
+        z.exp()
+    }
+}
+
+/// The largest value of a chunk (vectorized; NaN-free input).
+fn chunk_max(c: &[f32]) -> f32 {
+    c.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+}
+
+/// The smallest power of two above a positive normal `x` (infinity past the largest).
+fn next_binade(x: f32) -> f32 {
+    let e = (x.to_bits() >> 23) & 0xff;
+    if e >= 254 {
+        f32::INFINITY
+    } else {
+        f32::from_bits((e + 1) << 23)
+    }
 }
 
 /// Σ expf(y[i]) in id order, in f32, equal to the plain sequential sum (which starts at −0 and
-/// adds every term). A term is skipped only when it is exactly 0 or below half an ulp of the
-/// running sum, so adding it could not change the sum. `e[i]` gets each computed term, NaN for a
-/// skipped nonzero one (0 where it is exactly 0). A nonempty `hist` gets each computed term's mass in its 1/4-nat bucket.
+/// adds every term). A chunk of ids is skipped only when every term in it is exactly 0 or below
+/// half an ulp of the running sum (which only grows), so adding it could not change the sum;
+/// every other term is added in order. `e[i]` gets each computed term, NaN for the ids of a
+/// skipped chunk. A nonempty `hist` gets each computed term's mass in its 1/4-nat bucket.
 fn exp_sum(y: &[f32], e: &mut [f32], hist: &mut [f64]) -> f32 {
     let mut sum = -0.0f32;
     let mut thr = ZERO_BELOW;
-    let mut ex = None;
-    for (i, &yi) in y.iter().enumerate() {
-        if yi < ZERO_BELOW {
-            continue; // e[i] stays 0
-        }
-        if yi < thr {
-            e[i] = f32::NAN;
+    let mut next = f32::MIN_POSITIVE;
+    for (yc, ec) in y.chunks(LANES).zip(e.chunks_mut(LANES)) {
+        if chunk_max(yc) < thr {
+            ec.fill(f32::NAN);
             continue;
         }
-        let t = yi.exp();
-        e[i] = t;
-        if !hist.is_empty() {
-            hist[((-yi * 4.0) as usize).min(HIST - 1)] += t as f64;
+        for (t, &yi) in ec.iter_mut().zip(yc) {
+            *t = exp0(yi);
         }
-        sum += t;
-        let now = exponent(sum);
-        if now != ex {
-            ex = now;
-            // expf(y) < 2^(E−24) for y below (E − 24)·ln 2 less a margin for expf's error.
-            thr = match now {
-                Some(e) => (((e - 24) as f64) * std::f64::consts::LN_2 - 2e-3).max(ZERO_BELOW as f64) as f32,
-                None => ZERO_BELOW,
-            };
+        for &t in ec.iter() {
+            sum += t;
+        }
+        if !hist.is_empty() {
+            for (&yi, &t) in yc.iter().zip(ec.iter()) {
+                if t > 0.0 {
+                    hist[((-yi * 4.0) as usize).min(HIST - 1)] += t as f64;
+                }
+            }
+        }
+        if sum >= next {
+            // expf(y) < 2^(E−24), half an ulp of a sum of exponent E, for y below (E − 24)·ln 2
+            // less a margin for expf's error.
+            let ex = ((sum.to_bits() >> 23) & 0xff) as i32 - 127;
+            thr = (((ex - 24) as f64) * std::f64::consts::LN_2 - 2e-3).max(ZERO_BELOW as f64) as f32;
+            next = next_binade(sum);
         }
     }
     sum
 }
 
 /// −Σ p·ln p over the ids with p = e/sum > 0, summed in f32 in id order exactly as the plain
-/// sequential sum, skipping terms that cannot reach half an ulp of the running sum.
+/// sequential sum, skipping chunks whose terms cannot reach half an ulp of the running sum.
 fn entropy(y: &[f32], e: &[f32], sum: f32) -> f32 {
     let ln_sum = (sum as f64).ln().max(0.0);
     let mut h = -0.0f32;
     let mut thr = ZERO_BELOW;
-    let mut ex = None;
-    for (i, &yi) in y.iter().enumerate() {
-        if yi < thr {
+    let mut next = f32::MIN_POSITIVE;
+    let mut p = [0f32; LANES];
+    for (yc, ec) in y.chunks(LANES).zip(e.chunks(LANES)) {
+        if chunk_max(yc) < thr {
             continue;
         }
-        let ei = if e[i].is_nan() { yi.exp() } else { e[i] };
-        let p = ei / sum;
-        if p > 0.0 {
-            h += p * p.ln();
-            let now = exponent(-h);
-            if now != ex {
-                ex = now;
-                thr = match now {
-                    Some(e) => entropy_threshold(e, ln_sum),
-                    None => ZERO_BELOW,
-                };
+        // A chunk is computed whole or skipped whole by `exp_sum`.
+        if ec[0].is_nan() {
+            for (p, &yi) in p.iter_mut().zip(yc) {
+                *p = exp0(yi) / sum;
             }
+        } else {
+            for (p, &ei) in p.iter_mut().zip(ec) {
+                *p = ei / sum;
+            }
+        }
+        let mut l = [0f32; LANES];
+        for (l, &p) in l.iter_mut().zip(&p[..yc.len()]) {
+            *l = if p > 0.0 { p.ln() } else { 0.0 };
+        }
+        for (&p, &l) in p[..yc.len()].iter().zip(&l) {
+            if p > 0.0 {
+                h += p * l;
+            }
+        }
+        if -h >= next {
+            let ex = (((-h).to_bits() >> 23) & 0xff) as i32 - 127;
+            thr = entropy_threshold(ex, ln_sum);
+            next = next_binade(-h);
         }
     }
     -h
@@ -359,7 +393,7 @@ fn entropy_threshold(e: i32, ln_sum: f64) -> f32 {
 /// Every probability `e/sum` (0 where the term is 0), as the reference computes them.
 fn dense_probs(y: &[f32], e: &[f32], sum: f32, out: &mut Vec<f32>) {
     out.clear();
-    out.extend(y.iter().zip(e).map(|(&yi, &ei)| (if ei.is_nan() { yi.exp() } else { ei }) / sum));
+    out.extend(y.iter().zip(e).map(|(&yi, &ei)| (if ei.is_nan() { exp0(yi) } else { ei }) / sum));
 }
 
 /// The sort key of id `i` with weight `w >= 0`: ascending keys are descending weights, ties by id.
@@ -425,7 +459,7 @@ fn draw_nucleus(y: &[f32], e: &[f32], sum: f32, top_p: f32, hist: &[f64], ids: &
         keys.clear();
         keys.extend(ids.iter().map(|&i| {
             let i = i as usize;
-            let ei = if e[i].is_nan() { y[i].exp() } else { e[i] };
+            let ei = if e[i].is_nan() { exp0(y[i]) } else { e[i] };
             key(ei / sum, i)
         }));
         keys.sort_unstable();
