@@ -17,8 +17,8 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::generate::{check_finite, guide, Blind, Cache, Forward, GenParams, Generation, Seq};
-use crate::sample::{Scores, Unmasker};
+use crate::generate::{check_finite, guide, non_finite, Blind, Cache, Forward, GenParams, Generation, Pass, Seq};
+use crate::sample::{RowStats, Scores, Unmasker};
 
 /// Names a sequence of an [`Engine`] (given out by [`Engine::add`], from 0, never reused).
 pub type SeqId = u64;
@@ -155,8 +155,16 @@ impl<'r> Engine<'r> {
                 continue;
             }
             let t0 = Instant::now();
-            let logits = match self.forward(model, &group) {
-                Ok(l) => l,
+            // Greedy sequences without guidance and with the LM head on their own rows take
+            // the backend's row statistics when the model offers them (the logits stay there).
+            let reduce = model.device_candidates()
+                && group.iter().all(|(i, _, _)| {
+                    let p = &self.slots[*i].p;
+                    p.sampler.temp <= 0.0 && p.cfg_scale == 0.0 && !p.full_lm_head
+                });
+            let result = if reduce { self.forward_stats(model, &group).map(Rows::Stats) } else { self.forward(model, &group).map(Rows::Logits) };
+            let rows = match result {
+                Ok(r) => r,
                 Err(e) => {
                     // The first sequence gets the error itself (its variant intact), the others
                     // its message.
@@ -174,21 +182,34 @@ impl<'r> Engine<'r> {
             for (k, (i, positions, chosen)) in group.iter().enumerate() {
                 let slot = &mut self.slots[*i];
                 let (seq, p) = (&mut slot.seq, &slot.p);
-                let shift = usize::from(p.shift_logits);
-                let mine = &logits.rows[offset..offset + logits.lens[k]];
-                offset += logits.lens[k];
-                if let Err(e) = check_finite(mine, seq.forward_seconds.len()) {
-                    out.failed.push((slot.id, e));
-                    continue;
-                }
+                let cands = match &rows {
+                    Rows::Logits(logits) => {
+                        let shift = usize::from(p.shift_logits);
+                        let mine = &logits.rows[offset..offset + logits.lens[k]];
+                        offset += logits.lens[k];
+                        if let Err(e) = check_finite(mine, seq.forward_seconds.len()) {
+                            out.failed.push((slot.id, e));
+                            continue;
+                        }
+                        // Positions the rule chose blind need only their tokens.
+                        let scores = if *chosen { Scores::NONE } else { slot.rule.scores() };
+                        let first = logits.first[k];
+                        seq.candidates(p, positions, mine, n_vocab, scores, |k| match first {
+                            Some(f) => positions[k] - shift - f,
+                            None => k,
+                        })
+                    }
+                    Rows::Stats(stats) => {
+                        let mine = &stats[offset..offset + positions.len()];
+                        offset += positions.len();
+                        if mine.iter().any(|r| !r.is_finite()) {
+                            out.failed.push((slot.id, non_finite(seq.forward_seconds.len())));
+                            continue;
+                        }
+                        mine.iter().map(RowStats::candidate).collect()
+                    }
+                };
                 seq.forward_seconds.push(dt);
-                let first = logits.first[k];
-                // Positions the rule chose blind need only their tokens.
-                let scores = if *chosen { Scores::NONE } else { slot.rule.scores() };
-                let cands = seq.candidates(p, positions, mine, n_vocab, scores, |k| match first {
-                    Some(f) => positions[k] - shift - f,
-                    None => k,
-                });
                 let committed = if *chosen {
                     seq.apply(p, positions, &cands, &(0..positions.len()).collect::<Vec<_>>())
                 } else {
@@ -209,6 +230,20 @@ impl<'r> Engine<'r> {
             }
         }
         out
+    }
+
+    /// The row statistics of one group of greedy, unguided sequences with the LM head on their
+    /// sampled rows (the cached one alone, or the batch), sequence after sequence.
+    fn forward_stats(&mut self, model: &mut dyn Forward, group: &[(usize, Vec<usize>, bool)]) -> Result<Vec<RowStats>> {
+        let rows: Vec<Vec<usize>> = group.iter().map(|(i, pos, _)| pos.iter().map(|&q| q - usize::from(self.slots[*i].p.shift_logits)).collect()).collect();
+        let row_refs: Vec<&[usize]> = rows.iter().map(Vec::as_slice).collect();
+        if let [(i, _, _)] = group {
+            let slot = &mut self.slots[*i];
+            let pass = slot.seq.pass(&slot.p);
+            return model.forward_stats(&[&slot.seq.canvas], pass, &row_refs);
+        }
+        let tokens: Vec<&[u32]> = group.iter().map(|(i, _, _)| self.slots[*i].seq.canvas.as_slice()).collect();
+        model.forward_stats(&tokens, Pass::Full, &row_refs)
     }
 
     /// The logits of one group of sequences (the cached one alone, or the batch), guided where
@@ -270,6 +305,13 @@ impl<'r> Engine<'r> {
         all.clear();
         Ok(Logits { rows: out, lens, first })
     }
+}
+
+/// What a group's pass brought back.
+enum Rows {
+    Logits(Logits),
+    /// Each sequence's sampled positions' statistics, in order, sequence after sequence.
+    Stats(Vec<RowStats>),
 }
 
 /// Logits of a group, sequence after sequence.

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::engine::{Engine, SeqId};
 use crate::error::{Error, Result};
-use crate::sample::{Candidate, Rng, Scores, TokenSampler, Unmasker};
+use crate::sample::{Candidate, Rng, RowStats, Scores, TokenSampler, Unmasker};
 
 /// Which positions a forward pass computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +62,18 @@ pub trait Forward {
         }
         Ok(out)
     }
+    /// Whether greedy steps take [`Forward::forward_stats`] instead of logits (the model reduces
+    /// rows where it computes them). The default: no.
+    fn device_candidates(&self) -> bool {
+        false
+    }
+    /// The [`RowStats`] of the rows `rows[i]` of each sequence `seqs[i]`, in that order: one
+    /// sequence under `pass`, or several in one batch (then `pass` is [`Pass::Full`]). Only
+    /// called when [`Forward::device_candidates`] says so.
+    fn forward_stats(&mut self, seqs: &[&[u32]], pass: Pass, rows: &[&[usize]]) -> Result<Vec<RowStats>> {
+        let _ = (seqs, pass, rows);
+        Err(Error::Invalid("this model does not reduce rows on its backend".into()))
+    }
 }
 
 #[cfg(feature = "ggml")]
@@ -77,6 +89,15 @@ impl Forward for crate::Model {
     }
     fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
         crate::Model::forward_batch(self, seqs, rows)
+    }
+    fn device_candidates(&self) -> bool {
+        crate::Model::device_candidates(self)
+    }
+    fn forward_stats(&mut self, seqs: &[&[u32]], pass: Pass, rows: &[&[usize]]) -> Result<Vec<RowStats>> {
+        match (seqs, rows) {
+            ([tokens], [rows]) => self.forward_rows_stats(tokens, pass, rows),
+            _ => self.forward_batch_stats(seqs, rows),
+        }
     }
 }
 
@@ -344,6 +365,11 @@ pub(crate) fn check_finite(logits: &[f32], step: usize) -> Result<()> {
             step + 1
         ))),
     }
+}
+
+/// [`check_finite`]'s error when the rows were reduced on the backend (which logit is not known).
+pub(crate) fn non_finite(step: usize) -> Error {
+    Error::Invalid(format!("the model produced a non-finite logit at step {}: its weights or metadata are corrupt", step + 1))
 }
 
 /// Runs the canvas loop. `unmasker` decides commits; `on_event` sees every step.

@@ -44,6 +44,12 @@ pub trait Ops {
     fn token_range(&mut self, x: Self::T, start: usize, len: usize) -> Self::T;
     /// `[a, n_i]` tensors stacked along the tokens: `[a, Σ n_i]`.
     fn concat_tokens(&mut self, parts: &[Self::T]) -> Self::T;
+    /// What the host sampler needs of each row of logits `x` `[n, rows]`, so that 5 numbers per
+    /// row leave the device instead of `n` ([`crate::sample::RowStats`]): f32 `[5, rows]` holding
+    /// `n − i` for the lowest index `i` of the row's maximum `m`, `Σ exp(x − m)`,
+    /// `Σ exp(x − m)·(x − m)`, the largest `x − m` below 0 (−1e30 if none), and how many entries
+    /// are below the maximum.
+    fn row_stats(&mut self, x: Self::T) -> Self::T;
     /// Writes `fresh` `[a, b, m]` over tokens `start..start + m` of the persistent tensor
     /// `cache` `[a, b, total]` and returns the whole cache, ordered after the write.
     fn write_tokens(&mut self, cache: Self::T, fresh: Self::T, start: usize) -> Self::T;
@@ -112,10 +118,12 @@ pub struct GraphKey {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum GraphKind {
     /// A forward pass over one sequence of `total` tokens computing positions `start..end`
-    /// ([`crate::generate::Pass`]), the LM head on `out_rows` rows (0: every computed row).
-    Forward { pass: PassKind, total: usize, start: usize, end: usize, out_rows: usize },
-    /// Independent sequences of lengths `lens` in one pass, the LM head on `out_rows` rows.
-    Batch { lens: Vec<usize>, out_rows: usize },
+    /// ([`crate::generate::Pass`]), the LM head on `out_rows` rows (0: every computed row),
+    /// reduced to [`Ops::row_stats`] when `stats`.
+    Forward { pass: PassKind, total: usize, start: usize, end: usize, out_rows: usize, stats: bool },
+    /// Independent sequences of lengths `lens` in one pass, the LM head on `out_rows` rows
+    /// (reduced to [`Ops::row_stats`] when `stats`).
+    Batch { lens: Vec<usize>, out_rows: usize, stats: bool },
     /// Any other graph (kernel tests, benchmarks): the caller's own numbers, which must
     /// determine it.
     Other(Vec<usize>),

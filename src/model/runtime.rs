@@ -1,5 +1,6 @@
 //! A loaded model: weights as backend tensors (ggml CPU/GPU or wgpu), `forward(tokens) -> logits`.
 
+use crate::sample::RowStats;
 use std::path::Path;
 
 use crate::backend::ggml::{Executor, TensorRef, Weights};
@@ -104,8 +105,9 @@ impl Backend {
 
 /// A network on one backend with its executor: what [`Model`] runs, whichever backend.
 trait Runner: Send {
-    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>>;
-    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>>;
+    /// Logits, or with `stats` each row's [`Ops::row_stats`] (5 values per row).
+    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>, stats: bool) -> Result<Vec<f32>>;
+    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]], stats: bool) -> Result<Vec<f32>>;
     /// Which backend runs the forward pass, in words.
     fn description(&self) -> String;
     fn backend(&self) -> Backend;
@@ -132,11 +134,11 @@ struct OnGgml {
 }
 
 impl Runner for OnGgml {
-    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
-        forward_rows_on(&mut self.executor, self.net.as_ref(), kv_for, tokens, pass, rows)
+    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>, stats: bool) -> Result<Vec<f32>> {
+        forward_rows_on(&mut self.executor, self.net.as_ref(), kv_for, tokens, pass, rows, stats)
     }
-    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
-        forward_batch_on(&mut self.executor, self.net.as_ref(), seqs, rows)
+    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]], stats: bool) -> Result<Vec<f32>> {
+        forward_batch_on(&mut self.executor, self.net.as_ref(), seqs, rows, stats)
     }
     fn description(&self) -> String {
         match (self.executor.device_name(), &self.api) {
@@ -169,11 +171,11 @@ struct OnWgpu {
 
 #[cfg(feature = "wgpu")]
 impl Runner for OnWgpu {
-    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
-        forward_rows_on(&mut self.executor, self.net.as_ref(), kv_for, tokens, pass, rows)
+    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>, stats: bool) -> Result<Vec<f32>> {
+        forward_rows_on(&mut self.executor, self.net.as_ref(), kv_for, tokens, pass, rows, stats)
     }
-    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
-        forward_batch_on(&mut self.executor, self.net.as_ref(), seqs, rows)
+    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]], stats: bool) -> Result<Vec<f32>> {
+        forward_batch_on(&mut self.executor, self.net.as_ref(), seqs, rows, stats)
     }
     fn description(&self) -> String {
         let a = self.executor.gpu().adapter();
@@ -200,6 +202,8 @@ pub struct Model {
     diffusion: DiffusionParams,
     gguf: Gguf,
     warnings: Vec<String>,
+    /// [`Model::set_device_candidates`]; `None`: by backend.
+    device_candidates: Option<bool>,
 }
 
 // A server thread can own a model: checked at compile time.
@@ -227,7 +231,7 @@ impl Model {
             super::check_values(&gguf)?;
         }
         let runner = Self::on_backend(&gguf, &params, opts, &unused)?;
-        Ok(Model { runner, kv_for: None, params, diffusion, gguf, warnings })
+        Ok(Model { runner, kv_for: None, params, diffusion, gguf, warnings, device_candidates: None })
     }
 
     fn on_backend(gguf: &Gguf, params: &Hparams, opts: &LoadOptions, unused: &[String]) -> Result<Box<dyn Runner>> {
@@ -391,7 +395,32 @@ impl Model {
     /// sequence `tokens`, or for every computed position when `rows` is `None`. The LM head
     /// runs on those rows only. `pass` says which positions are computed (see [`Pass`]).
     pub fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
-        self.runner.forward_rows(&mut self.kv_for, tokens, pass, rows)
+        self.runner.forward_rows(&mut self.kv_for, tokens, pass, rows, false)
+    }
+
+    /// [`Model::forward_rows`] with each row reduced on the backend to what a greedy sampler
+    /// needs ([`RowStats`]): 20 bytes per row come back instead of `4 × n_vocab`.
+    pub fn forward_rows_stats(&mut self, tokens: &[u32], pass: Pass, rows: &[usize]) -> Result<Vec<RowStats>> {
+        let raw = self.runner.forward_rows(&mut self.kv_for, tokens, pass, Some(rows), true)?;
+        Ok(RowStats::parse(&raw, self.params.n_vocab))
+    }
+
+    /// [`Model::forward_batch`] reduced as [`Model::forward_rows_stats`].
+    pub fn forward_batch_stats(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<RowStats>> {
+        let raw = self.runner.forward_batch(seqs, rows, true)?;
+        Ok(RowStats::parse(&raw, self.params.n_vocab))
+    }
+
+    /// Whether generation reduces greedy steps' logits on the backend ([`Model::forward_rows_stats`]):
+    /// by default on a GPU backend (the logits would otherwise cross to the host every step), not
+    /// on the CPU (they are already there, and the host sampler is exact and multi-threaded).
+    pub fn device_candidates(&self) -> bool {
+        self.device_candidates.unwrap_or(self.runner.backend() != Backend::Cpu)
+    }
+
+    /// Forces [`Model::device_candidates`] on or off (`None`: the backend decides).
+    pub fn set_device_candidates(&mut self, on: Option<bool>) {
+        self.device_candidates = on;
     }
 
     /// Logits of the rows `rows[i]` of each sequence `seqs[i]` (in that order, sequence after
@@ -399,7 +428,7 @@ impl Model {
     /// reads the weights once for all of them, attention stays within each sequence, and each
     /// has its own positions from 0, so every sequence's logits are those of a pass on its own.
     pub fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
-        self.runner.forward_batch(seqs, rows)
+        self.runner.forward_batch(seqs, rows, false)
     }
 }
 
@@ -431,6 +460,7 @@ kv_for: &mut Option<usize>,
 tokens: &[u32],
 pass: Pass,
 rows: Option<&[usize]>,
+stats: bool,
 ) -> Result<Vec<f32>> {
     let total = tokens.len();
     let p = net.hparams();
@@ -481,7 +511,7 @@ rows: Option<&[usize]>,
     };
     let ids: Vec<i32> = tokens[start..end].iter().map(|&t| t as i32).collect();
     let pos: Vec<i32> = (start as i32..end as i32).collect();
-    let kind = GraphKind::Forward { pass: kind, total, start, end, out_rows: out_rows.as_ref().map_or(0, |r| r.len()) };
+    let kind = GraphKind::Forward { pass: kind, total, start, end, out_rows: out_rows.as_ref().map_or(0, |r| r.len()), stats };
     let key = GraphKey { kind, max_nodes: graph_size(p.n_layer, 1) };
     let mut inputs: Vec<&[i32]> = vec![&ids, &pos];
     if let Some(r) = &out_rows {
@@ -495,17 +525,22 @@ rows: Option<&[usize]>,
             Pass::Store => Kv::Store(&cache),
             Pass::Reuse { .. } => Kv::Reuse { cache: &cache, start },
         };
-        net.forward(b, &Inputs { tokens: t, pos: ps, n, kv, out_rows: rows, seqs: &[n] })
+        let logits = net.forward(b, &Inputs { tokens: t, pos: ps, n, kv, out_rows: rows, seqs: &[n] });
+        if stats {
+            b.row_stats(logits)
+        } else {
+            logits
+        }
     })?;
     if matches!(pass, Pass::Store) {
         *kv_for = Some(total);
     }
-    out.truncate(n_rows * n_vocab);
+    out.truncate(n_rows * if stats { ROW_STATS } else { n_vocab });
     Ok(out)
 }
 
 /// [`Model::forward_batch`] on one engine.
-fn forward_batch_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
+fn forward_batch_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, seqs: &[&[u32]], rows: &[&[usize]], stats: bool) -> Result<Vec<f32>> {
     let n_vocab = net.hparams().n_vocab;
     if seqs.is_empty() || seqs.len() != rows.len() {
         return Err(Error::Invalid(format!("a batch needs one row list per sequence ({} sequences, {} row lists)", seqs.len(), rows.len())));
@@ -527,14 +562,22 @@ fn forward_batch_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, seqs: 
     let out_rows = padded_rows(out);
     let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
     let n = ids.len();
-    let key = GraphKey { kind: GraphKind::Batch { lens: lens.clone(), out_rows: out_rows.len() }, max_nodes: graph_size(net.hparams().n_layer, seqs.len()) };
+    let key = GraphKey { kind: GraphKind::Batch { lens: lens.clone(), out_rows: out_rows.len(), stats }, max_nodes: graph_size(net.hparams().n_layer, seqs.len()) };
     let mut logits = executor.run(&key, &[&ids, &pos, &out_rows], |b| {
         let (t, ps, r) = (b.input_i32(n), b.input_i32(n), b.input_i32(out_rows.len()));
-        net.forward(b, &Inputs { tokens: t, pos: ps, n, kv: Kv::None, out_rows: Some(r), seqs: &lens })
+        let logits = net.forward(b, &Inputs { tokens: t, pos: ps, n, kv: Kv::None, out_rows: Some(r), seqs: &lens });
+        if stats {
+            b.row_stats(logits)
+        } else {
+            logits
+        }
     })?;
-    logits.truncate(n_rows * n_vocab);
+    logits.truncate(n_rows * if stats { ROW_STATS } else { n_vocab });
     Ok(logits)
 }
+
+/// Values per row of [`Ops::row_stats`].
+const ROW_STATS: usize = 5;
 
 /// Tensors and nodes a forward graph may need, generously: a layer makes about 30, plus 8 per
 /// sequence of a batch (views and attention) and one to join them.

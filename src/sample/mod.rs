@@ -77,6 +77,56 @@ pub struct Candidate {
     pub entropy: f32,
 }
 
+/// What a greedy step needs of one logits row, reduced where the logits are
+/// ([`crate::graph::Ops::row_stats`]): so a GPU sends 20 bytes per masked position to the host,
+/// not the whole row. Greedy decoding only (temperature 0): a sampled draw needs the row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowStats {
+    /// The lowest id of the largest logit.
+    pub token: u32,
+    /// `Σ exp(x − max)`: at least 1 for a finite row (NaN or infinite otherwise).
+    pub z: f32,
+    /// `Σ exp(x − max)·(x − max)`.
+    pub s: f32,
+    /// The second-largest logit minus the largest: 0 when the maximum is tied, −1e30 (or less)
+    /// when the row has one entry.
+    pub second: f32,
+}
+
+impl RowStats {
+    /// From the backend's 5 values per row (see [`crate::graph::Ops::row_stats`]).
+    pub fn parse(raw: &[f32], n_vocab: usize) -> Vec<RowStats> {
+        raw.chunks_exact(5)
+            .map(|r| {
+                let at_max = n_vocab as f32 - r[4];
+                RowStats {
+                    token: (n_vocab as f32 - r[0]).max(0.0) as u32,
+                    z: r[1],
+                    s: r[2],
+                    second: if at_max >= 2.0 { 0.0 } else { r[3] },
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the row was finite (the statistics of a NaN or infinite logit are not numbers).
+    pub fn is_finite(&self) -> bool {
+        self.z.is_finite() && self.z >= 1.0 && self.s.is_finite()
+    }
+
+    /// The greedy candidate: the [`TokenSampler`] at temperature 0 would give the same token
+    /// and these scores up to rounding (the sums run in another order, on another device).
+    pub fn candidate(&self) -> Candidate {
+        let confidence = 1.0 / self.z;
+        Candidate {
+            token: self.token,
+            confidence,
+            margin: (1.0 - self.second.exp()) * confidence,
+            entropy: (self.z.ln() - self.s * confidence).max(0.0),
+        }
+    }
+}
+
 /// Decides which masked positions to commit at a step.
 pub trait Unmasker {
     /// `cands[i]` is the candidate for the i-th still-masked position (in canvas order);

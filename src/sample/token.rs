@@ -146,7 +146,7 @@ impl TokenSampler {
                     z.exp()
                 }
             }));
-            draw_all(hot, &mut sc.keys, rng)
+            draw_all(hot, &mut sc.keys, &mut sc.tmp, rng)
         } else if nucleus {
             let top_p = self.top_p;
             match draw_nucleus(y, &sc.e, sum, top_p, &sc.hist, &mut sc.near, &mut sc.keys, rng) {
@@ -163,7 +163,7 @@ impl TokenSampler {
             if self.top_k > 0 && self.top_k < v {
                 reference::draw(self, &sc.w, rng)
             } else {
-                draw_all(&sc.w, &mut sc.keys, rng)
+                draw_all(&sc.w, &mut sc.keys, &mut sc.tmp, rng)
             }
         };
         let confidence = if !need.confidence {
@@ -192,6 +192,7 @@ struct Scratch {
     w: Vec<f32>,
     near: Vec<u32>,
     keys: Vec<u64>,
+    tmp: Vec<u64>,
     hist: Vec<f64>,
 }
 
@@ -403,10 +404,10 @@ fn key(w: f32, i: usize) -> u64 {
 
 /// A draw from all of `w` (no truncation): the reference's walk over the ids sorted by weight.
 /// Zero weights sort last and are never walked past unless every nonzero one was.
-fn draw_all(w: &[f32], keys: &mut Vec<u64>, rng: &mut Rng) -> usize {
+fn draw_all(w: &[f32], keys: &mut Vec<u64>, tmp: &mut Vec<u64>, rng: &mut Rng) -> usize {
     keys.clear();
     keys.extend(w.iter().enumerate().filter(|(_, &x)| x > 0.0).map(|(i, &x)| key(x, i)));
-    keys.sort_unstable();
+    sort_keys(keys, tmp);
     walk(keys, rng.uniform()).unwrap_or_else(|| last_in_order(w, keys))
 }
 
@@ -416,6 +417,38 @@ fn last_in_order(w: &[f32], keys: &[u64]) -> usize {
     match w.iter().rposition(|&x| x == 0.0) {
         Some(i) => i,
         None => (*keys.last().expect("a finite row has a nonzero weight") as u32) as usize,
+    }
+}
+
+/// Sorts `keys` made by [`key`] in ascending id order: a stable radix sort on the weight half
+/// (three passes of 11 bits, a pass skipped when every key has the same digit), so equal weights
+/// stay in id order and the result is what `sort_unstable` gives, in linear time.
+fn sort_keys(keys: &mut Vec<u64>, tmp: &mut Vec<u64>) {
+    if keys.len() < 512 {
+        keys.sort_unstable();
+        return;
+    }
+    debug_assert!(keys.windows(2).all(|k| (k[0] as u32) < (k[1] as u32)));
+    tmp.clear();
+    tmp.resize(keys.len(), 0);
+    for shift in [32u32, 43, 54] {
+        let mut count = [0usize; 2048];
+        for &k in keys.iter() {
+            count[((k >> shift) & 2047) as usize] += 1;
+        }
+        if count.iter().any(|&c| c == keys.len()) {
+            continue;
+        }
+        let mut at = 0;
+        for c in count.iter_mut() {
+            (*c, at) = (at, at + *c);
+        }
+        for &k in keys.iter() {
+            let d = ((k >> shift) & 2047) as usize;
+            tmp[count[d]] = k;
+            count[d] += 1;
+        }
+        std::mem::swap(keys, tmp);
     }
 }
 
@@ -496,6 +529,30 @@ mod tests {
         let mut order: Vec<usize> = (0..w.len()).collect();
         order.sort_unstable_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
         order
+    }
+
+    #[test]
+    fn the_radix_sort_orders_keys_as_sort_unstable_does() {
+        let mut g = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            g ^= g << 13;
+            g ^= g >> 7;
+            g ^= g << 17;
+            g
+        };
+        let (mut keys, mut tmp) = (Vec::new(), Vec::new());
+        for n in [0usize, 1, 600, 5000, 40_000] {
+            for spread in [3u64, 1000, u64::MAX] {
+                // Weights with many ties (a few distinct values) or all distinct, any magnitude.
+                let w: Vec<f32> = (0..n).map(|_| f32::from_bits(((next() % spread) as u32 % 0x7f00_0000) + 1)).collect();
+                keys.clear();
+                keys.extend(w.iter().enumerate().map(|(i, &x)| key(x, i)));
+                let mut want = keys.clone();
+                want.sort_unstable();
+                sort_keys(&mut keys, &mut tmp);
+                assert_eq!(keys, want, "n {n} spread {spread}");
+            }
+        }
     }
 
     #[test]

@@ -350,6 +350,39 @@ fn f32_accumulation(t: TensorRef) -> TensorRef {
 impl Ops for Builder<'_> {
     type T = TensorRef;
 
+    fn row_stats(&mut self, x: TensorRef) -> TensorRef {
+        // SAFETY: `x` is a live tensor (TensorRef invariant); reading its header is plain access.
+        let n = unsafe { x.0.as_ref() }.ne[0] as i32;
+        let c = self.ctx.raw();
+        // The row maximum by a max-pool over the whole row ([1, rows]), then y = x − m.
+        let m = node!(self, sys::ggml_pool_1d(c, x.ptr(), sys::GGML_OP_POOL_MAX, n, n, 0));
+        let y = node!(self, sys::ggml_sub(c, x.ptr(), m.ptr()));
+        let e = node!(self, sys::ggml_exp(c, y.ptr()));
+        let z = node!(self, sys::ggml_sum_rows(c, e.ptr()));
+        let ey = node!(self, sys::ggml_mul(c, e.ptr(), y.ptr()));
+        let s = node!(self, sys::ggml_sum_rows(c, ey.ptr()));
+        // 1 below the maximum, 0 at it.
+        let neg = node!(self, sys::ggml_neg(c, y.ptr()));
+        let below = node!(self, sys::ggml_step(c, neg.ptr()));
+        let n_below = node!(self, sys::ggml_sum_rows(c, below.ptr()));
+        let at_max = node!(self, sys::ggml_scale_bias(c, below.ptr(), -1.0, 1.0));
+        // The lowest index of the maximum: the largest n − i where the maximum is.
+        let ids = node!(self, sys::ggml_arange(c, 0.0, n as f32, 1.0));
+        let rev = node!(self, sys::ggml_scale_bias(c, ids.ptr(), -1.0, n as f32));
+        let rev_at_max = node!(self, sys::ggml_mul(c, at_max.ptr(), rev.ptr()));
+        let first = node!(self, sys::ggml_pool_1d(c, rev_at_max.ptr(), sys::GGML_OP_POOL_MAX, n, n, 0));
+        // The second largest: y where below the maximum, −1e30 at it.
+        let y_below = node!(self, sys::ggml_mul(c, y.ptr(), below.ptr()));
+        let big = node!(self, sys::ggml_scale(c, at_max.ptr(), 1e30));
+        let masked = node!(self, sys::ggml_sub(c, y_below.ptr(), big.ptr()));
+        let second = node!(self, sys::ggml_pool_1d(c, masked.ptr(), sys::GGML_OP_POOL_MAX, n, n, 0));
+        let mut out = first;
+        for part in [z, s, second, n_below] {
+            out = node!(self, sys::ggml_concat(c, out.ptr(), part.ptr(), 0));
+        }
+        out
+    }
+
     fn input_i32(&mut self, n: usize) -> TensorRef {
         let t = node!(self, sys::ggml_new_tensor_1d(self.ctx.raw(), ggml_type(GgmlType::I32), n as i64));
         // SAFETY: a live tensor of this context.

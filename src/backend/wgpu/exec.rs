@@ -172,6 +172,17 @@ impl Recorder<'_> {
 impl Ops for Recorder<'_> {
     type T = GpuTensor;
 
+    fn row_stats(&mut self, x: GpuTensor) -> GpuTensor {
+        let dx = self.desc(x);
+        let rows = dx.ne[1] * dx.ne[2];
+        let (y, dy) = self.act([5, rows, 1]);
+        let (gx, gy) = groups_2d(rows);
+        let bx = self.f32_bind(dx);
+        let p = params::RowStats { ne0: dx.ne[0] as u32, rows: rows as u32, x_off: dx.off as u32, y_off: dy.off as u32, groups_x: gx, ..Default::default() };
+        self.dispatch(Kernel::RowStats, p, vec![bx, Bind::Store(dy.store)], (gx, gy));
+        y
+    }
+
     fn input_i32(&mut self, n: usize) -> GpuTensor {
         self.inputs.push(n);
         self.push(Desc { store: Store::Input(self.inputs.len() - 1), off: 0, ne: [n, 1, 1] })

@@ -13,6 +13,7 @@ const MATMUL: &str = <params::MatMul as KernelParams>::SOURCE;
 const MATVEC: &str = <params::MatVec as KernelParams>::SOURCE;
 const GET_ROWS: &str = <params::GetRows as KernelParams>::SOURCE;
 const RMS_NORM: &str = <params::RmsNorm as KernelParams>::SOURCE;
+const ROW_STATS: &str = <params::RowStats as KernelParams>::SOURCE;
 const ELEMENTWISE: &str = <params::Elementwise as KernelParams>::SOURCE;
 const ROPE: &str = <params::Rope as KernelParams>::SOURCE;
 const SLICE: &str = <params::Slice as KernelParams>::SOURCE;
@@ -130,6 +131,7 @@ pub enum Kernel {
     Elementwise(u32),
     Rope,
     Slice,
+    RowStats,
     /// Head dimension.
     Attention(u32),
 }
@@ -190,6 +192,7 @@ impl Kernel {
             Kernel::GetRows(l) => format!("{GET_ROWS}\n{}", l.loader()),
             Kernel::Norm(_) => RMS_NORM.into(),
             Kernel::Slice => SLICE.into(),
+            Kernel::RowStats => ROW_STATS.into(),
             Kernel::Elementwise(_) => ELEMENTWISE.into(),
             Kernel::Rope => ROPE.into(),
             Kernel::Attention(hd) => {

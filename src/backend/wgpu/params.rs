@@ -79,6 +79,15 @@ params! {
 }
 
 params! {
+    /// `row_stats.wgsl`: each of `rows` rows of `ne0` logits.
+    RowStats = "row_stats.wgsl" {
+        ne0: u32, rows: u32, x_off: u32, y_off: u32,
+        groups_x: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+        _pad3: u32, _pad4: u32, _pad5: u32, _pad6: u32,
+    }
+}
+
+params! {
     /// `slice.wgsl`: values `start..start + len` along `ne0` of `[ne0, n]`, made contiguous.
     Slice = "slice.wgsl" {
         ne0: u32, len: u32, n: u32, groups_x: u32,
@@ -148,6 +157,7 @@ mod tests {
         check::<RmsNorm>(&types_of(RmsNorm { eps: 0.5, ..Default::default() }));
         check::<Rope>(&types_of(Rope { theta: 0.5, ..Default::default() }));
         check::<Slice>(&types_of(Slice::default()));
+        check::<RowStats>(&types_of(RowStats::default()));
         check::<Attention>(&types_of(Attention { scale: 0.5, ..Default::default() }));
     }
 

@@ -1,0 +1,97 @@
+// What the host sampler needs of each row of logits x [ne0, rows], one workgroup per row:
+// y[5 row ..] = (ne0 − i for the lowest index i of the row's maximum m, Σ exp(x − m),
+// Σ exp(x − m)(x − m), the largest x − m below 0 (−1e30 if none), how many entries are below m).
+
+struct Params {
+    ne0: u32, rows: u32, x_off: u32, y_off: u32,
+    groups_x: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+var<workgroup> val: array<f32, 256>;
+var<workgroup> idx: array<u32, 256>;
+
+/// The sum (take_max false) or maximum of every thread's `val` (all threads call it).
+fn reduce(lid: u32, take_max: bool) -> f32 {
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            let b = val[lid + stride];
+            val[lid] = select(val[lid] + b, max(val[lid], b), take_max);
+        }
+        workgroupBarrier();
+    }
+    let total = val[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.y * P.groups_x + wid.x;
+    if (row >= P.rows) {
+        return; // uniform across the workgroup
+    }
+    let xb = P.x_off + row * P.ne0;
+    // The maximum and its lowest index: each thread walks its ids upwards (strictly greater
+    // keeps its first), then pairs join preferring the lower index on equal values.
+    var m = bitcast<f32>(0xff800000u);
+    var mi = 0xffffffffu;
+    for (var i = lid; i < P.ne0; i += 256u) {
+        let v = x[xb + i];
+        if (v > m) {
+            m = v;
+            mi = i;
+        }
+    }
+    val[lid] = m;
+    idx[lid] = mi;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            let bv = val[lid + stride];
+            let bi = idx[lid + stride];
+            if (bv > val[lid] || (bv == val[lid] && bi < idx[lid])) {
+                val[lid] = bv;
+                idx[lid] = bi;
+            }
+        }
+        workgroupBarrier();
+    }
+    m = val[0];
+    let first = idx[0];
+    workgroupBarrier();
+    var z = 0.0;
+    var s = 0.0;
+    var second = -1e30;
+    var below = 0.0;
+    for (var i = lid; i < P.ne0; i += 256u) {
+        let d = x[xb + i] - m;
+        let e = exp(d);
+        z += e;
+        s += e * d;
+        if (d < 0.0) {
+            second = max(second, d);
+            below += 1.0;
+        }
+    }
+    val[lid] = z;
+    z = reduce(lid, false);
+    val[lid] = s;
+    s = reduce(lid, false);
+    val[lid] = second;
+    second = reduce(lid, true);
+    val[lid] = below;
+    below = reduce(lid, false);
+    if (lid == 0u) {
+        let yb = P.y_off + row * 5u;
+        y[yb] = f32(P.ne0 - first);
+        y[yb + 1u] = z;
+        y[yb + 2u] = s;
+        y[yb + 3u] = second;
+        y[yb + 4u] = below;
+    }
+}
