@@ -94,6 +94,19 @@ fn table(title: &str, rows: &[f32], vocab: usize, n_rows: usize, step_ms: Option
     println!();
     println!("{title}: {n_rows} rows × {vocab} ids, {} threads", threads());
     println!();
+    // How far the sampler's f32 id-order sum of exponentials (kept bit-identical to the
+    // reference) is from the f64 sum: the confidence it reports is off by this much.
+    let worst = rows[..vocab * n_rows]
+        .chunks(vocab)
+        .map(|r| {
+            let c = TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0, gumbel: false }.sample(r, &mut Rng::new(0)).confidence as f64;
+            let m = r.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let z: f64 = r.iter().map(|&x| (x as f64 - m).exp()).sum();
+            (c * z - 1.0).abs()
+        })
+        .fold(0f64, f64::max);
+    println!("greedy confidence, f32 sum in id order vs f64: up to {worst:.1e} relative");
+    println!();
     println!("| setting | reference ms/step | dlm ms/step | speed-up | share of a 1B step |");
     println!("|---|---|---|---|---|");
     for s in settings() {
@@ -116,6 +129,25 @@ fn main() {
         model.forward_rows(&canvas, Pass::Full, Some(&rows)).unwrap();
         let ms = median((0..3).map(|_| time(|| model.forward_rows(&canvas, Pass::Full, Some(&rows)).unwrap()).0 * 1e3).collect());
         println!("1B-shaped q4_0 step (22 layers, 320 positions, LM head on 256 rows, vocabulary 32000): {ms:.0} ms");
+        // The same step with the rows reduced in the graph (device candidates) against logits
+        // then the host sampler, greedy confidence rule.
+        let conf = Scores { confidence: true, ..Scores::NONE };
+        let greedy = TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0, gumbel: false };
+        let mut host = || {
+            let l = model.forward_rows(&canvas, Pass::Full, Some(&rows)).unwrap();
+            step(&l, 32000, &|r: &[f32], rng: &mut Rng| greedy.sample_scores(r, rng, conf))
+        };
+        let mut model2 = Model::load(&file, &LoadOptions { threads, ..Default::default() }).unwrap();
+        let mut device = || model2.forward_rows_stats(&canvas, Pass::Full, &rows).unwrap().iter().map(|r| r.candidate()).collect::<Vec<_>>();
+        let (a, b) = (host(), device());
+        let same = a.iter().zip(&b).filter(|(x, y)| x.token == y.token).count();
+        let th = median((0..3).map(|_| time(&mut host).0 * 1e3).collect());
+        let td = median((0..3).map(|_| time(&mut device).0 * 1e3).collect());
+        println!();
+        println!("| greedy step, 256 rows × 32000 ids | ms/step | bytes to the host per step | same tokens |");
+        println!("|---|---|---|---|");
+        println!("| logits, then the host sampler | {th:.0} | {} | - |", 256 * 32000 * 4);
+        println!("| rows reduced in the graph (--device-candidates on) | {td:.0} | {} | {same}/256 |", 256 * 5 * 4);
         Some(ms)
     } else {
         None

@@ -598,3 +598,20 @@ fn session_equals_dlm_run_and_dlm_score() {
     assert!(s.generate("x", &dlm::Settings { n: usize::MAX, ..Default::default() }).is_err());
     assert!(s.generate("x", &dlm::Settings { temp: Some(f32::NAN), ..Default::default() }).is_err());
 }
+
+#[test]
+fn device_candidates_give_the_same_greedy_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny.gguf");
+    common::convert_to(&common::root().join("models/diffullama-tiny"), OutType::Q8_0, false, &out);
+    let g = out.to_str().unwrap();
+    for rule in ["confidence", "threshold", "origin"] {
+        let run = |flag: &str| json(&dlm_run(&["-m", g, "-p", "add 25 17:", "-n", "8", "--temp", "0", "--unmask", rule, "-s", "3", "-t", "2", "--json", "--device-candidates", flag]));
+        let (off, on) = (run("off"), run("on"));
+        assert_eq!(off["tokens"], on["tokens"], "{rule}");
+        assert_eq!(off["text"], run("auto")["text"], "{rule}");
+    }
+    let bad = dlm_run(&["-m", g, "-p", "x", "--device-candidates", "sometimes"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("device-candidates"), "{}", String::from_utf8_lossy(&bad.stderr));
+}

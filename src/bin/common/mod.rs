@@ -42,8 +42,9 @@ pub enum CacheArg {
     Dual,
 }
 
+/// on, off or auto (`-fa`, `--device-candidates`).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlashAttn {
+pub enum Switch {
     On,
     Off,
     Auto,
@@ -84,7 +85,14 @@ pub struct ModelArgs {
     /// default; auto is the same) or off (explicit scores and soft-max, what llama.cpp runs
     /// with it off)
     #[arg(long = "flash-attn", value_enum, value_name = "on|off|auto", num_args = 0..=1, default_missing_value = "on")]
-    pub flash_attn: Option<FlashAttn>,
+    pub flash_attn: Option<Switch>,
+    /// Reduce each greedy step's logits on the backend, so 20 bytes per masked position come to
+    /// the host instead of the whole vocabulary's logits: auto (on a GPU backend, off on the
+    /// CPU, where the logits are already in memory and the host sampler is exact), on, or off.
+    /// Greedy steps (--temp 0) without --cfg-scale only; the token is the same, the scores equal
+    /// to f32 rounding
+    #[arg(long = "device-candidates", value_enum, value_name = "auto|on|off", default_value = "auto")]
+    pub device_candidates: Switch,
     /// Check every tensor's values at load: floats finite, every quantized block's scale
     /// finite (a NaN scale does not reach the logits; it makes garbage text). On by default: it
     /// reads the file at 11-19 GB/s, 5 % of one 128-token forward pass (README: "Checking
@@ -389,8 +397,13 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
     }
     let backend = backend_of(a, checked.params.n_layer)?;
     // Checked above, timed for -v.
-    let opts = LoadOptions { threads, diffusion: over, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, check_values: false, flash_attn: a.flash_attn != Some(FlashAttn::Off), ..Default::default() };
-    let model = Model::from_gguf(gguf, &opts)?;
+    let opts = LoadOptions { threads, diffusion: over, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, check_values: false, flash_attn: a.flash_attn != Some(Switch::Off), ..Default::default() };
+    let mut model = Model::from_gguf(gguf, &opts)?;
+    model.set_device_candidates(match a.device_candidates {
+        Switch::Auto => None,
+        Switch::On => Some(true),
+        Switch::Off => Some(false),
+    });
     for w in model.warnings() {
         dlm::errln!("warning: {}: {w}", path.display());
     }
