@@ -401,12 +401,14 @@ impl Model {
     /// [`Model::forward_rows`] with each row reduced on the backend to what a greedy sampler
     /// needs ([`RowStats`]): 20 bytes per row come back instead of `4 × n_vocab`.
     pub fn forward_rows_stats(&mut self, tokens: &[u32], pass: Pass, rows: &[usize]) -> Result<Vec<RowStats>> {
+        self.check_row_stats()?;
         let raw = self.runner.forward_rows(&mut self.kv_for, tokens, pass, Some(rows), true)?;
         Ok(RowStats::parse(&raw, self.params.n_vocab))
     }
 
     /// [`Model::forward_batch`] reduced as [`Model::forward_rows_stats`].
     pub fn forward_batch_stats(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<RowStats>> {
+        self.check_row_stats()?;
         let raw = self.runner.forward_batch(seqs, rows, true)?;
         Ok(RowStats::parse(&raw, self.params.n_vocab))
     }
@@ -415,7 +417,15 @@ impl Model {
     /// by default on a GPU backend (the logits would otherwise cross to the host every step), not
     /// on the CPU (they are already there, and the host sampler is exact and multi-threaded).
     pub fn device_candidates(&self) -> bool {
-        self.device_candidates.unwrap_or(self.runner.backend() != Backend::Cpu)
+        self.check_row_stats().is_ok() && self.device_candidates.unwrap_or(self.runner.backend() != Backend::Cpu)
+    }
+
+    /// Row statistics carry token ids as f32: exact below 2^24 ids.
+    fn check_row_stats(&self) -> Result<()> {
+        if self.params.n_vocab > 1 << 24 {
+            return Err(Error::Invalid(format!("a vocabulary of {} ids is too large to reduce rows on the backend (at most 2^24)", self.params.n_vocab)));
+        }
+        Ok(())
     }
 
     /// Forces [`Model::device_candidates`] on or off (`None`: the backend decides).
