@@ -44,29 +44,15 @@ fn settings() -> Vec<Setting> {
     ]
 }
 
-struct Gen(u64);
-
-impl Gen {
-    fn u(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn gauss(&mut self) -> f32 {
-        let (a, b) = (self.u().max(1e-300), self.u());
-        ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
-    }
-}
 
 fn lm_like(vocab: usize, rows: usize, seed: u64) -> Vec<f32> {
-    let mut g = Gen(seed | 1);
+    let mut g = Rng::new(seed);
     let mut out = Vec::with_capacity(vocab * rows);
     for _ in 0..rows {
         let start = out.len();
-        out.extend((0..vocab).map(|_| 2.5 * g.gauss()));
-        let top = start + (g.u() * vocab as f64) as usize % vocab;
-        out[top] += 8.0 + 12.0 * g.u() as f32;
+        out.extend((0..vocab).map(|_| 2.5 * g.normal() as f32));
+        let top = start + (g.uniform() * vocab as f64) as usize % vocab;
+        out[top] += 8.0 + 12.0 * g.uniform() as f32;
     }
     out
 }

@@ -13,21 +13,7 @@ struct Params {
 
 override CENTER: u32 = 0u;
 
-var<workgroup> partial: array<f32, 256>;
-
-/// The sum of every thread's `partial` (all threads call it; ends with a barrier).
-fn reduce(lid: u32) -> f32 {
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
+// `partial` and `reduce` come from reduce.wgsl, appended to this source.
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -11,23 +11,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
-var<workgroup> val: array<f32, 256>;
+// `partial`, `reduce` and `reduce_max` come from reduce.wgsl, appended to this source.
 var<workgroup> idx: array<u32, 256>;
-
-/// The sum (take_max false) or maximum of every thread's `val` (all threads call it).
-fn reduce(lid: u32, take_max: bool) -> f32 {
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            let b = val[lid + stride];
-            val[lid] = select(val[lid] + b, max(val[lid], b), take_max);
-        }
-        workgroupBarrier();
-    }
-    let total = val[0];
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -38,7 +23,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let xb = P.x_off + row * P.ne0;
     // The maximum and its lowest index: each thread walks its ids upwards (strictly greater
     // keeps its first), then pairs join preferring the lower index on equal values.
-    var m = bitcast<f32>(0xff800000u);
+    var m = -3.40282347e38; // the lowest f32 (an infinite constant is not valid WGSL)
     var mi = 0xffffffffu;
     for (var i = lid; i < P.ne0; i += 256u) {
         let v = x[xb + i];
@@ -47,21 +32,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             mi = i;
         }
     }
-    val[lid] = m;
+    partial[lid] = m;
     idx[lid] = mi;
     workgroupBarrier();
     for (var stride = 128u; stride > 0u; stride /= 2u) {
         if (lid < stride) {
-            let bv = val[lid + stride];
+            let bv = partial[lid + stride];
             let bi = idx[lid + stride];
-            if (bv > val[lid] || (bv == val[lid] && bi < idx[lid])) {
-                val[lid] = bv;
+            if (bv > partial[lid] || (bv == partial[lid] && bi < idx[lid])) {
+                partial[lid] = bv;
                 idx[lid] = bi;
             }
         }
         workgroupBarrier();
     }
-    m = val[0];
+    m = partial[0];
     let first = idx[0];
     workgroupBarrier();
     var z = 0.0;
@@ -78,14 +63,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             below += 1.0;
         }
     }
-    val[lid] = z;
-    z = reduce(lid, false);
-    val[lid] = s;
-    s = reduce(lid, false);
-    val[lid] = second;
-    second = reduce(lid, true);
-    val[lid] = below;
-    below = reduce(lid, false);
+    partial[lid] = z;
+    z = reduce(lid);
+    partial[lid] = s;
+    s = reduce(lid);
+    partial[lid] = second;
+    second = reduce_max(lid);
+    partial[lid] = below;
+    below = reduce(lid);
     if (lid == 0u) {
         let yb = P.y_off + row * 5u;
         y[yb] = f32(P.ne0 - first);

@@ -187,21 +187,6 @@ fn wgpu_batches_and_cache_passes_match_the_cpu_backend() {
     }
 }
 
-/// The first device of the first compiled-in ggml GPU backend (software ones included: an
-/// explicit backend may use lavapipe, which ggml-vulkan lists with GGML_VK_VISIBLE_DEVICES=0).
-#[cfg(any(feature = "cuda", feature = "metal", feature = "vulkan"))]
-fn ggml_gpu() -> Option<Backend> {
-    let Some(d) = dlm::backend::ggml::gpu_devices().into_iter().next() else {
-        eprintln!("SKIPPED: this ggml GPU build found no device (for lavapipe: GGML_VK_VISIBLE_DEVICES=0)");
-        return None;
-    };
-    Some(match d.api.as_str() {
-        "CUDA" => Backend::Cuda,
-        "Metal" => Backend::Metal,
-        _ => Backend::Vulkan,
-    })
-}
-
 // ggml's GPU kernels round matmul operands to f16 where the device has f16 arithmetic
 // (ggml-vulkan keeps its shared-memory tiles in f16 even for f32 weights: 1.2e-3 on lavapipe,
 // 1.0e-6 with GGML_VK_DISABLE_F16=1), so f32 gets the f16 bound; quantized types as the CPU.
@@ -211,7 +196,7 @@ const GGML_GPU_BOUNDS: [(OutType, f32); 4] = [(OutType::F32, 2e-3), (OutType::F1
 #[cfg(any(feature = "cuda", feature = "metal", feature = "vulkan"))]
 #[test]
 fn ggml_gpu_logits_match_the_cpu_backend_per_type() {
-    if let Some(backend) = ggml_gpu() {
+    if let Some(backend) = common::ggml_gpu() {
         let type_bound = |k: OutType| GGML_GPU_BOUNDS.iter().find(|b| b.0 == k).map_or(0.0, |b| b.1);
         logits_match_per_type(|p| load(p, backend), &GGML_GPU_BOUNDS, type_bound);
         // One of the two layers offloaded: the scheduler splits every graph between the
@@ -223,7 +208,7 @@ fn ggml_gpu_logits_match_the_cpu_backend_per_type() {
 #[cfg(any(feature = "cuda", feature = "metal", feature = "vulkan"))]
 #[test]
 fn ggml_gpu_batches_and_cache_passes_match_the_cpu_backend() {
-    if let Some(backend) = ggml_gpu() {
+    if let Some(backend) = common::ggml_gpu() {
         batches_and_cache_passes_match(|p| load(p, backend), 2e-3);
     }
 }

@@ -257,3 +257,15 @@ fn generation_with_device_candidates_equals_generation_without() {
     assert_eq!(compared, rules.len() * settings.len() * prompts.len());
     assert!(steps_differ * 5 <= compared, "{steps_differ} of {compared} generations took other steps");
 }
+
+
+#[cfg(any(feature = "cuda", feature = "metal", feature = "vulkan"))]
+#[test]
+fn reduced_rows_equal_the_host_sampler_on_a_ggml_gpu() {
+    let Some(backend) = common::ggml_gpu() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    passes_match(&trained(tmp.path(), OutType::F16), backend, &format!("{backend:?} f16"));
+    tied_rows_go_to_the_lowest_id_on(backend);
+    // On a GPU backend the reduction is on by default.
+    assert!(load(&trained(tmp.path(), OutType::Q8_0), backend).device_candidates());
+}

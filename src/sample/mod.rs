@@ -63,6 +63,12 @@ impl Rng {
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
+
+    /// Standard normal (Box–Muller; one of the pair).
+    pub fn normal(&mut self) -> f64 {
+        let (a, b) = (self.uniform().max(f64::MIN_POSITIVE), self.uniform());
+        (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
+    }
 }
 
 /// What one masked position would become, with the scores the unmasking rules rank by.

@@ -92,3 +92,19 @@ pub fn pure_gguf(f32_model: &Path, t: dlm::GgmlType, out: &Path) {
     }
     s.finish().unwrap();
 }
+
+/// The first device of the first compiled-in ggml GPU backend (software ones included: an
+/// explicit backend may use lavapipe, which ggml-vulkan lists with GGML_VK_VISIBLE_DEVICES=0).
+#[cfg(any(feature = "cuda", feature = "metal", feature = "vulkan"))]
+#[allow(dead_code)]
+pub fn ggml_gpu() -> Option<dlm::Backend> {
+    let Some(d) = dlm::backend::ggml::gpu_devices().into_iter().next() else {
+        eprintln!("SKIPPED: this ggml GPU build found no device (for lavapipe: GGML_VK_VISIBLE_DEVICES=0)");
+        return None;
+    };
+    Some(match d.api.as_str() {
+        "CUDA" => dlm::Backend::Cuda,
+        "Metal" => dlm::Backend::Metal,
+        _ => dlm::Backend::Vulkan,
+    })
+}

@@ -14,6 +14,8 @@ const MATVEC: &str = <params::MatVec as KernelParams>::SOURCE;
 const GET_ROWS: &str = <params::GetRows as KernelParams>::SOURCE;
 const RMS_NORM: &str = <params::RmsNorm as KernelParams>::SOURCE;
 const ROW_STATS: &str = <params::RowStats as KernelParams>::SOURCE;
+/// Workgroup tree reductions shared by [`RMS_NORM`] and [`ROW_STATS`].
+const REDUCE: &str = include_str!("../../../kernels/reduce.wgsl");
 const ELEMENTWISE: &str = <params::Elementwise as KernelParams>::SOURCE;
 const ROPE: &str = <params::Rope as KernelParams>::SOURCE;
 const SLICE: &str = <params::Slice as KernelParams>::SOURCE;
@@ -190,9 +192,9 @@ impl Kernel {
                 format!("{body}\n{}", l.loader())
             }
             Kernel::GetRows(l) => format!("{GET_ROWS}\n{}", l.loader()),
-            Kernel::Norm(_) => RMS_NORM.into(),
+            Kernel::Norm(_) => format!("{RMS_NORM}\n{REDUCE}"),
             Kernel::Slice => SLICE.into(),
-            Kernel::RowStats => ROW_STATS.into(),
+            Kernel::RowStats => format!("{ROW_STATS}\n{REDUCE}"),
             Kernel::Elementwise(_) => ELEMENTWISE.into(),
             Kernel::Rope => ROPE.into(),
             Kernel::Attention(hd) => {
