@@ -1,6 +1,7 @@
 // What the host sampler needs of each row of logits x [ne0, rows], one workgroup per row:
 // y[5 row ..] = (ne0 − i for the lowest index i of the row's maximum m, Σ exp(x − m),
-// Σ exp(x − m)(x − m), the largest x − m below 0 (−1e30 if none), how many entries are below m).
+// Σ exp(x − m)(x − m), the largest x − m below 0 (−1e30 if none), how many entries are below m);
+// Σ exp is −1 when the row holds a NaN or an infinity.
 
 struct Params {
     ne0: u32, rows: u32, x_off: u32, y_off: u32,
@@ -53,7 +54,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var s = 0.0;
     var second = -1e30;
     var below = 0.0;
+    var bad = 0.0;
     for (var i = lid; i < P.ne0; i += 256u) {
+        // Non-finite logits by their bits: WGSL lets a compiler assume floats are finite.
+        bad += select(0.0, 1.0, (bitcast<u32>(x[xb + i]) & 0x7f800000u) == 0x7f800000u);
         let d = x[xb + i] - m;
         let e = exp(d);
         z += e;
@@ -71,6 +75,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     second = reduce_max(lid);
     partial[lid] = below;
     below = reduce(lid);
+    partial[lid] = bad;
+    bad = reduce(lid);
+    if (bad > 0.0) {
+        z = -1.0; // not a valid Σ exp (at least 1): the host refuses the row
+    }
     if (lid == 0u) {
         let yb = P.y_off + row * 5u;
         y[yb] = f32(P.ne0 - first);

@@ -74,6 +74,15 @@ fn rows(g: &mut Gen) -> Vec<(String, Vec<f32>)> {
         r[7 + filler] = 0.5;
         out.push((format!("ulp-ties filler{filler}"), r));
     }
+    // A sum that stays tiny through its first terms, so half an ulp of it is subnormal and a
+    // term can round up to exactly that half ulp (found by review: the skip rule was off by
+    // one ulp at 2^-125, carried to the final sum).
+    let mut r = Vec::new();
+    for x in [-86.6f32, -103.5, -86.45638, -70.9913, -59.70911, -45.917614, -32.1882, -20.763655, -7.261715, -0.6942465, -0.20782726, -0.3746935, 0.0] {
+        r.push(x);
+        r.extend([-200.0f32; 15]);
+    }
+    out.push(("tiny running sum".into(), r));
     // Exact top-p boundaries: groups of equal logits give probabilities 1/4, 1/8, ... exactly.
     for groups in [vec![4usize], vec![2, 4], vec![4, 8, 16], vec![1, 1, 2]] {
         let n: usize = groups.iter().sum();
@@ -155,8 +164,10 @@ fn fast_sampler_equals_the_reference_bit_for_bit() {
 #[test]
 fn rows_the_fast_path_cannot_take_go_to_the_reference() {
     // Non-finite logits: the same answer as the reference, whatever it is, and no panic.
-    for row in [vec![0.0f32, f32::NAN, 1.0], vec![f32::INFINITY, 0.0, 1.0], vec![f32::NEG_INFINITY, 0.5, 0.25], vec![f32::NAN; 3]] {
-        for s in [TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0, gumbel: false }, TokenSampler { temp: 0.7, top_k: 0, top_p: 0.9, gumbel: false }] {
+    // An infinite temperature over logits whose difference overflows: (x − max)/∞ is NaN.
+    for row in [vec![0.0f32, f32::NAN, 1.0], vec![f32::INFINITY, 0.0, 1.0], vec![f32::NEG_INFINITY, 0.5, 0.25], vec![f32::NAN; 3], vec![3e38, -3e38]] {
+        let inf = |top_k, gumbel| TokenSampler { temp: f32::INFINITY, top_k, top_p: 1.0, gumbel };
+        for s in [TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0, gumbel: false }, TokenSampler { temp: 0.7, top_k: 0, top_p: 0.9, gumbel: false }, inf(0, false), inf(0, true), inf(1, false)] {
             let (mut a, mut b) = (Rng::new(5), Rng::new(5));
             let want = reference::sample(&s, &row, &mut a);
             let got = s.sample(&row, &mut b);

@@ -90,7 +90,7 @@ pub struct Candidate {
 pub struct RowStats {
     /// The lowest id of the largest logit.
     pub token: u32,
-    /// `Σ exp(x − max)`: at least 1 for a finite row (NaN or infinite otherwise).
+    /// `Σ exp(x − max)`: at least 1 for a finite row (NaN, infinite or −1 otherwise).
     pub z: f32,
     /// `Σ exp(x − max)·(x − max)`.
     pub s: f32,
@@ -120,8 +120,11 @@ impl RowStats {
         self.z.is_finite() && self.z >= 1.0 && self.s.is_finite()
     }
 
-    /// The greedy candidate: the [`TokenSampler`] at temperature 0 would give the same token
-    /// and these scores up to rounding (the sums run in another order, on another device).
+    /// The greedy candidate. The token is the lowest id of the largest logit: the
+    /// [`TokenSampler`]'s at temperature 0, which takes the lowest id of the largest rounded
+    /// probability, except where two logits are within rounding of each other. The scores are
+    /// the exact ones up to f32 rounding (the host sampler's f32 sum in id order can be up to
+    /// ~1e-3 further off: see README "Token sampler").
     pub fn candidate(&self) -> Candidate {
         let confidence = 1.0 / self.z;
         Candidate {

@@ -26,7 +26,8 @@
 //! - Draws with no truncation (temperature alone, Gumbel sampling) sort only the nonzero
 //!   weights; top-k computes the full distribution and selects as before.
 //!
-//! Rows with a non-finite logit and empty rows take the reference path unchanged.
+//! Rows with a non-finite logit, empty rows and an infinite temperature take the reference path
+//! unchanged.
 
 use std::cell::RefCell;
 
@@ -90,6 +91,10 @@ impl TokenSampler {
     fn fast(&self, logits: &[f32], rng: &mut Rng, need: Scores, sc: &mut Scratch) -> Option<Candidate> {
         let v = logits.len();
         let max = finite_max(logits)?;
+        if self.temp.is_infinite() {
+            // (x − max)/∞ is NaN where x − max overflowed to −∞: the reference's arithmetic.
+            return None;
+        }
         let gumbel = self.gumbel && self.temp > 0.0;
         let t = if self.temp > 0.0 && !gumbel { self.temp } else { 1.0 };
         let greedy = self.temp <= 0.0;
@@ -310,8 +315,10 @@ fn exp_sum(y: &[f32], e: &mut [f32], hist: &mut [f64]) -> f32 {
         if sum >= next {
             // expf(y) < 2^(E−24), half an ulp of a sum of exponent E, for y below (E − 24)·ln 2
             // less a margin for expf's error.
+            // Only while that half ulp is a normal float: below 2^-126 expf's error is a whole
+            // subnormal step, and a term can round up to exactly the half ulp.
             let ex = ((sum.to_bits() >> 23) & 0xff) as i32 - 127;
-            thr = (((ex - 24) as f64) * std::f64::consts::LN_2 - 2e-3).max(ZERO_BELOW as f64) as f32;
+            thr = if ex - 24 < -125 { ZERO_BELOW } else { (((ex - 24) as f64) * std::f64::consts::LN_2 - 2e-3).max(ZERO_BELOW as f64) as f32 };
             next = next_binade(sum);
         }
     }

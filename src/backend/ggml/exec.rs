@@ -352,10 +352,19 @@ impl Ops for Builder<'_> {
 
     fn row_stats(&mut self, x: TensorRef) -> TensorRef {
         // SAFETY: `x` is a live tensor (TensorRef invariant); reading its header is plain access.
-        let n = unsafe { x.0.as_ref() }.ne[0] as i32;
+        let [n, rows, _, _] = unsafe { x.0.as_ref() }.ne;
         let c = self.ctx.raw();
-        // The row maximum by a max-pool over the whole row ([1, rows]), then y = x − m.
-        let m = node!(self, sys::ggml_pool_1d(c, x.ptr(), sys::GGML_OP_POOL_MAX, n, n, 0));
+        // Each row's largest value ([1, rows]): the value at its argmax (any index of the
+        // maximum has the same value), gathered with one row id per row. Argmax reduces a row
+        // in parallel on CUDA and Vulkan (a max-pool over the whole row would be one thread).
+        let row_max = |t: TensorRef| {
+            let at = node!(self, sys::ggml_argmax(c, t.ptr()));
+            let at = node!(self, sys::ggml_reshape_2d(c, at.ptr(), 1, rows));
+            let cols = node!(self, sys::ggml_reshape_3d(c, t.ptr(), 1, n, rows));
+            let v = node!(self, sys::ggml_get_rows(c, cols.ptr(), at.ptr()));
+            node!(self, sys::ggml_reshape_2d(c, v.ptr(), 1, rows))
+        };
+        let m = row_max(x);
         let y = node!(self, sys::ggml_sub(c, x.ptr(), m.ptr()));
         let e = node!(self, sys::ggml_exp(c, y.ptr()));
         let z = node!(self, sys::ggml_sum_rows(c, e.ptr()));
@@ -370,12 +379,12 @@ impl Ops for Builder<'_> {
         let ids = node!(self, sys::ggml_arange(c, 0.0, n as f32, 1.0));
         let rev = node!(self, sys::ggml_scale_bias(c, ids.ptr(), -1.0, n as f32));
         let rev_at_max = node!(self, sys::ggml_mul(c, at_max.ptr(), rev.ptr()));
-        let first = node!(self, sys::ggml_pool_1d(c, rev_at_max.ptr(), sys::GGML_OP_POOL_MAX, n, n, 0));
+        let first = row_max(rev_at_max);
         // The second largest: y where below the maximum, −1e30 at it.
         let y_below = node!(self, sys::ggml_mul(c, y.ptr(), below.ptr()));
         let big = node!(self, sys::ggml_scale(c, at_max.ptr(), 1e30));
         let masked = node!(self, sys::ggml_sub(c, y_below.ptr(), big.ptr()));
-        let second = node!(self, sys::ggml_pool_1d(c, masked.ptr(), sys::GGML_OP_POOL_MAX, n, n, 0));
+        let second = row_max(masked);
         let mut out = first;
         for part in [z, s, second, n_below] {
             out = node!(self, sys::ggml_concat(c, out.ptr(), part.ptr(), 0));

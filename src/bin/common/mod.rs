@@ -88,10 +88,11 @@ pub struct ModelArgs {
     pub flash_attn: Option<Switch>,
     /// Reduce each greedy step's logits on the backend, so 20 bytes per masked position come to
     /// the host instead of the whole vocabulary's logits: auto (on a GPU backend, off on the
-    /// CPU, where the logits are already in memory and the host sampler is exact), on, or off.
-    /// Greedy steps (--temp 0) without --cfg-scale only; the token is the same, the scores equal
-    /// to f32 rounding
-    #[arg(long = "device-candidates", value_enum, value_name = "auto|on|off", default_value = "auto")]
+    /// CPU, where the logits are already in memory), on, or off. Greedy steps (--temp 0)
+    /// without --cfg-scale only. Each row's token is the host sampler's but where two logits
+    /// are within rounding; the scores are exact up to f32 rounding where the host's f32 sums
+    /// are up to ~1e-3 off, so a generation can commit in another order (README: Backends)
+    #[arg(long = "device-candidates", value_enum, value_name = "on|off|auto", default_value = "auto")]
     pub device_candidates: Switch,
     /// Check every tensor's values at load: floats finite, every quantized block's scale
     /// finite (a NaN scale does not reach the logits; it makes garbage text). On by default: it
