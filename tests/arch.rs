@@ -264,8 +264,7 @@ fn diffugpt_defaults_and_its_position_limit() {
 
 #[test]
 fn wgpu_runs_every_architecture_as_the_cpu_does() {
-    if dlm::backend::wgpu::adapters().is_empty() {
-        eprintln!("SKIPPED: no wgpu adapter (no Vulkan/Metal/DX12 driver; Debian: apt install mesa-vulkan-drivers)");
+    if !common::have_adapter() {
         return;
     }
     // Our WGSL kernels (NEOX RoPE, biases, LayerNorm, GELU with ggml's f16 rounding, the fused

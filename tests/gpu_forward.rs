@@ -10,15 +10,6 @@ use dlm::model::Pass;
 use dlm::{Backend, LoadOptions, Model};
 use dlm_convert::OutType;
 
-#[cfg(feature = "wgpu")]
-/// Whether any wgpu adapter exists; prints why the test is skipped when none does.
-fn have_adapter() -> bool {
-    let list = dlm::backend::wgpu::adapters();
-    if list.is_empty() {
-        eprintln!("SKIPPED: no wgpu adapter (no Vulkan/Metal/DX12 driver; Debian: apt install mesa-vulkan-drivers)");
-    }
-    !list.is_empty()
-}
 
 fn load(path: &std::path::Path, backend: Backend) -> Model {
     load_layers(path, backend, None)
@@ -118,7 +109,7 @@ fn wgpu_model(path: &std::path::Path) -> Model {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_logits_match_the_cpu_backend_per_type() {
-    if have_adapter() {
+    if common::have_adapter() {
         // Bounds as for the numpy oracle: the CPU rounds activations to f16 (f16 weights) or to
         // Q8 blocks (quantized weights) inside matmuls; the GPU keeps them in f32.
         // Rows: f32 weights keep f32 arithmetic in both matmul kernels (only the order of the
@@ -137,7 +128,7 @@ fn wgpu_logits_match_the_cpu_backend_per_type() {
 #[test]
 fn wgpu_runs_every_quant_type_in_its_file_size() {
     use dlm::GgmlType;
-    if !have_adapter() {
+    if !common::have_adapter() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -182,7 +173,7 @@ fn wgpu_runs_every_quant_type_in_its_file_size() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_batches_and_cache_passes_match_the_cpu_backend() {
-    if have_adapter() {
+    if common::have_adapter() {
         batches_and_cache_passes_match(wgpu_model, 1e-4);
     }
 }

@@ -104,8 +104,7 @@ fn reduced_rows_equal_the_host_sampler_on_the_cpu() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn reduced_rows_equal_the_host_sampler_on_wgpu() {
-    if dlm::backend::wgpu::adapters().is_empty() {
-        eprintln!("SKIPPED: no wgpu adapter (Debian: apt install mesa-vulkan-drivers)");
+    if !common::have_adapter() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -179,8 +178,7 @@ fn tied_rows_go_to_the_lowest_id_on_the_cpu() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn tied_rows_go_to_the_lowest_id_on_wgpu() {
-    if dlm::backend::wgpu::adapters().is_empty() {
-        eprintln!("SKIPPED: no wgpu adapter");
+    if !common::have_adapter() {
         return;
     }
     tied_rows_go_to_the_lowest_id_on(Backend::Wgpu);

@@ -108,3 +108,14 @@ pub fn ggml_gpu() -> Option<dlm::Backend> {
         _ => dlm::Backend::Vulkan,
     })
 }
+
+/// Whether any wgpu adapter exists; prints why the test is skipped when none does.
+#[cfg(feature = "wgpu")]
+#[allow(dead_code)]
+pub fn have_adapter() -> bool {
+    let list = dlm::backend::wgpu::adapters();
+    if list.is_empty() {
+        eprintln!("SKIPPED: no wgpu adapter (no Vulkan/Metal/DX12 driver; Debian: apt install mesa-vulkan-drivers)");
+    }
+    !list.is_empty()
+}
