@@ -64,7 +64,7 @@ macro_rules! errp {
 }
 
 /// A line on stderr whatever the log level: errors.
-fn error_line(line: &str) {
+pub(crate) fn error_line(line: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{line}");
 }

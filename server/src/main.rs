@@ -408,7 +408,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         return dlm::cli::print_completions(common::command::<Args>(), shell);
     }
     if a.m.list_devices {
-        return common::list_devices();
+        return common::list_devices(&a.m.rpc);
     }
     check_args(&a)?;
     let template_flag = match &a.chat_template {

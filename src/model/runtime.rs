@@ -42,6 +42,14 @@ pub struct LoadOptions {
     /// scales finite; about 5 % of one 128-token pass). Norm weights and biases are checked
     /// either way.
     pub check_values: bool,
+    /// RPC servers (`HOST:PORT`, `dlm-rpc-server` or llama.cpp's `rpc-server`) whose devices
+    /// run layers as local GPUs do, before a local ggml GPU if one is used: the offloaded
+    /// layers (`n_gpu_layers`) are split among all devices by `tensor_split`.
+    pub rpc: Vec<String>,
+    /// Share of the offloaded layers each device gets, in device order (RPC servers' devices,
+    /// then the local GPU), as llama.cpp's `--tensor-split`; missing entries are 0. Empty: in
+    /// proportion to each device's free memory.
+    pub tensor_split: Vec<f32>,
 }
 
 impl Default for LoadOptions {
@@ -56,6 +64,8 @@ impl Default for LoadOptions {
             n_gpu_layers: None,
             max_graphs: crate::graph::PlanCache::<()>::DEFAULT_CAPACITY,
             check_values: true,
+            rpc: Vec::new(),
+            tensor_split: Vec::new(),
         }
     }
 }
@@ -78,6 +88,10 @@ pub enum Backend {
     /// Our WGSL kernels through wgpu (Vulkan, Metal, DX12); software adapters allowed when
     /// asked for by index or when no hardware one exists.
     Wgpu,
+    /// Devices of other machines through ggml's RPC backend ([`LoadOptions::rpc`]), with this
+    /// machine's CPU (and GPU, if one is used) for the rest: what [`Model::backend`] says of
+    /// such a model; not something to ask for.
+    Rpc,
 }
 
 impl Backend {
@@ -99,6 +113,7 @@ impl Backend {
             Backend::Vulkan => "vulkan",
             Backend::Cpu => "cpu",
             Backend::Wgpu => "wgpu",
+            Backend::Rpc => "rpc",
         }
     }
 }
@@ -129,7 +144,8 @@ struct OnGgml {
     executor: Executor,
     net: Box<dyn Network<TensorRef>>,
     weights: Weights,
-    /// The ggml GPU backend's name ("CUDA", "Vulkan") when the engine runs on a device.
+    /// The ggml GPU backend's name ("CUDA", "Vulkan", "RPC" with any RPC device) when the
+    /// engine runs on devices.
     api: Option<String>,
 }
 
@@ -142,7 +158,7 @@ impl Runner for OnGgml {
     }
     fn description(&self) -> String {
         match (self.executor.device_name(), &self.api) {
-            (Some(dev), Some(api)) => format!("ggml {api} ({dev}, {} tensors in device memory)", self.weights.n_offloaded()),
+            (Some(devs), Some(api)) => format!("ggml {api} ({devs}, {} tensors in device memory)", self.weights.n_offloaded()),
             _ => "cpu (ggml)".into(),
         }
     }
@@ -150,6 +166,7 @@ impl Runner for OnGgml {
         match self.api.as_deref() {
             Some("CUDA") => Backend::Cuda,
             Some("Metal") => Backend::Metal,
+            Some("RPC") => Backend::Rpc,
             Some(_) => Backend::Vulkan,
             None => Backend::Cpu,
         }
@@ -235,12 +252,23 @@ impl Model {
     }
 
     fn on_backend(gguf: &Gguf, params: &Hparams, opts: &LoadOptions, unused: &[String]) -> Result<Box<dyn Runner>> {
-        if let Some(dev) = Self::ggml_device(opts)? {
+        let mut devices = Vec::new();
+        if !opts.rpc.is_empty() && opts.n_gpu_layers != Some(0) {
+            if opts.backend == Backend::Wgpu {
+                return Err(Error::Invalid("--rpc runs layers through ggml's backends; the wgpu backend cannot share a model with them (use --backend auto, cpu, cuda, metal or vulkan)".into()));
+            }
+            devices.extend(crate::backend::ggml::rpc_devices(&opts.rpc)?);
+        }
+        devices.extend(Self::ggml_device(opts)?);
+        if !devices.is_empty() {
             check_weight_types(gguf, params, unused, true)?;
-            return Self::ggml_gpu(gguf, params, opts, &dev);
+            return Self::ggml_gpu(gguf, params, opts, &devices);
+        }
+        if !opts.tensor_split.is_empty() {
+            return Err(Error::Invalid("--tensor-split: no devices to split layers between (it needs --rpc or a ggml GPU backend)".into()));
         }
         let runner: Option<Box<dyn Runner>> = match opts.backend {
-            Backend::Cpu | Backend::Cuda | Backend::Metal | Backend::Vulkan => None,
+            Backend::Cpu | Backend::Cuda | Backend::Metal | Backend::Vulkan | Backend::Rpc => None,
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Some(Self::wgpu_runner(crate::backend::wgpu::Gpu::open(opts.device, true)?, gguf, params, unused, opts.max_graphs)?),
             #[cfg(feature = "wgpu")]
@@ -300,25 +328,31 @@ impl Model {
         of_api.into_iter().nth(i).map(Some).ok_or_else(|| Error::Invalid(format!("no {api} device {i}: {n} found (see --list-devices)")))
     }
 
-    /// Loads onto a ggml GPU device: the last `n_gpu_layers` layers' weights (and the LM head
-    /// when all are) in device memory, the rest used in place from the map; graphs split by
-    /// ggml's scheduler between the device and the CPU.
-    fn ggml_gpu(gguf: &Gguf, params: &Hparams, opts: &LoadOptions, dev: &crate::backend::ggml::GgmlDevice) -> Result<Box<dyn Runner>> {
+    /// Loads onto ggml devices (GPUs, local or behind RPC servers): the last `n_gpu_layers`
+    /// layers' weights (and the LM head when all are) in device memory, split among the
+    /// devices by [`layer_devices`], the rest used in place from the map; each layer's
+    /// key/value cache with its weights; graphs split by ggml's scheduler between the devices
+    /// and the CPU.
+    fn ggml_gpu(gguf: &Gguf, params: &Hparams, opts: &LoadOptions, devs: &[crate::backend::ggml::GgmlDevice]) -> Result<Box<dyn Runner>> {
         let n_layer = params.n_layer;
         let ngl = opts.n_gpu_layers.unwrap_or(n_layer).min(n_layer);
-        let first_gpu_layer = n_layer - ngl;
-        let offload = move |t: &crate::gguf::TensorInfo| -> bool {
+        let places = layer_devices(n_layer, ngl, devs, &opts.tensor_split)?;
+        let head = if ngl == n_layer { places.last().copied().flatten() } else { None };
+        let offload = |t: &crate::gguf::TensorInfo| -> Option<usize> {
             let name = t.name.as_str();
             match super::layer_of(name) {
-                Some(layer) => layer >= first_gpu_layer,
+                Some(layer) => places.get(layer).copied().flatten(),
                 // The embedding is a row lookup: it stays in host memory, as in llama.cpp.
-                None => ngl == n_layer && name != "token_embd.weight",
+                None if name == "token_embd.weight" => None,
+                None => head,
             }
         };
-        let weights = Weights::map_offload(gguf, |t| opts.repack && !super::is_lookup_table(&t.name), Some((crate::backend::ggml::device_buffer_type(dev), &offload)))?;
+        let bufts: Vec<_> = devs.iter().map(crate::backend::ggml::device_buffer_type).collect();
+        let weights = Weights::map_offload(gguf, |t| opts.repack && !super::is_lookup_table(&t.name), Some((&bufts, &offload)))?;
         let (net, _) = load_network(gguf, params.clone(), &|name| weights.get(name))?;
-        let executor = Executor::on_device(opts.threads, opts.flash_attn, dev)?.with_plan_capacity(opts.max_graphs);
-        Ok(Box::new(OnGgml { executor, net, weights, api: Some(dev.api.clone()) }))
+        let executor = Executor::on_devices(opts.threads, opts.flash_attn, devs)?.with_plan_capacity(opts.max_graphs).with_kv_places(places);
+        let api = if devs.iter().any(|d| d.api == "RPC") { "RPC".to_string() } else { devs[0].api.clone() };
+        Ok(Box::new(OnGgml { executor, net, weights, api: Some(api) }))
     }
 
     #[cfg(feature = "wgpu")]
@@ -614,4 +648,74 @@ fn padded_rows(mut rows: Vec<i32>) -> Vec<i32> {
     let last = *rows.last().expect("not empty");
     rows.resize(rows.len().next_multiple_of(16), last);
     rows
+}
+
+/// Which device runs each of `n_layer` layers (`None`: the host): the last `ngl` go to the
+/// devices `devs` in order, each taking its share of `split` (llama.cpp's `--tensor-split`:
+/// missing entries 0; empty: in proportion to free memory, equal shares where no device says),
+/// layer `i` of the offloaded ones to the first device whose cumulative share exceeds `i / ngl`
+/// as llama.cpp assigns them.
+pub fn layer_devices(n_layer: usize, ngl: usize, devs: &[crate::backend::ggml::GgmlDevice], split: &[f32]) -> Result<Vec<Option<usize>>> {
+    if split.len() > devs.len() {
+        return Err(Error::Invalid(format!("--tensor-split has {} values but there are {} devices ({})", split.len(), devs.len(), devs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "))));
+    }
+    if let Some(v) = split.iter().find(|v| !v.is_finite() || **v < 0.0) {
+        return Err(Error::Invalid(format!("--tensor-split: {v} is not a share (a finite number >= 0)")));
+    }
+    let mut shares: Vec<f64> = if split.is_empty() { devs.iter().map(|d| d.memory_free as f64).collect() } else { (0..devs.len()).map(|i| split.get(i).map_or(0.0, |&v| v as f64)).collect() };
+    let total: f64 = shares.iter().sum();
+    if total <= 0.0 {
+        if !split.is_empty() {
+            return Err(Error::Invalid("--tensor-split: every share is 0".into()));
+        }
+        shares = vec![1.0; devs.len()];
+    }
+    let total: f64 = shares.iter().sum();
+    let mut cum = Vec::with_capacity(shares.len());
+    let mut acc = 0.0;
+    for s in &shares {
+        acc += s / total;
+        cum.push(acc);
+    }
+    let ngl = ngl.min(n_layer);
+    let first = n_layer - ngl;
+    Ok((0..n_layer)
+        .map(|il| {
+            if il < first {
+                return None;
+            }
+            let x = (il - first) as f64 / ngl as f64;
+            Some(cum.iter().position(|&c| c > x).unwrap_or(devs.len() - 1))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ggml::GgmlDevice;
+
+    fn devs(free: &[u64]) -> Vec<GgmlDevice> {
+        free.iter()
+            .enumerate()
+            .map(|(i, &f)| GgmlDevice { source: crate::backend::ggml::device::Source::Registry(i), api: "RPC".into(), name: format!("RPC{i}"), description: String::new(), memory_free: f, memory_total: f })
+            .collect()
+    }
+
+    #[test]
+    fn layers_split_as_llama_cpp_splits_them() {
+        let two = devs(&[8, 8]);
+        assert_eq!(layer_devices(4, 4, &two, &[1.0, 1.0]).unwrap(), [Some(0), Some(0), Some(1), Some(1)]);
+        assert_eq!(layer_devices(4, 4, &two, &[3.0, 1.0]).unwrap(), [Some(0), Some(0), Some(0), Some(1)]);
+        // Missing shares are 0; only the last ngl layers leave the host.
+        assert_eq!(layer_devices(4, 2, &two, &[1.0]).unwrap(), [None, None, Some(0), Some(0)]);
+        assert_eq!(layer_devices(4, 0, &two, &[]).unwrap(), [None; 4]);
+        // Default: by free memory, equal shares where no device says.
+        assert_eq!(layer_devices(4, 4, &devs(&[1, 3]), &[]).unwrap(), [Some(0), Some(1), Some(1), Some(1)]);
+        assert_eq!(layer_devices(2, 2, &devs(&[0, 0]), &[]).unwrap(), [Some(0), Some(1)]);
+        assert_eq!(layer_devices(3, 9, &two, &[0.0, 1.0]).unwrap(), [Some(1); 3]);
+        for bad in [&[1.0, 1.0, 1.0][..], &[-1.0], &[f32::NAN], &[f32::INFINITY], &[0.0, 0.0]] {
+            assert!(layer_devices(4, 4, &two, bad).is_err(), "{bad:?}");
+        }
+    }
 }

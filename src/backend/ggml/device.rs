@@ -5,12 +5,23 @@ use std::ffi::CStr;
 
 use llama_cpp_sys_2 as sys;
 
-/// One GPU (or accelerator) device ggml can run on.
+/// Where ggml keeps a device's handle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Index in ggml's device registry (all devices, the CPU included).
+    Registry(usize),
+    /// Device `index` of the RPC server at `endpoint` (ggml-rpc keeps one registry per server,
+    /// made on first connection and never freed).
+    #[cfg(feature = "rpc")]
+    Rpc { endpoint: std::ffi::CString, index: usize },
+}
+
+/// One GPU (or accelerator) device ggml can run on: a local one, or a remote one behind an
+/// RPC server (`--rpc`).
 #[derive(Clone, Debug)]
 pub struct GgmlDevice {
-    /// Index in ggml's device registry (all devices, the CPU included).
-    pub(crate) registry_index: usize,
-    /// The backend: "CUDA", "Metal", "Vulkan".
+    pub(crate) source: Source,
+    /// The backend: "CUDA", "Metal", "Vulkan", "RPC".
     pub api: String,
     /// ggml's name for the device ("CUDA0", "Vulkan0").
     pub name: String,
@@ -57,27 +68,36 @@ pub fn gpu_devices() -> Vec<GgmlDevice> {
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: a live device and two out-pointers to locals.
         unsafe { sys::ggml_backend_dev_memory(dev, &mut free, &mut total) };
-        // SAFETY: a live device; its registry is static.
-        let reg = unsafe { sys::ggml_backend_dev_backend_reg(dev) };
-        out.push(GgmlDevice {
-            registry_index: i,
-            // SAFETY: a live registry.
-            api: text(unsafe { sys::ggml_backend_reg_name(reg) }),
-            // SAFETY: a live device.
-            name: text(unsafe { sys::ggml_backend_dev_name(dev) }),
-            // SAFETY: a live device.
-            description: text(unsafe { sys::ggml_backend_dev_description(dev) }),
-            memory_free: free as u64,
-            memory_total: total as u64,
-        });
+        out.push(describe(dev, Source::Registry(i), free, total));
     }
     out
 }
 
-/// The registry's device handle for `d`.
+/// The facts of the live device `dev`.
+pub(crate) fn describe(dev: sys::ggml_backend_dev_t, source: Source, free: usize, total: usize) -> GgmlDevice {
+    // SAFETY: a live device; its registry is static.
+    let reg = unsafe { sys::ggml_backend_dev_backend_reg(dev) };
+    GgmlDevice {
+        source,
+        // SAFETY: a live registry.
+        api: text(unsafe { sys::ggml_backend_reg_name(reg) }),
+        // SAFETY: a live device.
+        name: text(unsafe { sys::ggml_backend_dev_name(dev) }),
+        // SAFETY: a live device.
+        description: text(unsafe { sys::ggml_backend_dev_description(dev) }),
+        memory_free: free as u64,
+        memory_total: total as u64,
+    }
+}
+
+/// ggml's device handle for `d` (static: neither registry ever frees a device).
 pub(crate) fn handle(d: &GgmlDevice) -> sys::ggml_backend_dev_t {
-    // SAFETY: the index came from the registry, which never shrinks.
-    unsafe { sys::ggml_backend_dev_get(d.registry_index) }
+    match &d.source {
+        // SAFETY: the index came from the registry, which never shrinks.
+        Source::Registry(i) => unsafe { sys::ggml_backend_dev_get(*i) },
+        #[cfg(feature = "rpc")]
+        Source::Rpc { endpoint, index } => super::rpc::device_handle(endpoint, *index),
+    }
 }
 
 /// The device's own buffer type (device memory).

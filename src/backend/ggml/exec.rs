@@ -79,8 +79,9 @@ impl Context {
     }
 }
 
-/// Where offloaded weights go (a device's buffer type) and which tensors go there.
-pub type Offload<'a> = (sys::ggml_backend_buffer_type_t, &'a dyn Fn(&TensorInfo) -> bool);
+/// Where offloaded weights go: the devices' buffer types, and for each tensor the index of its
+/// device among them (`None`: host memory).
+pub type Offload<'a> = (&'a [sys::ggml_backend_buffer_type_t], &'a dyn Fn(&TensorInfo) -> Option<usize>);
 
 /// Model weights as ggml tensors over the GGUF map.
 pub(crate) struct Weights {
@@ -89,7 +90,7 @@ pub(crate) struct Weights {
     _ctx: Context,
     _buffer: Buffer,
     _packed: Option<Buffer>,
-    _device: Option<Buffer>,
+    _device: Vec<Buffer>,
     _copies: Option<Buffer>,
     tensors: HashMap<String, TensorRef>,
     n_repacked: usize,
@@ -139,16 +140,22 @@ impl Weights {
         let wrapped = &file[skip..];
         let data_at = gguf.data_offset() as usize;
         let before_buffer = |i: &TensorInfo| data_at + (i.offset as usize) < skip;
-        let on_device = |i: &TensorInfo| offload.as_ref().is_some_and(|(_, f)| f(i));
+        let device_of = |i: &TensorInfo| offload.as_ref().and_then(|(bufts, f)| f(i).filter(|&d| d < bufts.len()));
+        let on_device = |i: &TensorInfo| device_of(i).is_some();
         let candidates: Vec<&TensorInfo> = match repack_buffer_type() {
             Some(buft) => gguf.tensors().iter().filter(|i| !on_device(i) && i.shape.len() == 2 && repack(i) && repackable(buft, i)).collect(),
             None => Vec::new(),
         };
         let offloaded: Vec<&TensorInfo> = gguf.tensors().iter().filter(|i| on_device(i)).collect();
-        let device = match offload {
-            Some((buft, _)) if !offloaded.is_empty() => Some(fill_device(buft, data, &offloaded, &tensors)?),
-            _ => None,
-        };
+        let mut device = Vec::new();
+        if let Some((bufts, _)) = offload {
+            for (d, &buft) in bufts.iter().enumerate() {
+                let here: Vec<&TensorInfo> = offloaded.iter().copied().filter(|i| device_of(i) == Some(d)).collect();
+                if !here.is_empty() {
+                    device.push(fill_device(buft, data, &here, &tensors)?);
+                }
+            }
+        }
         let realigned: Vec<&TensorInfo> = gguf.tensors().iter().filter(|i| !on_device(i) && before_buffer(i) && !candidates.iter().any(|c| c.name == i.name)).collect();
         let copies = match realigned.is_empty() {
             true => None,
@@ -512,8 +519,8 @@ impl Drop for CpuBackend {
     }
 }
 
-/// A backend scheduler, freed on drop: splits a graph between the GPU backend and the CPU
-/// (ops the GPU backend cannot run, and those on weights left in host memory).
+/// A backend scheduler, freed on drop: splits a graph between the devices' backends and the CPU
+/// (ops the devices cannot run, and those on weights left in host memory).
 struct Sched(NonNull<sys::ggml_backend_sched>);
 
 impl Drop for Sched {
@@ -523,29 +530,31 @@ impl Drop for Sched {
     }
 }
 
-/// The GPU side of an executor.
+/// The device side of an executor: one or more GPUs, local or behind RPC servers.
 struct Gpu {
-    backend: CpuBackend,
-    name: String,
+    /// One backend per device, in the order of the devices given (the scheduler's priority).
+    backends: Vec<CpuBackend>,
+    names: Vec<String>,
 }
 
 impl Gpu {
-    /// A scheduler for the newly built `graph`, splitting it between the device and the CPU
+    /// A scheduler for the newly built `graph`, splitting it between the devices and the CPU
     /// backend `cpu`, with the graph allocated. One per graph: splitting rewrites the graph's
     /// nodes to read the scheduler's copies of their inputs, which a second split of the same
     /// graph would find stale, so a cached graph keeps its own scheduler and allocation and is
     /// simply recomputed.
     fn alloc(&self, graph: NonNull<sys::ggml_cgraph>, graph_size: usize, cpu: NonNull<sys::ggml_backend>, key: &GraphKey) -> Result<Sched> {
-        let mut backends = [self.backend.0.as_ptr(), cpu.as_ptr()];
-        // SAFETY: two live backends, the CPU last as ggml requires; default buffer types;
-        // no pipeline parallelism; ops on host weights may be offloaded.
-        let raw = unsafe { sys::ggml_backend_sched_new(backends.as_mut_ptr(), std::ptr::null_mut(), 2, graph_size, false, true) };
+        let mut backends: Vec<*mut sys::ggml_backend> = self.backends.iter().map(|b| b.0.as_ptr()).chain([cpu.as_ptr()]).collect();
+        // SAFETY: live backends, the CPU last as ggml requires (at most GGML_SCHED_MAX_BACKENDS
+        // = 16: `on_devices` refuses more); default buffer types; no pipeline parallelism; ops
+        // on host weights may be offloaded.
+        let raw = unsafe { sys::ggml_backend_sched_new(backends.as_mut_ptr(), std::ptr::null_mut(), backends.len() as i32, graph_size, false, true) };
         let sched = Sched(NonNull::new(raw).ok_or_else(|| Error::Ggml("ggml_backend_sched_new failed".into()))?);
         gathers_on_host(sched.0.as_ptr(), graph, cpu);
         // SAFETY: a live scheduler and a graph of live tensors; the scheduler assigns each node
         // a backend and allocates activations and inputs in that backend's memory.
         if !unsafe { sys::ggml_backend_sched_alloc_graph(sched.0.as_ptr(), graph.as_ptr()) } {
-            return Err(Error::Ggml(format!("{}: cannot allocate the graph {key:?} (out of device memory?)", self.name)));
+            return Err(Error::Ggml(format!("{}: cannot allocate the graph {key:?} (out of device memory?)", self.names.join(", "))));
         }
         Ok(sched)
     }
@@ -579,12 +588,13 @@ struct CachedGraph {
     _ctx: Context,
 }
 
-/// Persistent per-layer key/value tensors in their own CPU buffer.
+/// Persistent per-layer key/value tensors, each layer's in a buffer of the backend its layer
+/// runs on.
 struct KvCache {
     layers: Vec<LayerKv<TensorRef>>,
-    // Drop order: headers, then the buffer their data lives in.
-    _ctx: Context,
-    _buffer: Buffer,
+    // Drop order: headers, then the buffers their data lives in.
+    _ctxs: Vec<Context>,
+    _buffers: Vec<Buffer>,
 }
 
 /// Builds, caches and runs graphs on the CPU backend (or a GPU device's through a scheduler).
@@ -595,6 +605,9 @@ pub(crate) struct Executor {
     kv: KvSlot<KvCache>,
     flash_attn: bool,
     gpu: Option<Gpu>,
+    /// Per layer, the device (index into `gpu`'s backends) its key/value cache lives on;
+    /// `None` or past the end: the host. Empty: every layer on the first device, if any.
+    kv_places: Vec<Option<usize>>,
     backend: CpuBackend,
 }
 
@@ -612,18 +625,32 @@ impl Executor {
         let backend = CpuBackend(NonNull::new(unsafe { sys::ggml_backend_cpu_init() }).ok_or_else(|| Error::Ggml("ggml_backend_cpu_init failed".into()))?);
         // SAFETY: a live CPU backend.
         unsafe { sys::ggml_backend_cpu_set_n_threads(backend.0.as_ptr(), threads.clamp(1, 512) as i32) };
-        Ok(Executor { plans: PlanCache::new(PlanCache::<CachedGraph>::DEFAULT_CAPACITY), kv: KvSlot::default(), flash_attn, gpu: None, backend })
+        Ok(Executor { plans: PlanCache::new(PlanCache::<CachedGraph>::DEFAULT_CAPACITY), kv: KvSlot::default(), flash_attn, gpu: None, kv_places: Vec::new(), backend })
     }
 
-    /// An executor whose graphs run on the GPU device `dev` through a scheduler, with the CPU
-    /// (`threads`) for whatever the device's backend cannot run.
-    pub fn on_device(threads: usize, flash_attn: bool, dev: &super::GgmlDevice) -> Result<Executor> {
+    /// An executor whose graphs run on the devices `devs` (GPUs, local or behind RPC servers)
+    /// through a scheduler, with the CPU (`threads`) for whatever they cannot run.
+    pub fn on_devices(threads: usize, flash_attn: bool, devs: &[super::GgmlDevice]) -> Result<Executor> {
+        // ggml's scheduler takes at most 16 backends, the CPU's included.
+        if devs.is_empty() || devs.len() > 15 {
+            return Err(Error::Invalid(format!("{} devices: a model runs on 1 to 15 devices besides the CPU", devs.len())));
+        }
         let mut e = Executor::cpu(threads, flash_attn)?;
-        // SAFETY: a registered device; checked for null.
-        let raw = unsafe { sys::ggml_backend_dev_init(super::device::handle(dev), std::ptr::null()) };
-        let backend = CpuBackend(NonNull::new(raw).ok_or_else(|| Error::Ggml(format!("cannot initialise {} ({})", dev.name, dev.description)))?);
-        e.gpu = Some(Gpu { backend, name: dev.name.clone() });
+        let mut backends = Vec::with_capacity(devs.len());
+        for dev in devs {
+            // SAFETY: a registered device; checked for null.
+            let raw = unsafe { sys::ggml_backend_dev_init(super::device::handle(dev), std::ptr::null()) };
+            backends.push(CpuBackend(NonNull::new(raw).ok_or_else(|| Error::Ggml(format!("cannot initialise {} ({})", dev.name, dev.description)))?));
+        }
+        e.gpu = Some(Gpu { backends, names: devs.iter().map(|d| d.name.clone()).collect() });
         Ok(e)
+    }
+
+    /// Where each layer's key/value cache lives (see `kv_places`): with the layer's weights,
+    /// so attention reads it where it runs.
+    pub fn with_kv_places(mut self, places: Vec<Option<usize>>) -> Executor {
+        self.kv_places = places;
+        self
     }
 
     /// Keeps up to `n` planned graphs (at least 1; each holds its own activation memory).
@@ -632,9 +659,9 @@ impl Executor {
         self
     }
 
-    /// The GPU device's ggml name, when graphs run on one.
-    pub fn device_name(&self) -> Option<&str> {
-        self.gpu.as_ref().map(|g| g.name.as_str())
+    /// The devices' ggml names ("CUDA0", "RPC0, RPC1"), when graphs run on devices.
+    pub fn device_name(&self) -> Option<String> {
+        self.gpu.as_ref().map(|g| g.names.join(", "))
     }
 
     /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
@@ -647,17 +674,38 @@ impl Executor {
         // Cached graphs point at the old cache's tensors: they go before it does.
         self.plans.clear();
         self.kv.clear();
-        let on = self.gpu.as_ref().map_or(self.backend.0, |g| g.backend.0);
-        let ctx = Context::metadata_only(2 * layers + 1, false)?;
+        // The backend of each layer: its device's, the host's, or (no placement given) the
+        // first device's.
+        let place = |i: usize| -> NonNull<sys::ggml_backend> {
+            match &self.gpu {
+                None => self.backend.0,
+                Some(g) if self.kv_places.is_empty() => g.backends[0].0,
+                Some(g) => self.kv_places.get(i).copied().flatten().and_then(|d| g.backends.get(d)).map_or(self.backend.0, |b| b.0),
+            }
+        };
         let dims = [head_dim as u64, n_head_kv as u64, total as u64];
-        let handles = (0..layers)
-            .map(|_| Ok(LayerKv { k: ctx.new_header(GgmlType::F32, &dims)?, v: ctx.new_header(GgmlType::F32, &dims)? }))
-            .collect::<Result<Vec<_>>>()?;
-        // SAFETY: a live context of unallocated headers and a live backend; checked for null.
-        let buf = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), on.as_ptr()) };
-        let bytes = 8 * layers * head_dim * n_head_kv * total;
-        let buffer = Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml(format!("cannot allocate a {} MiB key/value cache", bytes >> 20)))?);
-        let cache = self.kv.set(shape, KvCache { layers: handles, _ctx: ctx, _buffer: buffer });
+        let mut handles: Vec<Option<LayerKv<TensorRef>>> = vec![None; layers];
+        let (mut ctxs, mut buffers) = (Vec::new(), Vec::new());
+        let mut order: Vec<NonNull<sys::ggml_backend>> = Vec::new();
+        for on in (0..layers).map(place) {
+            if !order.contains(&on) {
+                order.push(on);
+            }
+        }
+        for on in order {
+            let here: Vec<usize> = (0..layers).filter(|&i| place(i) == on).collect();
+            let ctx = Context::metadata_only(2 * here.len() + 1, false)?;
+            for &i in &here {
+                handles[i] = Some(LayerKv { k: ctx.new_header(GgmlType::F32, &dims)?, v: ctx.new_header(GgmlType::F32, &dims)? });
+            }
+            // SAFETY: a live context of unallocated headers and a live backend; checked for null.
+            let buf = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.raw(), on.as_ptr()) };
+            let bytes = 8 * here.len() * head_dim * n_head_kv * total;
+            buffers.push(Buffer(NonNull::new(buf).ok_or_else(|| Error::Ggml(format!("cannot allocate a {} MiB key/value cache", bytes >> 20)))?));
+            ctxs.push(ctx);
+        }
+        let handles = handles.into_iter().map(|h| h.expect("every layer placed")).collect();
+        let cache = self.kv.set(shape, KvCache { layers: handles, _ctxs: ctxs, _buffers: buffers });
         Ok(cache.layers.clone())
     }
 
@@ -800,10 +848,10 @@ impl MatmulChain {
             }
         }
         let (n_vocab, n_layer) = (p.n_vocab, p.n_layer);
-        let buft = super::device_buffer_type(dev);
-        let all = |_: &TensorInfo| true;
-        let weights = Weights::map_offload(&gguf, |_| false, Some((buft, &all)))?;
-        Ok(MatmulChain { executor: Executor::on_device(threads, true, dev)?, weights, _gguf: gguf, n_vocab, n_layer })
+        let buft = [super::device_buffer_type(dev)];
+        let all = |_: &TensorInfo| Some(0);
+        let weights = Weights::map_offload(&gguf, |_| false, Some((&buft, &all)))?;
+        Ok(MatmulChain { executor: Executor::on_devices(threads, true, std::slice::from_ref(dev))?, weights, _gguf: gguf, n_vocab, n_layer })
     }
 
     /// One pass of the chain over `layers` layers at `n` tokens.

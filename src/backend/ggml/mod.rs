@@ -6,9 +6,11 @@
 #![allow(unsafe_code)]
 
 mod context;
-mod device;
+pub(crate) mod device;
 mod exec;
 mod llamacpp;
+#[cfg(feature = "rpc")]
+pub mod rpc;
 
 pub(crate) use context::Context;
 pub use device::{gpu_devices, GgmlDevice};
@@ -21,6 +23,18 @@ use llama_cpp_sys_2 as sys;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
+
+/// The devices of the RPC servers `endpoints` (`HOST:PORT`), each checked before ggml connects
+/// (see [`rpc`]); none for none. An error in a build without the `rpc` feature.
+pub fn rpc_devices(endpoints: &[String]) -> Result<Vec<GgmlDevice>> {
+    if endpoints.is_empty() {
+        return Ok(Vec::new());
+    }
+    #[cfg(feature = "rpc")]
+    return rpc::connect(endpoints);
+    #[cfg(not(feature = "rpc"))]
+    Err(Error::Invalid("--rpc: this build has no RPC backend (rebuild with the `rpc` feature, on by default)".into()))
+}
 
 fn ggml_type(t: GgmlType) -> sys::ggml_type {
     t.id() as sys::ggml_type
@@ -202,8 +216,8 @@ mod tests {
 }
 
 /// Routes ggml's log: warnings and errors to stderr, chatter (debug, info: one line per repacked
-/// tensor, buffer sizes) dropped unless `DLM_GGML_LOG` is set. Installed once, before the first
-/// model loads.
+/// tensor, buffer sizes) dropped unless `DLM_GGML_LOG` is set; and turns ggml's aborts into one
+/// line and an exit code ([`on_abort`]). Installed once, before the first model loads.
 pub(crate) fn init_logging() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -211,12 +225,53 @@ pub(crate) fn init_logging() {
             // SAFETY: `log` is a valid callback for the whole program and ignores its user data.
             unsafe { sys::ggml_log_set(Some(log), std::ptr::null_mut()) };
         }
+        // SAFETY: `on_abort` is a valid callback for the whole program.
+        unsafe { sys::ggml_set_abort_callback(Some(on_abort)) };
     });
 }
+
+/// What ggml calls before `abort()`: every input dlm hands ggml is validated first, so what
+/// reaches it is the network (ggml-rpc aborts when a server goes away mid-pass or answers
+/// nonsense: exit code 2) or a bug (101). Either way one line, from whichever thread (ggml-rpc's
+/// dispatcher thread, a compute thread), without unwinding through C.
+unsafe extern "C" fn on_abort(message: *const std::os::raw::c_char) {
+    let text = if message.is_null() {
+        String::new()
+    } else {
+        // SAFETY: ggml passes its NUL-terminated message buffer, alive for the call.
+        unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy().trim().to_string()
+    };
+    // Anything ggml-rpc aborts on comes from the network (a server gone, or never there).
+    let rpc = text.contains("ggml-rpc") || text.contains("RPC");
+    // ggml's message starts with the full path of its source file: the file name says enough.
+    let text = match text.split_once(": ") {
+        Some((at, rest)) if at.contains('/') => format!("{}: {rest}", at.rsplit('/').next().unwrap_or(at)),
+        _ => text,
+    };
+    let (line, code) = if rpc {
+        let detail = LAST_TRANSPORT_ERROR.lock().ok().and_then(|m| m.clone()).map_or(String::new(), |d| format!("; {d}"));
+        (format!("error: lost an RPC server (--rpc) in the middle of a pass: it stopped, its machine became unreachable, or it answered something malformed (ggml: {text}{detail})"), crate::cli::EXIT_ERROR as i32)
+    } else {
+        (format!("error: internal error: ggml stopped on a failed check (ggml: {text}); this is a bug in dlm, please report it with the command line"), 101)
+    };
+    crate::cli::error_line(&line);
+    crate::cli::exit_now(code);
+}
+
+/// ggml-rpc's last "send failed"/"recv failed": held rather than printed, because on a client
+/// an abort follows it at once (its line says it), and on a server it only means a client left.
+static LAST_TRANSPORT_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 unsafe extern "C" fn log(level: sys::ggml_log_level, text: *const std::os::raw::c_char, _user: *mut std::ffi::c_void) {
     if (level == sys::GGML_LOG_LEVEL_WARN || level == sys::GGML_LOG_LEVEL_ERROR) && !text.is_null() {
         // SAFETY: ggml passes a NUL-terminated message that lives for the call.
-        crate::errp!("ggml: {}", unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy());
+        let text = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
+        if text.starts_with("send failed") || text.starts_with("recv failed") {
+            if let Ok(mut last) = LAST_TRANSPORT_ERROR.lock() {
+                *last = Some(text.trim().to_string());
+            }
+            return;
+        }
+        crate::errp!("ggml: {text}");
     }
 }

@@ -78,9 +78,21 @@ pub struct ModelArgs {
     /// all layers or none [default: all]
     #[arg(long = "n-gpu-layers", value_name = "N")]
     pub n_gpu_layers: Option<usize>,
-    /// List the GPUs this build can use, then exit
+    /// List the GPUs this build can use (and the devices of --rpc servers), then exit
     #[arg(long)]
     pub list_devices: bool,
+    /// Run layers on other machines too: dlm-rpc-server (or llama.cpp's rpc-server) processes
+    /// at HOST:PORT[,HOST:PORT…], whose devices take the offloaded layers (-ngl, default all)
+    /// with the local GPU if any; the rest runs here. Weights go to each server once per load
+    /// (kept by a server started with -c). No authentication or encryption: trusted networks
+    /// only (README: Several machines)
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    pub rpc: Vec<String>,
+    /// Shares of the offloaded layers per device (also -ts, as in llama.cpp), in the order
+    /// --list-devices shows with --rpc: the servers' devices, then the local GPU; e.g. 3,1
+    /// [default: in proportion to each device's free memory]
+    #[arg(long = "tensor-split", value_name = "N0,N1,...", value_delimiter = ',')]
+    pub tensor_split: Vec<f32>,
     /// Attention through ggml's flash-attention kernel (also -fa, as in llama.cpp): on (the
     /// default; auto is the same) or off (explicit scores and soft-max, what llama.cpp runs
     /// with it off)
@@ -398,7 +410,18 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
     }
     let backend = backend_of(a, checked.params.n_layer)?;
     // Checked above, timed for -v.
-    let opts = LoadOptions { threads, diffusion: over, backend, device: a.device, n_gpu_layers: a.n_gpu_layers, check_values: false, flash_attn: a.flash_attn != Some(Switch::Off), ..Default::default() };
+    let opts = LoadOptions {
+        threads,
+        diffusion: over,
+        backend,
+        device: a.device,
+        n_gpu_layers: a.n_gpu_layers,
+        check_values: false,
+        flash_attn: a.flash_attn != Some(Switch::Off),
+        rpc: a.rpc.clone(),
+        tensor_split: a.tensor_split.clone(),
+        ..Default::default()
+    };
     let mut model = Model::from_gguf(gguf, &opts)?;
     model.set_device_candidates(match a.device_candidates {
         Switch::Auto => None,
@@ -535,8 +558,8 @@ const LLAMA_CPP_FLAGS: &[(&str, Result<&str, &str>)] = &[
     ("-sys", Err("dlm-run has no system prompt; chat with one through dlm-server's /v1/chat/completions")),
     ("-sysf", Err("dlm-run has no system prompt; chat with one through dlm-server's /v1/chat/completions")),
     ("-mli", Err("dlm-run has no interactive mode; -f FILE or standard input take a multi-line prompt")),
-    ("-sm", Err("dlm does not split a model across GPUs (-ngl offloads layers to one)")),
-    ("-ts", Err("dlm does not split a model across GPUs (-ngl offloads layers to one)")),
+    ("-sm", Err("dlm splits by layer only, among the devices of --rpc and the local GPU (--tensor-split)")),
+    ("-ts", Ok("--tensor-split")),
     ("-mg", Err("choose the GPU with --device N (an index from --list-devices)")),
     ("-ctk", Err("dlm chooses its key/value cache type itself")),
     ("-ctv", Err("dlm chooses its key/value cache type itself")),
@@ -584,10 +607,13 @@ fn llama_cpp_short_flags(args: &[std::ffi::OsString]) -> Result<Vec<std::ffi::Os
 
 /// `--list-devices`: every ggml GPU device and wgpu adapter, one per line, with what `auto`
 /// would pick.
-pub fn list_devices() -> anyhow::Result<()> {
+pub fn list_devices(rpc: &[String]) -> anyhow::Result<()> {
     let list = dlm::backend::wgpu::adapters();
     let ggml = dlm::backend::ggml::gpu_devices();
     dlm::outln!("cpu: ggml CPU backend ({} threads)", LoadOptions::default().threads)?;
+    for (i, d) in dlm::backend::ggml::rpc_devices(rpc)?.iter().enumerate() {
+        dlm::outln!("rpc device {i}: {} | {} | {} MiB free of {} MiB (--rpc: takes layers before the local GPU)", d.name, d.description, d.memory_free >> 20, d.memory_total >> 20)?;
+    }
     let mut per_api: std::collections::HashMap<String, usize> = Default::default();
     for d in &ggml {
         let i = per_api.entry(d.api.clone()).or_default();
