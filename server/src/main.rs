@@ -209,6 +209,45 @@ fn router(app: Arc<routes::App>, max_body: usize) -> Router {
         .with_state(app)
 }
 
+/// Answers every connection with 503 until `done` fires (the model is loaded), then hands the
+/// listener back: `GET /health` says `{"status": "loading model"}` (llama-server's readiness
+/// answer while it loads), any other request gets an API error saying to retry, both with
+/// `Retry-After`. One request per connection, so a client's next request after the load
+/// reaches the real server; at most `max_connections` at once, each for at most `timeout`.
+async fn while_loading(listener: tokio::net::TcpListener, mut done: tokio::sync::oneshot::Receiver<()>, timeout: Duration, max_connections: usize) -> tokio::net::TcpListener {
+    async fn health() -> Response {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::RETRY_AFTER, "5")], axum::Json(serde_json::json!({"status": "loading model"}))).into_response()
+    }
+    async fn other() -> Response {
+        let mut e = api::ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "the model is loading: retry in a few seconds (GET /health answers 200 once it is ready)").code("loading");
+        e.retry_after = Some(5);
+        e.into_response()
+    }
+    let router: Router = Router::new().route("/health", get(health)).route("/v1/health", get(health)).fallback(other);
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut done => return listener,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Over the limit: closed at once rather than queued behind a slow load.
+        let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
+        let r = router.clone();
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| r.clone().oneshot(req.map(axum::body::Body::new)));
+        let conn = hyper::server::conn::http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(false).serve_connection(TokioIo::new(tcp), svc);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout, conn).await;
+            drop(permit);
+        });
+    }
+}
+
 /// Counts SIGINT and SIGTERM from the moment it is made (before the model loads: a signal
 /// while loading ends the process at once, with status 0, as there is nothing to finish).
 struct Signals {
@@ -424,6 +463,14 @@ fn run(a: Args) -> anyhow::Result<()> {
     // Bound before the model loads: a port in use fails at once.
     let std_listener = std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
     std_listener.set_nonblocking(true).context("setting the socket non-blocking")?;
+    let listener = {
+        let _rt = rt.enter();
+        tokio::net::TcpListener::from_std(std_listener).context("listening")?
+    };
+    // While the model loads, every request is answered 503 (GET /health: "loading model"), so
+    // a balancer's readiness probe and a client both see why instead of a hanging connection.
+    let (loaded, loaded_rx) = tokio::sync::oneshot::channel();
+    let loading = rt.spawn(while_loading(listener, loaded_rx, Duration::from_secs(a.timeout), a.max_connections));
     let l = common::load(&a.m)?;
     let trained = l.n_ctx();
     let n_ctx = match a.ctx_size {
@@ -515,10 +562,11 @@ fn run(a: Args) -> anyhow::Result<()> {
         .spawn(move || worker::run(model, tok, rx, limits, metrics))
         .context("starting the engine thread")?;
     signals.loading.store(false, Ordering::Relaxed);
+    let _ = loaded.send(());
+    let listener = rt.block_on(loading).context("the listener of the loading phase")?;
     let opts = ServeOpts { timeout: Duration::from_secs(a.timeout), max_connections: a.max_connections, shutdown: Duration::from_secs(a.shutdown_timeout) };
     let r = router(app.clone(), a.max_body);
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::from_std(std_listener).context("listening")?;
         let local = listener.local_addr().map_or(addr.clone(), |a| a.to_string());
         dlm::errln!("dlm-server: serving {} on http://{local} (batch {max_batch}, queue {}, context {n_ctx}{})", app.model_id, a.max_queue, if app.api_key.is_some() { ", API key required" } else { "" });
         if dlm::cli::logs(dlm::cli::Log::Verbose) {

@@ -154,6 +154,62 @@ fn send(addr: &str, body: &str) -> TcpStream {
     conn
 }
 
+/// `GET path` on a connection of its own: the status code and the whole response.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    let _ = conn.read_to_string(&mut resp);
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, resp)
+}
+
+/// A replica behind a balancer while its model loads: GET /health answers 503 "loading model"
+/// and any other request 503 with Retry-After, instead of a connection that hangs. (The load
+/// here waits on an RPC peer that accepts and never answers, which fails it after the 5 s
+/// greeting timeout: exit 2, one line.)
+#[test]
+fn health_says_loading_until_the_model_is_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = model(tmp.path(), "tiny", None);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm-server"))
+        .args(["-m", plain.to_str().unwrap(), "--port", &port.to_string(), "-t", "2", "--rpc", &peer])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(3), "dlm-server is not listening while it loads");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, health) = get(&addr, "/health");
+    assert_eq!(code, 503, "{health}");
+    assert!(health.contains(r#""status":"loading model""#), "{health}");
+    let mut conn = send(&addr, r#"{"prompt": "copy 1:", "max_tokens": 4}"#);
+    let mut resp = String::new();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = conn.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("retry-after: 5") && resp.contains(r#""code":"loading""#), "{resp}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "the checks ran past the load: {:?}", t0.elapsed());
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("error: --rpc") && l.contains("no answer")), "{err}");
+}
+
 /// SIGTERM while a request runs: no new connections, the running request completes with its
 /// full answer, then the process exits 0.
 #[test]
@@ -165,7 +221,18 @@ fn sigterm_lets_running_requests_finish() {
     // About 3 s of passes: one position each (at temperature 100 no EOS ends the text early).
     let body = r#"{"prompt": "Today is a wonderful day,", "max_tokens": 64, "steps": 400, "unmask": "confidence", "seed": 3, "temperature": 100, "top_p": 1}"#;
     let mut conn = send(&addr, body);
+    // What a balancer's autoscaler reads: the running sequence, nothing queued.
+    let (code, metrics) = get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("\ndlm_active_sequences 1\n") && metrics.contains("\ndlm_queue_length 0\n"), "{metrics}");
     s.signal("-TERM");
+    // Draining: the listener is closed (a balancer's next connection is refused and goes to
+    // another replica) while the running request goes on.
+    let t0 = Instant::now();
+    while TcpStream::connect(&addr).is_ok() {
+        assert!(t0.elapsed() < Duration::from_secs(2), "still accepting connections after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut resp = String::new();
     conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     conn.read_to_string(&mut resp).unwrap();
