@@ -4,7 +4,8 @@
 #        libvulkan1 + mesa-vulkan-drivers (the Vulkan loader and lavapipe, a CPU Vulkan driver, so
 #        the wgpu kernel tests run without a GPU)
 #   PyPI: gguf numpy safetensors sentencepiece (independent checks of our files and tokenizers),
-#         openai prometheus_client (the real client and metrics parser against dlm-server)
+#         openai prometheus_client (the real client and metrics parser against dlm-server),
+#         kubernetes-validate dockerfile-parse (deploy/ checked without a cluster or container engine)
 #   data: tests/fetch_data.py (npm llama-tokenizer-js, llama.cpp's vocab GGUF from the llama-cpp-python sdist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +32,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-if ! python3 -c "import gguf, numpy, safetensors, sentencepiece, openai, prometheus_client" 2>/dev/null; then
-  pkgs=(gguf==0.19.0 numpy safetensors sentencepiece==0.2.3 openai==3.60.0 prometheus_client==0.26.0)
+if ! python3 -c "import gguf, numpy, safetensors, sentencepiece, openai, prometheus_client, kubernetes_validate, dockerfile_parse" 2>/dev/null; then
+  pkgs=(gguf==0.19.0 numpy safetensors sentencepiece==0.2.3 openai==3.60.0 prometheus_client==0.26.0 kubernetes-validate==1.37.0 dockerfile-parse==2.0.1)
   echo "setup: pip install ${pkgs[*]}" >&2
   python3 -m pip install --quiet "${pkgs[@]}" 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages "${pkgs[@]}"

@@ -399,3 +399,12 @@ fn unsupported_fields_are_refused_and_llama_server_endpoints_answer() {
         assert!(m.contains(why) && m.contains("/v1/chat/completions") && m.contains("/props") && !m.contains('\u{1b}'), "{m}");
     }
 }
+
+/// deploy/ (Dockerfiles, Kubernetes manifests) checked without a container engine or cluster
+/// (scripts/check_deploy.py): manifests against the Kubernetes API schemas, the container's
+/// arguments parsed by this dlm-server, probes, metric and grace period consistent with it.
+#[test]
+fn deploy_files_agree_with_the_server() {
+    let out = Command::new("python3").arg(root().join("scripts/check_deploy.py")).arg(env!("CARGO_BIN_EXE_dlm-server")).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
