@@ -100,6 +100,35 @@ fn after_the_load_only_activations_cross() {
     assert!(reduced < logits / 4, "a reduced pass moved {reduced} bytes, the logits alone are {logits}");
 }
 
+/// A server started with `-c` keeps what it was sent by hash (tensors over 10 MB: here the
+/// 16 MB f16 LM head) on disk: the next load of the same model sends the hash instead, and the
+/// logits are the same.
+#[test]
+fn a_caching_server_is_sent_large_weights_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    checkpoint(&hf, &[]);
+    let path = convert(&hf, OutType::F16);
+    let g = dlm::Gguf::open(&path).unwrap();
+    let large: u64 = g.tensors().iter().filter(|t| t.name != "token_embd.weight" && t.size > 10 << 20).map(|t| t.size).sum();
+    assert!(large > 0, "the test model has no tensor over ggml-rpc's 10 MB hash threshold");
+    drop(g);
+    let cache = tmp.path().join("rpc-cache");
+    let server = RpcServer::start_with(1, &["-c", "--cache-dir", cache.to_str().unwrap()]);
+    let tokens: Vec<u32> = (0..16).map(|i| (i * 13 + 1) % 500).collect();
+    let mut sent = Vec::new();
+    let mut logits = Vec::new();
+    for _ in 0..2 {
+        let relay = Relay::start(&server.endpoint);
+        let mut m = load(&path, &[&relay.endpoint], &[], None, true);
+        logits.push(bits(&m.forward(&tokens).unwrap()));
+        sent.push(relay.bytes());
+    }
+    assert!(std::fs::read_dir(&cache).unwrap().count() > 0, "nothing cached in {}", cache.display());
+    assert!(sent[0] - sent[1] > large * 9 / 10, "first load {} bytes, second {} bytes, {large} bytes of large tensors", sent[0], sent[1]);
+    assert_eq!(logits[0], logits[1]);
+}
+
 fn dlm_run(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_dlm-run")).args(args).stdin(Stdio::null()).output().unwrap()
 }
@@ -176,6 +205,7 @@ fn bad_endpoints_are_one_line_each() {
         (vec!["--rpc", &server.endpoint, "-ts", "nan"], vec!["--tensor-split", "NaN"]),
         (vec!["--rpc", &server.endpoint, "--backend", "wgpu"], vec!["--rpc", "wgpu"]),
         (vec!["--backend", "cpu", "-ts", "1"], vec!["--tensor-split", "no devices"]),
+        (vec!["--rpc", &server.endpoint, "-ngl", "0"], vec!["--rpc", "-ngl 0"]),
     ] {
         let mut all = vec!["-m", m, "-p", "copy 1:", "-n", "4"];
         all.extend(args.iter().copied());

@@ -23,9 +23,15 @@ pub struct RpcServer {
 impl RpcServer {
     /// Starts one with `threads` threads and waits until it answers the RPC greeting.
     pub fn start(threads: usize) -> RpcServer {
+        Self::start_with(threads, &[])
+    }
+
+    /// [`RpcServer::start`] with more flags (`-c --cache-dir DIR`).
+    pub fn start_with(threads: usize, extra: &[&str]) -> RpcServer {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_dlm-rpc-server"))
             .args(["-p", &port.to_string(), "-t", &threads.to_string(), "-d", "cpu"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -473,6 +473,9 @@ fn backend_of(a: &ModelArgs, n_layer: usize) -> anyhow::Result<Backend> {
     let ggml_gpu = dlm::backend::ggml::gpu_devices().iter().any(|d| !d.is_software());
     match a.n_gpu_layers {
         Some(0) => {
+            if !a.rpc.is_empty() {
+                bail!("--rpc with -ngl 0 runs nothing on the RPC servers (-ngl counts the layers that leave this machine): drop one of the two");
+            }
             if a.backend == BackendArg::Wgpu {
                 bail!("--backend wgpu with -ngl 0 runs nothing on the GPU: use --backend cpu");
             }
