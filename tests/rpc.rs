@@ -26,6 +26,14 @@ fn load(path: &Path, rpc: &[&str], split: &[f32], ngl: Option<usize>, repack: bo
     Model::load(path, &opts).unwrap()
 }
 
+/// The small random checkpoint (tests/make_checkpoint.py) in a temporary folder.
+fn random_checkpoint() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    checkpoint(&hf, &[]);
+    (tmp, hf)
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -34,9 +42,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 /// reduction on a remote device: the same logits as the CPU run.
 #[test]
 fn logits_through_two_rpc_servers_equal_the_local_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("hf");
-    checkpoint(&hf, &[]);
+    let (_tmp, hf) = random_checkpoint();
     let (a, b) = (RpcServer::start(1), RpcServer::start(1));
     let both = [a.endpoint.as_str(), b.endpoint.as_str()];
     for kind in [OutType::F16, OutType::Q8_0, OutType::Q4_0] {
@@ -71,9 +77,7 @@ fn logits_through_two_rpc_servers_equal_the_local_run() {
 /// with the row reduction on the device brings back 20 bytes per row, not the vocabulary).
 #[test]
 fn after_the_load_only_activations_cross() {
-    let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("hf");
-    checkpoint(&hf, &[]);
+    let (_tmp, hf) = random_checkpoint();
     let path = convert(&hf, OutType::F16);
     // Every tensor but the embedding table (a row lookup, kept on the host) goes to the server.
     let g = dlm::Gguf::open(&path).unwrap();
@@ -105,9 +109,7 @@ fn after_the_load_only_activations_cross() {
 /// logits are the same.
 #[test]
 fn a_caching_server_is_sent_large_weights_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("hf");
-    checkpoint(&hf, &[]);
+    let (tmp, hf) = random_checkpoint();
     let path = convert(&hf, OutType::F16);
     let g = dlm::Gguf::open(&path).unwrap();
     let large: u64 = g.tensors().iter().filter(|t| t.name != "token_embd.weight" && t.size > 10 << 20).map(|t| t.size).sum();
@@ -162,9 +164,7 @@ fn fake_server(answer: fn(&mut std::net::TcpStream)) -> String {
 
 #[test]
 fn bad_endpoints_are_one_line_each() {
-    let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("hf");
-    checkpoint(&hf, &[]);
+    let (_tmp, hf) = random_checkpoint();
     let path = convert(&hf, OutType::Q8_0);
     let m = path.to_str().unwrap();
     let refused = format!("127.0.0.1:{}", free_port());
@@ -221,9 +221,7 @@ fn bad_endpoints_are_one_line_each() {
 /// A server killed in the middle of a long generation: one line, exit code 2, within seconds.
 #[test]
 fn a_server_killed_mid_generation_ends_the_run_with_one_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("hf");
-    checkpoint(&hf, &[]);
+    let (_tmp, hf) = random_checkpoint();
     let path = convert(&hf, OutType::Q8_0);
     let (a, mut b) = (RpcServer::start(1), RpcServer::start(1));
     let rpc = format!("{},{}", a.endpoint, b.endpoint);

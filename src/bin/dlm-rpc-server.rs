@@ -78,10 +78,15 @@ fn cache_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let gpus = dlm::backend::ggml::gpu_devices();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = cli.threads.unwrap_or(cores);
-    if threads == 0 {
-        bail!("-t 0: at least one thread is needed");
-    }
+    let threads = match cli.threads {
+        None => cores,
+        Some(0) => bail!("-t 0: at least one thread is needed"),
+        Some(t) if t > cores => {
+            dlm::errln!("warning: -t {t} is more than the {cores} cores of this machine; using {cores}");
+            cores
+        }
+        Some(t) => t,
+    };
     if cli.list_devices {
         dlm::outln!("cpu: ggml CPU backend ({threads} threads)")?;
         for d in &gpus {
