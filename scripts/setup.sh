@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing dlm needs on Debian (idempotent), then fetches test data.
-#   apt: cmake clang libclang-dev (ggml + bindgen), python3-pip, nodejs/npm (tokenizer test data),
+#   apt: cmake clang libclang-dev (ggml + bindgen), python3-pip, python3-venv (the Python package's
+#        tests run in a fresh environment), nodejs/npm (tokenizer test data),
 #        libvulkan1 + mesa-vulkan-drivers (the Vulkan loader and lavapipe, a CPU Vulkan driver, so
 #        the wgpu kernel tests run without a GPU)
 #   PyPI: gguf numpy safetensors sentencepiece (independent checks of our files and tokenizers),
@@ -21,6 +22,7 @@ command -v clang >/dev/null || need+=(clang)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 command -v npm >/dev/null || need+=(npm)
 ldconfig -p | grep -q 'libvulkan\.so\.1' || need+=(libvulkan1)
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)

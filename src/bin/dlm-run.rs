@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::{FromArgMatches, Parser, ValueEnum};
-use common::{canvas_text, find_stop, steady_ms, CacheArg, GenArgs, Loaded, ModelArgs, BATCH_MEMORY};
+use common::{canvas_text, cut_at_stop, find_stop, steady_ms, CacheArg, GenArgs, Loaded, ModelArgs, BATCH_MEMORY};
 use dlm::sample::UnmaskRule;
 use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenParams, Generation, Pass};
 use dlm::sample::Unmasker;
@@ -494,19 +494,6 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The text of `tokens` (through `render`) cut before the first stop string, the stop string,
-/// and how many tokens lie wholly before it (what `--json`'s `tokens` lists).
-fn cut_at_stop<'s>(tokens: &[u32], stops: &'s [String], render: impl Fn(&[u32]) -> anyhow::Result<String>) -> anyhow::Result<(String, Option<&'s str>, usize)> {
-    let mut text = render(tokens)?;
-    let Some((at, stop)) = find_stop(&text, stops) else { return Ok((text, None, tokens.len())) };
-    text.truncate(at);
-    let mut kept = 0;
-    while kept < tokens.len() && render(&tokens[..kept + 1])?.len() <= at {
-        kept += 1;
-    }
-    Ok((text, Some(stop), kept))
 }
 
 /// The prompts as llama.cpp users give them: `--prompts FILE` (one per line), `-f FILE` (one

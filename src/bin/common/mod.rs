@@ -371,6 +371,19 @@ pub fn find_stop<'s>(text: &str, stops: &'s [String]) -> Option<(usize, &'s str)
     stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str()).map(|at| (at, s.as_str()))).min_by_key(|&(at, _)| at)
 }
 
+/// The text of `tokens` (through `render`) cut before the first stop string, the stop string,
+/// and how many tokens lie wholly before it (what `--json`'s `tokens` lists).
+pub fn cut_at_stop<'s>(tokens: &[u32], stops: &'s [String], render: impl Fn(&[u32]) -> anyhow::Result<String>) -> anyhow::Result<(String, Option<&'s str>, usize)> {
+    let mut text = render(tokens)?;
+    let Some((at, stop)) = find_stop(&text, stops) else { return Ok((text, None, tokens.len())) };
+    text.truncate(at);
+    let mut kept = 0;
+    while kept < tokens.len() && render(&tokens[..kept + 1])?.len() <= at {
+        kept += 1;
+    }
+    Ok((text, Some(stop), kept))
+}
+
 /// A span as text, each masked position shown as `mask`; with `continues` it reads on from
 /// text shown before it (its first token keeps its leading space).
 pub fn canvas_text(tok: &Tokenizer, tokens: &[u32], masked: &[bool], mask: &str, continues: bool) -> String {
