@@ -18,9 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
+import os
+
 import numpy as np
 
-from . import _dlm
+# Vulkan drivers probe for a Wayland display when wgpu makes its instance (backend="auto" looks
+# for a GPU); without XDG_RUNTIME_DIR (headless machines, containers) libwayland prints an
+# "error:" line although nothing is wrong. A path that does not exist makes the probe quiet, as
+# the dlm binaries do.
+if "XDG_RUNTIME_DIR" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
+    os.environ["XDG_RUNTIME_DIR"] = "/nonexistent/dlm-headless"
+
+from . import _dlm  # noqa: E402
 
 __all__ = ["Model", "Generation", "State", "Stream", "Likelihood", "version"]
 
