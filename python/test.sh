@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the `dlm` wheel with maturin and tests it in a fresh virtual environment (pytest),
 # against the binaries of the same build (DLM_BIN, default target/release: build them first).
-# PyPI: maturin, numpy, pytest (into the throw-away environment only).
+# PyPI: maturin, numpy, pytest, lm_eval (its core only: no torch), into the throw-away
+# environment only.
 set -euo pipefail
 cd "$(dirname "$0")"
 root="$(cd .. && pwd)"
@@ -12,7 +13,7 @@ done
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install --quiet "maturin>=1.7,<2" numpy pytest
+"$work/venv/bin/python" -m pip install --quiet "maturin>=1.7,<2" numpy pytest "lm_eval==0.4.13"
 # The wheel builds in the workspace's target/ (ggml and dlm are not compiled again).
 "$work/venv/bin/maturin" build --release --quiet --out "$work/dist" 2>&1 | grep -v "^📦\|^🔗\|^🐍\|^📡" || true
 "$work/venv/bin/python" -m pip install --quiet "$work"/dist/dlm-*.whl

@@ -437,6 +437,59 @@ impl Model {
         Ok((c.pred, scores))
     }
 
+    /// The likelihood of each (context, continuation) pair, pair i masked with the seed of item
+    /// `ids[i]` as `dlm-score choice` seeds the choices of the item on line `ids[i] + 1` (pairs of
+    /// one item share it), scored in batched passes (a pair scores the same in any company).
+    #[pyo3(signature = (pairs, ids, levels, draws, seed))]
+    fn likelihoods(&self, py: Python<'_>, pairs: Vec<(String, String)>, ids: Vec<u64>, levels: usize, draws: usize, seed: u64) -> PyResult<Vec<Py<PyDict>>> {
+        if pairs.len() != ids.len() {
+            return Err(PyValueError::new_err(format!("{} pairs but {} ids", pairs.len(), ids.len())));
+        }
+        let inner = self.inner.clone();
+        let rs = py
+            .allow_threads(move || -> anyhow::Result<Vec<dlm::score::Likelihood>> {
+                let mut l = lock(&inner);
+                let p = score_params(&l, levels, draws, seed)?;
+                let mut targets = Vec::with_capacity(pairs.len());
+                for (i, (context, continuation)) in pairs.iter().enumerate() {
+                    let (ctx, cont) = l.tok.split_continuation(context, continuation)?;
+                    if cont.is_empty() {
+                        anyhow::bail!("pair {i}: the continuation is empty: nothing to score");
+                    }
+                    let t = dlm::score::Target::new(&ctx, &cont, &[]);
+                    check_len(&l, t.tokens.len())?;
+                    targets.push(t);
+                }
+                let seeds: Vec<u64> = ids.iter().map(|&id| dlm::score::item_seed(p.seed, id)).collect();
+                Ok(dlm::score::likelihoods(&mut l.model, &targets, &seeds, &p)?.0)
+            })
+            .map_err(run_error)?;
+        rs.iter().map(|r| likelihood_dict(py, r)).collect()
+    }
+
+    /// The ELBO bound on the negative log-likelihood of all of `text` in nats (and its token
+    /// count): the tokens in windows of the model's context (BOS + up to n_ctx − 1 tokens), every
+    /// token scored once.
+    #[pyo3(signature = (text, levels, draws, seed))]
+    fn rolling(&self, py: Python<'_>, text: String, levels: usize, draws: usize, seed: u64) -> PyResult<(f64, usize)> {
+        let inner = self.inner.clone();
+        py.allow_threads(move || -> anyhow::Result<(f64, usize)> {
+            let mut l = lock(&inner);
+            let p = score_params(&l, levels, draws, seed)?;
+            let tokens = l.tok.suffix_ids(&text)?;
+            if tokens.is_empty() {
+                return Ok((0.0, 0));
+            }
+            let ctx = l.n_ctx().max(2);
+            let step = if l.tok.bos.is_some() { ctx - 1 } else { ctx };
+            let windows: Vec<dlm::score::Target> = tokens.chunks(step).map(|c| dlm::score::Target::new(l.tok.bos.as_slice(), c, &[])).collect();
+            let seeds: Vec<u64> = (0..windows.len() as u64).map(|i| dlm::score::item_seed(p.seed, i)).collect();
+            let (rs, _) = dlm::score::likelihoods(&mut l.model, &windows, &seeds, &p)?;
+            Ok((rs.iter().map(|r| r.elbo * r.n_scored as f64).sum(), tokens.len()))
+        })
+        .map_err(run_error)
+    }
+
     /// What the model is: architecture, sizes, diffusion facts, backend.
     fn info(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
         let inner = self.inner.clone();
