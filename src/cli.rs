@@ -131,6 +131,22 @@ pub(crate) fn unregister_temp(p: &Path) {
 type InterruptHook = Box<dyn Fn() + Send>;
 static ON_INTERRUPT: Mutex<Option<InterruptHook>> = Mutex::new(None);
 
+static TURN_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TURN_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// While `running` (a conversation's turn: `dlm-run -cnv`), SIGINT/SIGTERM/SIGHUP end the turn
+/// instead of the program: [`turn_interrupted`] turns true and the handler returns. Outside a
+/// turn they end the program as always.
+pub fn interrupt_ends_turn(running: bool) {
+    TURN_STOP.store(false, std::sync::atomic::Ordering::SeqCst);
+    TURN_RUNNING.store(running, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether a signal asked the running turn to end.
+pub fn turn_interrupted() -> bool {
+    TURN_STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Sets what an interrupt prints before the program exits 130 (replacing any earlier one).
 pub fn on_interrupt(f: impl Fn() + Send + 'static) {
     if let Ok(mut h) = ON_INTERRUPT.lock() {
@@ -160,6 +176,11 @@ pub fn install() {
     install_hooks();
     // The handler runs on its own thread (not in the signal context): it may lock and do I/O.
     let _ = ctrlc::set_handler(|| {
+        // In a conversation turn the first signal ends the turn; a second before the turn has
+        // noticed it ends the program as usual.
+        if TURN_RUNNING.load(std::sync::atomic::Ordering::SeqCst) && !TURN_STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         for p in TEMP_FILES.lock().map(|v| v.clone()).unwrap_or_default() {
             let _ = std::fs::remove_file(p);
         }

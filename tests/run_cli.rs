@@ -615,3 +615,73 @@ fn device_candidates_give_the_same_greedy_answer() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("device-candidates"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+/// `-cnv`: each line of standard input is a user message rendered with the conversation so far
+/// through the chat template; each answer equals `dlm-run -p RENDERED` with the turn's seed
+/// (seed + turn index); a system prompt comes first; /exit ends; Ctrl-C ends an answer, not
+/// the program; a model without a template is one error line.
+#[test]
+fn conversation_mode_renders_the_history_and_survives_ctrl_c() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny.gguf");
+    common::convert_to(&common::root().join("models/diffullama-tiny"), OutType::Q8_0, false, &model);
+    let m = model.to_str().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let single = |prompt: &str, seed: u64| {
+        let out = dlm_run(&["-m", m, "-p", prompt, "-n", "8", "-s", &seed.to_string(), "-t", "2", "--no-display-prompt"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // Only the last message: each turn is the plain prompt.
+    let last = write("last.jinja", "{{ messages[-1].content }}");
+    let out = dlm_run_stdin(&["-m", m, "-cnv", "--chat-template", &last, "-n", "8", "-s", "10", "-t", "2"], "copy 6859:\n\ncopy 7\\\n59:\n/exit\ncopy 1:\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    // A line ending in \ continues on the next; nothing after /exit is read.
+    assert_eq!(answers, [single("copy 6859:", 10), single("copy 7\n59:", 11)]);
+    // The whole history, answers and system prompt included, reaches the template.
+    let all = write("all.jinja", "{% for m in messages %}{{ m.content }}{% endfor %}");
+    let out = dlm_run_stdin(&["-m", m, "-cnv", "--chat-template", &all, "-sys", "copy 1:", "-n", "8", "-s", "20", "-t", "2"], "copy 6859:\ncopy 759:\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    let first = single("copy 1:copy 6859:", 20);
+    assert_eq!(answers, [first.clone(), single(&format!("copy 1:copy 6859:{first}copy 759:"), 21)]);
+    // Ctrl-C during a long answer ends that answer; the next message is still read.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm-run"))
+        .args(["-m", m, "-cnv", "--chat-template", &last, "-c", "512", "-n", "400", "--steps", "400", "--unmask", "random", "-t", "2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::{BufRead as _, Write as _};
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"copy 6859:\n").unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("seed:") {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "no seed line");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stdin.write_all(b"/exit\n").unwrap();
+        drop(stdin);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{rest}");
+        assert!(rest.contains("answer interrupted"), "{rest}");
+    }
+    // No template in the file and none given: one line, exit 2.
+    let out = dlm_run_stdin(&["-m", m, "-cnv", "-n", "8"], "hi\n");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.lines().count() == 1 && err.contains("no chat template") && err.contains("--chat-template"), "{err}");
+}

@@ -16,6 +16,9 @@ use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenPa
 use dlm::sample::Unmasker;
 use dlm::{Model, Tokenizer};
 
+#[path = "../../server/src/chat.rs"]
+#[allow(dead_code)]
+mod chat;
 mod common;
 
 /// Generate text with a diffusion language model (DiffuLLaMA, LLaDA, Dream, DiffuGPT) from a GGUF file.
@@ -106,6 +109,19 @@ struct Args {
     /// Write the first step's logits for every position as float32 .npy [seq_len, vocab]
     #[arg(long, value_name = "PATH.npy")]
     dump_logits: Option<PathBuf>,
+    /// Chat (also -cnv, as llama-cli): read a message per line from standard input, answer it
+    /// through the model's chat template with the conversation so far, until /exit or end of
+    /// input. Ctrl-C ends the answer being generated, not the program (at the prompt it exits).
+    /// A line ending in \ continues on the next. -n is the length of each answer
+    #[arg(long, conflicts_with_all = ["prompts", "file", "suffix", "json", "dump_logits", "tokenize", "detokenize", "info", "stop"])]
+    conversation: bool,
+    /// With --conversation: the system message the conversation starts with (also -sys)
+    #[arg(long, value_name = "TEXT", requires = "conversation")]
+    system_prompt: Option<String>,
+    /// With --conversation: a Jinja chat template file instead of the GGUF's
+    /// tokenizer.chat_template
+    #[arg(long, value_name = "FILE", requires = "conversation")]
+    chat_template: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -316,6 +332,9 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
         return tokenize(&a, &read_prompts(&a)?.concat());
     }
     let mut l = common::load(&a.m)?;
+    if a.conversation {
+        return conversation(&mut a, &mut l, &given);
+    }
     let load_s = l.load_s;
     let suffix = l.suffix(&esc(a.suffix.as_deref().unwrap_or("")))?;
     let prompts = read_prompts(&a)?;
@@ -494,6 +513,152 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--conversation`: a chat through the model's template, one message per line of standard
+/// input, until `/exit` or end of input. Each answer is a generation of `-n` positions after the
+/// rendered conversation (older turns dropped, with a note, when it no longer fits the
+/// context); Ctrl-C ends the answer being generated and the conversation goes on.
+fn conversation(a: &mut Args, l: &mut Loaded, given: &Given) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let source = match &a.chat_template {
+        Some(path) => common::read_text(path, "a chat template", false).context("--chat-template")?,
+        None => match l.model.gguf().get(dlm::keys::CHAT_TEMPLATE).and_then(|v| v.as_str()) {
+            Some(t) => t.to_owned(),
+            None => bail!("{}: the model has no chat template (tokenizer.chat_template): give one with --chat-template FILE", l.path.display()),
+        },
+    };
+    let at = a.chat_template.as_ref().map_or_else(|| format!("{}: the chat template", l.path.display()), |p| format!("--chat-template {}", p.display()));
+    let mut template = chat::Template::new(source).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+    let piece = |id: Option<u32>| id.and_then(|i| l.tok.id_to_token(i)).unwrap_or_default();
+    let (bos, eos) = (piece(l.tok.bos), piece(l.tok.eos));
+    let n_ctx = match a.ctx_size {
+        None | Some(0) => l.n_ctx(),
+        Some(c) => c,
+    };
+    if !given.n_predict {
+        a.n_predict = a.n_predict.min(n_ctx / 2).max(1);
+    }
+    if a.n_predict >= n_ctx {
+        bail!("-n {} leaves no room for the conversation in a context of {n_ctx} tokens", a.n_predict);
+    }
+    a.gen.resolve(l.model.diffusion(), a.n_predict)?;
+    let seed = a.gen.seed();
+    if a.gen.seed.is_none() {
+        dlm::errln!("seed: {seed}");
+    }
+    let unmasker = a.gen.unmasker();
+    let mut history: Vec<serde_json::Value> = Vec::new();
+    if let Some(sys) = &a.system_prompt {
+        history.push(serde_json::json!({"role": "system", "content": sys}));
+    }
+    let fixed = history.len();
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    if interactive {
+        dlm::errln!("conversation: one message per line (end a line with \\ to continue it), /exit or Ctrl-D to end; Ctrl-C stops an answer");
+    }
+    let mut lines = stdin.lock().lines();
+    let mut turn = 0u64;
+    loop {
+        if interactive {
+            dlm::errp!("\n> ");
+        }
+        let mut message = String::new();
+        loop {
+            let Some(line) = lines.next() else {
+                return Ok(());
+            };
+            let line = line.context("reading standard input")?;
+            match line.strip_suffix('\\') {
+                Some(head) => {
+                    message.push_str(head);
+                    message.push('\n');
+                }
+                None => {
+                    message.push_str(&line);
+                    break;
+                }
+            }
+        }
+        let message = message.trim_end_matches('\r').to_owned();
+        if message.trim() == "/exit" {
+            return Ok(());
+        }
+        if message.trim().is_empty() {
+            continue;
+        }
+        history.push(serde_json::json!({"role": "user", "content": message}));
+        // The rendered conversation, older turns dropped until it and the answer fit.
+        let prefix = loop {
+            let mut text = template.render(&serde_json::Value::Array(history.clone()), &bos, &eos).or_else(|e| {
+                if e.kind == chat::Failure::Unavailable {
+                    template.render_in_process();
+                    template.render(&serde_json::Value::Array(history.clone()), &bos, &eos)
+                } else {
+                    Err(e)
+                }
+            });
+            if let Ok(t) = text.as_mut() {
+                // The tokenizer adds BOS itself: a template that writes it too would make two.
+                if l.tok.add_bos && !bos.is_empty() {
+                    if let Some(rest) = t.strip_prefix(bos.as_str()) {
+                        *t = rest.to_owned();
+                    }
+                }
+            }
+            let text = text.map_err(|e| anyhow::anyhow!("{at} failed on the conversation: {}", e.message))?;
+            let prefix = l.prefix(&text)?;
+            if prefix.len() + a.n_predict <= n_ctx {
+                break Some(prefix);
+            }
+            if history.len() > fixed + 1 {
+                // The oldest exchange (a user message and its answer) goes.
+                let n = (history.len() - fixed - 1).min(2);
+                history.drain(fixed..fixed + n);
+                dlm::errln!("note: the conversation no longer fits the context of {n_ctx} tokens with -n {}: dropped its oldest turn", a.n_predict);
+                continue;
+            }
+            break None;
+        };
+        let Some(prefix) = prefix else {
+            dlm::errln!("error: this message ({} tokens rendered) and -n {} do not fit the context of {n_ctx} tokens; send a shorter one", l.prefix(&message)?.len(), a.n_predict);
+            history.pop();
+            continue;
+        };
+        let params = a.gen.params(l, a.n_predict, a.gen.steps, seed.wrapping_add(turn));
+        turn += 1;
+        let span = prefix.len()..prefix.len() + a.n_predict;
+        let mut visual = a.visual.then(Visual::new);
+        let tok = &l.tok;
+        dlm::cli::interrupt_ends_turn(true);
+        let result = generate(&mut l.model, &prefix, &[], &params, unmasker().as_mut(), |ev| {
+            let Event::Step { step, canvas, masked, .. } = ev;
+            if let Some(v) = visual.as_mut() {
+                let (tokens, masks) = (&canvas[span.clone()], &masked[span.clone()]);
+                let runs = tok.decode_canvas(tokens, masks, false).unwrap_or_default();
+                let left = masks.iter().filter(|&&m| m).count();
+                v.frame(&format!("[step {:>3}, {left} masked]", step + 1), "", &runs);
+            }
+            if dlm::cli::turn_interrupted() {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        });
+        let interrupted = dlm::cli::turn_interrupted();
+        dlm::cli::interrupt_ends_turn(false);
+        let g = result?;
+        if interrupted {
+            dlm::errln!("(answer interrupted after {} steps)", g.steps);
+            history.pop();
+            continue;
+        }
+        let answer = tok.decode(&g.tokens)?;
+        let answer = answer.trim().to_owned();
+        dlm::outln!("{answer}")?;
+        history.push(serde_json::json!({"role": "assistant", "content": answer}));
+    }
 }
 
 /// The prompts as llama.cpp users give them: `--prompts FILE` (one per line), `-f FILE` (one
@@ -750,6 +915,10 @@ fn unescape(s: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    if std::env::args_os().nth(1).is_some_and(|a| a == chat::isolated::CHILD_ARG) {
+        return ExitCode::from(chat::isolated::child_main() as u8);
+    }
     dlm::cli::install();
     let matches = common::command::<Args>().get_matches_from(common::init());
     let on_command_line = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
