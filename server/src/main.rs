@@ -38,7 +38,8 @@ const ENDPOINTS: &str = "Endpoints:
   GET  /props                llama.cpp's: default settings, context, batch, chat template
   POST /tokenize             {\"content\": text} -> {\"tokens\": [...]}
   POST /detokenize           {\"tokens\": [...]} -> {\"content\": text}
-  GET  /health               {\"status\": \"ok\"} (no API key needed)
+  GET  /                     a web page: prompt or chat, the diffusion settings, the canvas live
+  GET  /health               {\"status\": \"ok\"} (503 while loading or shutting down; no API key needed)
   GET  /metrics              Prometheus text: requests, tokens, steps, batch, queue, latency
 
 Fields that ask for what dlm does not do get a 400 naming the field: response_format, tools,
@@ -137,6 +138,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("/infill", "/infill"),
     ("/tokenize", "/tokenize"),
     ("/detokenize", "/detokenize"),
+    ("/", "/"),
     ("/health", "/health"),
     ("/v1/health", "/health"),
     ("/metrics", "/metrics"),
@@ -149,7 +151,8 @@ async fn around(State(app): State<Arc<routes::App>>, req: Request, next: Next) -
     let path = req.uri().path().to_owned();
     let peer = req.extensions().get::<Peer>().map_or_else(|| "-".to_owned(), |p| p.0.to_string());
     let endpoint = KNOWN.iter().find(|k| k.0 == path).map_or("other", |k| k.1);
-    let key = app.api_key.as_deref().filter(|_| endpoint != "/health");
+    // The page is static (no data of the server's): a browser gets it, then sends the key.
+    let key = app.api_key.as_deref().filter(|_| endpoint != "/health" && endpoint != "/");
     let resp = match key {
         Some(k) if !routes::authorized(req.headers(), k) => {
             api::ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "authentication_error", "missing or wrong API key: send Authorization: Bearer KEY").code("invalid_api_key").into_response()
@@ -199,6 +202,7 @@ fn router(app: Arc<routes::App>, max_body: usize) -> Router {
         .route("/props", get(routes::props))
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))
+        .route("/", get(routes::page))
         .route("/health", get(routes::health))
         .route("/v1/health", get(routes::health))
         .route("/metrics", get(routes::metrics))

@@ -673,12 +673,28 @@ pub async fn health(State(app): Shared) -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+/// `GET /`: the web page (server/static/index.html, compiled in): a prompt or chat box, the
+/// settings that matter for diffusion, and the canvas drawn live from `stream_canvas`. It
+/// loads nothing from elsewhere (the Content-Security-Policy says so to the browser too).
+pub async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../static/index.html"),
+    )
+        .into_response()
+}
+
 pub async fn metrics(State(app): Shared) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()).into_response()
 }
 
 /// The endpoints, for the 404 that names them.
-pub const ENDPOINTS: &str = "POST /v1/completions, /v1/chat/completions, /completion, /infill, /tokenize, /detokenize; GET /v1/models, /props, /health, /metrics";
+pub const ENDPOINTS: &str = "POST /v1/completions, /v1/chat/completions, /completion, /infill, /tokenize, /detokenize; GET / (web page), /v1/models, /props, /health, /metrics";
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     let why = match uri.path().trim_end_matches('/') {

@@ -408,3 +408,22 @@ fn deploy_files_agree_with_the_server() {
     let out = Command::new("python3").arg(root().join("scripts/check_deploy.py")).arg(env!("CARGO_BIN_EXE_dlm-server")).output().unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
+
+/// The web page (`GET /`) in a real headless Chromium driven by Playwright (server/tests/web.py):
+/// it loads with nothing from elsewhere, a prompt shows the API's text for the same settings,
+/// the canvas shows masked positions between steps, a refused chat shows the server's error;
+/// the screenshot is kept in target/test-artifacts/.
+#[test]
+fn web_page_in_headless_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = model(tmp.path(), "tiny", None);
+    let s = Server::start(&plain, &[]);
+    let shots = root().join("target/test-artifacts");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shot = shots.join("dlm-server-page.png");
+    let out = Command::new("python3").arg(root().join("server/tests/web.py")).arg(&s.url).arg(&shot).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "web.py failed (scripts/setup.sh installs chromium and playwright):\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "no screenshot at {}", shot.display());
+}
