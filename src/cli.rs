@@ -13,6 +13,21 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 
+/// `-t`: the machine's cores when not given; more than the cores is capped with a warning
+/// (extra threads only wait for each other); 0 is an error.
+pub fn threads(asked: Option<usize>) -> Result<usize, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match asked {
+        None => Ok(cores),
+        Some(0) => Err("-t/--threads must be at least 1".into()),
+        Some(t) if t > cores => {
+            crate::errln!("warning: -t {t} is more than the {cores} cores of this machine; using {cores} (extra threads only wait for each other and slow every step down)");
+            Ok(cores)
+        }
+        Some(t) => Ok(t),
+    }
+}
+
 /// Exit status of a reported error.
 pub const EXIT_ERROR: u8 = 2;
 /// Exit status after SIGINT, SIGTERM or SIGHUP.

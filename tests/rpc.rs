@@ -265,7 +265,7 @@ fn rpc_server_flags_are_checked() {
         (vec!["-p", &port], vec!["cannot listen", &port]),
         (vec!["-p", "0"], vec!["-p 0"]),
         (vec!["-d", "CUDA7"], vec!["-d CUDA7", "no such device"]),
-        (vec!["-t", "0"], vec!["-t 0"]),
+        (vec!["-t", "0"], vec!["-t/--threads must be at least 1"]),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_dlm-rpc-server")).args(&args).stdin(Stdio::null()).output().unwrap();
         one_error_line(&out, &words, &format!("dlm-rpc-server {args:?}"));

@@ -77,16 +77,7 @@ fn cache_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let gpus = dlm::backend::ggml::gpu_devices();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = match cli.threads {
-        None => cores,
-        Some(0) => bail!("-t 0: at least one thread is needed"),
-        Some(t) if t > cores => {
-            dlm::errln!("warning: -t {t} is more than the {cores} cores of this machine; using {cores}");
-            cores
-        }
-        Some(t) => t,
-    };
+    let threads = dlm::cli::threads(cli.threads).map_err(anyhow::Error::msg)?;
     if cli.list_devices {
         dlm::outln!("cpu: ggml CPU backend ({threads} threads)")?;
         for d in &gpus {

@@ -397,16 +397,7 @@ pub fn canvas_text(tok: &Tokenizer, tokens: &[u32], masked: &[bool], mask: &str,
 /// tokenizer, and checks that they agree.
 pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
     let path = a.path()?.to_owned();
-    let cores = LoadOptions::default().threads;
-    let threads = match a.threads {
-        None => cores,
-        Some(0) => bail!("-t/--threads must be at least 1"),
-        Some(t) if t > cores => {
-            dlm::errln!("warning: -t {t} is more than the {cores} cores of this machine; using {cores} (extra threads only wait for each other and slow every step down)");
-            cores
-        }
-        Some(t) => t,
-    };
+    let threads = dlm::cli::threads(a.threads).map_err(anyhow::Error::msg)?;
     let t_load = Instant::now();
     let gguf = Gguf::open(&path)?;
     let over = a.overrides();
