@@ -490,6 +490,57 @@ impl Model {
         .map_err(run_error)
     }
 
+    /// The base file of the KL workflow (`dlm-score perplexity -f TEXT --kl-divergence-base
+    /// PATH`): `text` in windows of `ctx` tokens scored by this model, every masked row's
+    /// distribution kept at `path`. Returns the summary as JSON (elbo bound, score, windows).
+    #[pyo3(signature = (text, path, ctx, levels, draws, seed))]
+    fn kl_base(&self, py: Python<'_>, text: String, path: std::path::PathBuf, ctx: Option<usize>, levels: usize, draws: usize, seed: u64) -> PyResult<String> {
+        let inner = self.inner.clone();
+        py.allow_threads(move || -> anyhow::Result<String> {
+            let mut l = lock(&inner);
+            let p = score_params(&l, levels, draws, seed)?;
+            let ctx = ctx.unwrap_or(l.n_ctx().min(512));
+            if ctx < 2 || ctx > l.n_ctx() {
+                anyhow::bail!("ctx must be from 2 to the model's context of {}, got {ctx}", l.n_ctx());
+            }
+            dlm::score::check_destination(&path).map_err(|e| anyhow::anyhow!("path: {e}"))?;
+            let mut tokens = l.tok.encode(&text)?;
+            if l.tok.add_bos && l.tok.bos.is_some() && tokens.first() == l.tok.bos.as_ref() {
+                tokens.remove(0);
+            }
+            let wins = dlm::score::windows(&tokens, l.tok.bos, ctx)?;
+            let name = l.path.display().to_string();
+            let (res, _) = dlm::score::kld_save(&mut l.model, &wins, &p, &name, &path, |_, _| {})?;
+            let weights: Vec<usize> = wins.iter().map(|w| w.n_scored()).collect();
+            let elbos: Vec<f64> = res.iter().map(|r| r.elbo).collect();
+            let scores: Vec<f64> = res.iter().map(|r| r.score).collect();
+            let (elbo, elbo_se) = dlm::score::weighted_mean_se(&elbos, &weights);
+            let (score, score_se) = dlm::score::mean_se(&scores);
+            Ok(serde_json::json!({"windows": wins.len(), "elbo": elbo, "elbo_se": elbo_se, "score": score, "score_se": score_se}).to_string())
+        })
+        .map_err(run_error)
+    }
+
+    /// This model against a base file written by `kl_base` or `dlm-score`: KL divergence
+    /// statistics as `dlm-score perplexity --kl-divergence` reports them, as JSON.
+    fn kl(&self, py: Python<'_>, base: std::path::PathBuf) -> PyResult<String> {
+        let inner = self.inner.clone();
+        py.allow_threads(move || -> anyhow::Result<String> {
+            let mut l = lock(&inner);
+            let mut b = dlm::score::KldBase::open(&base)?;
+            if b.header.mask_id != l.mask_id || b.header.shift != l.shift {
+                anyhow::bail!("{}: the base was scored with mask id {} and shift {}, this model resolves mask id {} and shift {} (mask_id= / shift=)", base.display(), b.header.mask_id, b.header.shift, l.mask_id, l.shift);
+            }
+            if let Some(t) = b.header.windows.iter().map(|w| w.tokens.len()).max().filter(|&n| n > l.n_ctx()) {
+                anyhow::bail!("{}: windows of {t} tokens exceed this model's context of {}", base.display(), l.n_ctx());
+            }
+            let limits = score_params(&l, 8, 1, 0)?;
+            let (stats, _) = dlm::score::kld_compare(&mut l.model, &mut b, &limits, |_| {})?;
+            Ok(serde_json::to_string(&stats)?)
+        })
+        .map_err(run_error)
+    }
+
     /// What the model is: architecture, sizes, diffusion facts, backend.
     fn info(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
         let inner = self.inner.clone();

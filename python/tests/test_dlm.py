@@ -190,3 +190,25 @@ def test_typed_and_documented():
     for f in [dlm.Model.generate, dlm.Model.stream, dlm.Model.logits, dlm.Model.likelihood, dlm.Model.choose, dlm.Model.tokenize]:
         assert f.__doc__ and f.__annotations__, f
     assert "dlm" in dlm.version()
+
+
+def test_kl_equals_dlm_score(model, model_path, tmp_path):
+    """A base written from Python and compared from Python gives dlm-score's numbers on the same
+    files (q4_0 against the q8_0 base), and a model against its own base has KL 0."""
+    text = "copy 6859: 6859\nreverse 345: 543\nadd 12 30: 42\n" * 8
+    (tmp_path / "text.txt").write_text(text)
+    base = tmp_path / "base.kld"
+    summary = model.kl_base(text, str(base), ctx=64, levels=4)
+    assert summary["windows"] >= 2 and summary["elbo"] > 0
+    q4 = tmp_path / "q4.gguf"
+    subprocess.run([tool("dlm-convert"), os.path.join(ROOT, "models", "diffullama-tiny"), "-o", str(q4), "--type", "q4_0"], check=True, capture_output=True)
+    other = dlm.Model(str(q4), threads=2, backend="cpu")
+    got = other.kl(str(base))
+    out = subprocess.run([tool("dlm-score"), "perplexity", "-m", str(q4), "-t", "2", "--backend", "cpu", "--kl-divergence-base", str(base), "--kl-divergence", "--json"],
+                         check=True, capture_output=True, text=True)
+    want = json.loads(out.stdout)["kld"]
+    assert got == want
+    assert 0 < got["mean_kld"] < 1
+    assert model.kl(str(base))["mean_kld"] == 0
+    with pytest.raises(ValueError, match="path"):
+        model.kl_base(text, str(tmp_path), levels=4)

@@ -184,6 +184,22 @@ class Model:
         """The DiffuLLaMA paper's score of `continuation` after `context` (dlm-score likelihood)."""
         return Likelihood(**self._native.likelihood(context, continuation, suffix, levels, draws, seed))
 
+    def kl_base(self, text: str, path: str, *, ctx: Optional[int] = None, levels: int = 8, draws: int = 1, seed: int = 0) -> Dict[str, object]:
+        """Writes the base file of the KL workflow (dlm-score perplexity --kl-divergence-base):
+        `text` in windows of `ctx` tokens (default min(512, context)) scored by this model, every
+        masked row's distribution kept at `path`. Returns {windows, elbo, elbo_se, score, score_se}."""
+        import json
+
+        return json.loads(self._native.kl_base(str(text), str(path), ctx, levels, draws, seed))
+
+    def kl(self, base: str) -> Dict[str, object]:
+        """KL divergence of this model's distributions from a base file's (written by `kl_base`
+        or dlm-score), as dlm-score perplexity --kl-divergence reports it: mean_kld, percentiles,
+        same_top1, score and elbo of both, rows, windows."""
+        import json
+
+        return json.loads(self._native.kl(str(base)))
+
     def choose(self, context: str, choices: Sequence[str], *, suffix: str = "", levels: int = 32, draws: int = 1, seed: int = 0) -> Tuple[int, List[Likelihood]]:
         """Scores each choice after `context` and returns the index of the lowest score (the most
         likely) with every score (dlm-score choice, one item)."""
