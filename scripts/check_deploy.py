@@ -6,9 +6,10 @@
 - each Dockerfile parsed (PyPI `dockerfile-parse`): multi-stage, a non-root final user, only
   binaries this workspace builds copied, the exposed port the one the entrypoint serves;
 - the two agree with dlm-server itself: the container's arguments (entrypoint + Deployment
-  args) parse with the real binary (`--list-devices` makes it exit before loading anything),
+  args) pass the real binary's checks (it then stops at the model file, absent here),
   probes ask paths dlm-server serves, the autoscaler's metric is one /metrics reports, and the
-  grace period covers preStop plus --shutdown-timeout.
+  grace period covers preStop plus --shutdown-timeout. (The arguments run the real server,
+  which checks them all and then fails on the model path, absent here.)
 
 Usage: check_deploy.py PATH/TO/dlm-server     (exit 1 with one line per problem)
 """
@@ -78,11 +79,23 @@ def check_dockerfile(path, server):
 
 
 def parses(where, server, args):
-    """The arguments as dlm-server's own parser reads them (it exits at --list-devices)."""
-    out = subprocess.run([server, *args, "--list-devices"], capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        why = [l for l in out.stderr.splitlines() if l.startswith("error:")] or out.stderr.strip().splitlines()[-1:]
-        problem(where, f"dlm-server refuses the arguments {args}: {why[0] if why else out.returncode}")
+    """The arguments as dlm-server checks them: parsed and validated by the binary itself,
+    which then stops at the model file (it does not exist here; on a free port of this
+    machine). Any other error is an argument the server would refuse at start."""
+    args = list(args)
+    model = args[args.index("-m") + 1] if "-m" in args else None
+    for flag, value in (("--port", "0"), ("--host", "127.0.0.1")):
+        while flag in args:
+            i = args.index(flag)
+            del args[i : i + 2]
+        args += [flag, value]
+    if model is None:
+        problem(where, "no -m: dlm-server needs a model")
+        return
+    out = subprocess.run([server, *args], capture_output=True, text=True, timeout=60)
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    if out.returncode != 2 or len(errors) != 1 or model not in errors[0]:
+        problem(where, f"dlm-server refuses the arguments {args}: {errors[0] if errors else out.stderr.strip()[-300:]}")
 
 
 def check_manifests(server, entry_args):

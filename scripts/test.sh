@@ -17,6 +17,6 @@ if [ "${FUZZ_SECONDS:-0}" -gt 0 ] && [ "$status" -eq 0 ]; then
   bash scripts/fuzz.sh "$FUZZ_SECONDS" || status=$?
 fi
 awk '/^test result:/ { p += $4; f += $6 }
-     / in [0-9.]+s$/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     !/^test result:/ && / in [0-9.]+s$/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

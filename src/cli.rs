@@ -146,6 +146,17 @@ pub(crate) fn unregister_temp(p: &Path) {
 type InterruptHook = Box<dyn Fn() + Send>;
 static ON_INTERRUPT: Mutex<Option<InterruptHook>> = Mutex::new(None);
 
+/// Removes the partial outputs registered so far (the interrupt handler and fatal paths that
+/// end the process without unwinding call it).
+pub fn remove_temp_files() {
+    // try_lock: a list being changed right now is left alone rather than waited for.
+    if let Ok(v) = TEMP_FILES.try_lock() {
+        for p in v.iter() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 static TURN_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static TURN_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -196,9 +207,7 @@ pub fn install() {
         if TURN_RUNNING.load(std::sync::atomic::Ordering::SeqCst) && !TURN_STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        for p in TEMP_FILES.lock().map(|v| v.clone()).unwrap_or_default() {
-            let _ = std::fs::remove_file(p);
-        }
+        remove_temp_files();
         errln!("\ninterrupted");
         // try_lock: a hook being replaced right now is skipped rather than waited for.
         if let Ok(hook) = ON_INTERRUPT.try_lock() {

@@ -162,6 +162,38 @@ fn fake_server(answer: fn(&mut std::net::TcpStream)) -> String {
     endpoint
 }
 
+/// A listener that answers the protocol's requests as `answer(cmd)` says: the answer's payload,
+/// or None to hang up.
+fn scripted_server(answer: fn(u8) -> Option<Vec<u8>>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("127.0.0.1:{}", l.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            loop {
+                let mut head = [0u8; 9];
+                if s.read_exact(&mut head).is_err() {
+                    break;
+                }
+                let mut payload = vec![0u8; u64::from_le_bytes(head[1..].try_into().unwrap()) as usize];
+                if s.read_exact(&mut payload).is_err() {
+                    break;
+                }
+                let Some(rsp) = answer(head[0]) else { break };
+                let _ = s.write_all(&(rsp.len() as u64).to_le_bytes());
+                let _ = s.write_all(&rsp);
+            }
+        }
+    });
+    endpoint
+}
+
+/// The greeting of a server of this protocol version.
+fn hello() -> Vec<u8> {
+    let mut r = vec![7, 0, 0, 0];
+    r.extend_from_slice(&[0; 24]);
+    r
+}
+
 #[test]
 fn bad_endpoints_are_one_line_each() {
     let (_tmp, hf) = random_checkpoint();
@@ -180,6 +212,24 @@ fn bad_endpoints_are_one_line_each() {
     });
     let closes = fake_server(|_| {});
     let silent = fake_server(|_| std::thread::sleep(Duration::from_secs(30)));
+    let many = scripted_server(|cmd| match cmd {
+        14 => Some(hello()),
+        15 => Some(u32::MAX.to_le_bytes().to_vec()),
+        _ => None,
+    });
+    let unaligned = scripted_server(|cmd| match cmd {
+        14 => Some(hello()),
+        15 => Some(1u32.to_le_bytes().to_vec()),
+        1 => Some(0u64.to_le_bytes().to_vec()),
+        _ => None,
+    });
+    let tiny = scripted_server(|cmd| match cmd {
+        14 => Some(hello()),
+        15 => Some(1u32.to_le_bytes().to_vec()),
+        1 => Some(32u64.to_le_bytes().to_vec()),
+        2 => Some(0u64.to_le_bytes().to_vec()),
+        _ => None,
+    });
     let server = RpcServer::start(1);
     let cases: Vec<(String, Vec<&str>, &str)> = vec![
         (refused.clone(), vec![&refused, "connection refused"], "nothing listening"),
@@ -187,14 +237,35 @@ fn bad_endpoints_are_one_line_each() {
         ("localhost".into(), vec!["localhost", "HOST:PORT", "no port"], "no port"),
         ("127.0.0.1:99999".into(), vec!["port"], "port out of range"),
         ("[::1]:50052".into(), vec!["IPv4"], "IPv6"),
+        (",,".into(), vec!["empty entry"], "empty entries"),
         (old.clone(), vec![&old, "protocol 6.0.0", "7.0.0"], "another major version"),
         (short.clone(), vec![&short, "4 bytes"], "an older greeting"),
         (closes.clone(), vec![&closes, "closed the connection"], "a peer that hangs up"),
-        (format!("{},{}", server.endpoint, server.endpoint), vec!["named twice"], "one server twice"),
+        (many.clone(), vec![&many, "4294967295 devices"], "4 billion devices"),
+        (unaligned.clone(), vec![&unaligned, "alignment of 0"], "alignment 0 (ggml would divide by it)"),
+        (tiny.clone(), vec![&tiny, "at most 0 bytes"], "buffers of 0 bytes"),
+        (format!("{},{}", server.endpoint, server.endpoint), vec!["the same server"], "one server twice"),
+        (format!("{},{}", server.endpoint, server.endpoint.replace("127.0.0.1", "localhost")), vec!["the same server"], "one server under two names"),
+        (format!("{},{}", server.endpoint, server.endpoint.replace("127.0.0.1", "0.0.0.0")), vec!["the same server"], "one server as 0.0.0.0"),
     ];
     for (endpoint, words, what) in &cases {
         one_error_line(&dlm_run(&["-m", m, "-p", "copy 1:", "-n", "4", "--rpc", endpoint]), words, what);
     }
+    // A peer that passes the checks, then stops answering (ggml-rpc's own connection waits
+    // without a timeout): --rpc-timeout ends the run.
+    let freezes = scripted_server(|cmd| match cmd {
+        14 => Some(hello()),
+        15 => Some(1u32.to_le_bytes().to_vec()),
+        1 => Some(32u64.to_le_bytes().to_vec()),
+        2 => Some(u64::MAX.to_le_bytes().to_vec()),
+        _ => {
+            std::thread::sleep(Duration::from_secs(60));
+            None
+        }
+    });
+    let t0 = Instant::now();
+    one_error_line(&dlm_run(&["-m", m, "-p", "copy 1:", "-n", "4", "--rpc", &freezes, "--rpc-timeout", "2"]), &["no answer", "2 s", "--rpc-timeout"], "a server that stops answering");
+    assert!(t0.elapsed() < Duration::from_secs(15), "a frozen server held the run {:?}", t0.elapsed());
     // A peer that accepts and never answers: the greeting times out, the run does not hang.
     let t0 = Instant::now();
     one_error_line(&dlm_run(&["-m", m, "-p", "copy 1:", "-n", "4", "--rpc", &silent]), &[&silent, "no answer"], "a silent peer");
@@ -216,6 +287,10 @@ fn bad_endpoints_are_one_line_each() {
     let remote = dlm_run(&["-m", m, "-p", "copy 1:", "-n", "4", "-s", "3", "--rpc", &server.endpoint]);
     assert!(local.status.success() && remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
     assert_eq!(String::from_utf8_lossy(&local.stdout), String::from_utf8_lossy(&remote.stdout));
+    // A partial offload to the server needs no local GPU.
+    let partial = dlm_run(&["-m", m, "-p", "copy 1:", "-n", "4", "-s", "3", "--rpc", &server.endpoint, "-ngl", "1"]);
+    assert!(partial.status.success(), "{}", String::from_utf8_lossy(&partial.stderr));
+    assert_eq!(String::from_utf8_lossy(&local.stdout), String::from_utf8_lossy(&partial.stdout));
 }
 
 /// A server killed in the middle of a long generation: one line, exit code 2, within seconds.
@@ -252,6 +327,56 @@ fn a_server_killed_mid_generation_ends_the_run_with_one_line() {
     let lines: Vec<&str> = rest.lines().filter(|l| !l.starts_with("step ")).collect();
     assert_eq!(lines.len(), 1, "{rest}");
     assert!(lines[0].starts_with("error: lost an RPC server"), "{rest}");
+}
+
+/// A client whose request makes ggml stop on a failed check ends only its own connection: the
+/// server serves the next client (and a dlm run through it) as before.
+#[test]
+fn a_bad_request_does_not_take_the_server_down() {
+    let (_tmp, hf) = random_checkpoint();
+    let path = convert(&hf, OutType::Q8_0);
+    let server = RpcServer::start(1);
+    let port = server.endpoint.rsplit(':').next().unwrap();
+    let bad = Command::new("python3").arg(common::root().join("tests/rpc_bad_client.py")).arg(port).output().unwrap();
+    assert!(bad.status.success(), "{}", String::from_utf8_lossy(&bad.stderr));
+    let t0 = Instant::now();
+    while dlm::backend::ggml::rpc::probe(&server.endpoint).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the server did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tokens: Vec<u32> = (0..16).map(|i| (i * 13 + 1) % 500).collect();
+    let local = load(&path, &[], &[], None, false).forward(&tokens).unwrap();
+    let remote = load(&path, &[&server.endpoint], &[], None, false).forward(&tokens).unwrap();
+    assert_eq!(bits(&remote), bits(&local));
+}
+
+/// A cached tensor cut short (a server killed while writing it) is found and removed when
+/// dlm-rpc-server starts, instead of being sent into the model as its weights.
+#[test]
+fn a_damaged_tensor_cache_is_cleaned_at_start() {
+    let (tmp, hf) = random_checkpoint();
+    let path = convert(&hf, OutType::F16);
+    let cache = tmp.path().join("cache");
+    let tokens: Vec<u32> = (0..16).map(|i| (i * 13 + 1) % 500).collect();
+    let local = load(&path, &[], &[], None, true).forward(&tokens).unwrap();
+    {
+        let server = RpcServer::start_with(1, &["-c", "--cache-dir", cache.to_str().unwrap()]);
+        load(&path, &[&server.endpoint], &[], None, true).forward(&tokens).unwrap();
+    }
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!files.is_empty());
+    for f in &files {
+        let len = std::fs::metadata(f).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(len / 2).unwrap();
+    }
+    let server = RpcServer::start_with(1, &["-c", "--cache-dir", cache.to_str().unwrap()]);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0, "damaged files left in the cache");
+    let remote = load(&path, &[&server.endpoint], &[], None, true).forward(&tokens).unwrap();
+    assert_eq!(bits(&remote), bits(&local));
+    // A folder named like a cached tensor: the server refuses to start, in one line.
+    std::fs::create_dir_all(cache.join("0123456789abcdef")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm-rpc-server")).args(["-p", &free_port().to_string(), "-c", "--cache-dir", cache.to_str().unwrap()]).output().unwrap();
+    one_error_line(&out, &["0123456789abcdef", "not a regular file"], "a folder in the cache");
 }
 
 /// dlm-rpc-server's own bad flags.

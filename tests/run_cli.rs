@@ -511,8 +511,8 @@ fn llama_cpp_habits_default_length_multi_letter_flags_missing_model() {
         assert!(out.stdout.is_empty());
     };
     one_line(&dlm_run(&["-hf", "foo/bar", "-p", "x"]), "dlm does not download models; see README: Getting a model");
-    one_line(&dlm_run(&["-m", g, "-cnv"]), "-cnv is a llama.cpp flag dlm does not have");
-    one_line(&dlm_run(&["-m", g, "-sys", "hi", "-p", "x"]), "no system prompt");
+    one_line(&dlm_run(&["-m", g, "-cnv"]), "no chat template");
+    one_line(&dlm_run(&["-m", g, "-sysf", "f", "-p", "x"]), "--system-prompt");
     one_line(&dlm_run(&["-m", g, "-p", "x", "-ctk", "q8_0"]), "-ctk");
     one_line(&dlm_run(&["-m", g, "-hfrd", "org/repo"]), "-hfrd is a llama.cpp flag dlm does not have: dlm does not download models");
     let out = run(&["-co", "-n", "2"]);

@@ -227,7 +227,7 @@ async fn while_loading(listener: tokio::net::TcpListener, mut done: tokio::sync:
         e.retry_after = Some(5);
         e.into_response()
     }
-    let router: Router = Router::new().route("/health", get(health)).route("/v1/health", get(health)).fallback(other);
+    let router: Router = Router::new().route("/health", axum::routing::any(health)).route("/v1/health", axum::routing::any(health)).fallback(other);
     let permits = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     loop {
         let (tcp, _) = tokio::select! {
@@ -451,7 +451,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         return dlm::cli::print_completions(common::command::<Args>(), shell);
     }
     if a.m.list_devices {
-        return common::list_devices(&a.m.rpc);
+        return common::list_devices(&a.m);
     }
     check_args(&a)?;
     let template_flag = match &a.chat_template {

@@ -146,7 +146,7 @@ fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
         return dlm::cli::print_completions(common::command::<Args>(), shell);
     }
     if a.m.list_devices {
-        common::list_devices(&a.m.rpc)?;
+        common::list_devices(&a.m)?;
         return Ok(());
     }
     a.m.path()?;

@@ -13,8 +13,11 @@ use clap::Parser;
 ///
 /// A client (`dlm-run --rpc HOST:PORT`, dlm-eval, dlm-score, dlm-server, or llama.cpp with
 /// --rpc) sends the weights of the layers this server runs once per load, then each pass's
-/// activations; the key/value cache of those layers stays here. One client at a time; the next
-/// waits until the first disconnects.
+/// activations; the key/value cache of those layers stays here. One client at a time: while one
+/// is connected, another's connection waits unanswered (dlm clients give up after 5 s).
+///
+/// The serving runs in a child process: a request that makes ggml stop (a malformed or hostile
+/// one) ends that process and its client's connection, and a new one serves the next client.
 ///
 /// SECURITY: the protocol has no authentication and no encryption. Anyone who can reach the
 /// port can make this process allocate memory and run computations. It listens on 127.0.0.1
@@ -107,14 +110,78 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // Bind once here for a clear error (ggml's server prints only "Failed to create server
     // socket"); the listener is closed at once and ggml binds the same address with SO_REUSEADDR.
     drop(TcpListener::bind((host, cli.port)).with_context(|| format!("cannot listen on {host}:{}", cli.port))?);
-    if !host.is_loopback() {
+    let child = std::env::var_os(CHILD_ENV).is_some();
+    if !host.is_loopback() && !child {
         dlm::errln!("warning: listening on {host}:{}: ggml-rpc has no authentication or encryption; anyone who can reach this port can use this machine's memory and compute. Use only on a trusted network.", cli.port);
     }
     let cache = if cli.cache { Some(cache_dir(cli.cache_dir)?) } else { None };
+    if let Some(dir) = cache.as_ref().filter(|_| !child) {
+        let (kept, removed) = dlm::backend::ggml::rpc::check_cache(dir)?;
+        if removed > 0 {
+            dlm::errln!("warning: removed {removed} damaged file(s) from the tensor cache {} (cut short by an interrupted write?); {kept} kept", dir.display());
+        }
+    }
     let served = if devices.is_empty() { format!("cpu ({threads} threads)") } else { devices.iter().map(|d| format!("{} ({})", d.name, d.description)).collect::<Vec<_>>().join(", ") };
-    dlm::errln!("dlm-rpc-server: serving {served} on {host}:{} (RPC protocol {}.{}.{}{})", cli.port, dlm::backend::ggml::rpc::PROTOCOL.0, dlm::backend::ggml::rpc::PROTOCOL.1, dlm::backend::ggml::rpc::PROTOCOL.2, cache.as_ref().map_or(String::new(), |c| format!(", tensor cache {}", c.display())));
-    dlm::backend::ggml::rpc::serve(&format!("{host}:{}", cli.port), cache.as_deref(), threads, &devices)?;
-    Ok(())
+    if !child {
+        dlm::errln!("dlm-rpc-server: serving {served} on {host}:{} (RPC protocol {}.{}.{}{})", cli.port, dlm::backend::ggml::rpc::PROTOCOL.0, dlm::backend::ggml::rpc::PROTOCOL.1, dlm::backend::ggml::rpc::PROTOCOL.2, cache.as_ref().map_or(String::new(), |c| format!(", tensor cache {}", c.display())));
+    }
+    if child {
+        child_dies_with_parent();
+        dlm::backend::ggml::rpc::serve(&format!("{host}:{}", cli.port), cache.as_deref(), threads, &devices)?;
+        return Ok(());
+    }
+    supervise()
+}
+
+/// Set in the environment of the serving child process.
+const CHILD_ENV: &str = "DLM_RPC_SERVER_CHILD";
+
+/// Runs this program again as the serving child, and again whenever it stops on its own after
+/// having served (ggml ended it on a bad request): one client's request cannot take the server
+/// down. A child that fails at once (cannot listen) ends the server with its status.
+fn supervise() -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding this program to start the serving process")?;
+    let child_pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let pid = child_pid.clone();
+    dlm::cli::on_interrupt(move || {
+        let p = pid.load(std::sync::atomic::Ordering::SeqCst);
+        if p != 0 {
+            let _ = std::process::Command::new("kill").arg(p.to_string()).status();
+        }
+    });
+    loop {
+        let started = std::time::Instant::now();
+        let mut child = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).env(CHILD_ENV, "1").spawn().context("starting the serving process")?;
+        child_pid.store(child.id(), std::sync::atomic::Ordering::SeqCst);
+        let status = child.wait().context("waiting for the serving process")?;
+        child_pid.store(0, std::sync::atomic::Ordering::SeqCst);
+        // A request ggml refused ends the serving process with its own status: serve again.
+        // Anything else is restarted only after a while of serving (no tight loop on a fault).
+        let refused = status.code() == Some(dlm::backend::ggml::rpc::EXIT_BAD_REQUEST);
+        if !refused && started.elapsed() < std::time::Duration::from_secs(2) {
+            std::process::exit(status.code().unwrap_or(dlm::cli::EXIT_ERROR as i32));
+        }
+        dlm::errln!("dlm-rpc-server: the serving process stopped ({status}); serving again");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The serving child ends when its supervisor does (killed, or interrupted), not only when
+/// told to: a server left listening with nobody to restart or stop it would hold the port.
+fn child_dies_with_parent() {
+    #[cfg(target_os = "linux")]
+    {
+        #[allow(unsafe_code)]
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
+        let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+        let _ = r;
+        // The parent may have died before the call: then nobody would send the signal.
+        #[allow(unsafe_code)]
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } == 1 {
+            std::process::exit(0);
+        }
+    }
 }
 
 fn main() -> ExitCode {

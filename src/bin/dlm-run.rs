@@ -316,7 +316,7 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
         return dlm::cli::print_completions(common::command::<Args>(), shell);
     }
     if a.m.list_devices {
-        common::list_devices(&a.m.rpc)?;
+        common::list_devices(&a.m)?;
         return Ok(());
     }
     check_args(&a)?;

@@ -180,7 +180,7 @@ impl Common {
 
     fn load(&self) -> anyhow::Result<Option<Loaded>> {
         if self.m.list_devices {
-            common::list_devices(&self.m.rpc)?;
+            common::list_devices(&self.m)?;
             return Ok(None);
         }
         Ok(Some(common::load(&self.m)?))

@@ -50,6 +50,9 @@ pub struct LoadOptions {
     /// then the local GPU), as llama.cpp's `--tensor-split`; missing entries are 0. Empty: in
     /// proportion to each device's free memory.
     pub tensor_split: Vec<f32>,
+    /// The longest a load or a forward pass through RPC servers may take before the process
+    /// ends with an error (ggml-rpc itself waits forever on a server that stops answering).
+    pub rpc_timeout: std::time::Duration,
 }
 
 impl Default for LoadOptions {
@@ -66,6 +69,7 @@ impl Default for LoadOptions {
             check_values: true,
             rpc: Vec::new(),
             tensor_split: Vec::new(),
+            rpc_timeout: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -147,13 +151,39 @@ struct OnGgml {
     /// The ggml GPU backend's name ("CUDA", "Vulkan", "RPC" with any RPC device) when the
     /// engine runs on devices.
     api: Option<String>,
+    /// With RPC devices: the longest a pass may take (see [`LoadOptions::rpc_timeout`]).
+    rpc_timeout: Option<std::time::Duration>,
+    // Last: armed while the other fields drop (freeing remote buffers talks to the servers).
+    #[cfg(feature = "rpc")]
+    teardown: Option<crate::backend::ggml::rpc::Watchdog>,
+}
+
+impl OnGgml {
+    /// Watches a pass through RPC servers (nothing without them).
+    fn watch(&self) -> Option<impl Drop> {
+        #[cfg(feature = "rpc")]
+        return self.rpc_timeout.map(|t| crate::backend::ggml::rpc::Watchdog::arm("running a forward pass", t));
+        #[cfg(not(feature = "rpc"))]
+        None::<std::rc::Rc<()>>
+    }
+}
+
+impl Drop for OnGgml {
+    fn drop(&mut self) {
+        #[cfg(feature = "rpc")]
+        if let Some(t) = self.rpc_timeout {
+            self.teardown = Some(crate::backend::ggml::rpc::Watchdog::arm("freeing the model's buffers on the servers", t));
+        }
+    }
 }
 
 impl Runner for OnGgml {
     fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>, stats: bool) -> Result<Vec<f32>> {
+        let _watch = self.watch();
         forward_rows_on(&mut self.executor, self.net.as_ref(), kv_for, tokens, pass, rows, stats)
     }
     fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]], stats: bool) -> Result<Vec<f32>> {
+        let _watch = self.watch();
         forward_batch_on(&mut self.executor, self.net.as_ref(), seqs, rows, stats)
     }
     fn description(&self) -> String {
@@ -257,7 +287,7 @@ impl Model {
             if opts.backend == Backend::Wgpu {
                 return Err(Error::Invalid("--rpc runs layers through ggml's backends; the wgpu backend cannot share a model with them (use --backend auto, cpu, cuda, metal or vulkan)".into()));
             }
-            devices.extend(crate::backend::ggml::rpc_devices(&opts.rpc)?);
+            devices.extend(crate::backend::ggml::rpc_devices(&opts.rpc, opts.rpc_timeout)?);
         }
         devices.extend(Self::ggml_device(opts)?);
         if !devices.is_empty() {
@@ -290,7 +320,15 @@ impl Model {
         let weights = Weights::map(gguf, |t| opts.repack && !super::is_lookup_table(&t.name))?;
         let (net, _) = load_network(gguf, params.clone(), &|name| weights.get(name))?;
         let executor = Executor::cpu(opts.threads, opts.flash_attn)?.with_plan_capacity(opts.max_graphs);
-        Ok(Box::new(OnGgml { executor, net, weights, api: None }))
+        Ok(Box::new(OnGgml {
+            executor,
+            net,
+            weights,
+            api: None,
+            rpc_timeout: None,
+            #[cfg(feature = "rpc")]
+            teardown: None,
+        }))
     }
     /// The ggml GPU device `opts` asks for: for Cuda/Metal/Vulkan that backend's device (an
     /// error when the build or the machine has none); for Auto the first of any.
@@ -336,7 +374,13 @@ impl Model {
     fn ggml_gpu(gguf: &Gguf, params: &Hparams, opts: &LoadOptions, devs: &[crate::backend::ggml::GgmlDevice]) -> Result<Box<dyn Runner>> {
         let n_layer = params.n_layer;
         let ngl = opts.n_gpu_layers.unwrap_or(n_layer).min(n_layer);
+        if devs.len() > 15 {
+            return Err(Error::Invalid(format!("{} devices (--rpc servers' and this machine's): a model runs on at most 15 besides the CPU", devs.len())));
+        }
         let places = layer_devices(n_layer, ngl, devs, &opts.tensor_split)?;
+        let rpc_timeout = devs.iter().any(|d| d.api == "RPC").then_some(opts.rpc_timeout);
+        #[cfg(feature = "rpc")]
+        let _watch = rpc_timeout.map(|t| crate::backend::ggml::rpc::Watchdog::arm("loading the weights onto the servers", t));
         let head = if ngl == n_layer { places.last().copied().flatten() } else { None };
         let offload = |t: &crate::gguf::TensorInfo| -> Option<usize> {
             let name = t.name.as_str();
@@ -351,8 +395,16 @@ impl Model {
         let weights = Weights::map_offload(gguf, |t| opts.repack && !super::is_lookup_table(&t.name), Some((&bufts, &offload)))?;
         let (net, _) = load_network(gguf, params.clone(), &|name| weights.get(name))?;
         let executor = Executor::on_devices(opts.threads, opts.flash_attn, devs)?.with_plan_capacity(opts.max_graphs).with_kv_places(places);
-        let api = if devs.iter().any(|d| d.api == "RPC") { "RPC".to_string() } else { devs[0].api.clone() };
-        Ok(Box::new(OnGgml { executor, net, weights, api: Some(api) }))
+        let api = if rpc_timeout.is_some() { "RPC".to_string() } else { devs[0].api.clone() };
+        Ok(Box::new(OnGgml {
+            executor,
+            net,
+            weights,
+            api: Some(api),
+            rpc_timeout,
+            #[cfg(feature = "rpc")]
+            teardown: None,
+        }))
     }
 
     #[cfg(feature = "wgpu")]
@@ -660,7 +712,7 @@ pub fn layer_devices(n_layer: usize, ngl: usize, devs: &[crate::backend::ggml::G
         return Err(Error::Invalid(format!("--tensor-split has {} values but there are {} devices ({})", split.len(), devs.len(), devs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "))));
     }
     if let Some(v) = split.iter().find(|v| !v.is_finite() || **v < 0.0) {
-        return Err(Error::Invalid(format!("--tensor-split: {v} is not a share (a finite number >= 0)")));
+        return Err(Error::Invalid(format!("--tensor-split: each share must be a finite number >= 0, got {v} (a value beyond f32's range reads as inf)")));
     }
     let mut shares: Vec<f64> = if split.is_empty() { devs.iter().map(|d| d.memory_free as f64).collect() } else { (0..devs.len()).map(|i| split.get(i).map_or(0.0, |&v| v as f64)).collect() };
     let total: f64 = shares.iter().sum();

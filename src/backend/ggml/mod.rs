@@ -26,14 +26,17 @@ use crate::gguf::GgmlType;
 
 /// The devices of the RPC servers `endpoints` (`HOST:PORT`), each checked before ggml connects
 /// (see [`rpc`]); none for none. An error in a build without the `rpc` feature.
-pub fn rpc_devices(endpoints: &[String]) -> Result<Vec<GgmlDevice>> {
+pub fn rpc_devices(endpoints: &[String], timeout: std::time::Duration) -> Result<Vec<GgmlDevice>> {
     if endpoints.is_empty() {
         return Ok(Vec::new());
     }
     #[cfg(feature = "rpc")]
-    return rpc::connect(endpoints);
+    return rpc::connect(endpoints, timeout);
     #[cfg(not(feature = "rpc"))]
-    Err(Error::Invalid("--rpc: this build has no RPC backend (rebuild with the `rpc` feature, on by default)".into()))
+    {
+        let _ = timeout;
+        Err(Error::Invalid("--rpc: this build has no RPC backend (rebuild with the `rpc` feature, on by default)".into()))
+    }
 }
 
 fn ggml_type(t: GgmlType) -> sys::ggml_type {
@@ -235,6 +238,13 @@ pub(crate) fn init_logging() {
 /// nonsense: exit code 2) or a bug (101). Either way one line, from whichever thread (ggml-rpc's
 /// dispatcher thread, a compute thread), without unwinding through C.
 unsafe extern "C" fn on_abort(message: *const std::os::raw::c_char) {
+    // Two threads aborting at once print one line.
+    static ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if ONCE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
     let text = if message.is_null() {
         String::new()
     } else {
@@ -243,18 +253,33 @@ unsafe extern "C" fn on_abort(message: *const std::os::raw::c_char) {
     };
     // Anything ggml-rpc aborts on comes from the network (a server gone, or never there).
     let rpc = text.contains("ggml-rpc") || text.contains("RPC");
+    // With RPC servers in use ggml trusts what they answer (sizes, addresses): a failed check
+    // elsewhere is then most likely theirs.
+    #[cfg(feature = "rpc")]
+    let (served, serving) = (rpc::IN_USE.load(std::sync::atomic::Ordering::SeqCst), rpc::SERVING.load(std::sync::atomic::Ordering::SeqCst));
+    #[cfg(not(feature = "rpc"))]
+    let (served, serving) = (false, false);
+    #[cfg(not(feature = "rpc"))]
+    mod rpc {
+        pub const EXIT_BAD_REQUEST: i32 = 2;
+    }
     // ggml's message starts with the full path of its source file: the file name says enough.
     let text = match text.split_once(": ") {
         Some((at, rest)) if at.contains('/') => format!("{}: {rest}", at.rsplit('/').next().unwrap_or(at)),
         _ => text,
     };
-    let (line, code) = if rpc {
+    let (line, code) = if serving {
+        (format!("error: dlm-rpc-server: ggml stopped on a failed check while serving a client (a malformed or hostile request) (ggml: {text})"), rpc::EXIT_BAD_REQUEST)
+    } else if rpc {
         let detail = LAST_TRANSPORT_ERROR.lock().ok().and_then(|m| m.clone()).map_or(String::new(), |d| format!("; {d}"));
-        (format!("error: lost an RPC server (--rpc) in the middle of a pass: it stopped, its machine became unreachable, or it answered something malformed (ggml: {text}{detail})"), crate::cli::EXIT_ERROR as i32)
+        (format!("error: lost an RPC server (--rpc): it stopped, its machine became unreachable, or it answered something malformed (ggml: {text}{detail})"), crate::cli::EXIT_ERROR as i32)
+    } else if served {
+        (format!("error: ggml stopped on a failed check while RPC servers (--rpc) are in use; a server may have answered something malformed (ggml: {text})"), crate::cli::EXIT_ERROR as i32)
     } else {
         (format!("error: internal error: ggml stopped on a failed check (ggml: {text}); this is a bug in dlm, please report it with the command line"), 101)
     };
     crate::cli::error_line(&line);
+    crate::cli::remove_temp_files();
     crate::cli::exit_now(code);
 }
 

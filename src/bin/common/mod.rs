@@ -93,6 +93,11 @@ pub struct ModelArgs {
     /// [default: in proportion to each device's free memory]
     #[arg(long = "tensor-split", value_name = "N0,N1,...", value_delimiter = ',')]
     pub tensor_split: Vec<f32>,
+    /// With --rpc: the longest, in seconds, a load or one forward pass may wait on the servers
+    /// before the run ends with an error (a frozen server or a machine gone from the network
+    /// would otherwise hold it forever)
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub rpc_timeout: u64,
     /// Attention through ggml's flash-attention kernel (also -fa, as in llama.cpp): on (the
     /// default; auto is the same) or off (explicit scores and soft-max, what llama.cpp runs
     /// with it off)
@@ -424,6 +429,7 @@ pub fn load(a: &ModelArgs) -> anyhow::Result<Loaded> {
         flash_attn: a.flash_attn != Some(Switch::Off),
         rpc: a.rpc.clone(),
         tensor_split: a.tensor_split.clone(),
+        rpc_timeout: std::time::Duration::from_secs(a.rpc_timeout),
         ..Default::default()
     };
     let mut model = Model::from_gguf(gguf, &opts)?;
@@ -474,7 +480,8 @@ fn backend_of(a: &ModelArgs, n_layer: usize) -> anyhow::Result<Backend> {
         BackendArg::Vulkan => Backend::Vulkan,
         BackendArg::Wgpu => Backend::Wgpu,
     };
-    let ggml_gpu = dlm::backend::ggml::gpu_devices().iter().any(|d| !d.is_software());
+    // RPC servers' devices take partial offloads as a ggml GPU does.
+    let ggml_gpu = !a.rpc.is_empty() || dlm::backend::ggml::gpu_devices().iter().any(|d| !d.is_software());
     match a.n_gpu_layers {
         Some(0) => {
             if !a.rpc.is_empty() {
@@ -614,11 +621,12 @@ fn llama_cpp_short_flags(args: &[std::ffi::OsString]) -> Result<Vec<std::ffi::Os
 
 /// `--list-devices`: every ggml GPU device and wgpu adapter, one per line, with what `auto`
 /// would pick.
-pub fn list_devices(rpc: &[String]) -> anyhow::Result<()> {
+pub fn list_devices(m: &ModelArgs) -> anyhow::Result<()> {
+    let remote = dlm::backend::ggml::rpc_devices(&m.rpc, std::time::Duration::from_secs(m.rpc_timeout))?;
     let list = dlm::backend::wgpu::adapters();
     let ggml = dlm::backend::ggml::gpu_devices();
     dlm::outln!("cpu: ggml CPU backend ({} threads)", LoadOptions::default().threads)?;
-    for (i, d) in dlm::backend::ggml::rpc_devices(rpc)?.iter().enumerate() {
+    for (i, d) in remote.iter().enumerate() {
         dlm::outln!("rpc device {i}: {} | {} | {} MiB free of {} MiB (--rpc: takes layers before the local GPU)", d.name, d.description, d.memory_free >> 20, d.memory_total >> 20)?;
     }
     let mut per_api: std::collections::HashMap<String, usize> = Default::default();
@@ -639,9 +647,10 @@ pub fn list_devices(rpc: &[String]) -> anyhow::Result<()> {
     }
     let auto = match (ggml.iter().find(|d| !d.is_software()), list.iter().find(|d| !d.software)) {
         (Some(d), _) => format!("{} ({})", d.api.to_lowercase(), d.name),
-        (None, Some(d)) => format!("wgpu device {} ({})", d.index, d.name),
-        (None, None) => "cpu".to_string(),
+        (None, Some(d)) if remote.is_empty() => format!("wgpu device {} ({})", d.index, d.name),
+        (None, _) => "cpu".to_string(),
     };
+    let auto = if remote.is_empty() { auto } else { format!("the {} rpc device(s), then {auto}", remote.len()) };
     dlm::outln!("--backend auto: {auto}")?;
     Ok(())
 }
