@@ -19,7 +19,9 @@ url, shot = sys.argv[1].rstrip("/"), sys.argv[2]
 browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
 assert browser_path, "no chromium on PATH (scripts/setup.sh installs Debian's)"
 
-SETTINGS = {"max_tokens": 8, "steps": 8, "unmask": "confidence", "temperature": 0, "seed": 5}
+# 24 passes: the canvas is seen between steps even when the browser reads slowly (a slow
+# reader gets the latest canvas, not every one).
+SETTINGS = {"max_tokens": 24, "steps": 24, "unmask": "confidence", "temperature": 0, "seed": 5}
 
 
 def api(prompt):
