@@ -152,6 +152,7 @@ struct OnGgml {
     /// engine runs on devices.
     api: Option<String>,
     /// With RPC devices: the longest a pass may take (see [`LoadOptions::rpc_timeout`]).
+    #[cfg_attr(not(feature = "rpc"), allow(dead_code))]
     rpc_timeout: Option<std::time::Duration>,
     // Last: armed while the other fields drop (freeing remote buffers talks to the servers).
     #[cfg(feature = "rpc")]
