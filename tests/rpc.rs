@@ -147,21 +147,6 @@ fn one_error_line(out: &std::process::Output, words: &[&str], what: &str) {
     }
 }
 
-/// A listener that answers the RPC greeting as `answer` says, once per connection.
-fn fake_server(answer: fn(&mut std::net::TcpStream)) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("127.0.0.1:{}", l.local_addr().unwrap().port());
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut hello = [0u8; 1 + 8 + 24];
-            let _ = s.read_exact(&mut hello);
-            answer(&mut s);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    endpoint
-}
-
 /// A listener that answers the protocol's requests as `answer(cmd)` says: the answer's payload,
 /// or None to hang up.
 fn scripted_server(answer: fn(u8) -> Option<Vec<u8>>) -> String {
@@ -200,18 +185,19 @@ fn bad_endpoints_are_one_line_each() {
     let path = convert(&hf, OutType::Q8_0);
     let m = path.to_str().unwrap();
     let refused = format!("127.0.0.1:{}", free_port());
-    let old = fake_server(|s| {
-        let mut rsp = 28u64.to_le_bytes().to_vec();
-        rsp.extend_from_slice(&[6, 0, 0, 0]);
-        rsp.extend_from_slice(&[0; 24]);
-        let _ = s.write_all(&rsp);
+    let old = scripted_server(|cmd| {
+        (cmd == 14).then(|| {
+            let mut r = hello();
+            r[0] = 6;
+            r
+        })
     });
-    let short = fake_server(|s| {
-        let _ = s.write_all(&4u64.to_le_bytes());
-        let _ = s.write_all(&[3, 0, 0, 0]);
+    let short = scripted_server(|_| Some(vec![3, 0, 0, 0]));
+    let closes = scripted_server(|_| None);
+    let silent = scripted_server(|_| {
+        std::thread::sleep(Duration::from_secs(30));
+        None
     });
-    let closes = fake_server(|_| {});
-    let silent = fake_server(|_| std::thread::sleep(Duration::from_secs(30)));
     let many = scripted_server(|cmd| match cmd {
         14 => Some(hello()),
         15 => Some(u32::MAX.to_le_bytes().to_vec()),
