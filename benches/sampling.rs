@@ -81,6 +81,9 @@ impl Forward for KlProbe<'_> {
     fn forward(&mut self, tokens: &[u32]) -> dlm::Result<Vec<f32>> {
         self.model.forward(tokens)
     }
+    fn free_cache(&mut self, cache: dlm::generate::CacheId) {
+        self.model.free_cache(cache)
+    }
     fn n_vocab(&self) -> usize {
         self.model.params().n_vocab
     }

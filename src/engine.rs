@@ -11,13 +11,14 @@
 //! its single-sequence logits bit for bit (attention runs per sequence; ggml's quantized
 //! matmuls give every column the same arithmetic whatever their number: `tests/batch.rs`).
 //! A sequence alone in a pass takes the single-sequence path, so a batch of one is `generate`.
-//! Fast-dLLM's caches are per model, so at most one sequence with a [`Cache`] other than
-//! [`Cache::None`] runs at a time, in its own call next to the batch.
+//! A sequence with a Fast-dLLM [`Cache`] has a key/value cache of its own in the model (named
+//! by [`crate::generate::new_cache_id`], freed when it leaves), so cached sequences batch like
+//! any others: each computes what its own pass says, in the same forward pass.
 
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::generate::{check_finite, guide, non_finite, Blind, Cache, Forward, GenParams, Generation, Pass, Seq};
+use crate::generate::{check_finite, guide, non_finite, Blind, CacheId, Forward, GenParams, Generation, Pass, Seq, SeqPass};
 use crate::sample::{RowStats, Scores, Unmasker};
 
 /// Names a sequence of an [`Engine`] (given out by [`Engine::add`], from 0, never reused).
@@ -59,25 +60,25 @@ pub struct View<'a> {
 }
 
 /// The set of sequences being denoised together. `'r` bounds the unmasking rules it holds.
+/// Key/value caches of sequences that left are freed in the model at the next
+/// [`Engine::step`] or [`Engine::free_caches`] (the engine holds no model between calls).
 #[derive(Default)]
 pub struct Engine<'r> {
     slots: Vec<Slot<'r>>,
     next: SeqId,
+    /// Caches of sequences that left, not yet freed in the model.
+    released: Vec<CacheId>,
 }
 
 impl<'r> Engine<'r> {
     pub fn new() -> Engine<'r> {
-        Engine { slots: Vec::new(), next: 0 }
+        Engine { slots: Vec::new(), next: 0, released: Vec::new() }
     }
 
     /// Adds the canvas `prefix + [MASK] * p.n_gen + suffix`; it joins the next pass. Refused:
-    /// invalid parameters, and a second sequence with a key/value cache while one runs
-    /// ([`Engine::has_cached`]).
+    /// invalid parameters.
     pub fn add(&mut self, prefix: &[u32], suffix: &[u32], p: GenParams, rule: Box<dyn Unmasker + 'r>) -> Result<SeqId> {
         p.check()?;
-        if p.cache != Cache::None && self.has_cached() {
-            return Err(Error::Invalid("a sequence with a key/value cache is already running (the cache is per model): add this one when it has finished".into()));
-        }
         let seq = Seq::new(prefix, suffix, &p, p.seed)?;
         let id = self.next;
         self.next += 1;
@@ -85,9 +86,13 @@ impl<'r> Engine<'r> {
         Ok(id)
     }
 
-    /// Whether a sequence with a key/value cache is in the engine.
-    pub fn has_cached(&self) -> bool {
-        self.slots.iter().any(|s| s.p.cache != Cache::None)
+    /// Frees in `model` the key/value caches of sequences that have left (finished, failed or
+    /// removed). [`Engine::step`] does this first; call it when done with an engine whose last
+    /// sequences were removed.
+    pub fn free_caches(&mut self, model: &mut dyn Forward) {
+        for id in self.released.drain(..) {
+            model.free_cache(id);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -111,6 +116,7 @@ impl<'r> Engine<'r> {
     pub fn remove(&mut self, id: SeqId) -> Option<Generation> {
         let i = self.slots.iter().position(|s| s.id == id)?;
         let s = self.slots.remove(i);
+        self.released.extend(s.seq.cache);
         Some(s.seq.result(&s.p))
     }
 
@@ -120,10 +126,13 @@ impl<'r> Engine<'r> {
     /// call of its own), and non-finite logits only the sequence they belong to: they leave
     /// with their error in [`Stepped::failed`] (their schedules moved on without the pass).
     pub fn step(&mut self, model: &mut dyn Forward) -> Result<Option<Stepped>> {
+        self.free_caches(model);
         if self.slots.is_empty() {
             return Ok(None);
         }
-        Ok(Some(self.pass(model)))
+        let out = self.pass(model);
+        self.free_caches(model);
+        Ok(Some(out))
     }
 
     fn pass(&mut self, model: &mut dyn Forward) -> Stepped {
@@ -149,81 +158,109 @@ impl<'r> Engine<'r> {
             }
         };
         let n_vocab = model.n_vocab();
-        let (cached, batched): (Vec<_>, Vec<_>) = work.into_iter().partition(|(i, _, _)| self.slots[*i].p.cache != Cache::None);
-        for group in [cached, batched] {
+        // What each sequence's pass computes, decided once (a storing pass marks its block
+        // stored), so that a retry computes the same.
+        let work: Vec<Work> = work
+            .into_iter()
+            .map(|(i, positions, chosen)| {
+                let slot = &mut self.slots[i];
+                let pass = slot.seq.pass(&slot.p);
+                Work { i, positions, chosen, pass }
+            })
+            .collect();
+        // Greedy sequences without guidance and with the LM head on their own rows take the
+        // backend's row statistics when the model offers them (the logits stay there); the
+        // others their logits. Each kind is one forward pass, cached sequences or not.
+        let reduce = model.device_candidates();
+        let (stats, logits): (Vec<Work>, Vec<Work>) = work.into_iter().partition(|w| {
+            let p = &self.slots[w.i].p;
+            reduce && p.sampler.temp <= 0.0 && p.cfg_scale == 0.0 && !p.full_lm_head
+        });
+        for (group, reduce) in [(stats, true), (logits, false)] {
             if group.is_empty() {
                 continue;
             }
             let t0 = Instant::now();
-            // Greedy sequences without guidance and with the LM head on their own rows take
-            // the backend's row statistics when the model offers them (the logits stay there).
-            let reduce = model.device_candidates()
-                && group.iter().all(|(i, _, _)| {
-                    let p = &self.slots[*i].p;
-                    p.sampler.temp <= 0.0 && p.cfg_scale == 0.0 && !p.full_lm_head
-                });
-            let result = if reduce { self.forward_stats(model, &group).map(Rows::Stats) } else { self.forward(model, &group).map(Rows::Logits) };
-            let rows = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    // The first sequence gets the error itself (its variant intact), the others
-                    // its message.
-                    let ids: Vec<SeqId> = group.iter().map(|(i, _, _)| self.slots[*i].id).collect();
-                    for &id in &ids[1..] {
-                        out.failed.push((id, Error::Invalid(e.to_string())));
-                    }
-                    out.failed.insert(out.failed.len() - (ids.len() - 1), (ids[0], e));
-                    continue;
-                }
+            // A failed pass of several sequences is tried again one sequence at a time, so that
+            // only the sequences that fail alone leave (a pass recomputes what it computed: the
+            // same keys and values go into the same caches).
+            let runs: Vec<(Vec<Work>, Result<Rows>)> = match self.run(model, &group, reduce) {
+                Err(_) if group.len() > 1 => group
+                    .into_iter()
+                    .map(|w| {
+                        let r = self.run(model, std::slice::from_ref(&w), reduce);
+                        (vec![w], r)
+                    })
+                    .collect(),
+                r => vec![(group, r)],
             };
             let dt = t0.elapsed().as_secs_f64();
             out.forward_seconds += dt;
-            let mut offset = 0;
-            for (k, (i, positions, chosen)) in group.iter().enumerate() {
-                let slot = &mut self.slots[*i];
-                let (seq, p) = (&mut slot.seq, &slot.p);
-                let cands = match &rows {
-                    Rows::Logits(logits) => {
-                        let shift = usize::from(p.shift_logits);
-                        let mine = &logits.rows[offset..offset + logits.lens[k]];
-                        offset += logits.lens[k];
-                        if let Err(e) = check_finite(mine, seq.forward_seconds.len()) {
-                            out.failed.push((slot.id, e));
-                            continue;
-                        }
-                        // Positions the rule chose blind need only their tokens.
-                        let scores = if *chosen { Scores::NONE } else { slot.rule.scores() };
-                        let first = logits.first[k];
-                        seq.candidates(p, positions, mine, n_vocab, scores, |k| match first {
-                            Some(f) => positions[k] - shift - f,
-                            None => k,
-                        })
-                    }
-                    Rows::Stats(stats) => {
-                        let mine = &stats[offset..offset + positions.len()];
-                        offset += positions.len();
-                        if mine.iter().any(|r| !r.is_finite()) {
-                            out.failed.push((slot.id, non_finite(seq.forward_seconds.len())));
-                            continue;
-                        }
-                        mine.iter().map(RowStats::candidate).collect()
+            for (group, result) in runs {
+                let rows = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Alone (or the only one): the sequence gets the error itself.
+                        out.failed.push((self.slots[group[0].i].id, e));
+                        continue;
                     }
                 };
-                seq.forward_seconds.push(dt);
-                let committed = if *chosen {
-                    seq.apply(p, positions, &cands, &(0..positions.len()).collect::<Vec<_>>())
-                } else {
-                    seq.commit(p, positions, &cands, slot.rule.as_mut())
-                };
-                out.ran.push((slot.id, committed));
+                let mut offset = 0;
+                for (k, w) in group.iter().enumerate() {
+                    let slot = &mut self.slots[w.i];
+                    let (seq, p) = (&mut slot.seq, &slot.p);
+                    let positions = &w.positions;
+                    let cands = match &rows {
+                        Rows::Logits(logits) => {
+                            let shift = usize::from(p.shift_logits);
+                            let mine = &logits.rows[offset..offset + logits.lens[k]];
+                            offset += logits.lens[k];
+                            if let Err(e) = check_finite(mine, seq.forward_seconds.len()) {
+                                out.failed.push((slot.id, e));
+                                continue;
+                            }
+                            // Positions the rule chose blind need only their tokens.
+                            let scores = if w.chosen { Scores::NONE } else { slot.rule.scores() };
+                            let first = logits.first[k];
+                            seq.candidates(p, positions, mine, n_vocab, scores, |k| match first {
+                                Some(f) => positions[k] - shift - f,
+                                None => k,
+                            })
+                        }
+                        Rows::Stats(stats) => {
+                            let mine = &stats[offset..offset + positions.len()];
+                            offset += positions.len();
+                            if mine.iter().any(|r| !r.is_finite()) {
+                                out.failed.push((slot.id, non_finite(seq.forward_seconds.len())));
+                                continue;
+                            }
+                            mine.iter().map(RowStats::candidate).collect()
+                        }
+                    };
+                    seq.forward_seconds.push(dt);
+                    let committed = if w.chosen {
+                        seq.apply(p, positions, &cands, &(0..positions.len()).collect::<Vec<_>>())
+                    } else {
+                        seq.commit(p, positions, &cands, slot.rule.as_mut())
+                    };
+                    out.ran.push((slot.id, committed));
+                }
             }
         }
-        self.slots.retain(|s| !out.failed.iter().any(|(id, _)| *id == s.id));
+        let released = &mut self.released;
+        self.slots.retain(|s| {
+            let failed = out.failed.iter().any(|(id, _)| *id == s.id);
+            if failed {
+                released.extend(s.seq.cache);
+            }
+            !failed
+        });
         // Complete canvases leave (also those whose last steps committed nothing).
         let mut i = 0;
         while i < self.slots.len() {
             if self.slots[i].seq.positions().is_empty() {
                 let s = self.slots.remove(i);
+                self.released.extend(s.seq.cache);
                 out.finished.push((s.id, s.seq.finish(&s.p)));
             } else {
                 i += 1;
@@ -232,79 +269,72 @@ impl<'r> Engine<'r> {
         out
     }
 
-    /// The row statistics of one group of greedy, unguided sequences with the LM head on their
-    /// sampled rows (the cached one alone, or the batch), sequence after sequence.
-    fn forward_stats(&mut self, model: &mut dyn Forward, group: &[(usize, Vec<usize>, bool)]) -> Result<Vec<RowStats>> {
-        let rows: Vec<Vec<usize>> = group.iter().map(|(i, pos, _)| pos.iter().map(|&q| q - usize::from(self.slots[*i].p.shift_logits)).collect()).collect();
-        let row_refs: Vec<&[usize]> = rows.iter().map(Vec::as_slice).collect();
-        if let [(i, _, _)] = group {
-            let slot = &mut self.slots[*i];
-            let pass = slot.seq.pass(&slot.p);
-            return model.forward_stats(&[&slot.seq.canvas], pass, &row_refs);
-        }
-        let tokens: Vec<&[u32]> = group.iter().map(|(i, _, _)| self.slots[*i].seq.canvas.as_slice()).collect();
-        model.forward_stats(&tokens, Pass::Full, &row_refs)
-    }
-
-    /// The logits of one group of sequences (the cached one alone, or the batch), guided where
-    /// asked: per sequence, its rows in order, and where its row 0 sits on the canvas when the
-    /// rows are every computed position (`full_lm_head`).
-    fn forward(&mut self, model: &mut dyn Forward, group: &[(usize, Vec<usize>, bool)]) -> Result<Logits> {
+    /// One forward pass for the sequences of `group`: their row statistics (`reduce`: greedy,
+    /// unguided sequences with the LM head on their sampled rows) or their logits, guided where
+    /// asked, sequence after sequence.
+    fn run(&self, model: &mut dyn Forward, group: &[Work], reduce: bool) -> Result<Rows> {
         let n_vocab = model.n_vocab();
-        let rows: Vec<Vec<usize>> = group
+        // Each sequence's logits rows: the rows before its sampled positions, or every computed
+        // position (`full_lm_head`).
+        let rows: Vec<Option<Vec<usize>>> = group
             .iter()
-            .map(|(i, pos, _)| {
-                let s = &self.slots[*i];
-                if s.p.full_lm_head { (0..s.seq.canvas.len()).collect() } else { pos.iter().map(|&q| q - usize::from(s.p.shift_logits)).collect() }
+            .map(|w| {
+                let s = &self.slots[w.i];
+                (!s.p.full_lm_head).then(|| w.positions.iter().map(|&q| q - usize::from(s.p.shift_logits)).collect())
             })
             .collect();
-        if let [(i, _, _)] = group {
-            // Alone: the single-sequence path, as `generate` has always run it.
-            let slot = &mut self.slots[*i];
-            let (seq, p) = (&mut slot.seq, &slot.p);
-            if p.cfg_scale == 0.0 {
-                let pass = seq.pass(p);
-                let (rows_v, first) = if p.full_lm_head {
-                    (model.forward_rows(&seq.canvas, pass, None)?, Some(pass.start()))
-                } else {
-                    (model.forward_rows(&seq.canvas, pass, Some(&rows[0]))?, None)
-                };
-                let len = rows_v.len();
-                return Ok(Logits { rows: rows_v, lens: vec![len], first: vec![first] });
-            }
+        if reduce {
+            let items: Vec<SeqPass<'_>> = group.iter().zip(&rows).map(|(w, r)| SeqPass { tokens: &self.slots[w.i].seq.canvas, pass: w.pass, rows: r.as_deref() }).collect();
+            return model.forward_stats(&items).map(Rows::Stats);
         }
         // With guidance each sequence brings its prompt-masked canvas too, right after it.
-        let uncond: Vec<Option<Vec<u32>>> = group.iter().map(|(i, _, _)| {
-            let s = &self.slots[*i];
-            (s.p.cfg_scale > 0.0).then(|| s.seq.unconditional(s.p.mask_id))
-        }).collect();
-        let mut tokens: Vec<&[u32]> = Vec::new();
-        let mut row_refs: Vec<&[usize]> = Vec::new();
-        for (((i, _, _), r), u) in group.iter().zip(&rows).zip(&uncond) {
-            tokens.push(&self.slots[*i].seq.canvas);
-            row_refs.push(r);
+        let uncond: Vec<Option<Vec<u32>>> = group
+            .iter()
+            .map(|w| {
+                let s = &self.slots[w.i];
+                (s.p.cfg_scale > 0.0).then(|| s.seq.unconditional(s.p.mask_id))
+            })
+            .collect();
+        let mut items: Vec<SeqPass<'_>> = Vec::new();
+        for ((w, r), u) in group.iter().zip(&rows).zip(&uncond) {
+            items.push(SeqPass { tokens: &self.slots[w.i].seq.canvas, pass: w.pass, rows: r.as_deref() });
             if let Some(u) = u {
-                tokens.push(u);
-                row_refs.push(r);
+                items.push(SeqPass { tokens: u, pass: Pass::Full, rows: r.as_deref() });
             }
         }
-        let mut all = model.forward_batch(&tokens, &row_refs)?;
+        let mut all = model.forward_seqs(&items)?;
         // Guide in place, then drop the unconditional rows.
         let (mut out, mut lens, mut first, mut at) = (Vec::with_capacity(all.len()), Vec::new(), Vec::new(), 0);
-        for (((i, _, _), r), u) in group.iter().zip(&rows).zip(&uncond) {
-            let n = r.len() * n_vocab;
+        for ((w, r), u) in group.iter().zip(&rows).zip(&uncond) {
+            let computed = match w.pass {
+                Pass::Reuse { start, end, .. } => end - start,
+                _ => self.slots[w.i].seq.canvas.len(),
+            };
+            let n = r.as_ref().map_or(computed, Vec::len) * n_vocab;
+            if at + n * (1 + usize::from(u.is_some())) > all.len() {
+                return Err(Error::Invalid(format!("the model returned {} logits for a pass that needs more", all.len())));
+            }
             if u.is_some() {
                 let (cond, un) = all[at..at + 2 * n].split_at_mut(n);
-                guide(cond, un, self.slots[*i].p.cfg_scale);
+                guide(cond, un, self.slots[w.i].p.cfg_scale);
             }
             out.extend_from_slice(&all[at..at + n]);
             at += if u.is_some() { 2 * n } else { n };
             lens.push(n);
-            first.push(self.slots[*i].p.full_lm_head.then_some(0));
+            first.push(r.is_none().then(|| w.pass.start()));
         }
         all.clear();
-        Ok(Logits { rows: out, lens, first })
+        Ok(Rows::Logits(Logits { rows: out, lens, first }))
     }
+}
+
+/// One sequence's part of a pass: its slot, the positions it samples (all its masked ones, or
+/// those its rule chose blind: `chosen`), and what the pass computes for it.
+struct Work {
+    i: usize,
+    positions: Vec<usize>,
+    chosen: bool,
+    pass: Pass,
 }
 
 /// What a group's pass brought back.

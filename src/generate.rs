@@ -10,19 +10,20 @@ use rayon::prelude::*;
 use crate::engine::{Engine, SeqId};
 use crate::error::{Error, Result};
 use crate::sample::{Candidate, Rng, RowStats, Scores, TokenSampler, Unmasker};
+pub use crate::graph::CacheId;
 
-/// Which positions a forward pass computes.
+/// Which positions a forward pass computes, and through which key/value cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
     /// Every position, nothing kept.
     Full,
-    /// Every position, keys and values kept for later [`Pass::Reuse`] passes on a sequence of
-    /// the same length.
-    Store,
+    /// Every position, keys and values kept in the cache `cache` (one sequence's, see
+    /// [`new_cache_id`]) for later [`Pass::Reuse`] passes on a sequence of the same length.
+    Store { cache: CacheId },
     /// Only positions `start..end`; every other position is represented by its keys/values from
-    /// the last [`Pass::Store`] (an approximation once those positions' context has changed:
-    /// Fast-dLLM's prefix and dual caches).
-    Reuse { start: usize, end: usize },
+    /// the last [`Pass::Store`] into `cache` (an approximation once those positions' context has
+    /// changed: Fast-dLLM's prefix and dual caches).
+    Reuse { cache: CacheId, start: usize, end: usize },
 }
 
 impl Pass {
@@ -33,6 +34,31 @@ impl Pass {
             _ => 0,
         }
     }
+
+    /// The key/value cache the pass reads or fills.
+    pub fn cache(self) -> Option<CacheId> {
+        match self {
+            Pass::Full => None,
+            Pass::Store { cache } | Pass::Reuse { cache, .. } => Some(cache),
+        }
+    }
+}
+
+/// A key/value cache name no other caller in this process has: each sequence with a cache
+/// takes one, so that sequences (and engines) sharing a model never read each other's.
+pub fn new_cache_id() -> CacheId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One sequence of [`Forward::forward_seqs`]: its tokens, what the pass computes for it, and
+/// which logits rows come back (canvas positions among the computed ones; `None`: every
+/// computed position).
+#[derive(Clone, Copy, Debug)]
+pub struct SeqPass<'a> {
+    pub tokens: &'a [u32],
+    pub pass: Pass,
+    pub rows: Option<&'a [usize]>,
 }
 
 /// Anything that maps a token sequence to logits (row-major, `n_vocab` per row).
@@ -48,7 +74,7 @@ pub trait Forward {
         let v = self.n_vocab();
         Ok(match (pass, rows) {
             (_, Some(rows)) => rows.iter().flat_map(|&r| all[r * v..(r + 1) * v].iter().copied()).collect(),
-            (Pass::Reuse { start, end }, None) => all[start * v..end * v].to_vec(),
+            (Pass::Reuse { start, end, .. }, None) => all[start * v..end * v].to_vec(),
             (_, None) => all,
         })
     }
@@ -62,16 +88,36 @@ pub trait Forward {
         }
         Ok(out)
     }
+    /// Logits of several sequences, each under its own [`Pass`] (and key/value cache), sequence
+    /// after sequence, each equal to [`Forward::forward_rows`] on it alone. The default: a
+    /// batch of full passes goes to [`Forward::forward_batch`], anything else one sequence at a
+    /// time; a model that can runs them all in one pass.
+    fn forward_seqs(&mut self, seqs: &[SeqPass<'_>]) -> Result<Vec<f32>> {
+        if seqs.len() > 1 && seqs.iter().all(|s| s.pass == Pass::Full && s.rows.is_some()) {
+            let tokens: Vec<&[u32]> = seqs.iter().map(|s| s.tokens).collect();
+            let rows: Vec<&[usize]> = seqs.iter().map(|s| s.rows.expect("checked")).collect();
+            return self.forward_batch(&tokens, &rows);
+        }
+        let mut out = Vec::new();
+        for s in seqs {
+            out.extend(self.forward_rows(s.tokens, s.pass, s.rows)?);
+        }
+        Ok(out)
+    }
+    /// Frees the key/value cache `cache` (its sequence has left). The default: nothing kept.
+    fn free_cache(&mut self, cache: CacheId) {
+        let _ = cache;
+    }
     /// Whether greedy steps take [`Forward::forward_stats`] instead of logits (the model reduces
     /// rows where it computes them). The default: no.
     fn device_candidates(&self) -> bool {
         false
     }
-    /// The [`RowStats`] of the rows `rows[i]` of each sequence `seqs[i]`, in that order: one
-    /// sequence under `pass`, or several in one batch (then `pass` is [`Pass::Full`]). Only
-    /// called when [`Forward::device_candidates`] says so.
-    fn forward_stats(&mut self, seqs: &[&[u32]], pass: Pass, rows: &[&[usize]]) -> Result<Vec<RowStats>> {
-        let _ = (seqs, pass, rows);
+    /// The [`RowStats`] of the rows of each sequence of `seqs` (every one names its rows), in
+    /// that order, as [`Forward::forward_seqs`] computes them. Only called when
+    /// [`Forward::device_candidates`] says so.
+    fn forward_stats(&mut self, seqs: &[SeqPass<'_>]) -> Result<Vec<RowStats>> {
+        let _ = seqs;
         Err(Error::Invalid("this model does not reduce rows on its backend".into()))
     }
 }
@@ -90,14 +136,17 @@ impl Forward for crate::Model {
     fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
         crate::Model::forward_batch(self, seqs, rows)
     }
+    fn forward_seqs(&mut self, seqs: &[SeqPass<'_>]) -> Result<Vec<f32>> {
+        crate::Model::forward_seqs(self, seqs)
+    }
+    fn free_cache(&mut self, cache: CacheId) {
+        crate::Model::free_cache(self, cache)
+    }
     fn device_candidates(&self) -> bool {
         crate::Model::device_candidates(self)
     }
-    fn forward_stats(&mut self, seqs: &[&[u32]], pass: Pass, rows: &[&[usize]]) -> Result<Vec<RowStats>> {
-        match (seqs, rows) {
-            ([tokens], [rows]) => self.forward_rows_stats(tokens, pass, rows),
-            _ => self.forward_batch_stats(seqs, rows),
-        }
+    fn forward_stats(&mut self, seqs: &[SeqPass<'_>]) -> Result<Vec<RowStats>> {
+        crate::Model::forward_seqs_stats(self, seqs)
     }
 }
 
@@ -208,6 +257,8 @@ pub(crate) struct Seq {
     steps_taken: u64,
     /// The block whose full pass filled the key/value cache.
     stored: Option<usize>,
+    /// This sequence's key/value cache, when it keeps one.
+    pub(crate) cache: Option<CacheId>,
 }
 
 impl Seq {
@@ -225,7 +276,7 @@ impl Seq {
         let block = p.block_length.unwrap_or(p.n_gen).clamp(1, p.n_gen);
         let n_blocks = p.n_gen.div_ceil(block);
         let steps_per_block = (p.steps / n_blocks).max(1);
-        Ok(Seq { canvas, masked, start, end, block, n_blocks, steps_per_block, b: 0, s: 0, seed, step_rng: Rng::new(seed), forward_seconds: Vec::new(), steps_taken: 0, stored: None })
+        Ok(Seq { canvas, masked, start, end, block, n_blocks, steps_per_block, b: 0, s: 0, seed, step_rng: Rng::new(seed), forward_seconds: Vec::new(), steps_taken: 0, stored: None, cache: (p.cache != Cache::None).then(new_cache_id) })
     }
 
     /// The canvas with everything outside the generated span (the prompt: prefix and suffix)
@@ -258,14 +309,15 @@ impl Seq {
     pub(crate) fn pass(&mut self, p: &GenParams) -> Pass {
         let shift = usize::from(p.shift_logits);
         let range = self.range();
+        let Some(cache) = self.cache else { return Pass::Full };
         match p.cache {
             Cache::None => Pass::Full,
             _ if self.stored != Some(self.b) => {
                 self.stored = Some(self.b);
-                Pass::Store
+                Pass::Store { cache }
             }
-            Cache::Prefix => Pass::Reuse { start: range.start - shift, end: self.canvas.len() },
-            Cache::Dual => Pass::Reuse { start: range.start - shift, end: range.end },
+            Cache::Prefix => Pass::Reuse { cache, start: range.start - shift, end: self.canvas.len() },
+            Cache::Dual => Pass::Reuse { cache, start: range.start - shift, end: range.end },
         }
     }
 
@@ -383,6 +435,15 @@ pub fn generate(
 ) -> Result<Generation> {
     let mut engine = Engine::new();
     let id = engine.add(prefix, suffix, p.clone(), Box::new(unmasker))?;
+    let result = run_one(&mut engine, id, model, &mut on_event);
+    // Stopped early: the sequence's cache goes now (a finished one's went with its last step).
+    engine.remove(id);
+    engine.free_caches(model);
+    result
+}
+
+/// [`generate`]'s loop over its engine of one sequence.
+fn run_one(engine: &mut Engine<'_>, id: SeqId, model: &mut dyn Forward, on_event: &mut dyn FnMut(Event<'_>) -> Flow) -> Result<Generation> {
     while let Some(mut st) = engine.step(model)? {
         if let Some((_, e)) = st.failed.pop() {
             return Err(e);
@@ -434,8 +495,9 @@ pub struct BatchStep {
 /// [`Forward::forward_batch`] (one read of the weights for all of them), then each sequence
 /// samples and commits on its own schedule, exactly as [`generate`] would for it alone with the
 /// same parameters and seed. A sequence whose canvas is complete (or whose EOS finalized the
-/// rest) leaves the batch. Caches are per sequence, so `p.cache` must be [`Cache::None`].
-/// `unmasker` makes one unmasking rule per sequence.
+/// rest) leaves the batch. With a [`Cache`], each sequence has its own key/value cache and
+/// computes what its own schedule says, in the same passes. `unmasker` makes one unmasking
+/// rule per sequence.
 pub fn generate_batch(
     model: &mut dyn Forward,
     prompts: &[(&[u32], &[u32])],
@@ -460,9 +522,6 @@ pub fn generate_batch_seeded(
     if seeds.len() != prompts.len() {
         return Err(Error::Invalid(format!("{} seeds for {} prompts", seeds.len(), prompts.len())));
     }
-    if p.cache != Cache::None {
-        return Err(Error::Invalid("batched generation keeps no key/value cache: use Cache::None (or run the prompts one by one)".into()));
-    }
     if prompts.is_empty() {
         return Err(Error::Invalid("a batch needs at least one prompt".into()));
     }
@@ -472,6 +531,20 @@ pub fn generate_batch_seeded(
         engine.add(prefix, suffix, GenParams { seed, ..p.clone() }, unmasker())?;
     }
     let mut done: Vec<Option<Generation>> = vec![None; prompts.len()];
+    let result = run_batch(&mut engine, model, &mut done, &mut on_step);
+    for id in 0..prompts.len() {
+        if let Some(g) = engine.remove(id as SeqId) {
+            done[id] = Some(g);
+        }
+    }
+    // Whatever ended the loop, the sequences' caches go now.
+    engine.free_caches(model);
+    result?;
+    done.into_iter().map(|g| g.ok_or_else(|| Error::Invalid("a sequence left the batch without a result".into()))).collect()
+}
+
+/// [`generate_batch_seeded`]'s loop: `done[id]` gets each sequence's result as it finishes.
+fn run_batch(engine: &mut Engine<'_>, model: &mut dyn Forward, done: &mut [Option<Generation>], on_step: &mut dyn FnMut(BatchStep) -> Flow) -> Result<()> {
     let mut step = 0;
     while let Some(mut st) = engine.step(model)? {
         if let Some((_, e)) = st.failed.pop() {
@@ -490,10 +563,5 @@ pub fn generate_batch_seeded(
         }
         step += 1;
     }
-    for id in 0..prompts.len() {
-        if let Some(g) = engine.remove(id as SeqId) {
-            done[id] = Some(g);
-        }
-    }
-    done.into_iter().map(|g| g.ok_or_else(|| Error::Invalid("a sequence left the batch without a result".into()))).collect()
+    Ok(())
 }

@@ -92,10 +92,17 @@ pub trait Engine {
     /// How many graphs were planned since the engine was created.
     fn plans_built(&self) -> usize;
 
-    /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
-    /// allocated on first use and again whenever the shape changes (contents then undefined).
-    fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> crate::Result<Vec<LayerKv<Self::T>>>;
+    /// The key/value cache `id` (one sequence's): f32 `[head_dim, n_head_kv, total]` tensors
+    /// for each of `layers`, allocated on first use and again whenever its shape changes
+    /// (contents then undefined). Each id has its own memory; graphs may read several.
+    fn kv_cache(&mut self, id: CacheId, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> crate::Result<Vec<LayerKv<Self::T>>>;
+
+    /// Frees the key/value cache `id`, if held, and the plans that read it.
+    fn free_kv(&mut self, id: CacheId);
 }
+
+/// Names one sequence's key/value cache in a model (see [`Engine::kv_cache`]).
+pub type CacheId = u64;
 
 /// One layer's cached keys and values, `[head_dim, n_head_kv, total]` each (after RoPE).
 #[derive(Clone, Copy, Debug)]
@@ -117,16 +124,25 @@ pub struct GraphKey {
 /// The shapes of work a graph does.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum GraphKind {
-    /// A forward pass over one sequence of `total` tokens computing positions `start..end`
-    /// ([`crate::generate::Pass`]), the LM head on `out_rows` rows (0: every computed row),
+    /// A forward pass over independent sequences (`parts`, in order; attention stays within
+    /// each), the LM head on `out_rows` rows (0: every computed row of the one sequence),
     /// reduced to [`Ops::row_stats`] when `stats`.
-    Forward { pass: PassKind, total: usize, start: usize, end: usize, out_rows: usize, stats: bool },
-    /// Independent sequences of lengths `lens` in one pass, the LM head on `out_rows` rows
-    /// (reduced to [`Ops::row_stats`] when `stats`).
-    Batch { lens: Vec<usize>, out_rows: usize, stats: bool },
+    Forward { parts: Vec<SeqShape>, out_rows: usize, stats: bool },
     /// Any other graph (kernel tests, benchmarks): the caller's own numbers, which must
     /// determine it.
     Other(Vec<usize>),
+}
+
+/// One sequence of a [`GraphKind::Forward`] pass: `total` tokens, positions `start..end`
+/// computed ([`crate::generate::Pass`]), keys and values through the cache `cache` (the graph
+/// points at that cache's tensors) unless the pass is [`PassKind::Full`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqShape {
+    pub pass: PassKind,
+    pub total: usize,
+    pub start: usize,
+    pub end: usize,
+    pub cache: Option<CacheId>,
 }
 
 /// What a forward pass does with the key/value cache.
@@ -142,12 +158,18 @@ impl GraphKey {
     /// only ever makes one kind holds one plan's memory, as before plans were cached.
     fn class(&self) -> u8 {
         match &self.kind {
-            GraphKind::Forward { pass: PassKind::Full, .. } => 0,
-            GraphKind::Forward { pass: PassKind::Store, .. } => 1,
-            GraphKind::Forward { pass: PassKind::Reuse, .. } => 2,
-            GraphKind::Batch { .. } => 3,
-            GraphKind::Other(_) => 4,
+            GraphKind::Forward { parts, .. } => match parts.as_slice() {
+                [one] => one.pass as u8,
+                many if many.iter().all(|p| p.pass == PassKind::Full) => 3,
+                _ => 4,
+            },
+            GraphKind::Other(_) => 5,
         }
+    }
+
+    /// Whether the graph points at the key/value cache `id`.
+    pub fn reads_cache(&self, id: CacheId) -> bool {
+        matches!(&self.kind, GraphKind::Forward { parts, .. } if parts.iter().any(|p| p.cache == Some(id)))
     }
 
     /// A key for graphs outside the model runtime, with room for `max_nodes`.
@@ -205,6 +227,11 @@ impl<P> PlanCache<P> {
         self.plans.clear();
     }
 
+    /// Keeps only the plans whose key `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&GraphKey) -> bool) {
+        self.plans.retain(|(k, _)| keep(k));
+    }
+
     /// The plans held, least recently used first.
     pub fn plans(&self) -> impl Iterator<Item = &P> {
         self.plans.iter().map(|(_, p)| p)
@@ -216,35 +243,49 @@ impl<P> PlanCache<P> {
     }
 }
 
-/// The key/value cache slot both engines keep: one cache of a given shape
-/// (`[layers, head_dim, n_head_kv, total]`), replaced when a different shape is asked for.
-pub struct KvSlot<C> {
-    held: Option<([usize; 4], C)>,
+/// The key/value caches both engines keep: per [`CacheId`], one cache of a given shape
+/// (`[layers, head_dim, n_head_kv, total]`), replaced when that id asks for another shape.
+pub struct KvStore<C> {
+    held: Vec<(CacheId, [usize; 4], C)>,
 }
 
-impl<C> Default for KvSlot<C> {
+impl<C> Default for KvStore<C> {
     fn default() -> Self {
-        KvSlot { held: None }
+        KvStore { held: Vec::new() }
     }
 }
 
-impl<C> KvSlot<C> {
-    /// The cache, when one of `shape` is held.
-    pub fn get(&self, shape: [usize; 4]) -> Option<&C> {
-        self.held.as_ref().filter(|(s, _)| *s == shape).map(|(_, c)| c)
+impl<C> KvStore<C> {
+    /// The cache `id`, when it is held with `shape`.
+    pub fn get(&self, id: CacheId, shape: [usize; 4]) -> Option<&C> {
+        self.held.iter().find(|(i, s, _)| *i == id && *s == shape).map(|(_, _, c)| c)
     }
 
-    /// Frees the cache held (whatever points at it, such as plans, must be gone first).
-    pub fn clear(&mut self) {
-        self.held = None;
+    /// Frees the cache `id` (whatever points at it, such as plans, must be gone first);
+    /// whether one was held.
+    pub fn remove(&mut self, id: CacheId) -> bool {
+        let before = self.held.len();
+        self.held.retain(|(i, _, _)| *i != id);
+        self.held.len() != before
     }
 
-    /// Holds `cache` of `shape` (after [`KvSlot::clear`]).
-    pub fn set(&mut self, shape: [usize; 4], cache: C) -> &C {
-        &self.held.insert((shape, cache)).1
+    /// Holds `cache` of `shape` as `id` (after [`KvStore::remove`] of an old one).
+    pub fn insert(&mut self, id: CacheId, shape: [usize; 4], cache: C) -> &C {
+        self.held.retain(|(i, _, _)| *i != id);
+        self.held.push((id, shape, cache));
+        &self.held.last().expect("just pushed").2
     }
 
-    pub fn held(&self) -> Option<&C> {
-        self.held.as_ref().map(|(_, c)| c)
+    /// Every cache held, oldest first, with its shape.
+    pub fn iter(&self) -> impl Iterator<Item = (CacheId, [usize; 4], &C)> {
+        self.held.iter().map(|(i, s, c)| (*i, *s, c))
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
     }
 }

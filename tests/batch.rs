@@ -99,9 +99,6 @@ fn batched_generation_is_each_prompt_alone() {
     let same = generate_batch(&mut m, &batch, &p, &|| Box::new(Origin), |_| Flow::Continue).unwrap();
     assert!(same.iter().zip(&got).any(|(a, b)| a.canvas != b.canvas), "per-sequence seeds changed nothing");
     assert!(generate_batch_seeded(&mut m, &batch, &seeds[..2], &p, &|| Box::new(Origin), |_| Flow::Continue).is_err());
-    let mut cached = params(0.0, 8, Some(8));
-    cached.cache = dlm::generate::Cache::Prefix;
-    assert!(generate_batch(&mut m, &[(&[1], &[])], &cached, &|| Box::new(Origin), |_| Flow::Continue).is_err());
 }
 
 /// Sequences starting with token 7 predict EOS (2) everywhere with certainty; others predict
@@ -264,17 +261,22 @@ fn sequences_join_and_leave_between_passes() {
         assert_eq!(got.canvas, alone.canvas, "sequence {k} ({rule:?})");
         assert_eq!(got.steps, alone.steps, "sequence {k}");
     }
-    // One cached sequence at a time; a cancelled one gives its canvas so far and leaves.
+    // Cached sequences share passes too (each has its own cache); a cancelled one gives its
+    // canvas so far and leaves, and its cache is freed at the next step.
     let cached = jobs[2].2.clone();
     let a = engine.add(&[1], &[], cached.clone(), UnmaskRule::Confidence.unmasker(0.3)).unwrap();
-    assert!(engine.add(&[1], &[], cached, UnmaskRule::Confidence.unmasker(0.3)).is_err());
+    let c = engine.add(&[1, 263], &[], cached, UnmaskRule::Confidence.unmasker(0.3)).unwrap();
     let b = engine.add(&[1, 450], &[], base.clone(), UnmaskRule::Confidence.unmasker(0.3)).unwrap();
-    engine.step(&mut m).unwrap();
+    let st = engine.step(&mut m).unwrap().unwrap();
+    assert_eq!(st.ran.len(), 3, "{:?}", st.ran);
+    assert_eq!(m.caches_held(), 2);
     let part = engine.remove(a).unwrap();
     assert_eq!(part.steps, 1);
     assert!(part.canvas.contains(&811), "still masked somewhere after one of 8 steps");
-    assert!(engine.view(a).is_none() && engine.view(b).is_some());
-    assert_eq!(engine.len(), 1);
+    assert!(engine.view(a).is_none() && engine.view(b).is_some() && engine.view(c).is_some());
+    assert_eq!(engine.len(), 2);
+    engine.step(&mut m).unwrap();
+    assert_eq!(m.caches_held(), 1, "the removed sequence's cache was freed");
 }
 
 /// [`EosFirst`] whose passes fail when a sequence starts with token 9 (a model error).

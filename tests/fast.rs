@@ -47,18 +47,18 @@ fn cache_passes_on_an_unchanged_canvas_equal_the_full_pass() {
     let (_tmp, file) = tiny_gqa_gguf(OutType::Q8_0);
     let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
     let toks = canvas(50);
-    assert!(m.forward_rows(&toks, Pass::Reuse { start: 10, end: 20 }, None).is_err(), "no cache yet");
-    let stored = m.forward_rows(&toks, Pass::Store, None).unwrap();
+    assert!(m.forward_rows(&toks, Pass::Reuse { cache: 1, start: 10, end: 20 }, None).is_err(), "no cache yet");
+    let stored = m.forward_rows(&toks, Pass::Store { cache: 1 }, None).unwrap();
     let all = m.forward(&toks).unwrap();
     assert!(max_rel(&stored, &all) <= 1e-6, "a storing pass computes the same logits");
     for (start, end) in [(10, 50), (10, 20), (0, 7), (49, 50)] {
         let rows: Vec<usize> = (start..end).collect();
-        let got = m.forward_rows(&toks, Pass::Reuse { start, end }, None).unwrap();
+        let got = m.forward_rows(&toks, Pass::Reuse { cache: 1, start, end }, None).unwrap();
         let err = max_rel(&got, &rows_of(&all, &rows));
         println!("reuse {start}..{end}: {err:.2e}");
         assert!(err <= 1e-5, "reuse {start}..{end} on the canvas the cache was made from: {err}");
         let some = [end - 1, start];
-        let got = m.forward_rows(&toks, Pass::Reuse { start, end }, Some(&some)).unwrap();
+        let got = m.forward_rows(&toks, Pass::Reuse { cache: 1, start, end }, Some(&some)).unwrap();
         assert!(max_rel(&got, &rows_of(&all, &some)) <= 1e-5);
     }
     // Once the canvas changes outside the computed range, the cache is stale: the result is the
@@ -66,12 +66,12 @@ fn cache_passes_on_an_unchanged_canvas_equal_the_full_pass() {
     let mut changed = toks.clone();
     changed[30] = 1234;
     let exact = m.forward(&changed).unwrap();
-    let approx = m.forward_rows(&changed, Pass::Reuse { start: 10, end: 20 }, None).unwrap();
+    let approx = m.forward_rows(&changed, Pass::Reuse { cache: 1, start: 10, end: 20 }, None).unwrap();
     let err = max_rel(&approx, &rows_of(&exact, &(10..20).collect::<Vec<_>>()));
     assert!(err > 1e-4, "a stale cache should show ({err})");
-    assert!(m.forward_rows(&toks[..40], Pass::Reuse { start: 10, end: 20 }, None).is_err(), "cache is for 50 tokens");
-    assert!(m.forward_rows(&toks, Pass::Reuse { start: 20, end: 20 }, None).is_err());
-    assert!(m.forward_rows(&toks, Pass::Reuse { start: 10, end: 20 }, Some(&[25])).is_err(), "row not computed");
+    assert!(m.forward_rows(&toks[..40], Pass::Reuse { cache: 1, start: 10, end: 20 }, None).is_err(), "cache is for 50 tokens");
+    assert!(m.forward_rows(&toks, Pass::Reuse { cache: 1, start: 20, end: 20 }, None).is_err());
+    assert!(m.forward_rows(&toks, Pass::Reuse { cache: 1, start: 10, end: 20 }, Some(&[25])).is_err(), "row not computed");
 }
 
 fn params(cache: Cache, full_lm_head: bool, block: Option<usize>, steps: usize) -> GenParams {

@@ -90,9 +90,9 @@ fn batches_and_cache_passes_match(gpu_load: impl Fn(&std::path::Path) -> Model, 
     // Store every position's keys/values, then recompute tokens 4..8 against the cache.
     let tokens: Vec<u32> = (0..12u32).map(|i| if i > 3 { 811 } else { 1 + i * 100 }).collect();
     for m in [&mut cpu, &mut gpu] {
-        m.forward_rows(&tokens, Pass::Store, None).unwrap();
+        m.forward_rows(&tokens, Pass::Store { cache: 1 }, None).unwrap();
     }
-    let reuse = Pass::Reuse { start: 4, end: 8 };
+    let reuse = Pass::Reuse { cache: 1, start: 4, end: 8 };
     let rows = [4usize, 5, 7];
     let (want, got) = (cpu.forward_rows(&tokens, reuse, Some(&rows)).unwrap(), gpu.forward_rows(&tokens, reuse, Some(&rows)).unwrap());
     let (err, top1) = compare(&got, &want, 32000);

@@ -75,9 +75,9 @@ fn passes_match(gguf: &Path, backend: Backend, what: &str) {
         let logits = m.forward_rows(canvas, Pass::Full, Some(rows)).unwrap();
         check_rows(&logits, &m.forward_rows_stats(canvas, Pass::Full, rows).unwrap(), v, &format!("{what} full"));
         // A stored pass, then a reused one over the masked block (Fast-dLLM's dual cache).
-        let logits = m.forward_rows(canvas, Pass::Store, Some(rows)).unwrap();
-        check_rows(&logits, &m.forward_rows_stats(canvas, Pass::Store, rows).unwrap(), v, &format!("{what} store"));
-        let reuse = Pass::Reuse { start: rows[0], end: canvas.len() };
+        let logits = m.forward_rows(canvas, Pass::Store { cache: 1 }, Some(rows)).unwrap();
+        check_rows(&logits, &m.forward_rows_stats(canvas, Pass::Store { cache: 1 }, rows).unwrap(), v, &format!("{what} store"));
+        let reuse = Pass::Reuse { cache: 1, start: rows[0], end: canvas.len() };
         let logits = m.forward_rows(canvas, reuse, Some(rows)).unwrap();
         check_rows(&logits, &m.forward_rows_stats(canvas, reuse, rows).unwrap(), v, &format!("{what} reuse"));
     }

@@ -149,11 +149,17 @@ fn prompts_from_a_file_run_in_batches_and_match_single_runs() {
         let alone = json(&dlm_run(&[&common[..], &["-p", prompt]].concat()));
         assert_eq!(lines[i]["tokens"], alone["tokens"], "prompt {i}: batched differs from alone");
     }
-    // With a cache the prompts run one after another, with the same per-prompt results.
-    let cached = dlm_run(&[&common[..], &["--prompts", f, "--cache", "prefix", "--block-length", "5"]].concat());
+    // With a cache the prompts batch too (each keeps its own cache), with the per-prompt results.
+    let with_cache = ["--cache", "prefix", "--block-length", "5"];
+    let cached = dlm_run(&[&common[..], &["--prompts", f, "-b", "3"], &with_cache[..]].concat());
     assert!(cached.status.success(), "{}", String::from_utf8_lossy(&cached.stderr));
-    assert!(String::from_utf8_lossy(&cached.stderr).contains("one after another"));
-    assert_eq!(String::from_utf8(cached.stdout).unwrap().lines().count(), 3);
+    assert!(String::from_utf8_lossy(&cached.stderr).contains("3 prompts in 1 batch(es)"), "{}", String::from_utf8_lossy(&cached.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(cached.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for (i, prompt) in prompts.iter().enumerate() {
+        let alone = json(&dlm_run(&[&common[..], &["-p", prompt], &with_cache[..]].concat()));
+        assert_eq!(lines[i]["tokens"], alone["tokens"], "prompt {i}: batched with a cache differs from alone");
+    }
     // Text mode numbers the completions.
     let text = dlm_run(&["-m", g, "-n", "4", "--steps", "2", "--prompts", f]);
     assert!(text.status.success());

@@ -447,7 +447,7 @@ fn token_views_concat_and_cache_writes_move_the_right_values() {
     assert_eq!(rel_err(&got, &want), 0.0, "token_range + concat_tokens");
     // A cache pass: all tokens stored, then tokens 3..5 rewritten from rows 0..2; the cache is
     // read through an add so that the output is a fresh tensor.
-    let cache = ex.kv_cache(1, a, 1, n).unwrap()[0].k;
+    let cache = ex.kv_cache(1, 1, a, 1, n).unwrap()[0].k;
     ex.run(&GraphKey::other(&[401], 0), &[&iota(n)], |o| {
         let xa = rows_of(o, x, n);
         let x3 = o.reshape_3d(xa, [a, 1, n]);

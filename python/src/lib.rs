@@ -307,16 +307,7 @@ impl Model {
                 }
                 let unmasker = p.call.gen.unmasker();
                 let batch: Vec<(&[u32], &[u32])> = p.prefixes.iter().map(|x| (x.as_slice(), p.suffix.as_slice())).collect();
-                let gens = if p.params.cache != dlm::generate::Cache::None {
-                    // A key/value cache belongs to one sequence: one after another.
-                    let mut v = Vec::new();
-                    for (prefix, suffix) in &batch {
-                        v.push(generate(&mut l.model, prefix, suffix, &p.params, unmasker().as_mut(), |_| Flow::Continue)?);
-                    }
-                    v
-                } else {
-                    generate_batch(&mut l.model, &batch, &p.params, &unmasker, |_| Flow::Continue)?
-                };
+                let gens = generate_batch(&mut l.model, &batch, &p.params, &unmasker, |_| Flow::Continue)?;
                 prompts.iter().zip(&p.prefixes).zip(&gens).map(|((pr, px), g)| finish(&l, pr, px, g, &p)).collect()
             })
             .map_err(run_error)?;

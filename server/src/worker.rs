@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dlm::engine::{Engine, SeqId};
-use dlm::generate::{Cache, GenParams};
+use dlm::generate::GenParams;
 use dlm::sample::UnmaskRule;
 use dlm::Tokenizer;
 use tokio::sync::watch;
@@ -153,6 +153,8 @@ fn serve(mut model: dlm::Model, tok: Tokenizer, rx: Receiver<Job>, limits: Limit
         });
         admit(&mut engine, &mut waiting, &mut active, &limits, &metrics);
         metrics.active.store(active.len(), Ordering::Relaxed);
+        // Caches of sequences that left (cancelled, stopped) go now, not at the next pass.
+        engine.free_caches(&mut model);
         if active.is_empty() {
             if !open && waiting.is_empty() {
                 return;
@@ -230,22 +232,16 @@ fn serve(mut model: dlm::Model, tok: Tokenizer, rx: Receiver<Job>, limits: Limit
 
 /// Moves queued jobs into the engine, first come first served, while the batch has room: at
 /// most `max_batch` sequences and `pass_tokens` tokens in a pass (a lone sequence always fits:
-/// its length was checked against the context), one sequence with a key/value cache at a time
-/// (a cached job waits, and those behind it go ahead).
+/// its length was checked against the context). Sequences with a key/value cache batch like the
+/// others (each has its own cache).
 fn admit(engine: &mut Engine<'static>, waiting: &mut VecDeque<Job>, active: &mut Vec<Active>, limits: &Limits, metrics: &Metrics) {
     let cost = |j: &Job| (j.prefix.len() + j.params.n_gen + j.suffix.len()) * if j.params.cfg_scale > 0.0 { 2 } else { 1 };
     let mut used: usize = active.iter().map(|a| cost(&a.job)).sum();
-    let mut i = 0;
-    while i < waiting.len() && active.len() < limits.max_batch {
-        let j = &waiting[i];
-        if j.params.cache != Cache::None && engine.has_cached() {
-            i += 1;
-            continue;
-        }
+    while let Some(j) = waiting.front().filter(|_| active.len() < limits.max_batch) {
         if !active.is_empty() && used + cost(j) > limits.pass_tokens {
             break;
         }
-        let job = waiting.remove(i).expect("in range");
+        let job = waiting.pop_front().expect("a front");
         metrics.queued.fetch_sub(1, Ordering::Relaxed);
         let r = job.rule;
         let rule = r.rule.unmasker_with(r.threshold, r.eps, r.alg_temp);

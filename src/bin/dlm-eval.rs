@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use common::{steady_ms, GenArgs, Loaded, ModelArgs};
 use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
-use dlm::generate::{generate, generate_batch_seeded, Cache, Flow, Forward, GenParams, Generation};
+use dlm::generate::{generate_batch_seeded, Flow, Forward, Generation};
 
 mod common;
 
@@ -214,15 +214,6 @@ fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
         None => &mut l.model,
     };
     for (idx, params) in groups.values().zip(&params) {
-        if params.cache != Cache::None {
-            for &i in idx {
-                let own = GenParams { seed: seed_of(i), ..params.clone() };
-                let g = generate(fwd, &canvases[i].0, &canvases[i].1, &own, unmasker().as_mut(), |_| Flow::Continue)?;
-                pass_seconds.extend(&g.forward_seconds);
-                gens[i] = Some(g);
-            }
-            continue;
-        }
         for chunk in idx.chunks(a.batch_size) {
             let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| (canvases[i].0.as_slice(), canvases[i].1.as_slice())).collect();
             let seeds: Vec<u64> = chunk.iter().map(|&i| seed_of(i)).collect();

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use clap::{FromArgMatches, Parser, ValueEnum};
 use common::{canvas_text, cut_at_stop, find_stop, steady_ms, CacheArg, GenArgs, Loaded, ModelArgs, BATCH_MEMORY};
 use dlm::sample::UnmaskRule;
-use dlm::generate::{generate, generate_batch, Cache, Event, Flow, Forward, GenParams, Generation, Pass};
+use dlm::generate::{generate, generate_batch, Event, Flow, Forward, GenParams, Generation, Pass};
 use dlm::sample::Unmasker;
 use dlm::{Model, Tokenizer};
 
@@ -148,6 +148,9 @@ impl Forward for Recording<'_> {
     }
     fn n_vocab(&self) -> usize {
         self.model.params().n_vocab
+    }
+    fn free_cache(&mut self, cache: dlm::generate::CacheId) {
+        self.model.free_cache(cache)
     }
     fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> dlm::Result<Vec<f32>> {
         if !(self.keep && self.first.is_none()) {
@@ -813,35 +816,26 @@ fn run_many(
     // Guidance runs each sequence twice per pass (with and without its prompt).
     let copies = if params.cfg_scale > 0.0 { 2 } else { 1 };
     let batch_size = batch_limit(a.batch_size, model.params(), copies * prefixes.iter().map(|p| p.len() + params.n_gen + suffix.len()).max().unwrap_or(1));
-    if params.cache != Cache::None {
-        dlm::errln!("note: a key/value cache belongs to one sequence; the {} prompts run one after another", prefixes.len());
-        for (i, prefix) in prefixes.iter().enumerate() {
-            let g = generate(model, prefix, suffix, params, unmasker().as_mut(), |_| Flow::Continue)?;
-            pass_seconds.extend(&g.forward_seconds);
-            print(i, &g)?;
-        }
-    } else {
-        for (c, chunk) in prefixes.chunks(batch_size).enumerate() {
-            let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|p| (p.as_slice(), suffix)).collect();
-            let mut failed = None;
-            generate_batch(model, &batch, params, unmasker, |s| {
-                pass_seconds.push(s.forward_seconds);
-                for (k, g) in &s.finished {
-                    if let Err(e) = print(c * batch_size + k, g) {
-                        failed = Some(e);
-                        return Flow::Stop;
-                    }
+    for (c, chunk) in prefixes.chunks(batch_size).enumerate() {
+        let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|p| (p.as_slice(), suffix)).collect();
+        let mut failed = None;
+        generate_batch(model, &batch, params, unmasker, |s| {
+            pass_seconds.push(s.forward_seconds);
+            for (k, g) in &s.finished {
+                if let Err(e) = print(c * batch_size + k, g) {
+                    failed = Some(e);
+                    return Flow::Stop;
                 }
-                Flow::Continue
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
             }
+            Flow::Continue
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
     let total = t0.elapsed().as_secs_f64();
     let tps = n_tokens as f64 / total.max(1e-9);
-    let batches = if params.cache == Cache::None { prefixes.len().div_ceil(batch_size) } else { prefixes.len() };
+    let batches = prefixes.len().div_ceil(batch_size);
     dlm::errln!(
         "{} | load {:.0} ms | {} prompts in {batches} batch(es): {} passes, {:.1} ms/pass (from pass 2) | {n_tokens} tokens in {total:.2} s, {tps:.1} tokens/s",
         model.backend_description(),

@@ -95,7 +95,7 @@ impl<T: Handle> Network<T> for Decoder<T> {
 
     fn forward(&self, o: &mut dyn Ops<T = T>, x: &Inputs<'_, T>) -> T {
         let (n, pos) = (x.n, x.pos);
-        debug_assert_eq!(x.seqs.iter().sum::<usize>(), n);
+        debug_assert_eq!(x.seqs.iter().map(|s| s.len).sum::<usize>(), n);
         let p = &self.p;
         let (hd, eps, rope) = (p.head_dim(), p.norm_eps, self.variant.rope);
         let mut h_in = o.get_rows(self.tok_embd, x.tokens); // [n_embd, n]

@@ -35,19 +35,25 @@ impl<T: Copy + Send + Sync + 'static> Handle for T {}
 
 /// What one forward pass computes: the `n` token ids `tokens` at positions `pos` (i32 inputs).
 ///
-/// `kv` says what happens to each layer's keys and values (see [`Kv`]); `out_rows` (i32
-/// indices into the `n` computed rows) restricts the LM head to those rows, else every row.
-/// `seqs` splits the `n` tokens into independent sequences (lengths summing to `n`, each
-/// with its own positions in `pos`): attention never crosses them, so a batch of sequences
-/// costs one pass over the weights. With a cache, `seqs` must be `[n]`.
+/// `seqs` splits the `n` tokens into independent sequences (computed lengths summing to `n`,
+/// each with its own positions in `pos` and its own key/value cache, see [`Kv`]): attention
+/// never crosses them, so a batch of sequences costs one pass over the weights. `out_rows`
+/// (i32 indices into the `n` computed rows) restricts the LM head to those rows, else every row.
 #[derive(Clone, Copy, Debug)]
 pub struct Inputs<'a, T> {
     pub tokens: T,
     pub pos: T,
     pub n: usize,
-    pub kv: Kv<'a, T>,
     pub out_rows: Option<T>,
-    pub seqs: &'a [usize],
+    pub seqs: &'a [SeqKv<'a, T>],
+}
+
+/// One sequence of a pass: how many of the pass's tokens are its own (its computed positions)
+/// and what happens to its keys and values.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqKv<'a, T> {
+    pub len: usize,
+    pub kv: Kv<'a, T>,
 }
 
 /// A loaded architecture's weights (handles of one backend) and its forward pass.
@@ -200,26 +206,28 @@ pub fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
-/// Self-attention of one layer (`il`) as every architecture does it: `k`, `v` go through the
-/// key/value cache as `x.kv` says, then each sequence of `x.seqs` attends within itself.
-/// `q` `[hd, n_head, n]`, `k`/`v` `[hd, n_head_kv, n]`; returns `[hd * n_head, n]`.
+/// Self-attention of one layer (`il`) as every architecture does it: each sequence of
+/// `x.seqs` attends within itself, its `k`, `v` going through its key/value cache as its
+/// [`Kv`] says. `q` `[hd, n_head, n]`, `k`/`v` `[hd, n_head_kv, n]`; returns `[hd * n_head, n]`.
 pub fn attend<T: Copy>(o: &mut dyn Ops<T = T>, x: &Inputs<'_, T>, il: usize, q: T, k: T, v: T, causal: bool) -> T {
     // With a cache, the computed positions' keys/values go into it and attention reads the
     // whole cache: the other positions' entries are those of the last full pass.
-    let (k, v) = match x.kv {
+    let through = |o: &mut dyn Ops<T = T>, kv: Kv<'_, T>, k: T, v: T| match kv {
         Kv::None => (k, v),
         Kv::Store(cache) => (o.write_tokens(cache[il].k, k, 0), o.write_tokens(cache[il].v, v, 0)),
         Kv::Reuse { cache, start } => (o.write_tokens(cache[il].k, k, start), o.write_tokens(cache[il].v, v, start)),
     };
-    if x.seqs.len() <= 1 {
+    if let [one] = x.seqs {
+        let (k, v) = through(o, one.kv, k, v);
         return o.attention(q, k, v, causal);
     }
     let mut parts = Vec::with_capacity(x.seqs.len());
     let mut s0 = 0;
-    for &len in x.seqs {
-        let (qs, ks, vs) = (o.token_range(q, s0, len), o.token_range(k, s0, len), o.token_range(v, s0, len));
+    for s in x.seqs {
+        let (qs, ks, vs) = (o.token_range(q, s0, s.len), o.token_range(k, s0, s.len), o.token_range(v, s0, s.len));
+        let (ks, vs) = through(o, s.kv, ks, vs);
         parts.push(o.attention(qs, ks, vs, causal)); // [hd * n_head, len]
-        s0 += len;
+        s0 += s.len;
     }
     o.concat_tokens(&parts)
 }

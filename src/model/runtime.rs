@@ -6,9 +6,9 @@ use std::path::Path;
 use crate::backend::ggml::{Executor, TensorRef, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::graph::{Engine, GraphKey, GraphKind, Ops, PassKind};
-use super::{load_network, DiffusionOverrides, DiffusionParams, Hparams, Inputs, Kv, Network};
-use crate::generate::Pass;
+use crate::graph::{CacheId, Engine, GraphKey, GraphKind, Ops, PassKind, SeqShape};
+use super::{load_network, DiffusionOverrides, DiffusionParams, Hparams, Inputs, Kv, Network, SeqKv};
+use crate::generate::{Pass, SeqPass};
 
 /// How to load a model.
 #[derive(Clone, Debug)]
@@ -124,9 +124,11 @@ impl Backend {
 
 /// A network on one backend with its executor: what [`Model`] runs, whichever backend.
 trait Runner: Send {
-    /// Logits, or with `stats` each row's [`Ops::row_stats`] (5 values per row).
-    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>, stats: bool) -> Result<Vec<f32>>;
-    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]], stats: bool) -> Result<Vec<f32>>;
+    /// Logits of the sequences `seqs` in one pass, or with `stats` each row's
+    /// [`Ops::row_stats`] (5 values per row); `kv_for` holds how many tokens each cache stores.
+    fn forward_seqs(&mut self, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], stats: bool) -> Result<Vec<f32>>;
+    /// Frees the key/value cache `id`.
+    fn free_kv(&mut self, id: CacheId);
     /// Which backend runs the forward pass, in words.
     fn description(&self) -> String;
     fn backend(&self) -> Backend;
@@ -179,13 +181,13 @@ impl Drop for OnGgml {
 }
 
 impl Runner for OnGgml {
-    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>, stats: bool) -> Result<Vec<f32>> {
+    fn forward_seqs(&mut self, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], stats: bool) -> Result<Vec<f32>> {
         let _watch = self.watch();
-        forward_rows_on(&mut self.executor, self.net.as_ref(), kv_for, tokens, pass, rows, stats)
+        forward_seqs_on(&mut self.executor, self.net.as_ref(), kv_for, seqs, stats)
     }
-    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]], stats: bool) -> Result<Vec<f32>> {
+    fn free_kv(&mut self, id: CacheId) {
         let _watch = self.watch();
-        forward_batch_on(&mut self.executor, self.net.as_ref(), seqs, rows, stats)
+        self.executor.free_kv(id)
     }
     fn description(&self) -> String {
         match (self.executor.device_name(), &self.api) {
@@ -219,11 +221,11 @@ struct OnWgpu {
 
 #[cfg(feature = "wgpu")]
 impl Runner for OnWgpu {
-    fn forward_rows(&mut self, kv_for: &mut Option<usize>, tokens: &[u32], pass: Pass, rows: Option<&[usize]>, stats: bool) -> Result<Vec<f32>> {
-        forward_rows_on(&mut self.executor, self.net.as_ref(), kv_for, tokens, pass, rows, stats)
+    fn forward_seqs(&mut self, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], stats: bool) -> Result<Vec<f32>> {
+        forward_seqs_on(&mut self.executor, self.net.as_ref(), kv_for, seqs, stats)
     }
-    fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]], stats: bool) -> Result<Vec<f32>> {
-        forward_batch_on(&mut self.executor, self.net.as_ref(), seqs, rows, stats)
+    fn free_kv(&mut self, id: CacheId) {
+        self.executor.free_kv(id)
     }
     fn description(&self) -> String {
         let a = self.executor.gpu().adapter();
@@ -244,8 +246,8 @@ impl Runner for OnWgpu {
 pub struct Model {
     // Field order is drop order: the runner (graphs, weights) before the map it points into.
     runner: Box<dyn Runner>,
-    /// Sequence length the key/value cache holds a full pass of, if any.
-    kv_for: Option<usize>,
+    /// Per key/value cache, the sequence length it holds a full pass of.
+    kv_for: KvFor,
     params: Hparams,
     diffusion: DiffusionParams,
     gguf: Gguf,
@@ -279,7 +281,7 @@ impl Model {
             super::check_values(&gguf)?;
         }
         let runner = Self::on_backend(&gguf, &params, opts, &unused)?;
-        Ok(Model { runner, kv_for: None, params, diffusion, gguf, warnings, device_candidates: None })
+        Ok(Model { runner, kv_for: KvFor::default(), params, diffusion, gguf, warnings, device_candidates: None })
     }
 
     fn on_backend(gguf: &Gguf, params: &Hparams, opts: &LoadOptions, unused: &[String]) -> Result<Box<dyn Runner>> {
@@ -480,24 +482,52 @@ impl Model {
 
     /// Logits (`rows.len() × n_vocab`, in the order of `rows`) for the positions `rows` of the
     /// sequence `tokens`, or for every computed position when `rows` is `None`. The LM head
-    /// runs on those rows only. `pass` says which positions are computed (see [`Pass`]).
+    /// runs on those rows only. `pass` says which positions are computed, and through which
+    /// key/value cache (see [`Pass`]).
     pub fn forward_rows(&mut self, tokens: &[u32], pass: Pass, rows: Option<&[usize]>) -> Result<Vec<f32>> {
-        self.runner.forward_rows(&mut self.kv_for, tokens, pass, rows, false)
+        self.forward_seqs(&[SeqPass { tokens, pass, rows }])
     }
 
     /// [`Model::forward_rows`] with each row reduced on the backend to what a greedy sampler
     /// needs ([`RowStats`]): 20 bytes per row come back instead of `4 × n_vocab`.
     pub fn forward_rows_stats(&mut self, tokens: &[u32], pass: Pass, rows: &[usize]) -> Result<Vec<RowStats>> {
-        self.check_row_stats()?;
-        let raw = self.runner.forward_rows(&mut self.kv_for, tokens, pass, Some(rows), true)?;
-        Ok(RowStats::parse(&raw, self.params.n_vocab))
+        self.forward_seqs_stats(&[SeqPass { tokens, pass, rows: Some(rows) }])
     }
 
     /// [`Model::forward_batch`] reduced as [`Model::forward_rows_stats`].
     pub fn forward_batch_stats(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<RowStats>> {
+        self.forward_seqs_stats(&batch_of(seqs, rows)?)
+    }
+
+    /// Logits of several sequences in one pass (one read of the weights), each computing what
+    /// its own [`Pass`] says through its own key/value cache, its rows in order (every computed
+    /// position when `rows` is `None`), sequence after sequence. Attention stays within each
+    /// sequence and each has its own positions from 0, so every sequence's logits are those of
+    /// [`Model::forward_rows`] on it alone.
+    pub fn forward_seqs(&mut self, seqs: &[SeqPass<'_>]) -> Result<Vec<f32>> {
+        self.runner.forward_seqs(&mut self.kv_for, seqs, false)
+    }
+
+    /// [`Model::forward_seqs`] reduced as [`Model::forward_rows_stats`] (every sequence names its rows).
+    pub fn forward_seqs_stats(&mut self, seqs: &[SeqPass<'_>]) -> Result<Vec<RowStats>> {
         self.check_row_stats()?;
-        let raw = self.runner.forward_batch(seqs, rows, true)?;
+        if seqs.iter().any(|s| s.rows.is_none()) {
+            return Err(Error::Invalid("row statistics need the rows of every sequence".into()));
+        }
+        let raw = self.runner.forward_seqs(&mut self.kv_for, seqs, true)?;
         Ok(RowStats::parse(&raw, self.params.n_vocab))
+    }
+
+    /// Frees the key/value cache `id` (a sequence that has finished): its memory and the
+    /// graphs that read it. A later [`Pass::Store`] under the same id starts it again.
+    pub fn free_cache(&mut self, id: CacheId) {
+        self.kv_for.0.remove(&id);
+        self.runner.free_kv(id);
+    }
+
+    /// Key/value caches held now (sequences that stored one and have not been freed).
+    pub fn caches_held(&self) -> usize {
+        self.kv_for.0.len()
     }
 
     /// Whether generation reduces greedy steps' logits on the backend ([`Model::forward_rows_stats`]):
@@ -525,7 +555,7 @@ impl Model {
     /// reads the weights once for all of them, attention stays within each sequence, and each
     /// has its own positions from 0, so every sequence's logits are those of a pass on its own.
     pub fn forward_batch(&mut self, seqs: &[&[u32]], rows: &[&[usize]]) -> Result<Vec<f32>> {
-        self.runner.forward_batch(seqs, rows, false)
+        self.forward_seqs(&batch_of(seqs, rows)?)
     }
 }
 
@@ -549,126 +579,121 @@ fn check_weight_types(gguf: &Gguf, p: &Hparams, unused: &[String], ggml: bool) -
     Ok(())
 }
 
-/// [`Model::forward_rows`] on one engine.
-fn forward_rows_on<E: Engine>(
-executor: &mut E,
-net: &dyn Network<E::T>,
-kv_for: &mut Option<usize>,
-tokens: &[u32],
-pass: Pass,
-rows: Option<&[usize]>,
-stats: bool,
-) -> Result<Vec<f32>> {
-    let total = tokens.len();
-    let p = net.hparams();
-    let n_vocab = p.n_vocab;
-    check_tokens(tokens, n_vocab, net.max_positions())?;
-    let (start, end) = match pass {
-        Pass::Full | Pass::Store => (0, total),
-        Pass::Reuse { start, end } => {
-            if p.causal {
-                // The graph masks a reused pass's scores by its own rows, not by absolute
-                // position: refused rather than computed wrongly.
-                return Err(Error::Invalid("reusing cached keys/values needs bidirectional attention (this model is causal): run without --cache".into()));
-            }
-            if *kv_for != Some(total) {
-                return Err(Error::Invalid(format!("no cached keys/values for a sequence of {total} tokens: run a Pass::Store first")));
-            }
-            if start >= end || end > total {
-                return Err(Error::Invalid(format!("positions {start}..{end} are not a range inside 0..{total}")));
-            }
-            (start, end)
-        }
-    };
-    let n = end - start;
-    // Output rows, local to the computed range.
-    let mut out_rows: Option<Vec<i32>> = None;
-    if let Some(rows) = rows {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Some(&bad) = rows.iter().find(|&&r| r < start || r >= end) {
-            return Err(Error::Invalid(format!("row {bad} is not among the computed positions {start}..{end}")));
-        }
-        out_rows = Some(padded_rows(rows.iter().map(|&r| (r - start) as i32).collect()));
-    }
-    let n_rows = rows.map_or(n, |r| r.len());
-    let kind = match pass {
-        Pass::Full => PassKind::Full,
-        Pass::Store => PassKind::Store,
-        Pass::Reuse { .. } => PassKind::Reuse,
-    };
-    if matches!(pass, Pass::Store) {
-        // Until the pass succeeds: a failed (re)allocation below has already freed the old cache.
-        *kv_for = None;
-    }
-    let cache = match pass {
-        Pass::Full => Vec::new(),
-        _ => executor.kv_cache(p.n_layer, p.head_dim(), p.n_head_kv, total)?,
-    };
-    let ids: Vec<i32> = tokens[start..end].iter().map(|&t| t as i32).collect();
-    let pos: Vec<i32> = (start as i32..end as i32).collect();
-    let kind = GraphKind::Forward { pass: kind, total, start, end, out_rows: out_rows.as_ref().map_or(0, |r| r.len()), stats };
-    let key = GraphKey { kind, max_nodes: graph_size(p.n_layer, 1) };
-    let mut inputs: Vec<&[i32]> = vec![&ids, &pos];
-    if let Some(r) = &out_rows {
-        inputs.push(r);
-    }
-    let mut out = executor.run(&key, &inputs, |b| {
-        let (t, ps) = (b.input_i32(n), b.input_i32(n));
-        let rows = out_rows.as_ref().map(|r| b.input_i32(r.len()));
-        let kv = match pass {
-            Pass::Full => Kv::None,
-            Pass::Store => Kv::Store(&cache),
-            Pass::Reuse { .. } => Kv::Reuse { cache: &cache, start },
-        };
-        let logits = net.forward(b, &Inputs { tokens: t, pos: ps, n, kv, out_rows: rows, seqs: &[n] });
-        if stats {
-            b.row_stats(logits)
-        } else {
-            logits
-        }
-    })?;
-    if matches!(pass, Pass::Store) {
-        *kv_for = Some(total);
-    }
-    out.truncate(n_rows * if stats { ROW_STATS } else { n_vocab });
-    Ok(out)
-}
-
-/// [`Model::forward_batch`] on one engine.
-fn forward_batch_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, seqs: &[&[u32]], rows: &[&[usize]], stats: bool) -> Result<Vec<f32>> {
-    let n_vocab = net.hparams().n_vocab;
+/// Sequences computed in full, with their rows: what [`Model::forward_batch`] runs.
+fn batch_of<'a>(seqs: &[&'a [u32]], rows: &[&'a [usize]]) -> Result<Vec<SeqPass<'a>>> {
     if seqs.is_empty() || seqs.len() != rows.len() {
         return Err(Error::Invalid(format!("a batch needs one row list per sequence ({} sequences, {} row lists)", seqs.len(), rows.len())));
     }
-    let (mut ids, mut pos, mut out) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, (tokens, rows)) in seqs.iter().zip(rows).enumerate() {
-        check_tokens(tokens, n_vocab, net.max_positions()).map_err(|e| Error::Invalid(format!("sequence {i} of the batch: {e}")))?;
-        if let Some(&bad) = rows.iter().find(|&&r| r >= tokens.len()) {
-            return Err(Error::Invalid(format!("sequence {i} of the batch: row {bad} is outside its {} positions", tokens.len())));
-        }
-        out.extend(rows.iter().map(|&r| (ids.len() + r) as i32));
-        ids.extend(tokens.iter().map(|&t| t as i32));
-        pos.extend(0..tokens.len() as i32);
+    Ok(seqs.iter().zip(rows).map(|(&tokens, &rows)| SeqPass { tokens, pass: Pass::Full, rows: Some(rows) }).collect())
+}
+
+/// Per key/value cache, the sequence length it holds a full pass of (set by a successful
+/// [`Pass::Store`], needed by [`Pass::Reuse`]).
+#[derive(Default)]
+struct KvFor(std::collections::HashMap<CacheId, usize>);
+
+/// [`Model::forward_seqs`] on one engine.
+fn forward_seqs_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], stats: bool) -> Result<Vec<f32>> {
+    let p = net.hparams();
+    let n_vocab = p.n_vocab;
+    if seqs.is_empty() {
+        return Err(Error::Invalid("a pass needs at least one sequence".into()));
     }
+    let alone = seqs.len() == 1;
+    let named = |i: usize, e: Error| if alone { e } else { Error::Invalid(format!("sequence {i} of the batch: {e}")) };
+    let mut shapes = Vec::with_capacity(seqs.len());
+    let (mut ids, mut pos, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, s) in seqs.iter().enumerate() {
+        let total = s.tokens.len();
+        check_tokens(s.tokens, n_vocab, net.max_positions()).map_err(|e| named(i, e))?;
+        let (start, end, kind, cache) = match s.pass {
+            Pass::Full => (0, total, PassKind::Full, None),
+            Pass::Store { cache } => (0, total, PassKind::Store, Some(cache)),
+            Pass::Reuse { cache, start, end } => {
+                if p.causal {
+                    // The graph masks a reused pass's scores by its own rows, not by absolute
+                    // position: refused rather than computed wrongly.
+                    return Err(Error::Invalid("reusing cached keys/values needs bidirectional attention (this model is causal): run without --cache".into()));
+                }
+                if kv_for.0.get(&cache) != Some(&total) {
+                    return Err(named(i, Error::Invalid(format!("no cached keys/values for a sequence of {total} tokens: run a Pass::Store first"))));
+                }
+                if start >= end || end > total {
+                    return Err(named(i, Error::Invalid(format!("positions {start}..{end} are not a range inside 0..{total}"))));
+                }
+                (start, end, PassKind::Reuse, Some(cache))
+            }
+        };
+        if let Some(c) = cache {
+            if seqs[..i].iter().any(|o| o.pass.cache() == Some(c)) {
+                return Err(named(i, Error::Invalid(format!("key/value cache {c} is named by two sequences of one pass"))));
+            }
+        }
+        // Output rows, as indices into the pass's computed rows.
+        let base = ids.len();
+        match s.rows {
+            Some(rows) => {
+                if let Some(&bad) = rows.iter().find(|&&r| r < start || r >= end) {
+                    let why = if alone { format!("row {bad} is not among the computed positions {start}..{end}") } else { format!("row {bad} is outside its computed positions {start}..{end}") };
+                    return Err(named(i, Error::Invalid(why)));
+                }
+                out.extend(rows.iter().map(|&r| (base + r - start) as i32));
+            }
+            None => out.extend((base..base + end - start).map(|r| r as i32)),
+        }
+        ids.extend(s.tokens[start..end].iter().map(|&t| t as i32));
+        pos.extend(start as i32..end as i32);
+        shapes.push(SeqShape { pass: kind, total, start, end, cache });
+    }
+    let n = ids.len();
     let n_rows = out.len();
     if n_rows == 0 {
         return Ok(Vec::new());
     }
-    let out_rows = padded_rows(out);
-    let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-    let n = ids.len();
-    let key = GraphKey { kind: GraphKind::Batch { lens: lens.clone(), out_rows: out_rows.len(), stats }, max_nodes: graph_size(net.hparams().n_layer, seqs.len()) };
-    let mut logits = executor.run(&key, &[&ids, &pos, &out_rows], |b| {
-        let (t, ps, r) = (b.input_i32(n), b.input_i32(n), b.input_i32(out_rows.len()));
-        let logits = net.forward(b, &Inputs { tokens: t, pos: ps, n, kv: Kv::None, out_rows: Some(r), seqs: &lens });
+    // One sequence asking for every computed row runs the LM head on all of them (no row
+    // input); otherwise the rows, padded so that the graph is reused while masks drain.
+    let out_rows = if alone && seqs[0].rows.is_none() { None } else { Some(padded_rows(out)) };
+    // Until the pass succeeds: a failed (re)allocation below has already freed the old cache.
+    for sh in shapes.iter().filter(|sh| sh.pass == PassKind::Store) {
+        kv_for.0.remove(&sh.cache.expect("a storing pass has a cache"));
+    }
+    let mut caches = Vec::with_capacity(seqs.len());
+    for sh in &shapes {
+        caches.push(match sh.cache {
+            None => Vec::new(),
+            Some(id) => executor.kv_cache(id, p.n_layer, p.head_dim(), p.n_head_kv, sh.total)?,
+        });
+    }
+    let key = GraphKey { kind: GraphKind::Forward { parts: shapes.clone(), out_rows: out_rows.as_ref().map_or(0, |r| r.len()), stats }, max_nodes: graph_size(p.n_layer, seqs.len()) };
+    let mut inputs: Vec<&[i32]> = vec![&ids, &pos];
+    if let Some(r) = &out_rows {
+        inputs.push(r);
+    }
+    let mut logits = executor.run(&key, &inputs, |b| {
+        let (t, ps) = (b.input_i32(n), b.input_i32(n));
+        let rows = out_rows.as_ref().map(|r| b.input_i32(r.len()));
+        let parts: Vec<SeqKv<'_, E::T>> = shapes
+            .iter()
+            .zip(&caches)
+            .map(|(sh, cache)| SeqKv {
+                len: sh.end - sh.start,
+                kv: match sh.pass {
+                    PassKind::Full => Kv::None,
+                    PassKind::Store => Kv::Store(cache),
+                    PassKind::Reuse => Kv::Reuse { cache, start: sh.start },
+                },
+            })
+            .collect();
+        let logits = net.forward(b, &Inputs { tokens: t, pos: ps, n, out_rows: rows, seqs: &parts });
         if stats {
             b.row_stats(logits)
         } else {
             logits
         }
     })?;
+    for sh in shapes.iter().filter(|sh| sh.pass == PassKind::Store) {
+        kv_for.0.insert(sh.cache.expect("a storing pass has a cache"), sh.total);
+    }
     logits.truncate(n_rows * if stats { ROW_STATS } else { n_vocab });
     Ok(logits)
 }

@@ -14,7 +14,7 @@ use llama_cpp_sys_2 as sys;
 use super::{ggml_type, Context};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
-use crate::graph::{Engine, GraphKey, KvSlot, LayerKv, Ops, PlanCache, RopeMode};
+use crate::graph::{CacheId, Engine, GraphKey, KvStore, LayerKv, Ops, PlanCache, RopeMode};
 
 /// ggml's `TENSOR_ALIGNMENT`: where a CPU buffer wrapping foreign memory must start.
 const CPU_BUFFER_ALIGNMENT: usize = 32;
@@ -602,7 +602,7 @@ pub(crate) struct Executor {
     // Drop order: graphs (which may point at cache tensors) before the cache, both before the
     // backends.
     plans: PlanCache<CachedGraph>,
-    kv: KvSlot<KvCache>,
+    kv: KvStore<KvCache>,
     flash_attn: bool,
     gpu: Option<Gpu>,
     /// Per layer, the device (index into `gpu`'s backends) its key/value cache lives on;
@@ -625,7 +625,7 @@ impl Executor {
         let backend = CpuBackend(NonNull::new(unsafe { sys::ggml_backend_cpu_init() }).ok_or_else(|| Error::Ggml("ggml_backend_cpu_init failed".into()))?);
         // SAFETY: a live CPU backend.
         unsafe { sys::ggml_backend_cpu_set_n_threads(backend.0.as_ptr(), threads.clamp(1, 512) as i32) };
-        Ok(Executor { plans: PlanCache::new(PlanCache::<CachedGraph>::DEFAULT_CAPACITY), kv: KvSlot::default(), flash_attn, gpu: None, kv_places: Vec::new(), backend })
+        Ok(Executor { plans: PlanCache::new(PlanCache::<CachedGraph>::DEFAULT_CAPACITY), kv: KvStore::default(), flash_attn, gpu: None, kv_places: Vec::new(), backend })
     }
 
     /// An executor whose graphs run on the devices `devs` (GPUs, local or behind RPC servers)
@@ -664,16 +664,16 @@ impl Executor {
         self.gpu.as_ref().map(|g| g.names.join(", "))
     }
 
-    /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
-    /// allocated on first use and again whenever the shape changes (contents then undefined).
-    pub fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<TensorRef>>> {
+    /// The key/value cache `id`: f32 `[head_dim, n_head_kv, total]` tensors for each of
+    /// `layers`, allocated on first use and again whenever its shape changes (contents then
+    /// undefined). Each id has buffers of its own.
+    pub fn kv_cache(&mut self, id: CacheId, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<TensorRef>>> {
         let shape = [layers, head_dim, n_head_kv, total];
-        if let Some(cache) = self.kv.get(shape) {
+        if let Some(cache) = self.kv.get(id, shape) {
             return Ok(cache.layers.clone());
         }
         // Cached graphs point at the old cache's tensors: they go before it does.
-        self.plans.clear();
-        self.kv.clear();
+        self.free_kv(id);
         // The backend of each layer: its device's, the host's, or (no placement given) the
         // first device's.
         let place = |i: usize| -> NonNull<sys::ggml_backend> {
@@ -705,8 +705,14 @@ impl Executor {
             ctxs.push(ctx);
         }
         let handles = handles.into_iter().map(|h| h.expect("every layer placed")).collect();
-        let cache = self.kv.set(shape, KvCache { layers: handles, _ctxs: ctxs, _buffers: buffers });
+        let cache = self.kv.insert(id, shape, KvCache { layers: handles, _ctxs: ctxs, _buffers: buffers });
         Ok(cache.layers.clone())
+    }
+
+    /// Frees the key/value cache `id`, if held, after the graphs that point at it.
+    pub fn free_kv(&mut self, id: CacheId) {
+        self.plans.retain(|k| !k.reads_cache(id));
+        self.kv.remove(id);
     }
 
     /// Runs the graph `build` makes (built once per distinct `key`, which must determine the
@@ -813,8 +819,11 @@ impl Engine for Executor {
         self.plans.built()
     }
 
-    fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<TensorRef>>> {
-        Executor::kv_cache(self, layers, head_dim, n_head_kv, total)
+    fn kv_cache(&mut self, id: CacheId, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<TensorRef>>> {
+        Executor::kv_cache(self, id, layers, head_dim, n_head_kv, total)
+    }
+    fn free_kv(&mut self, id: CacheId) {
+        Executor::free_kv(self, id)
     }
 }
 

@@ -14,7 +14,7 @@ use super::params::{self, KernelParams, PARAMS_BYTES};
 use super::weights::WeightSet;
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::graph::{Engine, GraphKey, KvSlot, LayerKv, Ops, PlanCache, RopeMode};
+use crate::graph::{CacheId, Engine, GraphKey, KvStore, LayerKv, Ops, PlanCache, RopeMode};
 
 /// Where a tensor's values live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,9 +375,11 @@ pub struct Executor {
     weights: WeightSet,
     /// Descriptors valid in every plan: the weights, then the cache tensors.
     base: Vec<Desc>,
+    /// Every key/value cache's buffers, cache after cache (k, v per layer), as `base` names
+    /// them after the weights.
     caches: Vec<Buffer>,
-    /// Per-layer handles of the key/value cache (its buffers are `caches`).
-    kv: KvSlot<Vec<LayerKv<GpuTensor>>>,
+    /// Per cache id: its buffers (k, v per layer), in the order of `caches`.
+    kv: KvStore<Vec<Buffer>>,
     plans: PlanCache<Plan>,
 }
 
@@ -389,7 +391,7 @@ impl Executor {
             .enumerate()
             .map(|(i, w)| Desc { store: Store::Weight(i), off: 0, ne: [w.ne[0], w.ne[1], 1] })
             .collect();
-        Executor { gpu, weights, base, caches: Vec::new(), kv: KvSlot::default(), plans: PlanCache::new(PlanCache::<Plan>::DEFAULT_CAPACITY) }
+        Executor { gpu, weights, base, caches: Vec::new(), kv: KvStore::default(), plans: PlanCache::new(PlanCache::<Plan>::DEFAULT_CAPACITY) }
     }
 
     /// Keeps up to `n` planned graphs (at least 1; each holds its own activation buffers).
@@ -422,43 +424,63 @@ impl Executor {
         self.weights.index(name).map(GpuTensor)
     }
 
-    /// Key/value cache tensors, f32 `[head_dim, n_head_kv, total]` for each of `layers`,
-    /// allocated on first use and again whenever the shape changes (contents then undefined).
-    pub fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<GpuTensor>>> {
+    /// The key/value cache `id`: f32 `[head_dim, n_head_kv, total]` tensors for each of
+    /// `layers`, allocated on first use and again whenever its shape changes (contents then
+    /// undefined). Each id has buffers of its own.
+    pub fn kv_cache(&mut self, id: CacheId, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<GpuTensor>>> {
         let shape = [layers, head_dim, n_head_kv, total];
-        if let Some(cache) = self.kv.get(shape) {
-            return Ok(cache.clone());
-        }
-        // Plans point at the old cache's buffers: they go before it does.
-        self.plans.clear();
-        self.kv.clear();
-        self.base.truncate(self.weights.weights.len());
-        self.caches.clear();
-        let bytes = (head_dim * n_head_kv * total * 4) as u64;
-        if bytes > self.gpu.max_binding() {
-            return Err(Error::Gpu(format!("a {} key/value cache layer exceeds the adapter's binding limit of {}", super::human_bytes(bytes), super::human_bytes(self.gpu.max_binding()))));
-        }
-        let mut out = Vec::with_capacity(layers);
-        for _ in 0..layers {
-            let mut kv = [GpuTensor(0); 2];
-            for t in &mut kv {
+        if self.kv.get(id, shape).is_none() {
+            self.free_kv(id);
+            let bytes = (head_dim * n_head_kv * total * 4) as u64;
+            if bytes > self.gpu.max_binding() {
+                return Err(Error::Gpu(format!("a {} key/value cache layer exceeds the adapter's binding limit of {}", super::human_bytes(bytes), super::human_bytes(self.gpu.max_binding()))));
+            }
+            let mut bufs = Vec::with_capacity(2 * layers);
+            for _ in 0..2 * layers {
                 let gpu = &self.gpu;
-                let buf = gpu.checked("allocating the key/value cache", || {
+                bufs.push(gpu.checked("allocating the key/value cache", || {
                     gpu.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("kv cache"),
                         size: bytes,
                         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
                         mapped_at_creation: false,
                     })
-                })?;
-                self.caches.push(buf);
-                self.base.push(Desc { store: Store::Cache(self.caches.len() - 1), off: 0, ne: [head_dim, n_head_kv, total] });
-                *t = GpuTensor(self.base.len() - 1);
+                })?);
             }
-            out.push(LayerKv { k: kv[0], v: kv[1] });
+            self.kv.insert(id, shape, bufs);
+            self.index_caches();
         }
-        let cache = self.kv.set(shape, out);
-        Ok(cache.clone())
+        // This cache's buffers follow those of the caches held before it.
+        let mut first = self.weights.weights.len();
+        for (i, _, bufs) in self.kv.iter() {
+            if i == id {
+                break;
+            }
+            first += bufs.len();
+        }
+        Ok((0..layers).map(|l| LayerKv { k: GpuTensor(first + 2 * l), v: GpuTensor(first + 2 * l + 1) }).collect())
+    }
+
+    /// Frees the key/value cache `id`, if held. Cache handles are positions in `base`, which
+    /// shift when a cache goes: every plan goes with it (they are planned again on use).
+    pub fn free_kv(&mut self, id: CacheId) {
+        if self.kv.remove(id) {
+            self.index_caches();
+        }
+    }
+
+    /// `caches` and `base`'s cache descriptors from the caches held, cache after cache; the
+    /// plans, which bound the old ones, are dropped.
+    fn index_caches(&mut self) {
+        self.plans.clear();
+        self.base.truncate(self.weights.weights.len());
+        self.caches.clear();
+        for (_, [_, head_dim, n_head_kv, total], bufs) in self.kv.iter() {
+            for b in bufs {
+                self.caches.push(b.clone());
+                self.base.push(Desc { store: Store::Cache(self.caches.len() - 1), off: 0, ne: [head_dim, n_head_kv, total] });
+            }
+        }
     }
 
     /// Runs the graph `build` records (planned once per distinct `key`, which must determine
@@ -657,7 +679,10 @@ impl Engine for Executor {
         self.plans.built()
     }
 
-    fn kv_cache(&mut self, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<GpuTensor>>> {
-        Executor::kv_cache(self, layers, head_dim, n_head_kv, total)
+    fn kv_cache(&mut self, id: CacheId, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<GpuTensor>>> {
+        Executor::kv_cache(self, id, layers, head_dim, n_head_kv, total)
+    }
+    fn free_kv(&mut self, id: CacheId) {
+        Executor::free_kv(self, id)
     }
 }
