@@ -76,7 +76,8 @@ fn tensors(layers: usize, kind: OutType) -> Vec<(String, Vec<u64>, GgmlType)> {
     t.push(("output.weight".into(), vec![e, v], None));
     t.into_iter()
         .map(|(name, shape, layer)| {
-            let ty = policy::fit(policy::choose(kind, &name, layer, layers as u64, shape.len(), false), shape[0]);
+            let at = policy::Place { layer, n_layer: layers as u64, n_dims: shape.len(), tied: false, n_gqa: 1 };
+            let ty = policy::fit(policy::choose(kind, &name, at), shape[0]);
             (name, shape, ty)
         })
         .collect()
