@@ -64,6 +64,7 @@ fn run(model: &mut dyn Forward, prompt: &[u32], s: Setup, steps: usize) -> (f64,
         cache: s.cache,
         full_lm_head: s.full_lm_head,
         cfg_scale: 0.0,
+        prune: Default::default(),
         ..diffullama_params(N_GEN, steps, TokenSampler { temp: 0.0, top_k: 0, top_p: 1.0, gumbel: false }, 42)
     };
     time(|| generate(model, prompt, &[], &p, unmasker(s.rule).as_mut(), |_| Flow::Continue).unwrap())

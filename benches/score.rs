@@ -11,13 +11,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{diffullama_1b_sharp, gguf, root, threads, time, tiny_q4};
 use dlm::backend::ggml::{LlamaCpp, LlamaCppOptions};
 use dlm::score::{self, BatchForward, Item, ScoreParams};
 use dlm::{Gguf, LoadOptions, Model, Tokenizer};
-use dlm_convert::{Options, OutType, Plan};
+use dlm_convert::OutType;
 
 /// The first `n` items of every task (the file holds 100 per task, in task order).
 fn items(tok: &Tokenizer, per_task: usize) -> Vec<Item> {

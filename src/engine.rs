@@ -284,7 +284,7 @@ impl<'r> Engine<'r> {
             })
             .collect();
         if reduce {
-            let items: Vec<SeqPass<'_>> = group.iter().zip(&rows).map(|(w, r)| SeqPass { tokens: &self.slots[w.i].seq.canvas, pass: w.pass, rows: r.as_deref() }).collect();
+            let items: Vec<SeqPass<'_>> = group.iter().zip(&rows).map(|(w, r)| SeqPass { tokens: self.slots[w.i].seq.tokens(), pass: w.pass, rows: r.as_deref() }).collect();
             return model.forward_stats(&items).map(Rows::Stats);
         }
         // With guidance each sequence brings its prompt-masked canvas too, right after it.
@@ -297,7 +297,7 @@ impl<'r> Engine<'r> {
             .collect();
         let mut items: Vec<SeqPass<'_>> = Vec::new();
         for ((w, r), u) in group.iter().zip(&rows).zip(&uncond) {
-            items.push(SeqPass { tokens: &self.slots[w.i].seq.canvas, pass: w.pass, rows: r.as_deref() });
+            items.push(SeqPass { tokens: self.slots[w.i].seq.tokens(), pass: w.pass, rows: r.as_deref() });
             if let Some(u) = u {
                 items.push(SeqPass { tokens: u, pass: Pass::Full, rows: r.as_deref() });
             }
@@ -308,7 +308,7 @@ impl<'r> Engine<'r> {
         for ((w, r), u) in group.iter().zip(&rows).zip(&uncond) {
             let computed = match w.pass {
                 Pass::Reuse { start, end, .. } => end - start,
-                _ => self.slots[w.i].seq.canvas.len(),
+                _ => self.slots[w.i].seq.tokens().len(),
             };
             let n = r.as_ref().map_or(computed, Vec::len) * n_vocab;
             if at + n * (1 + usize::from(u.is_some())) > all.len() {

@@ -187,6 +187,20 @@ pub struct GenParams {
     /// step also runs the canvas with the prompt (prefix and suffix) masked, in the same batch,
     /// and samples from `uncond + (scale + 1) · (cond − uncond)`. Needs [`Cache::None`].
     pub cfg_scale: f32,
+    /// Canvas positions left out of the forward pass (approximations: the model was trained
+    /// seeing them).
+    pub prune: Prune,
+}
+
+/// Positions at the end of a canvas that a forward pass may leave out (Learn2PD's and DPad's
+/// observations: at long lengths most of the canvas is EOS padding or far-future masks). Only
+/// for canvases without a suffix (infilling keeps every position). Off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prune {
+    /// Once an EOS is committed, the positions after it (all EOS, already final) are left out.
+    pub after_eos: bool,
+    /// At most this many masked positions after the current block take part in a pass.
+    pub window: Option<usize>,
 }
 
 impl GenParams {
@@ -259,6 +273,9 @@ pub(crate) struct Seq {
     stored: Option<usize>,
     /// This sequence's key/value cache, when it keeps one.
     pub(crate) cache: Option<CacheId>,
+    /// How much of the canvas the passes compute (see [`Prune`]): set by each full pass, kept
+    /// by the passes that reuse its cache.
+    visible: usize,
 }
 
 impl Seq {
@@ -273,16 +290,17 @@ impl Seq {
         let end = start + p.n_gen;
         let canvas: Vec<u32> = prefix.iter().copied().chain(std::iter::repeat_n(p.mask_id, p.n_gen)).chain(suffix.iter().copied()).collect();
         let masked = (0..canvas.len()).map(|i| (start..end).contains(&i)).collect();
+        let canvas_len = canvas.len();
         let block = p.block_length.unwrap_or(p.n_gen).clamp(1, p.n_gen);
         let n_blocks = p.n_gen.div_ceil(block);
         let steps_per_block = (p.steps / n_blocks).max(1);
-        Ok(Seq { canvas, masked, start, end, block, n_blocks, steps_per_block, b: 0, s: 0, seed, step_rng: Rng::new(seed), forward_seconds: Vec::new(), steps_taken: 0, stored: None, cache: (p.cache != Cache::None).then(new_cache_id) })
+        Ok(Seq { canvas, masked, start, end, block, n_blocks, steps_per_block, b: 0, s: 0, seed, step_rng: Rng::new(seed), forward_seconds: Vec::new(), steps_taken: 0, stored: None, cache: (p.cache != Cache::None).then(new_cache_id), visible: canvas_len })
     }
 
-    /// The canvas with everything outside the generated span (the prompt: prefix and suffix)
-    /// masked: guidance's unconditional input.
+    /// [`Seq::tokens`] with everything outside the generated span (the prompt: prefix and
+    /// suffix) masked: guidance's unconditional input.
     pub(crate) fn unconditional(&self, mask_id: u32) -> Vec<u32> {
-        self.canvas.iter().enumerate().map(|(i, &t)| if (self.start..self.end).contains(&i) { t } else { mask_id }).collect()
+        self.tokens().iter().enumerate().map(|(i, &t)| if (self.start..self.end).contains(&i) { t } else { mask_id }).collect()
     }
 
     fn range(&self) -> std::ops::Range<usize> {
@@ -305,20 +323,47 @@ impl Seq {
         Vec::new()
     }
 
-    /// What the next forward pass computes.
+    /// What the next forward pass computes (of [`Seq::tokens`]).
     pub(crate) fn pass(&mut self, p: &GenParams) -> Pass {
         let shift = usize::from(p.shift_logits);
         let range = self.range();
-        let Some(cache) = self.cache else { return Pass::Full };
+        let Some(cache) = self.cache.filter(|_| p.cache != Cache::None) else {
+            self.visible = self.visible(p);
+            return Pass::Full;
+        };
         match p.cache {
-            Cache::None => Pass::Full,
             _ if self.stored != Some(self.b) => {
                 self.stored = Some(self.b);
+                self.visible = self.visible(p);
                 Pass::Store { cache }
             }
-            Cache::Prefix => Pass::Reuse { cache, start: range.start - shift, end: self.canvas.len() },
-            Cache::Dual => Pass::Reuse { cache, start: range.start - shift, end: range.end },
+            Cache::Dual => Pass::Reuse { cache, start: range.start - shift, end: range.end.min(self.visible) },
+            _ => Pass::Reuse { cache, start: range.start - shift, end: self.visible },
         }
+    }
+
+    /// The tokens the passes compute: the canvas, less what [`Prune`] leaves out.
+    pub(crate) fn tokens(&self) -> &[u32] {
+        &self.canvas[..self.visible]
+    }
+
+    /// How much of the canvas a pass made now would compute (see [`Prune`]): every position of a
+    /// canvas with a suffix; else up to a committed EOS (the masked positions left are before
+    /// it), and at most `window` positions after the current block, as asked.
+    fn visible(&self, p: &GenParams) -> usize {
+        let mut v = self.canvas.len();
+        if self.end < self.canvas.len() {
+            return v;
+        }
+        if let (true, Some(eos)) = (p.prune.after_eos, p.eos) {
+            if let Some(e) = (self.start..self.end).find(|&i| !self.masked[i] && self.canvas[i] == eos) {
+                v = v.min(e + 1);
+            }
+        }
+        if let Some(w) = p.prune.window {
+            v = v.min(self.range().end + w);
+        }
+        v
     }
 
     /// Samples every position of `positions` from its logits row (`row_of(k)` for the k-th, in

@@ -150,6 +150,7 @@ impl Session {
             cache: s.cache,
             full_lm_head: false,
             cfg_scale: 0.0,
+            prune: Default::default(),
         };
         p.check()?;
         Ok((p, s.unmask.unwrap_or(f.unmask), s.threshold.unwrap_or(f.threshold)))

@@ -58,6 +58,7 @@ fn params(temp: f32, steps: usize, block: Option<usize>) -> GenParams {
         cache: Default::default(),
         full_lm_head: false,
         cfg_scale: 0.0,
+        prune: Default::default(),
     }
 }
 

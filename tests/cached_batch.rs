@@ -27,6 +27,7 @@ fn params(cache: Cache, block: usize, n_gen: usize) -> GenParams {
         cache,
         full_lm_head: false,
         cfg_scale: 0.0,
+        prune: Default::default(),
     }
 }
 
@@ -136,6 +137,26 @@ fn on_wgpu_cached_sequences_batch_like_on_ggml() {
         for (i, prompt) in prompts.iter().enumerate() {
             let alone = generate(&mut m, prompt, &[], &GenParams { seed: seeds[i], ..p.clone() }, &mut Threshold(0.3), |_| Flow::Continue).unwrap();
             assert_eq!(got[i].canvas, alone.canvas, "wgpu {cache:?}: prompt {i}");
+        }
+    }
+}
+
+/// With pruning (a window of masks past the block, and the padding after a committed EOS) the
+/// cached sequences still batch exactly: each pass computes a shorter canvas per sequence.
+#[test]
+fn pruned_cached_sequences_batch_like_alone() {
+    let (_tmp, file) = tiny_gqa_gguf(OutType::Q8_0);
+    let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
+    let prompts = prompts();
+    let batch: Vec<(&[u32], &[u32])> = prompts.iter().map(|p| (p.as_slice(), &[][..])).collect();
+    let seeds: Vec<u64> = (0..prompts.len() as u64).collect();
+    let prune = dlm::generate::Prune { after_eos: true, window: Some(4) };
+    for cache in [Cache::None, Cache::Prefix, Cache::Dual] {
+        let p = GenParams { prune, eos: Some(2), ..params(cache, 8, 24) };
+        let got = generate_batch_seeded(&mut m, &batch, &seeds, &p, &|| Box::new(Threshold(0.3)), |_| Flow::Continue).unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let alone = generate(&mut m, prompt, &[], &GenParams { seed: seeds[i], ..p.clone() }, &mut Threshold(0.3), |_| Flow::Continue).unwrap();
+            assert_eq!(got[i].canvas, alone.canvas, "{cache:?}: prompt {i}");
         }
     }
 }

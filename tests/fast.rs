@@ -87,6 +87,7 @@ fn params(cache: Cache, full_lm_head: bool, block: Option<usize>, steps: usize) 
         cache,
         full_lm_head,
         cfg_scale: 0.0,
+        prune: Default::default(),
     }
 }
 

@@ -41,6 +41,7 @@ fn params(n_gen: usize, steps: usize, shift: bool) -> GenParams {
         cache: Default::default(),
         full_lm_head: false,
         cfg_scale: 0.0,
+        prune: Default::default(),
     }
 }
 
@@ -180,6 +181,7 @@ fn origin_reproduces_the_reference_generate_samples_step_for_step() {
             cache: Default::default(),
             full_lm_head: false,
             cfg_scale: 0.0,
+            prune: Default::default(),
         };
         let mut ours = Vec::new();
         let g = generate(&mut Formula, &prefix, &[], &p, &mut Origin, |Event::Step { canvas, .. }| {
@@ -210,4 +212,73 @@ fn origin_reproduces_the_reference_generate_samples_step_for_step() {
         checked += all.len();
     }
     assert!(checked > 60, "{checked} reference steps covered");
+}
+
+/// Row i prefers token `10 + i`, except row `eos_row`, which prefers EOS (2) with certainty;
+/// records the length of every pass's tokens.
+struct EosAt {
+    eos_row: usize,
+    lens: Vec<usize>,
+}
+
+impl Forward for EosAt {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.lens.push(tokens.len());
+        let mut l = vec![0f32; tokens.len() * V];
+        for i in 0..tokens.len() {
+            if i == self.eos_row {
+                l[i * V + 2] = 40.0;
+            } else {
+                l[i * V + 10 + (i % 40)] = 2.0;
+            }
+        }
+        Ok(l)
+    }
+    fn n_vocab(&self) -> usize {
+        V
+    }
+}
+
+/// Pruning leaves out what it says and nothing else: after a committed EOS the passes stop at
+/// it; with a window, no pass reaches more than that many positions past the current block; a
+/// canvas with a suffix is never pruned; a window past the canvas changes nothing.
+#[test]
+fn pruning_leaves_out_the_padding_and_far_future_masks() {
+    use dlm::generate::Prune;
+    // BOS + 24 masks; with shift, position p reads row p - 1: EOS lands at position 5.
+    let base = GenParams { eos: Some(2), block_length: Some(8), ..params(24, 24, true) };
+    let run = |p: &GenParams, suffix: &[u32]| {
+        let mut m = EosAt { eos_row: 4, lens: Vec::new() };
+        let g = generate(&mut m, &[1], suffix, p, &mut Confidence, |_| Flow::Continue).unwrap();
+        (g, m.lens)
+    };
+    let (exact, exact_lens) = run(&base, &[]);
+    assert!(exact_lens.iter().all(|&n| n == 25), "{exact_lens:?}");
+    assert_eq!(exact.canvas[5], 2, "EOS committed at position 5");
+    assert_eq!(exact_lens.len(), 5, "one pass commits EOS, four the positions before it");
+
+    // After EOS: its pass sees everything, the later ones stop at it.
+    let eos = GenParams { prune: Prune { after_eos: true, window: None }, ..base.clone() };
+    let (g, lens) = run(&eos, &[]);
+    assert_eq!(g.canvas, exact.canvas, "this model's rows do not depend on the pruned positions");
+    assert_eq!(lens, [25, 6, 6, 6, 6]);
+    let (_, lens) = run(&GenParams { block_length: None, ..eos.clone() }, &[]);
+    assert_eq!(lens, [25, 6, 6, 6, 6], "one block");
+
+    // A window of 3 masked positions after the block: the first block's passes see 1 + 8 + 3.
+    // Without EOS, the three blocks' passes see 12, 20 and all 25 positions.
+    let window = GenParams { prune: Prune { after_eos: false, window: Some(3) }, eos: None, ..base.clone() };
+    let (_, lens) = run(&window, &[]);
+    let mut seen = lens.clone();
+    seen.dedup();
+    assert_eq!(seen, [12, 20, 25], "{lens:?}");
+    // Past the canvas: nothing pruned, the same answer.
+    let wide = GenParams { prune: Prune { after_eos: true, window: Some(100) }, block_length: None, eos: None, ..base.clone() };
+    let (g, lens) = run(&wide, &[]);
+    let (plain, _) = run(&GenParams { block_length: None, eos: None, ..base.clone() }, &[]);
+    assert_eq!(g.canvas, plain.canvas);
+    assert!(lens.iter().all(|&n| n == 25), "{lens:?}");
+    // Infilling keeps every position.
+    let (_, lens) = run(&eos, &[40, 41]);
+    assert!(lens.iter().all(|&n| n == 27), "{lens:?}");
 }

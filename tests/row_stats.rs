@@ -206,6 +206,7 @@ fn generations_with_device_candidates_give_the_same_answers() {
         cache: Cache::None,
         full_lm_head: false,
         cfg_scale: 0.0,
+        prune: Default::default(),
     };
     let prompts = ["add 17 38:", "reverse 4821:", "copy 90713:"];
     let rules: Vec<(&str, fn() -> Box<dyn Unmasker>)> = vec![

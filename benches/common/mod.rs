@@ -123,5 +123,6 @@ pub fn diffullama_params(n_gen: usize, steps: usize, sampler: dlm::sample::Token
         cache: Default::default(),
         full_lm_head: false,
         cfg_scale: 0.0,
+        prune: Default::default(),
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
-use dlm::generate::{Cache, GenParams};
+use dlm::generate::{Cache, GenParams, Prune};
 use dlm::sample::{TokenSampler, UnmaskRule, Unmasker};
 use dlm::{Backend, Gguf, LoadOptions, Model, Tokenizer};
 
@@ -199,6 +199,15 @@ pub struct GenArgs {
     /// and finished blocks, `dual` also the masked suffix. Each block starts with a full pass.
     #[arg(long, value_enum, default_value = "none")]
     pub cache: CacheArg,
+    /// Leave the positions after a committed EOS (all EOS, already final) out of the forward
+    /// passes (approximate: the model was trained seeing its padding; not with --suffix)
+    #[arg(long)]
+    pub prune_eos: bool,
+    /// Keep at most N masked positions after the current block in each forward pass
+    /// (approximate: leaves far-future masks out, as DPad does; needs --block-length to matter;
+    /// not with --suffix)
+    #[arg(long, value_name = "N")]
+    pub mask_window: Option<usize>,
     // What is in effect: the flag, else the family's default (set by `resolve`).
     #[arg(skip)]
     pub steps: usize,
@@ -330,6 +339,7 @@ impl GenArgs {
             },
             full_lm_head: false,
             cfg_scale: self.cfg_scale,
+            prune: Prune { after_eos: self.prune_eos, window: self.mask_window },
         }
     }
 
