@@ -41,11 +41,46 @@ from tokenizers import Tokenizer
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 import tasks  # noqa: E402
+import tasks_long  # noqa: E402
 from make_checkpoint import write_safetensors  # noqa: E402
 
 TOKENIZER = HERE.parent / "tests" / "data" / "llama-tokenizer"
 VOCAB, BOS, EOS, MASK = 32000, 1, 2, 811
 WEIGHTS = {"copy": 1.0, "reverse": 1.5, "sort": 1.5, "add": 3.0, "recall": 1.0, "infill": 1.5, "english": 1.0}
+
+
+class Suite:
+    """What one model is trained on: the short tasks (`tasks.py`, a fixed region per task) or the
+    long ones (`tasks_long.py`, regions of 64-512 tokens, batches of one region each)."""
+
+    def __init__(self, name):
+        self.name, self.long = name, name == "long"
+        self.mod = tasks_long if self.long else tasks
+        self.weights = tasks_long.WEIGHTS if self.long else WEIGHTS
+        self.ar, self.dlm = ("llama-long-ar", "diffullama-long") if self.long else ("llama-tiny-ar", "diffullama-tiny")
+        self.test_file = "long.jsonl" if self.long else "test.jsonl"
+        self.log_file = "train-long-log.json" if self.long else "train-log.json"
+        # Positions: the short layouts fit 128; the longest long layout (a 512-token region after
+        # a prompt as long as the answer) fits 1152.
+        self.n_ctx = 1152 if self.long else 128
+
+    def regions(self, task):
+        return tasks_long.REGIONS if self.long else [tasks.REGION[task]]
+
+    def draw(self, task, rng, split, region=None):
+        """(prompt, answer, suffix, region)."""
+        if self.long:
+            region = region or rng.choice(tasks_long.REGIONS)
+            return (*tasks_long.draw(task, rng, split, region), region)
+        return (*tasks.draw(task, rng, split), tasks.REGION[task])
+
+    def make(self, task, rng, region):
+        return (*tasks_long.make(task, rng, region), region) if self.long else (*tasks.make(task, rng), region)
+
+    def encode(self, tok, task, p, a, s, region):
+        if self.long:
+            return tasks_long.encode_problem(tok, task, p, a, s, region)
+        return tasks.encode_problem(tok, task, p, a, s)
 
 
 class Config:
@@ -122,33 +157,41 @@ class Tiny(torch.nn.Module):
 class Corpus:
     """Encoded problems by task and split, drawn from one seeded RNG."""
 
-    def __init__(self, tok, seed):
-        self.tok, self.rng = tok, random.Random(seed)
+    def __init__(self, tok, seed, suite):
+        self.tok, self.rng, self.suite = tok, random.Random(seed), suite
         # The used vocabulary: every token any problem of the grammar can produce (drawn widely,
         # both splits), plus BOS, EOS and the mask. Sorted, so it is the same on every run.
         used = {BOS, EOS, MASK}
         cov = random.Random(12345)
-        for task in tasks.TASKS:
-            for _ in range(4000):
-                pre, ans, suf = tasks.encode_problem(tok, task, *tasks.make(task, cov))
-                used.update(pre + ans + suf)
+        for task in suite.mod.TASKS:
+            for region in suite.regions(task):
+                for _ in range(4000 if not suite.long else 300):
+                    pre, ans, suf = suite.encode(tok, task, *suite.make(task, cov, region))
+                    used.update(pre + ans + suf)
+                    assert len(pre) + len(ans) + len(suf) <= suite.n_ctx, (task, region)
         self.used = sorted(used)
         self.sub = {t: i for i, t in enumerate(self.used)}
 
-    def sample(self, split="train"):
-        names = list(WEIGHTS)
-        task = self.rng.choices(names, weights=[WEIGHTS[n] for n in names])[0]
-        p, a, s = tasks.draw(task, self.rng, split)
-        pre, ans, suf = tasks.encode_problem(self.tok, task, p, a, s)
+    def sample(self, split="train", region=None):
+        names = list(self.suite.weights)
+        task = self.rng.choices(names, weights=[self.suite.weights[n] for n in names])[0]
+        p, a, s, region = self.suite.draw(task, self.rng, split, region)
+        pre, ans, suf = self.suite.encode(self.tok, task, p, a, s, region)
         return task, pre, ans, suf
 
     def batch(self, n):
-        """Sub-vocabulary ids [B, T] padded at the end, key-valid [B, T], maskable [B, T]."""
-        seqs = [self.sample() for _ in range(n)]
-        T = max(len(p) + len(a) + len(s) for _, p, a, s in seqs)
-        idx = torch.zeros(n, T, dtype=torch.long)
-        valid = torch.zeros(n, T, dtype=torch.bool)
-        maskable = torch.zeros(n, T, dtype=torch.bool)
+        """Sub-vocabulary ids [B, T] padded at the end, key-valid [B, T], maskable [B, T].
+        Short suite: `n` problems. Long suite: one region for the whole batch, and about `n`
+        tokens (so a batch of 64-token regions has eight times the problems of one of 512)."""
+        if self.suite.long:
+            region = self.rng.choice(tasks_long.REGIONS)
+            seqs = [self.sample(region=region) for _ in range(max(1, round(n / (2 * region))))]
+        else:
+            seqs = [self.sample() for _ in range(n)]
+        B, T = len(seqs), max(len(p) + len(a) + len(s) for _, p, a, s in seqs)
+        idx = torch.zeros(B, T, dtype=torch.long)
+        valid = torch.zeros(B, T, dtype=torch.bool)
+        maskable = torch.zeros(B, T, dtype=torch.bool)
         for i, (task, p, a, s) in enumerate(seqs):
             ids = p + a + s
             idx[i, :len(ids)] = torch.tensor([self.sub[t] for t in ids])
@@ -193,28 +236,37 @@ def dlm_loss(model, idx, valid, maskable, ratio, gen, eps=1e-3):
 
 @torch.no_grad()
 def evaluate(model, corpus, problems, diffusion):
-    """Greedy exact match per task: diffusion decodes by confidence with steps = region length,
-    one position per step; the AR model decodes left to right. Quick, for the training log."""
+    """Greedy exact match per task, quick, for the training log. Short suite: diffusion decodes
+    by confidence one position per step; the AR model decodes left to right. Long suite:
+    diffusion commits the region/16 most confident positions per step (16 passes); the AR model
+    is scored teacher-forced (every answer token the arg-max after the true prefix: the same as
+    greedy decoding for exact answers; for a story, the reference story)."""
     model.eval()
     acc = {}
+    long = corpus.suite.long
     for task, items in problems.items():
         ok = 0
-        for p, a, s in items:
-            pre, ans, suf = tasks.encode_problem(corpus.tok, task, p, a, s)
+        for p, a, s, region in items:
+            pre, ans, suf = corpus.suite.encode(corpus.tok, task, p, a, s, region)
             n = len(ans)
             if diffusion:
                 x = [corpus.sub[t] for t in pre] + [MASK_SUB] * n + [corpus.sub[t] for t in suf]
                 x = torch.tensor([x])
                 T = x.shape[1]
                 full = torch.ones(1, 1, T, T, dtype=torch.bool)
-                for _ in range(n):
+                per_step = max(1, n // 16) if long else 1
+                for _ in range(0, n, per_step):
                     lp = model.log_probs(model.hidden(x, full)[0, :-1])
                     conf, tok = lp.max(-1)
                     cand = (x[0, 1:] == MASK_SUB)
                     conf = torch.where(cand, conf, torch.tensor(-1e9))
-                    j = int(conf.argmax())
-                    x[0, j + 1] = tok[j]
+                    for j in conf.topk(min(per_step, int(cand.sum()))).indices.tolist():
+                        x[0, j + 1] = tok[j]
                 out = x[0, len(pre):len(pre) + n].tolist()
+            elif long:
+                xt = torch.tensor([[corpus.sub[t] for t in pre + ans]])
+                lp = model.log_probs(model.hidden(xt, causal(xt.shape[1])[None, None])[0, len(pre) - 1:-1])
+                out = lp.argmax(-1).tolist()
             else:
                 x = [corpus.sub[t] for t in pre]
                 for _ in range(n):
@@ -224,24 +276,33 @@ def evaluate(model, corpus, problems, diffusion):
                 out = x[len(pre):]
             ids = [corpus.used[i] for i in out]
             ids = ids[:ids.index(EOS)] if EOS in ids else ids
-            ok += tasks.correct(task, p, a, s, corpus.tok.decode(ids))
+            ok += corpus.suite.mod.correct(task, p, a, s, corpus.tok.decode(ids))
         acc[task] = ok / len(items)
     model.train()
     return acc
 
 
-def schedule(step, total, lr, warmup):
+def schedule(step, total, lr, warmup, done_by_time=0.0):
+    """Linear warm-up, then cosine to 10 %; `done_by_time` (0-1) moves the cosine on when a time
+    budget is further along than the step count."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+    frac = max((step - warmup) / max(1, total - warmup), done_by_time)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def train_stage(name, model, corpus, steps, lr, batch, loss_fn, log, eval_every, problems, diffusion):
+def train_stage(name, model, corpus, steps, lr, batch, loss_fn, log, eval_every, problems, diffusion, minutes=None):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     t0, seen, hist = time.time(), 0, []
+    t_eval, ended_by_time = 0.0, False  # evaluation time does not count against the budget
     for step in range(steps):
+        by_time = (time.time() - t0 - t_eval) / (60 * minutes) if minutes else 0.0
+        if by_time >= 1.0:
+            print(f"{name}: time budget of {minutes} min used up after {step} steps", flush=True)
+            steps, ended_by_time = step, True
+            break
         for g in opt.param_groups:
-            g["lr"] = schedule(step, steps, lr, min(200, steps // 10 + 1))
+            g["lr"] = schedule(step, steps, lr, min(200, steps // 10 + 1), by_time)
         idx, valid, maskable = corpus.batch(batch)
         loss, n = loss_fn(model, idx, valid, maskable, step)
         opt.zero_grad(set_to_none=True)
@@ -255,11 +316,18 @@ def train_stage(name, model, corpus, steps, lr, batch, loss_fn, log, eval_every,
             print(f"{name} step {step + 1}/{steps} loss {np.mean(hist[-50:]):.4f} "
                   f"{el:.0f} s ({el / (step + 1):.2f} s/step), {seen} tokens", flush=True)
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            te = time.time()
             acc = evaluate(model, corpus, problems, diffusion)
+            t_eval += time.time() - te
             print(f"{name} step {step + 1} held-out greedy exact match: "
                   + " ".join(f"{k} {v:.2f}" for k, v in acc.items()), flush=True)
             log.append({"stage": name, "step": step + 1, "loss": float(np.mean(hist[-50:])), "acc": acc,
                         "seconds": time.time() - t0, "tokens": seen})
+    if eval_every and ended_by_time and steps % eval_every != 0:  # the final accuracy
+        acc = evaluate(model, corpus, problems, diffusion)
+        print(f"{name} step {steps} held-out greedy exact match: " + " ".join(f"{k} {v:.2f}" for k, v in acc.items()), flush=True)
+        log.append({"stage": name, "step": steps, "loss": float(np.mean(hist[-50:])), "acc": acc,
+                    "seconds": time.time() - t0, "tokens": seen})
     return {"steps": steps, "seconds": time.time() - t0, "tokens": seen, "final_loss": float(np.mean(hist[-100:]))}
 
 
@@ -285,7 +353,7 @@ def export(model, corpus, c, out, name, diffusion):
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": c.d, "intermediate_size": c.ffn, "num_hidden_layers": c.n_layer,
         "num_attention_heads": c.n_head, "num_key_value_heads": c.n_head, "hidden_act": "silu",
-        "max_position_embeddings": 128, "rms_norm_eps": c.eps, "rope_theta": c.theta, "rope_scaling": None,
+        "max_position_embeddings": corpus.suite.n_ctx, "rms_norm_eps": c.eps, "rope_theta": c.theta, "rope_scaling": None,
         "vocab_size": VOCAB, "bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": 0,
         "tie_word_embeddings": True, "torch_dtype": "bfloat16", "_name_or_path": name,
     }
@@ -297,33 +365,42 @@ def export(model, corpus, c, out, name, diffusion):
 
 
 def write_test_split(corpus, path, per_task, seed):
+    """`per_task` held-out problems per task (long suite: per task and region)."""
+    suite = corpus.suite
     rng = random.Random(seed + 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     seen = set()
     with open(path, "w") as f:
-        for task in tasks.TASKS:
-            n = 0
-            while n < per_task:
-                p, a, s = tasks.draw(task, rng, "test")
-                if (task, p, s) in seen and task != "english":
-                    continue
-                seen.add((task, p, s))
-                item = {"task": task, "prompt": p, "answer": a, "suffix": s, "n": tasks.REGION[task]}
-                if task == "english":  # any sentence of the grammar is right
-                    item["pattern"] = tasks.ENGLISH_RE.pattern
-                f.write(json.dumps(item) + "\n")
-                n += 1
+        for task in suite.mod.TASKS:
+            for region in suite.regions(task):
+                n = 0
+                while n < per_task:
+                    p, a, s, region = suite.draw(task, rng, "test", region if suite.long else None)
+                    if (task, p, s) in seen and task not in ("english", "story"):
+                        continue
+                    seen.add((task, p, s))
+                    item = {"task": task, "prompt": p, "answer": a, "suffix": s, "n": region}
+                    if task == "english":  # any sentence of the grammar is right
+                        item["pattern"] = tasks.ENGLISH_RE.pattern
+                    if task == "story":  # any story of the grammar, one name throughout
+                        item["pattern"] = tasks_long.story_pattern(p)
+                    f.write(json.dumps(item) + "\n")
+                    n += 1
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE.parent / "models")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--suite", choices=["short", "long"], default="short",
+                    help="short: tasks.py (models/diffullama-tiny); long: tasks_long.py, answers of 64-512 tokens "
+                         "(models/diffullama-long)")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--ffn", type=int, default=768)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=None, help="problems per step (short; default 64), "
+                    "or tokens per step (long; default 4096)")
     ap.add_argument("--ar-steps", type=int, default=2500)
     ap.add_argument("--dlm-steps", type=int, default=6000)
     ap.add_argument("--anneal", type=int, default=1000, help="steps over which attention goes causal -> bidirectional")
@@ -333,14 +410,22 @@ def main():
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--eval-n", type=int, default=40, help="held-out problems per task in the training log")
     ap.add_argument("--test-n", type=int, default=100, help="held-out problems per task in test.jsonl")
+    ap.add_argument("--ar-minutes", type=float, default=None,
+                    help="a time budget for stage 1: the learning-rate schedule runs on whichever of steps and "
+                         "time is further along, and the stage ends when either is used up (the log records the "
+                         "steps taken)")
+    ap.add_argument("--dlm-minutes", type=float, default=None, help="the same for stage 2")
     a = ap.parse_args()
+    suite = Suite(a.suite)
+    if a.batch is None:
+        a.batch = 4096 if suite.long else 64
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(a.seed)
 
     tok = Tokenizer.from_file(str(TOKENIZER / "tokenizer.json"))
-    corpus = Corpus(tok, a.seed)
+    corpus = Corpus(tok, a.seed, suite)
     global MASK_SUB
     MASK_SUB = corpus.sub[MASK]
     c = Config(a)
@@ -349,26 +434,30 @@ def main():
     print(f"{len(corpus.used)} used tokens of {VOCAB}; {n_params / 1e6:.2f} M trained parameters "
           f"({(VOCAB - len(corpus.used)) * c.d / 1e6:.2f} M embedding entries held at zero)", flush=True)
     erng = random.Random(a.seed + 2)
-    problems = {t: [tasks.draw(t, erng, "test") for _ in range(a.eval_n)] for t in tasks.TASKS}
-    write_test_split(corpus, a.out / "tasks" / "test.jsonl", a.test_n, a.seed)
+    if suite.long:  # the log decodes the two shorter regions (a long decode in PyTorch is slow)
+        problems = {t: [suite.draw(t, erng, "test", r) for r in (64, 128) for _ in range(a.eval_n // 2)]
+                    for t in suite.mod.TASKS}
+    else:
+        problems = {t: [suite.draw(t, erng, "test") for _ in range(a.eval_n)] for t in suite.mod.TASKS}
+    write_test_split(corpus, a.out / "tasks" / suite.test_file, a.test_n, a.seed)
 
     log, t_all = [], time.time()
     s1 = train_stage("ar", model, corpus, a.ar_steps, a.ar_lr, a.batch,
-                     lambda m, i, v, mk, s: ar_loss(m, i, v), log, a.eval_every, problems, False)
-    export(model, corpus, c, a.out / "llama-tiny-ar", "llama-tiny-ar", False)
+                     lambda m, i, v, mk, s: ar_loss(m, i, v), log, a.eval_every, problems, False, a.ar_minutes)
+    export(model, corpus, c, a.out / suite.ar, suite.ar, False)
     state = a.out / ".state"  # not committed: lets a changed export run without retraining
     state.mkdir(exist_ok=True)
-    torch.save({"model": model.state_dict(), "used": corpus.used}, state / "llama-tiny-ar.pt")
+    torch.save({"model": model.state_dict(), "used": corpus.used}, state / f"{suite.ar}.pt")
     s2 = train_stage("dlm", model, corpus, a.dlm_steps, a.dlm_lr, a.batch,
                      lambda m, i, v, mk, s: dlm_loss(m, i, v, mk, min(1.0, s / max(1, a.anneal)), gen),
-                     log, a.eval_every, problems, True)
-    export(model, corpus, c, a.out / "diffullama-tiny", "diffullama-tiny", True)
-    torch.save({"model": model.state_dict(), "used": corpus.used}, state / "diffullama-tiny.pt")
+                     log, a.eval_every, problems, True, a.dlm_minutes)
+    export(model, corpus, c, a.out / suite.dlm, suite.dlm, True)
+    torch.save({"model": model.state_dict(), "used": corpus.used}, state / f"{suite.dlm}.pt")
     summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
                "used_tokens": len(corpus.used), "trained_parameters": n_params,
                "stage1": s1, "stage2": s2, "wall_seconds": time.time() - t_all,
                "torch": torch.__version__, "log": log}
-    (a.out / "train-log.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (a.out / suite.log_file).write_text(json.dumps(summary, indent=1) + "\n")
     print(f"done in {summary['wall_seconds']:.0f} s", flush=True)
 
 
