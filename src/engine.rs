@@ -1,8 +1,9 @@
 //! Continuous batching: canvases that join and leave between forward passes, each with its own
 //! parameters, unmasking rule and seeded schedule.
 //!
-//! Every pass runs all sequences that have work through one [`Forward::forward_batch`] (one read
-//! of the weights for all of them), then each samples and commits on its own schedule, exactly
+//! Every pass runs all sequences that have work through one [`Forward::forward_seqs`] (one read
+//! of the weights for all of them; a second call for greedy sequences whose rows the backend
+//! reduces), then each samples and commits on its own schedule, exactly
 //! as [`crate::generate::generate`] does for it alone. A sequence added between passes joins at
 //! the next one; a finished one leaves. `generate` and `generate_batch` are this engine with a
 //! fixed set of sequences; `dlm-server` keeps one engine on a thread and feeds it requests.
@@ -37,7 +38,8 @@ pub struct Stepped {
     /// The sequences that took part in the pass, with how many positions each committed
     /// (empty when no pass was needed: every sequence's step committed nothing, or finished).
     pub ran: Vec<(SeqId, usize)>,
-    /// Seconds in the model (both calls when a cached sequence ran beside the batch).
+    /// Seconds in the model (the logits and row-statistics calls, and any retries one sequence
+    /// at a time after a failed call).
     pub forward_seconds: f64,
     /// Sequences whose canvas is now complete; they have left the engine.
     pub finished: Vec<(SeqId, Generation)>,
@@ -61,7 +63,9 @@ pub struct View<'a> {
 
 /// The set of sequences being denoised together. `'r` bounds the unmasking rules it holds.
 /// Key/value caches of sequences that left are freed in the model at the next
-/// [`Engine::step`] or [`Engine::free_caches`] (the engine holds no model between calls).
+/// [`Engine::step`] or [`Engine::free_caches`] (the engine holds no model between calls): an
+/// engine dropped with cached sequences in it leaves their caches in the model until the model
+/// goes, so remove them and call [`Engine::free_caches`] first.
 #[derive(Default)]
 pub struct Engine<'r> {
     slots: Vec<Slot<'r>>,
@@ -122,9 +126,10 @@ impl<'r> Engine<'r> {
 
     /// Runs one forward pass for every sequence whose step needs one, and commits. Sequences
     /// whose step commits nothing take it without the pass. Returns `None` when the engine is
-    /// empty. A failed pass ends only the sequences it was for (the cached sequence runs in a
-    /// call of its own), and non-finite logits only the sequence they belong to: they leave
-    /// with their error in [`Stepped::failed`] (their schedules moved on without the pass).
+    /// empty. A failed pass of several sequences is run again one sequence at a time, so that
+    /// only the sequences that fail alone leave, and non-finite logits end only the sequence
+    /// they belong to: they leave with their error in [`Stepped::failed`] (their schedules moved
+    /// on without the pass). Caches of sequences that left are freed first and last.
     pub fn step(&mut self, model: &mut dyn Forward) -> Result<Option<Stepped>> {
         self.free_caches(model);
         if self.slots.is_empty() {
@@ -228,7 +233,10 @@ impl<'r> Engine<'r> {
                             })
                         }
                         Rows::Stats(stats) => {
-                            let mine = &stats[offset..offset + positions.len()];
+                            let Some(mine) = stats.get(offset..offset + positions.len()) else {
+                                out.failed.push((slot.id, Error::Invalid(format!("the model returned {} row statistics for a pass that needs more", stats.len()))));
+                                continue;
+                            };
                             offset += positions.len();
                             if mine.iter().any(|r| !r.is_finite()) {
                                 out.failed.push((slot.id, non_finite(seq.forward_seconds.len())));

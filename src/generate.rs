@@ -361,7 +361,7 @@ impl Seq {
             }
         }
         if let Some(w) = p.prune.window {
-            v = v.min(self.range().end + w);
+            v = v.min(self.range().end.saturating_add(w));
         }
         v
     }

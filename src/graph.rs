@@ -94,7 +94,9 @@ pub trait Engine {
 
     /// The key/value cache `id` (one sequence's): f32 `[head_dim, n_head_kv, total]` tensors
     /// for each of `layers`, allocated on first use and again whenever its shape changes
-    /// (contents then undefined). Each id has its own memory; graphs may read several.
+    /// (contents then undefined). Each id has its own memory; graphs may read several. The
+    /// handles are valid until the next `kv_cache` or `free_kv` call (an engine may renumber
+    /// them): ask for every cache a graph reads first, then take the handles.
     fn kv_cache(&mut self, id: CacheId, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> crate::Result<Vec<LayerKv<Self::T>>>;
 
     /// Frees the key/value cache `id`, if held, and the plans that read it.

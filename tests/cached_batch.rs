@@ -130,13 +130,16 @@ fn on_wgpu_cached_sequences_batch_like_on_ggml() {
     let prompts = &prompts()[..3];
     let batch: Vec<(&[u32], &[u32])> = prompts.iter().map(|p| (p.as_slice(), &[][..])).collect();
     let seeds: Vec<u64> = (0..prompts.len() as u64).collect();
-    for cache in [Cache::Prefix, Cache::Dual] {
-        let p = params(cache, 4, 8);
+    // With a window the canvas each cache holds changes length from block to block: caches
+    // are reallocated while others are held.
+    let window = dlm::generate::Prune { after_eos: false, window: Some(2) };
+    for (cache, prune) in [(Cache::Prefix, Default::default()), (Cache::Dual, window)] {
+        let p = GenParams { prune, ..params(cache, 4, 8) };
         let got = generate_batch_seeded(&mut m, &batch, &seeds, &p, &|| Box::new(Threshold(0.3)), |_| Flow::Continue).unwrap();
         assert_eq!(m.caches_held(), 0);
         for (i, prompt) in prompts.iter().enumerate() {
             let alone = generate(&mut m, prompt, &[], &GenParams { seed: seeds[i], ..p.clone() }, &mut Threshold(0.3), |_| Flow::Continue).unwrap();
-            assert_eq!(got[i].canvas, alone.canvas, "wgpu {cache:?}: prompt {i}");
+            assert_eq!(got[i].canvas, alone.canvas, "wgpu {cache:?} {prune:?}: prompt {i}");
         }
     }
 }

@@ -107,6 +107,7 @@ struct Args {
     #[arg(long)]
     detokenize: bool,
     /// Write the first step's logits for every position as float32 .npy [seq_len, vocab]
+    /// (with --prune-eos or --mask-window, of the positions that pass computed)
     #[arg(long, value_name = "PATH.npy")]
     dump_logits: Option<PathBuf>,
     /// Chat (also -cnv, as llama-cli): read a message per line from standard input, answer it

@@ -240,7 +240,7 @@ pub enum Kv<'a, T> {
     /// Every position is computed and its keys/values are kept in the cache (sized for exactly
     /// this sequence).
     Store(&'a [LayerKv<T>]),
-    /// Only positions `start..start + n` are computed (their keys/values replace the cached
-    /// ones); they attend to every position, the others through the cache.
+    /// Only the sequence's positions `start..start + len` are computed (their keys/values
+    /// replace the cached ones); they attend to every position, the others through the cache.
     Reuse { cache: &'a [LayerKv<T>], start: usize },
 }

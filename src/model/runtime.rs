@@ -648,6 +648,10 @@ fn forward_seqs_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, kv_for:
     let n = ids.len();
     let n_rows = out.len();
     if n_rows == 0 {
+        // Nothing asked for: no pass, so a storing sequence's cache is not filled either.
+        for sh in shapes.iter().filter(|sh| sh.pass == PassKind::Store) {
+            kv_for.0.remove(&sh.cache.expect("a storing pass has a cache"));
+        }
         return Ok(Vec::new());
     }
     // One sequence asking for every computed row runs the LM head on all of them (no row
@@ -656,6 +660,13 @@ fn forward_seqs_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, kv_for:
     // Until the pass succeeds: a failed (re)allocation below has already freed the old cache.
     for sh in shapes.iter().filter(|sh| sh.pass == PassKind::Store) {
         kv_for.0.remove(&sh.cache.expect("a storing pass has a cache"));
+    }
+    // Every cache first (allocating one may renumber the others' handles, as wgpu's do), then
+    // the handles.
+    for sh in &shapes {
+        if let Some(id) = sh.cache {
+            executor.kv_cache(id, p.n_layer, p.head_dim(), p.n_head_kv, sh.total)?;
+        }
     }
     let mut caches = Vec::with_capacity(seqs.len());
     for sh in &shapes {
@@ -701,10 +712,10 @@ fn forward_seqs_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, kv_for:
 /// Values per row of [`Ops::row_stats`].
 const ROW_STATS: usize = 5;
 
-/// Tensors and nodes a forward graph may need, generously: a layer makes about 30, plus 8 per
-/// sequence of a batch (views and attention) and one to join them.
+/// Tensors and nodes a forward graph may need, generously: a layer makes about 30, plus up to
+/// about 17 per sequence of a batch (views, cache writes and attention) and one to join them.
 fn graph_size(n_layer: usize, n_seqs: usize) -> usize {
-    1024 + n_layer * (64 + 16 * n_seqs)
+    1024 + n_layer * (64 + 24 * n_seqs)
 }
 
 fn check_tokens(tokens: &[u32], n_vocab: usize, max_positions: Option<usize>) -> Result<()> {
