@@ -159,6 +159,7 @@ class Corpus:
 
     def __init__(self, tok, seed, suite):
         self.tok, self.rng, self.suite = tok, random.Random(seed), suite
+        self.regions_open = len(tasks_long.REGIONS)  # long suite: how many of REGIONS batches draw
         # The used vocabulary: every token any problem of the grammar can produce (drawn widely,
         # both splits), plus BOS, EOS and the mask. Sorted, so it is the same on every run.
         used = {BOS, EOS, MASK}
@@ -184,7 +185,7 @@ class Corpus:
         Short suite: `n` problems. Long suite: one region for the whole batch, and about `n`
         tokens (so a batch of 64-token regions has eight times the problems of one of 512)."""
         if self.suite.long:
-            region = self.rng.choice(tasks_long.REGIONS)
+            region = self.rng.choice(tasks_long.REGIONS[:self.regions_open])
             seqs = [self.sample(region=region) for _ in range(max(1, round(n / (2 * region))))]
         else:
             seqs = [self.sample() for _ in range(n)]
@@ -242,10 +243,10 @@ def evaluate(model, corpus, problems, diffusion):
     is scored teacher-forced (every answer token the arg-max after the true prefix: the same as
     greedy decoding for exact answers; for a story, the reference story)."""
     model.eval()
-    acc = {}
+    acc, tok_acc = {}, {}
     long = corpus.suite.long
     for task, items in problems.items():
-        ok = 0
+        ok, right, total = 0, 0, 0
         for p, a, s, region in items:
             pre, ans, suf = corpus.suite.encode(corpus.tok, task, p, a, s, region)
             n = len(ans)
@@ -274,12 +275,16 @@ def evaluate(model, corpus, problems, diffusion):
                     lp = model.log_probs(model.hidden(xt, causal(len(x))[None, None])[0, -1])
                     x.append(int(lp.argmax()))
                 out = x[len(pre):]
+            want = [corpus.sub[t] for t in ans]
+            right += sum(int(o == w) for o, w in zip(out, want))
+            total += len(want)
             ids = [corpus.used[i] for i in out]
             ids = ids[:ids.index(EOS)] if EOS in ids else ids
             ok += corpus.suite.mod.correct(task, p, a, s, corpus.tok.decode(ids))
         acc[task] = ok / len(items)
+        tok_acc[task] = right / max(1, total)
     model.train()
-    return acc
+    return acc, tok_acc
 
 
 def schedule(step, total, lr, warmup, done_by_time=0.0):
@@ -291,7 +296,15 @@ def schedule(step, total, lr, warmup, done_by_time=0.0):
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def train_stage(name, model, corpus, steps, lr, batch, loss_fn, log, eval_every, problems, diffusion, minutes=None):
+def log_eval(name, step, model, corpus, problems, diffusion, log, hist, t0, seen):
+    acc, tok_acc = evaluate(model, corpus, problems, diffusion)
+    print(f"{name} step {step} held-out greedy exact match: " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
+          + " | answer tokens right: " + " ".join(f"{k} {v:.2f}" for k, v in tok_acc.items()), flush=True)
+    log.append({"stage": name, "step": step, "loss": float(np.mean(hist[-50:])), "acc": acc, "token_acc": tok_acc,
+                "seconds": time.time() - t0, "tokens": seen})
+
+
+def train_stage(name, model, corpus, steps, lr, batch, loss_fn, log, eval_every, problems, diffusion, minutes=None, curriculum=0.0):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     t0, seen, hist = time.time(), 0, []
     t_eval, ended_by_time = 0.0, False  # evaluation time does not count against the budget
@@ -303,6 +316,9 @@ def train_stage(name, model, corpus, steps, lr, batch, loss_fn, log, eval_every,
             break
         for g in opt.param_groups:
             g["lr"] = schedule(step, steps, lr, min(200, steps // 10 + 1), by_time)
+        if curriculum > 0:  # long suite: the longest region allowed grows over the first part
+            done = max(step / steps, by_time)
+            corpus.regions_open = 1 + min(3, int(4 * done / curriculum))
         idx, valid, maskable = corpus.batch(batch)
         loss, n = loss_fn(model, idx, valid, maskable, step)
         opt.zero_grad(set_to_none=True)
@@ -317,17 +333,10 @@ def train_stage(name, model, corpus, steps, lr, batch, loss_fn, log, eval_every,
                   f"{el:.0f} s ({el / (step + 1):.2f} s/step), {seen} tokens", flush=True)
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
             te = time.time()
-            acc = evaluate(model, corpus, problems, diffusion)
+            log_eval(name, step + 1, model, corpus, problems, diffusion, log, hist, t0, seen)
             t_eval += time.time() - te
-            print(f"{name} step {step + 1} held-out greedy exact match: "
-                  + " ".join(f"{k} {v:.2f}" for k, v in acc.items()), flush=True)
-            log.append({"stage": name, "step": step + 1, "loss": float(np.mean(hist[-50:])), "acc": acc,
-                        "seconds": time.time() - t0, "tokens": seen})
     if eval_every and ended_by_time and steps % eval_every != 0:  # the final accuracy
-        acc = evaluate(model, corpus, problems, diffusion)
-        print(f"{name} step {steps} held-out greedy exact match: " + " ".join(f"{k} {v:.2f}" for k, v in acc.items()), flush=True)
-        log.append({"stage": name, "step": steps, "loss": float(np.mean(hist[-50:])), "acc": acc,
-                    "seconds": time.time() - t0, "tokens": seen})
+        log_eval(name, steps, model, corpus, problems, diffusion, log, hist, t0, seen)
     return {"steps": steps, "seconds": time.time() - t0, "tokens": seen, "final_loss": float(np.mean(hist[-100:]))}
 
 
@@ -415,6 +424,12 @@ def main():
                          "time is further along, and the stage ends when either is used up (the log records the "
                          "steps taken)")
     ap.add_argument("--dlm-minutes", type=float, default=None, help="the same for stage 2")
+    ap.add_argument("--curriculum", type=float, default=0.0,
+                    help="long suite: over this fraction of each stage, batches draw regions of 64, then up to "
+                         "128, 256 and 512 tokens (0: every region from the start)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from a saved state (models/.state/*.pt, same suite and seed): an AR state skips "
+                         "stage 1, a diffusion state continues stage 2")
     a = ap.parse_args()
     suite = Suite(a.suite)
     if a.batch is None:
@@ -442,15 +457,30 @@ def main():
     write_test_split(corpus, a.out / "tasks" / suite.test_file, a.test_n, a.seed)
 
     log, t_all = [], time.time()
-    s1 = train_stage("ar", model, corpus, a.ar_steps, a.ar_lr, a.batch,
-                     lambda m, i, v, mk, s: ar_loss(m, i, v), log, a.eval_every, problems, False, a.ar_minutes)
-    export(model, corpus, c, a.out / suite.ar, suite.ar, False)
+    start = None
+    if a.init:
+        state = torch.load(a.init)
+        if state["used"] != corpus.used:
+            sys.exit(f"--init {a.init}: saved for another vocabulary (another suite or seed)")
+        model.load_state_dict(state["model"])
+        start = "dlm" if a.init.stem == suite.dlm else "ar"
+        print(f"started from {a.init} ({'stage 2 continues' if start == 'dlm' else 'stage 1 skipped'})", flush=True)
+    if start is None:
+        s1 = train_stage("ar", model, corpus, a.ar_steps, a.ar_lr, a.batch,
+                         lambda m, i, v, mk, s: ar_loss(m, i, v), log, a.eval_every, problems, False, a.ar_minutes,
+                         a.curriculum)
+    else:
+        s1 = {"from": str(a.init)}
     state = a.out / ".state"  # not committed: lets a changed export run without retraining
     state.mkdir(exist_ok=True)
-    torch.save({"model": model.state_dict(), "used": corpus.used}, state / f"{suite.ar}.pt")
+    if start != "dlm":
+        export(model, corpus, c, a.out / suite.ar, suite.ar, False)
+        torch.save({"model": model.state_dict(), "used": corpus.used}, state / f"{suite.ar}.pt")
+    # A continued stage 2 is bidirectional from its first step (its annealing is done).
+    anneal = (lambda s: 1.0) if start == "dlm" else (lambda s: min(1.0, s / max(1, a.anneal)))
     s2 = train_stage("dlm", model, corpus, a.dlm_steps, a.dlm_lr, a.batch,
-                     lambda m, i, v, mk, s: dlm_loss(m, i, v, mk, min(1.0, s / max(1, a.anneal)), gen),
-                     log, a.eval_every, problems, True, a.dlm_minutes)
+                     lambda m, i, v, mk, s: dlm_loss(m, i, v, mk, anneal(s), gen),
+                     log, a.eval_every, problems, True, a.dlm_minutes, a.curriculum)
     export(model, corpus, c, a.out / suite.dlm, suite.dlm, True)
     torch.save({"model": model.state_dict(), "used": corpus.used}, state / f"{suite.dlm}.pt")
     summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
