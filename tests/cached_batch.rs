@@ -84,6 +84,19 @@ impl Forward for Watch<'_> {
     }
 }
 
+/// `prompts` generated as one batch (seed `i` for prompt `i`) equal each generated alone; the
+/// model holds no cache afterwards.
+fn batch_equals_alone(m: &mut Model, prompts: &[Vec<u32>], p: &GenParams, what: &str) {
+    let batch: Vec<(&[u32], &[u32])> = prompts.iter().map(|p| (p.as_slice(), &[][..])).collect();
+    let seeds: Vec<u64> = (0..prompts.len() as u64).collect();
+    let got = generate_batch_seeded(m, &batch, &seeds, p, &|| Box::new(Threshold(0.3)), |_| Flow::Continue).unwrap();
+    assert_eq!(m.caches_held(), 0, "{what}");
+    for (i, prompt) in prompts.iter().enumerate() {
+        let alone = generate(m, prompt, &[], &GenParams { seed: seeds[i], ..p.clone() }, &mut Threshold(0.3), |_| Flow::Continue).unwrap();
+        assert_eq!(got[i].canvas, alone.canvas, "{what}: prompt {i}");
+    }
+}
+
 /// Prompts of different lengths (so different canvases and positions).
 fn prompts() -> Vec<Vec<u32>> {
     vec![vec![1, 450, 2462], vec![1], vec![1, 3118, 338, 263, 1243], vec![1, 4997, 29889]]
@@ -128,19 +141,11 @@ fn on_wgpu_cached_sequences_batch_like_on_ggml() {
     assert_eq!(m.backend(), dlm::Backend::Wgpu);
     // Kept small: lavapipe runs a pass in tens of milliseconds.
     let prompts = &prompts()[..3];
-    let batch: Vec<(&[u32], &[u32])> = prompts.iter().map(|p| (p.as_slice(), &[][..])).collect();
-    let seeds: Vec<u64> = (0..prompts.len() as u64).collect();
     // With a window the canvas each cache holds changes length from block to block: caches
     // are reallocated while others are held.
     let window = dlm::generate::Prune { after_eos: false, window: Some(2) };
     for (cache, prune) in [(Cache::Prefix, Default::default()), (Cache::Dual, window)] {
-        let p = GenParams { prune, ..params(cache, 4, 8) };
-        let got = generate_batch_seeded(&mut m, &batch, &seeds, &p, &|| Box::new(Threshold(0.3)), |_| Flow::Continue).unwrap();
-        assert_eq!(m.caches_held(), 0);
-        for (i, prompt) in prompts.iter().enumerate() {
-            let alone = generate(&mut m, prompt, &[], &GenParams { seed: seeds[i], ..p.clone() }, &mut Threshold(0.3), |_| Flow::Continue).unwrap();
-            assert_eq!(got[i].canvas, alone.canvas, "wgpu {cache:?} {prune:?}: prompt {i}");
-        }
+        batch_equals_alone(&mut m, prompts, &GenParams { prune, ..params(cache, 4, 8) }, &format!("wgpu {cache:?} {prune:?}"));
     }
 }
 
@@ -150,17 +155,9 @@ fn on_wgpu_cached_sequences_batch_like_on_ggml() {
 fn pruned_cached_sequences_batch_like_alone() {
     let (_tmp, file) = tiny_gqa_gguf(OutType::Q8_0);
     let mut m = Model::load(&file, &LoadOptions::default()).unwrap();
-    let prompts = prompts();
-    let batch: Vec<(&[u32], &[u32])> = prompts.iter().map(|p| (p.as_slice(), &[][..])).collect();
-    let seeds: Vec<u64> = (0..prompts.len() as u64).collect();
     let prune = dlm::generate::Prune { after_eos: true, window: Some(4) };
     for cache in [Cache::None, Cache::Prefix, Cache::Dual] {
-        let p = GenParams { prune, eos: Some(2), ..params(cache, 8, 24) };
-        let got = generate_batch_seeded(&mut m, &batch, &seeds, &p, &|| Box::new(Threshold(0.3)), |_| Flow::Continue).unwrap();
-        for (i, prompt) in prompts.iter().enumerate() {
-            let alone = generate(&mut m, prompt, &[], &GenParams { seed: seeds[i], ..p.clone() }, &mut Threshold(0.3), |_| Flow::Continue).unwrap();
-            assert_eq!(got[i].canvas, alone.canvas, "{cache:?}: prompt {i}");
-        }
+        batch_equals_alone(&mut m, &prompts(), &GenParams { prune, eos: Some(2), ..params(cache, 8, 24) }, &format!("{cache:?}"));
     }
 }
 

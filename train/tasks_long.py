@@ -20,9 +20,9 @@ its own token and the space before a group as one more, so a group costs five to
   infill   "reverse:" ? "= 5512 0937 4821" -> " 4821 0937 5512"     a long middle fixed by the
            suffix: a left-to-right model cannot know it
 """
-import hashlib
-import random
 import re
+
+from tasks import is_test  # the same held-out rule as the short tasks
 
 TASKS = ["copy", "reverse", "sum", "story", "infill"]
 REGIONS = [64, 128, 256, 512]
@@ -89,12 +89,6 @@ def story_ok(prompt, out):
     if not re.match(r"^a story of \d+ sentences about a \w+:$", prompt):
         return False
     return re.match(story_pattern(prompt), out) is not None
-
-
-def is_test(task, prompt, suffix):
-    """The held-out split: about one problem in eight, decided by the problem's text alone."""
-    h = hashlib.sha256(f"{task}\x00{prompt}\x00{suffix}".encode()).digest()
-    return h[0] % 8 == 0
 
 
 def correct(task, prompt, answer, suffix, output):
