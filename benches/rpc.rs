@@ -14,6 +14,8 @@
 
 #[allow(dead_code)]
 mod common;
+#[path = "../tests/common/ports.rs"]
+mod ports;
 #[path = "../tests/common/rpc.rs"]
 mod rpc;
 

@@ -6,6 +6,8 @@
 //! exit code 2.
 
 mod common;
+#[path = "common/ports.rs"]
+mod ports;
 #[path = "common/rpc.rs"]
 mod rpc;
 

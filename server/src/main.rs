@@ -467,12 +467,10 @@ fn run(a: Args) -> anyhow::Result<()> {
     // Bound before the model loads: a port in use fails at once.
     let std_listener = std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
     std_listener.set_nonblocking(true).context("setting the socket non-blocking")?;
-    let bound = std_listener.local_addr().map_or(addr.clone(), |a| a.to_string());
     let listener = {
         let _rt = rt.enter();
         tokio::net::TcpListener::from_std(std_listener).context("listening")?
     };
-    dlm::errln!("dlm-server: loading the model; until it is ready http://{bound} answers 503 (GET /health: \"loading model\")");
     // While the model loads, every request is answered 503 (GET /health: "loading model"), so
     // a balancer's readiness probe and a client both see why instead of a hanging connection.
     let (loaded, loaded_rx) = tokio::sync::oneshot::channel();

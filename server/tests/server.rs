@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/common/ports.rs"]
+mod ports;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
@@ -180,33 +183,21 @@ fn health_says_loading_until_the_model_is_ready() {
         std::thread::sleep(Duration::from_secs(30));
         drop(held);
     });
-    // Port 0, and the address from the server's own line: a port taken from the kernel and
-    // released could be handed to something else before the server binds it.
+    // A port below the kernel's ephemeral range: one taken from the kernel and released could
+    // be handed to something else before the server binds it.
+    let port = ports::free_port();
+    let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_dlm-server"))
-        .args(["-m", plain.to_str().unwrap(), "--port", "0", "-t", "2", "--rpc", &peer])
+        .args(["-m", plain.to_str().unwrap(), "--port", &port.to_string(), "-t", "2", "--rpc", &peer])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line.clone());
-            all += &line;
-            all.push('\n');
-        }
-        all
-    });
-    let addr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(3)).expect("dlm-server said nothing about listening while it loads");
-        if line.contains("answers 503") {
-            break line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).expect("an address").to_string();
-        }
-    };
-    assert!(TcpStream::connect(&addr).is_ok(), "dlm-server is not listening at {addr} while it loads");
+    while TcpStream::connect(&addr).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(3), "dlm-server is not listening while it loads");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (code, health) = get(&addr, "/health");
     assert_eq!(code, 503, "{health}");
     assert!(health.contains(r#""status":"loading model""#), "{health}");
@@ -218,7 +209,8 @@ fn health_says_loading_until_the_model_is_ready() {
     assert!(resp.to_ascii_lowercase().contains("retry-after: 5") && resp.contains(r#""code":"loading""#), "{resp}");
     assert!(t0.elapsed() < Duration::from_secs(4), "the checks ran past the load: {:?}", t0.elapsed());
     let status = child.wait().unwrap();
-    let err = reader.join().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.lines().any(|l| l.starts_with("error: --rpc") && l.contains("no answer")), "{err}");
 }
