@@ -6,28 +6,35 @@ region of `region` tokens (one of REGIONS; the answer fills 55-95 % of it, the r
 padding, as `dlm-run -n <region>` lays out its canvas), then the suffix (infilling only). The
 held-out split is decided by a hash of the problem's text, as for the short tasks.
 
-Digits are written in groups of four ("4821 0937 ..."); the LLaMA tokenizer writes each digit as
-its own token and the space before a group as one more, so a group costs five tokens.
+Numbers have four digits; the LLaMA tokenizer writes each digit as its own token and the space
+before a number as one more, so a number costs five tokens. Every task is written so that each
+part of the answer follows from the part just before it and the prompt (or suffix): a model
+small enough to train in two hours on two cores can learn the rule once and apply it at any
+length, while what it writes later still depends on what it wrote earlier.
 
-  copy     "copy: 4821 0937 5512" -> " 4821 0937 5512"
-  reverse  "reverse: 4821 0937 5512" -> " 5512 0937 4821"          the groups in reverse order
-  sum      "add up: 37 12 85" -> " 37+12=49; 49+85=134."          each line's left operand is the
-           previous line's result: the answer's own earlier part decides the later part
-  story    "a story of 3 sentences about a cat:" -> " Once there was a cat named Tom. Tom sits
-           near the tree. Tom sings by the river."                 the name is the model's free
-           choice, but every later sentence must repeat it: checked by the grammar, the sentence
-           count and the name's consistency, not by one answer
-  infill   "reverse:" ? "= 5512 0937 4821" -> " 4821 0937 5512"     a long middle fixed by the
-           suffix: a left-to-right model cannot know it
+  count    "count from 4817 to 4822:" -> " 4817 4818 4819 4820 4821 4822"
+  step     "count from 4817 by 7 to 4845:" -> " 4817 4824 4831 4838 4845"
+                                                     multi-step arithmetic written out, one
+                                                     addition with carries per number
+  story    "a story of 3 sentences about a cat:" -> " 1. Once there was a cat named Tom.
+           2. Tom sits near the tree. 3. Tom sings by the river."
+                                                     the name is the model's free choice, but
+                                                     every later sentence must repeat it;
+                                                     checked by a grammar (sentence count,
+                                                     animal, one name), not against one answer
+  infill   "count from 4817 by 7:" ? " that ends at 4845." -> " 4817 4824 4831 4838 4845"
+                                                     a long middle whose end only the suffix
+                                                     says: a left-to-right model cannot know
+                                                     where to stop
 """
 import re
 
 from tasks import is_test  # the same held-out rule as the short tasks
 
-TASKS = ["copy", "reverse", "sum", "story", "infill"]
+TASKS = ["count", "step", "story", "infill"]
 REGIONS = [64, 128, 256, 512]
-# Training draws tasks with these weights (sum and infill are the hardest).
-WEIGHTS = {"copy": 1.0, "reverse": 1.5, "sum": 2.0, "story": 1.0, "infill": 1.5}
+# Training draws tasks with these weights (the additions are the harder part).
+WEIGHTS = {"count": 1.0, "step": 1.5, "story": 1.0, "infill": 1.5}
 
 SUBJ = ["cat", "dog", "bird", "horse", "fox", "goat", "duck", "mouse"]
 NAMES = ["Tom", "Anna", "Max", "Lily", "Sam", "Rosa", "Ben", "Mia", "Leo", "Ella", "Jack", "Nina"]
@@ -36,53 +43,44 @@ PREP = ["under", "near", "in", "by", "behind"]
 PLACE = ["tree", "river", "house", "garden", "park", "window", "road", "hill", "barn", "lake"]
 
 # Token costs used to size an answer before it is encoded (encode_problem checks the real count).
-GROUP = 5            # " 4821"
-SUM_LINE = 14        # " 134+44=178;" at most
-STORY_SENTENCE = 10  # " Tom sits near the tree." at most
-
-
-def groups(rng, n):
-    return " ".join("".join(rng.choice("0123456789") for _ in range(4)) for _ in range(n))
+NUMBER = 5           # " 4821"
+STORY_SENTENCE = 13  # " 12. Tom sleeps behind the window." at most
 
 
 def make(task, rng, region):
     """One problem of `task` whose answer fills 55-95 % of `region` tokens: (prompt, answer, suffix)."""
     fill = rng.uniform(0.55, 0.95) * (region - 1)
-    if task in ("copy", "reverse", "infill"):
-        g = groups(rng, max(2, int(fill // GROUP)))
-        rev = " ".join(reversed(g.split()))
-        if task == "copy":
-            return f"copy: {g}", f" {g}", ""
-        if task == "reverse":
-            return f"reverse: {g}", f" {rev}", ""
-        return "reverse:", f" {g}", f"= {rev}"
-    if task == "sum":
-        n = max(2, int(fill // SUM_LINE) + 1)
-        terms = [rng.randint(1, 99) for _ in range(n)]
-        lines, acc = [], terms[0]
-        for t in terms[1:]:
-            lines.append(f"{acc}+{t}={acc + t}")
-            acc += t
-        return "add up: " + " ".join(map(str, terms)), " " + "; ".join(lines) + ".", ""
+    if task in ("count", "step", "infill"):
+        n = max(2, int(fill // NUMBER))
+        by = 1 if task == "count" else rng.randint(2, 9)
+        a = rng.randint(1000, 9999 - by * (n - 1))
+        nums = [a + by * i for i in range(n)]
+        answer = " " + " ".join(map(str, nums))
+        if task == "count":
+            return f"count from {a} to {nums[-1]}:", answer, ""
+        if task == "step":
+            return f"count from {a} by {by} to {nums[-1]}:", answer, ""
+        return f"count from {a} by {by}:", answer, f" that ends at {nums[-1]}."
     if task == "story":
         k = max(2, int(fill // STORY_SENTENCE))
         subj, name = rng.choice(SUBJ), rng.choice(NAMES)
-        body = [f"Once there was a {subj} named {name}."]
-        for _ in range(k - 1):
-            body.append(f"{name} {rng.choice(VERB)} {rng.choice(PREP)} the {rng.choice(PLACE)}.")
+        body = [f"1. Once there was a {subj} named {name}."]
+        for i in range(2, k + 1):
+            body.append(f"{i}. {name} {rng.choice(VERB)} {rng.choice(PREP)} the {rng.choice(PLACE)}.")
         return f"a story of {k} sentences about a {subj}:", " " + " ".join(body), ""
     raise ValueError(task)
 
 
 def story_pattern(prompt):
-    """The regular expression a right story matches: the grammar, the asked number of sentences,
-    the asked animal, and one name throughout. No back-references (dlm-eval's regex crate has
-    none): one alternative per name."""
+    """The regular expression a right story matches: the grammar, the asked number of sentences
+    (numbered 1, 2, ... in order is not checked, only that each has a number), the asked animal,
+    and one name throughout. No back-references (dlm-eval's regex crate has none): one
+    alternative per name."""
     m = re.match(r"^a story of (\d+) sentences about a (\w+):$", prompt)
     k, subj = int(m.group(1)), m.group(2)
     words = "(?:%s) (?:%s) the (?:%s)\\." % ("|".join(VERB), "|".join(PREP), "|".join(PLACE))
-    alts = ["%s\\.(?: %s %s){%d}" % (n, n, words, k - 1) for n in NAMES]
-    return "^Once there was a %s named (?:%s)$" % (subj, "|".join(alts))
+    alts = ["%s\\.(?: [0-9]+\\. %s %s){%d}" % (n, n, words, k - 1) for n in NAMES]
+    return "^1\\. Once there was a %s named (?:%s)$" % (subj, "|".join(alts))
 
 
 def story_ok(prompt, out):

@@ -60,9 +60,9 @@ class Suite:
         self.ar, self.dlm = ("llama-long-ar", "diffullama-long") if self.long else ("llama-tiny-ar", "diffullama-tiny")
         self.test_file = "long.jsonl" if self.long else "test.jsonl"
         self.log_file = "train-long-log.json" if self.long else "train-log.json"
-        # Positions: the short layouts fit 128; the longest long layout (a 512-token region after
-        # a prompt as long as the answer) fits 1152.
-        self.n_ctx = 1152 if self.long else 128
+        # Positions: the short layouts fit 128; the longest long layout (a 512-token region
+        # between a prompt and a suffix of at most about 20 tokens each) fits 640.
+        self.n_ctx = 640 if self.long else 128
 
     def regions(self, task):
         return tasks_long.REGIONS if self.long else [tasks.REGION[task]]
@@ -186,7 +186,7 @@ class Corpus:
         tokens (so a batch of 64-token regions has eight times the problems of one of 512)."""
         if self.suite.long:
             region = self.rng.choice(tasks_long.REGIONS[:self.regions_open])
-            seqs = [self.sample(region=region) for _ in range(max(1, round(n / (2 * region))))]
+            seqs = [self.sample(region=region) for _ in range(max(1, round(n / (region + 32))))]
         else:
             seqs = [self.sample() for _ in range(n)]
         B, T = len(seqs), max(len(p) + len(a) + len(s) for _, p, a, s in seqs)
