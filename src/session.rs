@@ -126,10 +126,10 @@ impl Session {
     /// The full generation parameters and unmasking rule `s` stands for on this model.
     pub fn params(&self, s: &Settings) -> Result<(GenParams, UnmaskRule, f32)> {
         let d = self.model.diffusion();
-        let f = &d.family.sampling;
         if s.n == 0 {
             return Err(Error::Invalid("Settings::n must be at least 1".into()));
         }
+        let f = d.sampling_for(s.n);
         let steps = s.steps.unwrap_or_else(|| d.default_steps(s.n));
         if steps == 0 {
             return Err(Error::Invalid("Settings::steps must be at least 1".into()));

@@ -567,6 +567,34 @@ fn llama_cpp_habits_default_length_multi_letter_flags_missing_model() {
 }
 
 /// The library's front door gives what the binaries print: `Session::generate` equals
+/// DiffuLLaMA's defaults change at -n 64 (issue 32: blocks of 32, threshold 0.9, a step per
+/// token as the budget); flags still win, and a run at the defaults is the run with those flags.
+#[test]
+fn long_answers_take_the_long_answer_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = convert(&tiny(tmp.path()), OutType::Q8_0);
+    let g = gguf.to_str().unwrap();
+    let info = |extra: &[&str]| {
+        let out = dlm_run(&[&["-m", g, "--info"], extra].concat());
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let short = info(&["-n", "63"]);
+    assert!(short.contains("--steps 64 --unmask threshold --block-length off --threshold 0.5 "), "{short}");
+    assert!(short.contains("defaults by length: -n below 64: steps 64, threshold 0.5, one block; -n 64 and more: steps one per token"), "{short}");
+    assert!(info(&["-n", "64"]).contains("--steps 64 --unmask threshold --block-length 32 --threshold 0.9 "));
+    assert!(info(&["-n", "200"]).contains("--steps 200 --unmask threshold --block-length 32 --threshold 0.9 "));
+    let given = info(&["-n", "200", "--steps", "50", "--block-length", "8", "--threshold", "0.7"]);
+    assert!(given.contains("--steps 50 --unmask threshold --block-length 8 --threshold 0.7 "), "{given}");
+    let run = |extra: &[&str]| json(&dlm_run(&[&["-m", g, "-p", "Once upon a time", "-n", "96", "-s", "2", "-t", "2", "--json"], extra].concat()));
+    let default = run(&[]);
+    let explicit = run(&["--unmask", "threshold", "--steps", "96", "--block-length", "32", "--threshold", "0.9"]);
+    assert_eq!(default["tokens"], explicit["tokens"]);
+    assert_eq!(default["steps"], explicit["steps"]);
+    let old = run(&["--steps", "64", "--block-length", "96", "--threshold", "0.5"]);
+    assert_ne!(default["steps"], old["steps"], "the short-answer defaults give the same run: {default} {old}");
+}
+
 /// `dlm-run --json` for the same settings and seed (family defaults and explicit ones, an
 /// infill), and `Session::score` equals `dlm-score likelihood`.
 #[test]
@@ -582,6 +610,8 @@ fn session_equals_dlm_run_and_dlm_score() {
             dlm::Settings { n: 12, seed: 4, steps: Some(6), unmask: Some(dlm::model::UnmaskRule::Confidence), temp: Some(0.5), top_k: Some(5), block_length: Some(4), ..Default::default() },
         ),
         (vec!["-n", "6", "-s", "5", "--suffix", " and the end."], dlm::Settings { n: 6, seed: 5, suffix: " and the end.".into(), ..Default::default() }),
+        // A long answer: both take the long-answer defaults.
+        (vec!["-n", "80", "-s", "6"], dlm::Settings { n: 80, seed: 6, ..Default::default() }),
     ];
     for (flags, settings) in cases {
         let cli = json(&dlm_run(&[&["-m", g, "-p", "Today is a wonderful day,", "-t", "2", "--json"][..], &flags].concat()));

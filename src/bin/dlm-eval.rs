@@ -163,7 +163,8 @@ fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
     let problems = read_problems(&path, &a)?;
     let mut l: Loaded = common::load(&a.m)?;
     // Steps are per problem (see steps_for); the rest takes the family's defaults.
-    a.gen.resolve(l.model.diffusion(), 1)?;
+    // "settings" in the summary: the shortest region's (by_region has each region's).
+    a.gen.resolve(l.model.diffusion(), problems.iter().map(|p| p.n).min().unwrap_or(1))?;
     let mut peer = match a.peer.as_deref() {
         None => None,
         Some("llamacpp") => {
@@ -204,20 +205,27 @@ fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let unmasker = a.gen.unmasker();
     let mut gens: Vec<Option<Generation>> = vec![None; problems.len()];
     let mut pass_seconds = Vec::new();
-    let params: Vec<_> = groups.keys().map(|&(n, steps)| a.gen.params(&l, n, steps, seed)).collect();
+    // Each region takes the defaults of its own length (long answers may differ: resolve).
+    let mut by_region = serde_json::Map::new();
+    let mut params = Vec::with_capacity(groups.len());
+    for &(n, steps) in groups.keys() {
+        let mut g = a.gen.clone();
+        g.resolve(l.model.diffusion(), n)?;
+        by_region.insert(n.to_string(), serde_json::json!({"unmask": common::flag_value(&g.unmask), "threshold": common::short(g.threshold), "block_length": g.block_length, "steps": steps}));
+        params.push((g.params(&l, n, steps, seed), g.unmasker()));
+    }
     let t0 = Instant::now();
     let fwd: &mut dyn Forward = match peer.as_mut() {
         Some(p) => p,
         None => &mut l.model,
     };
-    for (idx, params) in groups.values().zip(&params) {
+    for (idx, (params, unmasker)) in groups.values().zip(&params) {
         for chunk in idx.chunks(a.batch_size) {
             let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| (canvases[i].0.as_slice(), canvases[i].1.as_slice())).collect();
             let seeds: Vec<u64> = chunk.iter().map(|&i| seed_of(i)).collect();
-            let out = generate_batch_seeded(fwd, &batch, &seeds, params, &unmasker, |s| {
+            let out = generate_batch_seeded(fwd, &batch, &seeds, params, unmasker, |s| {
                 pass_seconds.push(s.forward_seconds);
                 Flow::Continue
             })?;
@@ -275,6 +283,7 @@ fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
             "temp": common::short(g.temp), "top_k": g.top_k, "top_p": common::short(g.top_p), "gumbel": g.diffusion_add_gumbel_noise, "cfg_scale": common::short(g.cfg_scale),
             "diffusion_eps": g.diffusion_eps.map(common::short), "alg_temp": g.diffusion_alg_temp.map(common::short), "seed": seed, "batch_size": a.batch_size,
         },
+        "by_region": by_region,
         "tasks": tasks, "overall": right as f64 / problems.len() as f64, "problems": problems.len(),
         "forward_passes": pass_seconds.len(), "ms_per_pass": steady_ms(&pass_seconds), "seconds": seconds,
         "tokens_per_second": positions as f64 / seconds.max(1e-9),

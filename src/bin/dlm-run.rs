@@ -710,7 +710,7 @@ fn info(a: &mut Args) -> anyhow::Result<()> {
     let attention = if p.causal { "causal" } else { "bidirectional" };
     // An id with its text: `1 "<s>"`, or `none`.
     let special = |id: Option<u32>| id.map_or("none".to_owned(), |i| format!("{i} {:?}", tok.id_to_token(i).unwrap_or_default()));
-    let lines = [
+    let mut lines = vec![
         format!("file: {} ({:.1} MB, GGUF v{}, alignment {})", path.display(), bytes as f64 / 1e6, g.version(), g.alignment()),
         format!("architecture: {} (name: {name}; family {})", p.arch, d.family.name),
         format!("parameters: {:.2} M in {} tensors", n_params as f64 / 1e6, g.tensors().len()),
@@ -749,6 +749,22 @@ fn info(a: &mut Args) -> anyhow::Result<()> {
             common::flag_value(&a.gen.cache),
         ),
     ];
+    // A family whose defaults change with the answer's length says so, whatever -n is.
+    let (short, long) = (d.family.sampling, d.sampling_for(dlm::model::LONG_ANSWER));
+    if short != long {
+        let steps = |s: Option<usize>| s.map_or("one per token".to_string(), |n| n.to_string());
+        let blocks = |b: Option<usize>| b.map_or("one block".to_string(), |n| format!("blocks of {n}"));
+        lines.push(format!(
+            "defaults by length: -n below {n}: steps {}, threshold {}, {}; -n {n} and more: steps {} (a budget the threshold ends early), threshold {}, {}",
+            steps(short.steps),
+            short.threshold,
+            blocks(short.block_length),
+            steps(long.steps),
+            long.threshold,
+            blocks(long.block_length),
+            n = dlm::model::LONG_ANSWER,
+        ));
+    }
     for l in lines.iter().chain(&checked.warnings) {
         dlm::outln!("{l}")?;
     }

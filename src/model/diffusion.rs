@@ -9,6 +9,14 @@ use crate::gguf::Gguf;
 use crate::keys;
 pub use crate::sample::UnmaskRule;
 
+/// Answers of at least this many positions take the long-answer defaults
+/// ([`DiffusionParams::sampling_for`]).
+pub const LONG_ANSWER: usize = 64;
+/// Block length of the long-answer defaults.
+pub const LONG_BLOCK: usize = 32;
+/// Confidence threshold of the long-answer defaults.
+pub const LONG_THRESHOLD: f32 = 0.9;
+
 /// How a family samples when the user says nothing.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplingDefaults {
@@ -125,6 +133,19 @@ impl DiffusionParams {
 
     /// Forward passes for `n_gen` positions by the family's default.
     pub fn default_steps(&self, n_gen: usize) -> usize {
-        self.family.sampling.steps.unwrap_or(n_gen).max(1)
+        self.sampling_for(n_gen).steps.unwrap_or(n_gen).max(1)
+    }
+
+    /// The family's defaults for an answer of `n_gen` positions. A family that decodes by
+    /// confidence threshold in one block (DiffuLLaMA) switches, from [`LONG_ANSWER`] positions
+    /// on, to Fast-dLLM's long-answer setting: blocks of [`LONG_BLOCK`], threshold
+    /// [`LONG_THRESHOLD`], and a budget of one step per position (the threshold ends it early),
+    /// measured on the trained long-answer model (README: "Long answers").
+    pub fn sampling_for(&self, n_gen: usize) -> SamplingDefaults {
+        let s = self.family.sampling;
+        if n_gen >= LONG_ANSWER && s.unmask == UnmaskRule::Threshold && s.block_length.is_none() {
+            return SamplingDefaults { steps: None, threshold: LONG_THRESHOLD, block_length: Some(LONG_BLOCK), ..s };
+        }
+        s
     }
 }

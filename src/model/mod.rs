@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::graph::{LayerKv, Ops};
 pub use crate::generate::Pass;
-pub use diffusion::{DiffusionOverrides, DiffusionParams, Family, SamplingDefaults, UnmaskRule};
+pub use diffusion::{DiffusionOverrides, DiffusionParams, Family, SamplingDefaults, UnmaskRule, LONG_ANSWER, LONG_BLOCK, LONG_THRESHOLD};
 pub use hparams::Hparams;
 #[cfg(feature = "ggml")]
 pub use runtime::{Backend, LoadOptions, Model};

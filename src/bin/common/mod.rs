@@ -141,7 +141,7 @@ impl ModelArgs {
 pub struct GenArgs {
     /// Forward passes (denoising steps); with --unmask threshold a budget: steps end early once
     /// every position is committed [default: the family's: 64 for DiffuLLaMA and DiffuGPT, one per
-    /// generated token for LLaDA and Dream]
+    /// generated token for LLaDA and Dream, and for DiffuLLaMA from -n 64 on]
     #[arg(long = "steps", id = "steps", value_name = "N", visible_alias = "diffusion-steps")]
     pub steps_flag: Option<usize>,
     /// Which positions to commit each step [default: the family's: threshold for DiffuLLaMA (the
@@ -154,12 +154,13 @@ pub struct GenArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=4), conflicts_with = "unmask")]
     pub diffusion_algorithm: Option<u8>,
     /// Semi-autoregressive blocks of B positions, left to right [default: the family's: one
-    /// block, 32 for LLaDA]
+    /// block; 32 for LLaDA, and for DiffuLLaMA from -n 64 on]
     #[arg(long = "block-length", id = "block_length", value_name = "B", visible_alias = "diffusion-block-length", conflicts_with = "diffusion_eps")]
     pub block_length_flag: Option<usize>,
     /// Confidence threshold for --unmask threshold. 0.5 was the fastest that kept the exact
-    /// accuracy on the trained tiny model; Fast-dLLM's 0.9 is the cautious choice for large
-    /// models [default: 0.5 for DiffuLLaMA, else 0.9]
+    /// accuracy on the trained tiny model's short answers; Fast-dLLM's 0.9 is the cautious
+    /// choice for large models and long answers (README: "Long answers") [default: 0.5 for
+    /// DiffuLLaMA below -n 64, else 0.9]
     #[arg(long = "threshold", id = "threshold", value_name = "P")]
     pub threshold_flag: Option<f32>,
     /// Temperature (0: greedy) [default: the family's: 0.9 DiffuLLaMA, 0 LLaDA, 0.2 Dream, 0.95
@@ -233,7 +234,7 @@ impl GenArgs {
     /// Fills the settings in effect: each flag given, else `d`'s family default (steps for
     /// `n_gen` generated positions), then checks them.
     pub fn resolve(&mut self, d: &dlm::model::DiffusionParams, n_gen: usize) -> anyhow::Result<()> {
-        let f = &d.family.sampling;
+        let f = &d.sampling_for(n_gen);
         // A family's one-step-per-token default follows -n, which is checked against the
         // context later, with its own message: here it only must not trip the --steps bound.
         self.steps = self.steps_flag.unwrap_or_else(|| d.default_steps(n_gen).min(MAX_STEPS));
