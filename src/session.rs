@@ -129,8 +129,9 @@ impl Session {
         if s.n == 0 {
             return Err(Error::Invalid("Settings::n must be at least 1".into()));
         }
-        let f = d.sampling_for(s.n);
-        let steps = s.steps.unwrap_or_else(|| d.default_steps(s.n));
+        let rule = s.unmask.unwrap_or(d.family.sampling.unmask);
+        let f = d.sampling_for(s.n, rule);
+        let steps = s.steps.unwrap_or_else(|| d.default_steps(s.n, rule));
         if steps == 0 {
             return Err(Error::Invalid("Settings::steps must be at least 1".into()));
         }
@@ -153,7 +154,7 @@ impl Session {
             prune: Default::default(),
         };
         p.check()?;
-        Ok((p, s.unmask.unwrap_or(f.unmask), s.threshold.unwrap_or(f.threshold)))
+        Ok((p, rule, s.threshold.unwrap_or(f.threshold)))
     }
 
     /// Generates `s.n` tokens after `prompt` (and before `s.suffix`).

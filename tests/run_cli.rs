@@ -566,7 +566,6 @@ fn llama_cpp_habits_default_length_multi_letter_flags_missing_model() {
     }
 }
 
-/// The library's front door gives what the binaries print: `Session::generate` equals
 /// DiffuLLaMA's defaults change at -n 64 (issue 32: blocks of 32, threshold 0.9, a step per
 /// token as the budget); flags still win, and a run at the defaults is the run with those flags.
 #[test]
@@ -581,9 +580,13 @@ fn long_answers_take_the_long_answer_defaults() {
     };
     let short = info(&["-n", "63"]);
     assert!(short.contains("--steps 64 --unmask threshold --block-length off --threshold 0.5 "), "{short}");
-    assert!(short.contains("defaults by length: -n below 64: steps 64, threshold 0.5, one block; -n 64 and more: steps one per token"), "{short}");
+    assert!(short.contains("defaults by length (--unmask threshold): -n below 64: steps 64, threshold 0.5, one block; -n 64 and more: a step per token"), "{short}");
     assert!(info(&["-n", "64"]).contains("--steps 64 --unmask threshold --block-length 32 --threshold 0.9 "));
-    assert!(info(&["-n", "200"]).contains("--steps 200 --unmask threshold --block-length 32 --threshold 0.9 "));
+    // Whole blocks: 200 positions are 7 blocks of 32, each with a step per position.
+    assert!(info(&["-n", "200"]).contains("--steps 224 --unmask threshold --block-length 32 --threshold 0.9 "));
+    // Another rule keeps the family's defaults (the paper's origin sampler is unchanged).
+    let origin = info(&["-n", "200", "--unmask", "origin"]);
+    assert!(origin.contains("--steps 64 --unmask origin --block-length off --threshold 0.5 "), "{origin}");
     let given = info(&["-n", "200", "--steps", "50", "--block-length", "8", "--threshold", "0.7"]);
     assert!(given.contains("--steps 50 --unmask threshold --block-length 8 --threshold 0.7 "), "{given}");
     let run = |extra: &[&str]| json(&dlm_run(&[&["-m", g, "-p", "Once upon a time", "-n", "96", "-s", "2", "-t", "2", "--json"], extra].concat()));
@@ -595,6 +598,7 @@ fn long_answers_take_the_long_answer_defaults() {
     assert_ne!(default["steps"], old["steps"], "the short-answer defaults give the same run: {default} {old}");
 }
 
+/// The library's front door gives what the binaries print: `Session::generate` equals
 /// `dlm-run --json` for the same settings and seed (family defaults and explicit ones, an
 /// infill), and `Session::score` equals `dlm-score likelihood`.
 #[test]

@@ -208,12 +208,12 @@ fn run(mut a: Args, steps_given: bool) -> anyhow::Result<()> {
     let mut gens: Vec<Option<Generation>> = vec![None; problems.len()];
     let mut pass_seconds = Vec::new();
     // Each region takes the defaults of its own length (long answers may differ: resolve).
-    let mut by_region = serde_json::Map::new();
+    let mut by_region = Vec::new();
     let mut params = Vec::with_capacity(groups.len());
     for &(n, steps) in groups.keys() {
         let mut g = a.gen.clone();
         g.resolve(l.model.diffusion(), n)?;
-        by_region.insert(n.to_string(), serde_json::json!({"unmask": common::flag_value(&g.unmask), "threshold": common::short(g.threshold), "block_length": g.block_length, "steps": steps}));
+        by_region.push(serde_json::json!({"n": n, "unmask": common::flag_value(&g.unmask), "threshold": common::short(g.threshold), "block_length": g.block_length, "steps": steps}));
         params.push((g.params(&l, n, steps, seed), g.unmasker()));
     }
     let t0 = Instant::now();

@@ -750,16 +750,15 @@ fn info(a: &mut Args) -> anyhow::Result<()> {
         ),
     ];
     // A family whose defaults change with the answer's length says so, whatever -n is.
-    let (short, long) = (d.family.sampling, d.sampling_for(dlm::model::LONG_ANSWER));
+    let (short, long) = (d.family.sampling, d.sampling_for(dlm::model::LONG_ANSWER, UnmaskRule::Threshold));
     if short != long {
         let steps = |s: Option<usize>| s.map_or("one per token".to_string(), |n| n.to_string());
         let blocks = |b: Option<usize>| b.map_or("one block".to_string(), |n| format!("blocks of {n}"));
         lines.push(format!(
-            "defaults by length: -n below {n}: steps {}, threshold {}, {}; -n {n} and more: steps {} (a budget the threshold ends early), threshold {}, {}",
+            "defaults by length (--unmask threshold): -n below {n}: steps {}, threshold {}, {}; -n {n} and more: a step per token, rounded up to whole blocks (a budget the threshold ends early), threshold {}, {}",
             steps(short.steps),
             short.threshold,
             blocks(short.block_length),
-            steps(long.steps),
             long.threshold,
             blocks(long.block_length),
             n = dlm::model::LONG_ANSWER,

@@ -131,20 +131,24 @@ impl DiffusionParams {
         })
     }
 
-    /// Forward passes for `n_gen` positions by the family's default.
-    pub fn default_steps(&self, n_gen: usize) -> usize {
-        self.sampling_for(n_gen).steps.unwrap_or(n_gen).max(1)
+    /// Forward passes for `n_gen` positions by the family's default, under the unmasking rule
+    /// `rule` in effect.
+    pub fn default_steps(&self, n_gen: usize, rule: UnmaskRule) -> usize {
+        self.sampling_for(n_gen, rule).steps.unwrap_or(n_gen).max(1)
     }
 
-    /// The family's defaults for an answer of `n_gen` positions. A family that decodes by
-    /// confidence threshold in one block (DiffuLLaMA) switches, from [`LONG_ANSWER`] positions
-    /// on, to Fast-dLLM's long-answer setting: blocks of [`LONG_BLOCK`], threshold
-    /// [`LONG_THRESHOLD`], and a budget of one step per position (the threshold ends it early),
-    /// measured on the trained long-answer model (README: "Long answers").
-    pub fn sampling_for(&self, n_gen: usize) -> SamplingDefaults {
+    /// The family's defaults for an answer of `n_gen` positions decoded by `rule` (the rule in
+    /// effect: given, or the family's). A family that decodes by confidence threshold in one
+    /// block (DiffuLLaMA) switches, from [`LONG_ANSWER`] positions on and while the rule is the
+    /// threshold, to Fast-dLLM's long-answer setting: blocks of [`LONG_BLOCK`], threshold
+    /// [`LONG_THRESHOLD`], and a budget of one step per position, rounded up to whole blocks so
+    /// that every block has a step per position (the threshold ends it early). Another rule
+    /// keeps the family's defaults (the paper's `origin` sampler stays as it was).
+    pub fn sampling_for(&self, n_gen: usize, rule: UnmaskRule) -> SamplingDefaults {
         let s = self.family.sampling;
-        if n_gen >= LONG_ANSWER && s.unmask == UnmaskRule::Threshold && s.block_length.is_none() {
-            return SamplingDefaults { steps: None, threshold: LONG_THRESHOLD, block_length: Some(LONG_BLOCK), ..s };
+        if n_gen >= LONG_ANSWER && rule == UnmaskRule::Threshold && s.unmask == UnmaskRule::Threshold && s.block_length.is_none() {
+            let steps = n_gen.div_ceil(LONG_BLOCK).saturating_mul(LONG_BLOCK);
+            return SamplingDefaults { steps: Some(steps), threshold: LONG_THRESHOLD, block_length: Some(LONG_BLOCK), ..s };
         }
         s
     }

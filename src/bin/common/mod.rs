@@ -234,12 +234,8 @@ impl GenArgs {
     /// Fills the settings in effect: each flag given, else `d`'s family default (steps for
     /// `n_gen` generated positions), then checks them.
     pub fn resolve(&mut self, d: &dlm::model::DiffusionParams, n_gen: usize) -> anyhow::Result<()> {
-        let f = &d.sampling_for(n_gen);
-        // A family's one-step-per-token default follows -n, which is checked against the
-        // context later, with its own message: here it only must not trip the --steps bound.
-        self.steps = self.steps_flag.unwrap_or_else(|| d.default_steps(n_gen).min(MAX_STEPS));
         let llama_cpp = self.diffusion_algorithm.and_then(UnmaskRule::from_llama_cpp);
-        self.unmask = self.unmask_flag.unwrap_or(llama_cpp.unwrap_or(f.unmask));
+        self.unmask = self.unmask_flag.unwrap_or(llama_cpp.unwrap_or(d.family.sampling.unmask));
         // Dream's timestep schedule replaces the family's blocks, and ranks positions: without a
         // rule given, a family default that does not rank (origin, threshold) becomes
         // llama-diffusion-cli's default, confidence.
@@ -247,6 +243,11 @@ impl GenArgs {
         if self.diffusion_eps.is_some() && !explicit_rule && matches!(self.unmask, UnmaskRule::Origin | UnmaskRule::Threshold) {
             self.unmask = UnmaskRule::Confidence;
         }
+        // The defaults of this length under the rule in effect (long answers may differ).
+        let f = &d.sampling_for(n_gen, self.unmask);
+        // A family's one-step-per-token default follows -n, which is checked against the
+        // context later, with its own message: here it only must not trip the --steps bound.
+        self.steps = self.steps_flag.unwrap_or_else(|| d.default_steps(n_gen, self.unmask).min(MAX_STEPS));
         self.block_length = self.block_length_flag.or(if self.diffusion_eps.is_some() { None } else { f.block_length });
         self.threshold = self.threshold_flag.unwrap_or(f.threshold);
         self.temp = self.temp_flag.unwrap_or(f.temp);
