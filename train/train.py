@@ -46,6 +46,7 @@ from make_checkpoint import write_safetensors  # noqa: E402
 
 TOKENIZER = HERE.parent / "tests" / "data" / "llama-tokenizer"
 VOCAB, BOS, EOS, MASK = 32000, 1, 2, 811
+BLOCK = 32  # dlm's block length for long answers (LONG_BLOCK in src/model/diffusion.rs)
 WEIGHTS = {"copy": 1.0, "reverse": 1.5, "sort": 1.5, "add": 3.0, "recall": 1.0, "infill": 1.5, "english": 1.0}
 
 
@@ -217,21 +218,65 @@ def ar_loss(model, idx, valid):
     return -lp.gather(1, tgt[m][:, None]).mean(), int(m.sum())
 
 
-def dlm_loss(model, idx, valid, maskable, ratio, gen, eps=1e-3):
+def block_masks(maskable, t, share, gen, block=BLOCK):
+    """For a `share` of the sequences, mask as semi-autoregressive decoding in blocks of `block`
+    leaves the canvas: the answer region before a block boundary is clean, the block after it is
+    masked with probability t, and everything later in the region is masked. Returns which
+    sequences were drawn [B], their masks [B, T], and which positions are in the all-masked
+    future [B, T] (masked, and not scored), which of those are dropped from the canvas [B, T] (a
+    random tail of the future: where the canvas ends says nothing of where the answer ends, so
+    only the prompt and the text before can), and how many times the block the region is [B] (1
+    for the sequences not drawn)."""
+    B, T = maskable.shape
+    drawn = torch.rand(B, generator=gen) < share
+    out = torch.zeros(B, T, dtype=torch.bool)
+    future = torch.zeros(B, T, dtype=torch.bool)
+    drop = torch.zeros(B, T, dtype=torch.bool)
+    scale = torch.ones(B)
+    coin = torch.rand(B, T, generator=gen) < t
+    pick = torch.rand(B, generator=gen)
+    keep = torch.rand(B, generator=gen)
+    for i in range(B):
+        cols = maskable[i].nonzero()[:, 0]
+        if not drawn[i] or len(cols) == 0:
+            continue
+        lo, hi = int(cols[0]), int(cols[-1]) + 1
+        c = lo + block * int(pick[i] * ((hi - lo + block - 1) // block))
+        e = min(c + block, hi)
+        out[i, c:e] = coin[i, c:e]
+        out[i, e:hi] = True
+        future[i, e:hi] = True
+        drop[i, e + int(keep[i] * (hi - e + 1)):hi] = True
+        scale[i] = (hi - lo) / (e - c)
+    return drawn, out, future, drop, scale
+
+
+def dlm_loss(model, idx, valid, maskable, ratio, gen, eps=1e-3, block_share=0.0):
     B, T = idx.shape
     t = eps + (1 - eps) * torch.rand(B, 1, generator=gen)
     masked = maskable & (torch.rand(B, T, generator=gen) < t)
+    scored, weight = masked, 1.0 / t
+    if block_share > 0:
+        drawn, bm, future, drop, scale = block_masks(maskable, t, block_share, gen)
+        valid = valid & ~drop
+        masked = torch.where(drawn[:, None], bm, masked)
+        # Only the block is scored: block decoding commits nothing beyond it, and the masks after
+        # it are context there (the uniform draws train predictions from far away). Scaled to the
+        # region, so that a sequence weighs the same whichever way it was masked.
+        scored = masked & ~future
+        weight = weight * scale[:, None]
     masked[:, 0] = False
+    scored = scored & masked
     x = torch.where(masked, torch.full_like(idx, MASK_SUB), idx)
     # Annealed attention: causal, plus each future key opened with probability `ratio`.
     opened = torch.rand(T, T, generator=gen) < ratio
     attn = (causal(T) | opened)[None, None] & valid[:, None, None, :]
     h = model.hidden(x, attn)
     # Shifted logits: the prediction for position p is row p - 1.
-    rows = masked[:, 1:]
+    rows = scored[:, 1:]
     lp = model.log_probs(h[:, :-1][rows])
     ce = -lp.gather(1, idx[:, 1:][rows][:, None])[:, 0]
-    w = (1.0 / t).expand(B, T - 1)[rows]
+    w = weight.expand(B, T - 1)[rows]
     return (ce * w).sum() / maskable.sum().clamp(min=1), int(valid.sum())
 
 
@@ -239,12 +284,13 @@ def dlm_loss(model, idx, valid, maskable, ratio, gen, eps=1e-3):
 def evaluate(model, corpus, problems, diffusion):
     """Greedy exact match per task, quick, for the training log. Short suite: diffusion decodes
     by confidence one position per step; the AR model decodes left to right. Long suite:
-    diffusion commits the region/16 most confident positions per step (16 passes); the AR model
+    diffusion decodes as dlm does by default for long answers (blocks of 32, each pass commits the
+    positions whose probability is at least 0.9, and at least the most confident one); the AR model
     is scored teacher-forced (every answer token the arg-max after the true prefix: the same as
     greedy decoding for exact answers; for a story, the reference story)."""
     model.eval()
     acc, tok_acc = {}, {}
-    long = corpus.suite.long
+    long, passes = corpus.suite.long, 0
     for task, items in problems.items():
         ok, right, total = 0, 0, 0
         for p, a, s, region in items:
@@ -255,14 +301,26 @@ def evaluate(model, corpus, problems, diffusion):
                 x = torch.tensor([x])
                 T = x.shape[1]
                 full = torch.ones(1, 1, T, T, dtype=torch.bool)
-                per_step = max(1, n // 16) if long else 1
-                for _ in range(0, n, per_step):
+                if long:  # dlm's long-answer default: blocks of 32, commit what has p >= 0.9
+                    for b in range(len(pre), len(pre) + n, BLOCK):
+                        inb = torch.zeros(T, dtype=torch.bool)
+                        inb[b:min(b + BLOCK, len(pre) + n)] = True
+                        while bool(((x[0] == MASK_SUB) & inb).any()):
+                            lp = model.log_probs(model.hidden(x, full)[0, :-1])
+                            conf, tok = lp.max(-1)
+                            cand = (x[0, 1:] == MASK_SUB) & inb[1:]
+                            conf = torch.where(cand, conf, torch.tensor(-1e9))
+                            pick = cand & (conf >= math.log(0.9))
+                            pick[int(conf.argmax())] = True
+                            x[0, 1:] = torch.where(pick, tok, x[0, 1:])
+                            passes += 1
+                for _ in range(0 if long else n):
                     lp = model.log_probs(model.hidden(x, full)[0, :-1])
                     conf, tok = lp.max(-1)
                     cand = (x[0, 1:] == MASK_SUB)
                     conf = torch.where(cand, conf, torch.tensor(-1e9))
-                    for j in conf.topk(min(per_step, int(cand.sum()))).indices.tolist():
-                        x[0, j + 1] = tok[j]
+                    j = int(conf.argmax())
+                    x[0, j + 1] = tok[j]
                 out = x[0, len(pre):len(pre) + n].tolist()
             elif long:
                 xt = torch.tensor([[corpus.sub[t] for t in pre + ans]])
@@ -284,7 +342,7 @@ def evaluate(model, corpus, problems, diffusion):
         acc[task] = ok / len(items)
         tok_acc[task] = right / max(1, total)
     model.train()
-    return acc, tok_acc
+    return acc, tok_acc, passes / max(1, sum(len(v) for v in problems.values()))
 
 
 def schedule(step, total, lr, warmup, done_by_time=0.0):
@@ -297,11 +355,12 @@ def schedule(step, total, lr, warmup, done_by_time=0.0):
 
 
 def log_eval(name, step, model, corpus, problems, diffusion, log, hist, t0, seen):
-    acc, tok_acc = evaluate(model, corpus, problems, diffusion)
+    acc, tok_acc, passes = evaluate(model, corpus, problems, diffusion)
     print(f"{name} step {step} held-out greedy exact match: " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
-          + " | answer tokens right: " + " ".join(f"{k} {v:.2f}" for k, v in tok_acc.items()), flush=True)
+          + " | answer tokens right: " + " ".join(f"{k} {v:.2f}" for k, v in tok_acc.items())
+          + (f" | {passes:.1f} passes per answer" if passes else ""), flush=True)
     log.append({"stage": name, "step": step, "loss": float(np.mean(hist[-50:])), "acc": acc, "token_acc": tok_acc,
-                "seconds": time.time() - t0, "tokens": seen})
+                "seconds": time.time() - t0, "tokens": seen, **({"passes": passes} if passes else {})})
 
 
 def train_stage(name, model, corpus, steps, lr, batch, loss_fn, log, eval_every, problems, diffusion, minutes=None, curriculum=0.0):
@@ -427,6 +486,11 @@ def main():
     ap.add_argument("--curriculum", type=float, default=0.0,
                     help="long suite: over this fraction of each stage, batches draw regions of 64, then up to "
                          "128, 256 and 512 tokens (0: every region from the start)")
+    ap.add_argument("--block-masks", type=float, default=0.0,
+                    help="stage 2: the share of sequences masked as decoding in blocks of 32 leaves them (clean "
+                         "before a block boundary, the block masked with probability t and scored, all masked "
+                         "and not scored after it, a random tail of that dropped from the canvas); default 0. "
+                         "Tried at 0.5 on the long model: see models/MODEL-long.md")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from a saved state (models/.state/*.pt, same suite and seed): an AR state skips "
                          "stage 1, a diffusion state continues stage 2")
@@ -479,7 +543,7 @@ def main():
     # A continued stage 2 is bidirectional from its first step (its annealing is done).
     anneal = (lambda s: 1.0) if start == "dlm" else (lambda s: min(1.0, s / max(1, a.anneal)))
     s2 = train_stage("dlm", model, corpus, a.dlm_steps, a.dlm_lr, a.batch,
-                     lambda m, i, v, mk, s: dlm_loss(m, i, v, mk, anneal(s), gen),
+                     lambda m, i, v, mk, s: dlm_loss(m, i, v, mk, anneal(s), gen, block_share=a.block_masks),
                      log, a.eval_every, problems, True, a.dlm_minutes, a.curriculum)
     export(model, corpus, c, a.out / suite.dlm, suite.dlm, True)
     torch.save({"model": model.state_dict(), "used": corpus.used}, state / f"{suite.dlm}.pt")
