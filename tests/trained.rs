@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{convert_to, root};
+use common::{convert_to, dlm_eval, root, task_accuracy as acc};
 use dlm_convert::OutType;
 
 /// Problems per task (of 100 held out).
@@ -28,17 +28,9 @@ fn gguf(dir: &Path, name: &str, kind: OutType, causal: bool) -> PathBuf {
 }
 
 fn eval(model: &Path, extra: &[&str]) -> serde_json::Value {
-    let problems = root().join("models/tasks/test.jsonl");
-    let mut args = vec!["-m", model.to_str().unwrap(), "--problems", problems.to_str().unwrap(), "--limit", LIMIT];
-    args.extend_from_slice(&["--temp", "0", "--unmask", "confidence", "--seed", "1", "-t", "2", "--backend", "cpu"]);
+    let mut args = vec!["--unmask", "confidence"];
     args.extend_from_slice(extra);
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm-eval")).args(&args).output().unwrap();
-    assert!(out.status.success(), "dlm-eval {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
-
-fn acc(r: &serde_json::Value, task: &str) -> f64 {
-    r["tasks"][task]["accuracy"].as_f64().unwrap_or_else(|| panic!("no accuracy for {task}: {r}"))
+    dlm_eval(model, &root().join("models/tasks/test.jsonl"), LIMIT, &args)
 }
 
 #[test]

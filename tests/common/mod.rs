@@ -35,6 +35,22 @@ pub fn convert_to(hf: &Path, kind: dlm_convert::OutType, causal: bool, out: &Pat
     dlm_convert::Plan::new(hf, &opts).unwrap().write(out, |_, _| {}).unwrap();
 }
 
+/// `dlm-eval -m model --problems problems --limit limit`, greedy on the CPU with a fixed seed and
+/// two threads, plus `extra` flags; its JSON report. Panics with dlm-eval's stderr on failure.
+pub fn dlm_eval(model: &Path, problems: &Path, limit: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["-m", model.to_str().unwrap(), "--problems", problems.to_str().unwrap(), "--limit", limit];
+    args.extend_from_slice(&["--temp", "0", "--seed", "1", "-t", "2", "--backend", "cpu"]);
+    args.extend_from_slice(extra);
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm-eval")).args(&args).output().unwrap();
+    assert!(out.status.success(), "dlm-eval {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+/// One task's exact-match accuracy in a dlm-eval report.
+pub fn task_accuracy(r: &serde_json::Value, task: &str) -> f64 {
+    r["tasks"][task]["accuracy"].as_f64().unwrap_or_else(|| panic!("no accuracy for {task}: {r}"))
+}
+
 /// A float32 C-order .npy file: (shape, data).
 pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let b = std::fs::read(path).unwrap();
