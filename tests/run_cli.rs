@@ -596,6 +596,11 @@ fn long_answers_take_the_long_answer_defaults() {
     assert_eq!(default["steps"], explicit["steps"]);
     let old = run(&["--steps", "64", "--block-length", "96", "--threshold", "0.5"]);
     assert_ne!(default["steps"], old["steps"], "the short-answer defaults give the same run: {default} {old}");
+    // Fewer steps than blocks: a pass per block all the same, and the run says so.
+    let out = dlm_run(&["-m", g, "-p", "Once upon a time", "-n", "96", "-s", "2", "-t", "2", "--json", "--steps", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("note: --steps 2 is fewer than the 3 blocks of 32 in -n 96"), "{err}");
+    assert!(json(&out)["steps"].as_u64().unwrap() >= 3, "{err}");
 }
 
 /// The library's front door gives what the binaries print: `Session::generate` equals

@@ -525,12 +525,39 @@ fn run(a: Args) -> anyhow::Result<()> {
     let model_id = a.alias.clone().unwrap_or_else(|| l.path.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()));
     let d = l.model.diffusion().clone();
     let short = common::short;
-    let meta = serde_json::json!({
+    let settings = |g: &GenArgs| {
+        serde_json::json!({"steps": g.steps, "unmask": common::flag_value(&g.unmask), "block_length": g.block_length, "threshold": short(g.threshold),
+            "temperature": short(g.temp), "top_p": short(g.top_p), "top_k": g.top_k})
+    };
+    let mut defaults_json = settings(&defaults);
+    defaults_json["max_tokens"] = n_predict.into();
+    let mut meta = serde_json::json!({
         "architecture": p.arch, "n_vocab": p.n_vocab, "n_ctx_train": p.n_ctx_train, "n_ctx": n_ctx, "n_embd": p.n_embd, "n_layer": p.n_layer,
         "mask_token_id": d.mask_id, "shift_logits": d.shift_logits, "backend": l.model.backend_description(),
-        "defaults": {"steps": defaults.steps, "unmask": common::flag_value(&defaults.unmask), "block_length": defaults.block_length, "threshold": short(defaults.threshold),
-            "temperature": short(defaults.temp), "top_p": short(defaults.top_p), "top_k": defaults.top_k, "max_tokens": n_predict},
+        "defaults": defaults_json.clone(),
     });
+    // A request's defaults follow its own max_tokens: where answers from LONG_ANSWER tokens on
+    // get other settings than shorter ones, say both (steps: at the first length of each).
+    // (The flags that only touch sampling, and warn when useless, are left out of these two
+    // resolutions: they do not depend on the length, and the warning is said once already.)
+    let at = |n: usize| -> anyhow::Result<serde_json::Value> {
+        let mut g = GenArgs { diffusion_alg_temp: None, diffusion_add_gumbel_noise: false, ..defaults.clone() };
+        g.resolve(&d, n)?;
+        let mut j = settings(&g);
+        for k in ["temperature", "top_p", "top_k"] {
+            j[k] = defaults_json[k].clone();
+        }
+        Ok(j)
+    };
+    let (mut below, mut from) = (at(dlm::model::LONG_ANSWER - 1)?, at(dlm::model::LONG_ANSWER)?);
+    if below.as_object().map(|o| o.iter().any(|(k, v)| k != "steps" && from[k] != *v)).unwrap_or(false) {
+        below["max_tokens_below"] = dlm::model::LONG_ANSWER.into();
+        from["max_tokens_from"] = dlm::model::LONG_ANSWER.into();
+        if a.gen.steps_flag.is_none() {
+            from["steps"] = "one per token, rounded up to whole blocks".into();
+        }
+        meta["defaults_by_length"] = serde_json::json!([below, from]);
+    }
     let metrics = Arc::new(metrics::Metrics::new());
     let (tx, rx) = std::sync::mpsc::channel();
     let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);

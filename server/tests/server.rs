@@ -397,6 +397,11 @@ fn unsupported_fields_are_refused_and_llama_server_endpoints_answer() {
     assert_eq!(props["chat_template"], TEMPLATE);
     assert_eq!(props["default_generation_settings"]["n_ctx"], 128, "{props}");
     assert!(props["total_slots"].as_u64().unwrap() >= 1, "{props}");
+    // A request's defaults follow its own max_tokens: DiffuLLaMA's change from 64 tokens on.
+    let by_length = &props["meta"]["defaults_by_length"];
+    assert_eq!((by_length[0]["max_tokens_below"].as_u64(), by_length[1]["max_tokens_from"].as_u64()), (Some(64), Some(64)), "{props}");
+    assert_eq!((&by_length[0]["block_length"], &by_length[0]["threshold"], &by_length[0]["steps"]), (&serde_json::Value::Null, &serde_json::json!(0.5), &serde_json::json!(64)), "{props}");
+    assert_eq!((&by_length[1]["block_length"], &by_length[1]["threshold"]), (&serde_json::json!(32), &serde_json::json!(0.9)), "{props}");
     for (method, path, why) in [("GET", "/slots", "no slots"), ("POST", "/v1/embeddings", "no embeddings"), ("GET", "/v2/nope", "no such endpoint: /v2/nope")] {
         let (status, body) = request(&s.url, method, path, "{}");
         assert_eq!(status, 404, "{path}: {body}");

@@ -223,6 +223,10 @@ fn warn_flags(a: &Args, given: &Given, l: &Loaded) {
     if a.gen.cache != CacheArg::None && a.gen.block_length.is_none() {
         dlm::errln!("note: --cache without --block-length: the whole span is one block, so only the prompt's keys/values are reused between steps");
     }
+    if let Some(b) = a.gen.block_length.filter(|&b| b > 0 && a.gen.steps < a.n_predict.div_ceil(b)) {
+        let blocks = a.n_predict.div_ceil(b);
+        dlm::errln!("note: --steps {} is fewer than the {blocks} blocks of {b} in -n {}: each block takes at least one pass ({blocks} or more passes)", a.gen.steps, a.n_predict);
+    }
     let gpu_flags = a.m.device.is_some() || a.m.n_gpu_layers.is_some_and(|n| n > 0);
     if gpu_flags && l.model.backend_description().starts_with("cpu") {
         dlm::errln!("warning: --device and -ngl have no effect: the model runs on the CPU backend (--list-devices shows the GPUs this build can use)");
