@@ -599,7 +599,7 @@ fn long_answers_take_the_long_answer_defaults() {
     // Fewer steps than blocks: a pass per block all the same, and the run says so.
     let out = dlm_run(&["-m", g, "-p", "Once upon a time", "-n", "96", "-s", "2", "-t", "2", "--json", "--steps", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("note: --steps 2 is fewer than the 3 blocks of 32 in -n 96"), "{err}");
+    assert!(err.contains("note: --steps 2 is fewer than the 3 blocks of 32 in -n 96: each block the run reaches takes a pass"), "{err}");
     assert!(json(&out)["steps"].as_u64().unwrap() >= 3, "{err}");
 }
 

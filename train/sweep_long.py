@@ -7,7 +7,7 @@ Converts the model (q8_0 unless --type; target/long/), splits models/tasks/long.
 dlm-eval for every setting and region on `--limit` problems per task (the exact setting at 512
 tokens is 512 passes of a 1000-token canvas per problem: minutes each on 2 cores, so the
 default limits shrink with the length). Greedy tokens throughout. Writes models/eval-long.json
-and prints the Markdown table for README.md / models/MODEL.md.
+and prints the Markdown table for README.md / models/MODEL-long.md.
 
     cargo build --release --workspace && python3 train/sweep_long.py [--regions 64,128] [--limit N]
 """

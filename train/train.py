@@ -305,8 +305,11 @@ def evaluate(model, corpus, problems, diffusion):
                     for b in range(len(pre), len(pre) + n, BLOCK):
                         inb = torch.zeros(T, dtype=torch.bool)
                         inb[b:min(b + BLOCK, len(pre) + n)] = True
-                        while bool(((x[0] == MASK_SUB) & inb).any()):
+                        for _ in range(BLOCK):  # each pass commits at least one position
+                            if not bool(((x[0] == MASK_SUB) & inb).any()):
+                                break
                             lp = model.log_probs(model.hidden(x, full)[0, :-1])
+                            lp[:, MASK_SUB] = -math.inf  # a committed position must leave the mask
                             conf, tok = lp.max(-1)
                             cand = (x[0, 1:] == MASK_SUB) & inb[1:]
                             conf = torch.where(cand, conf, torch.tensor(-1e9))

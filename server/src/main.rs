@@ -536,25 +536,29 @@ fn run(a: Args) -> anyhow::Result<()> {
         "mask_token_id": d.mask_id, "shift_logits": d.shift_logits, "backend": l.model.backend_description(),
         "defaults": defaults_json.clone(),
     });
-    // A request's defaults follow its own max_tokens: where answers from LONG_ANSWER tokens on
-    // get other settings than shorter ones, say both (steps: at the first length of each).
-    // (The flags that only touch sampling, and warn when useless, are left out of these two
-    // resolutions: they do not depend on the length, and the warning is said once already.)
-    let at = |n: usize| -> anyhow::Result<serde_json::Value> {
-        let mut g = GenArgs { diffusion_alg_temp: None, diffusion_add_gumbel_noise: false, ..defaults.clone() };
-        g.resolve(&d, n)?;
-        let mut j = settings(&g);
-        for k in ["temperature", "top_p", "top_k"] {
-            j[k] = defaults_json[k].clone();
-        }
-        Ok(j)
-    };
-    let (mut below, mut from) = (at(dlm::model::LONG_ANSWER - 1)?, at(dlm::model::LONG_ANSWER)?);
-    if below.as_object().map(|o| o.iter().any(|(k, v)| k != "steps" && from[k] != *v)).unwrap_or(false) {
-        below["max_tokens_below"] = dlm::model::LONG_ANSWER.into();
-        from["max_tokens_from"] = dlm::model::LONG_ANSWER.into();
+    // A request's defaults follow its own max_tokens: where the family's defaults switch at
+    // LONG_ANSWER tokens (DiffuLLaMA's long answers) and the flags leave something to them, say
+    // both sets (each resolved at the switch: the last length below it, the first from it).
+    let long = dlm::model::LONG_ANSWER;
+    let switches = d.sampling_for(long - 1, defaults.unmask) != d.sampling_for(long, defaults.unmask);
+    let pinned = a.gen.steps_flag.is_some() && a.gen.block_length_flag.is_some() && a.gen.threshold_flag.is_some();
+    if switches && !pinned && n_ctx > long {
+        // (The flags that only touch sampling, and warn when useless, are left out of these two
+        // resolutions: they do not depend on the length, and the warning is said once already.)
+        let at = |n: usize| -> anyhow::Result<serde_json::Value> {
+            let mut g = GenArgs { diffusion_alg_temp: None, diffusion_add_gumbel_noise: false, ..defaults.clone() };
+            g.resolve(&d, n)?;
+            let mut j = settings(&g);
+            for k in ["temperature", "top_p", "top_k"] {
+                j[k] = defaults_json[k].clone();
+            }
+            Ok(j)
+        };
+        let (mut below, mut from) = (at(long - 1)?, at(long)?);
+        below["max_tokens_below"] = long.into();
+        from["max_tokens_from"] = long.into();
         if a.gen.steps_flag.is_none() {
-            from["steps"] = "one per token, rounded up to whole blocks".into();
+            from["steps_rule"] = format!("one per token, rounded up to a multiple of {}", dlm::model::LONG_BLOCK).into();
         }
         meta["defaults_by_length"] = serde_json::json!([below, from]);
     }

@@ -401,7 +401,8 @@ fn unsupported_fields_are_refused_and_llama_server_endpoints_answer() {
     let by_length = &props["meta"]["defaults_by_length"];
     assert_eq!((by_length[0]["max_tokens_below"].as_u64(), by_length[1]["max_tokens_from"].as_u64()), (Some(64), Some(64)), "{props}");
     assert_eq!((&by_length[0]["block_length"], &by_length[0]["threshold"], &by_length[0]["steps"]), (&serde_json::Value::Null, &serde_json::json!(0.5), &serde_json::json!(64)), "{props}");
-    assert_eq!((&by_length[1]["block_length"], &by_length[1]["threshold"]), (&serde_json::json!(32), &serde_json::json!(0.9)), "{props}");
+    assert_eq!((&by_length[1]["block_length"], &by_length[1]["threshold"], &by_length[1]["steps"]), (&serde_json::json!(32), &serde_json::json!(0.9), &serde_json::json!(64)), "{props}");
+    assert!(by_length[1]["steps_rule"].as_str().is_some_and(|r| r.contains("one per token")), "{props}");
     for (method, path, why) in [("GET", "/slots", "no slots"), ("POST", "/v1/embeddings", "no embeddings"), ("GET", "/v2/nope", "no such endpoint: /v2/nope")] {
         let (status, body) = request(&s.url, method, path, "{}");
         assert_eq!(status, 404, "{path}: {body}");

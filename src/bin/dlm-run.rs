@@ -225,7 +225,8 @@ fn warn_flags(a: &Args, given: &Given, l: &Loaded) {
     }
     if let Some(b) = a.gen.block_length.filter(|&b| b > 0 && a.gen.steps < a.n_predict.div_ceil(b)) {
         let blocks = a.n_predict.div_ceil(b);
-        dlm::errln!("note: --steps {} is fewer than the {blocks} blocks of {b} in -n {}: each block takes at least one pass ({blocks} or more passes)", a.gen.steps, a.n_predict);
+        let default = if a.gen.steps_flag.is_none() { " (the default)" } else { "" };
+        dlm::errln!("note: --steps {}{default} is fewer than the {blocks} blocks of {b} in -n {}: each block the run reaches takes a pass all the same (up to {blocks} passes)", a.gen.steps, a.n_predict);
     }
     let gpu_flags = a.m.device.is_some() || a.m.n_gpu_layers.is_some_and(|n| n > 0);
     if gpu_flags && l.model.backend_description().starts_with("cpu") {

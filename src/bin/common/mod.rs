@@ -139,8 +139,8 @@ impl ModelArgs {
 /// [`GenArgs::resolve`] once the model is open.
 #[derive(Args, Debug, Clone)]
 pub struct GenArgs {
-    /// Forward passes (denoising steps), split evenly over the blocks, and at least one per block
-    /// (fewer steps than blocks still run one pass per block); with --unmask threshold a budget:
+    /// Forward passes (denoising steps), split evenly over the blocks (rounded down), and at least
+    /// one per block (fewer steps than blocks still run one pass per block); with --unmask threshold a budget:
     /// steps end early once every position is committed [default: the family's: 64 for DiffuLLaMA and DiffuGPT, one per
     /// generated token for LLaDA and Dream, and for DiffuLLaMA from -n 64 on]
     #[arg(long = "steps", id = "steps", value_name = "N", visible_alias = "diffusion-steps")]
