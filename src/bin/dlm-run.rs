@@ -380,7 +380,6 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
         a.n_predict = n_ctx - longest;
     }
     a.gen.resolve(l.model.diffusion(), a.n_predict)?;
-    warn_flags(&a, &given, &l);
     for (i, prefix) in prefixes.iter().enumerate() {
         let len = prefix.len().saturating_add(a.n_predict).saturating_add(suffix.len());
         if len > n_ctx {
@@ -388,6 +387,8 @@ fn run(mut a: Args, given: Given) -> anyhow::Result<()> {
             bail!("{which}prompt ({}) + -n ({}) + suffix ({}) = {len} tokens exceeds {ctx_from}", prefix.len(), a.n_predict, suffix.len());
         }
     }
+    // Notes and warnings only for a run that goes ahead (a refused one gets its one error line).
+    warn_flags(&a, &given, &l);
     let seed = a.gen.seed();
     if a.gen.seed.is_none() && !a.json {
         dlm::errln!("seed: {seed}");
