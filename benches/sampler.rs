@@ -20,7 +20,8 @@
 mod common;
 
 use common::{diffullama_1b_sharp, gguf, median, selected, threads, time, tiny_q4};
-use dlm::generate::Pass;
+use dlm::engine::DEVICE_CANDIDATES;
+use dlm::generate::{Pass, SeqPass};
 use dlm::sample::{reference, Candidate, Rng, Scores, TokenSampler};
 use dlm::{Gguf, LoadOptions, Model, Tokenizer};
 use dlm_convert::OutType;
@@ -134,6 +135,39 @@ fn main() {
         println!("|---|---|---|---|");
         println!("| logits, then the host sampler | {th:.0} | {} | - |", 256 * 32000 * 4);
         println!("| rows reduced in the graph (--device-candidates on) | {td:.0} | {} | {same}/256 |", 256 * 5 * 4);
+        // A sampled step (Dream's default: temperature 0.2, top-p 0.95, entropy rule): logits
+        // then the host sampler, against 64 candidates per row from the graph, drawn on the
+        // host where certain, the rest of the rows read back from the kept logits.
+        let all = Scores::ALL;
+        for (name, sampler) in [("temp 0.2 top-p 0.95", TokenSampler { temp: 0.2, top_p: 0.95, ..greedy }), ("temp 0.9 top-p 0.95", TokenSampler { temp: 0.9, top_p: 0.95, ..greedy })] {
+            let mut host = || {
+                let l = model.forward_rows(&canvas, Pass::Full, Some(&rows)).unwrap();
+                step(&l, 32000, &|r: &[f32], rng: &mut Rng| sampler.sample_scores(r, rng, all))
+            };
+            let mut device = || {
+                let before = model2.bytes_read_back();
+                let seq = SeqPass { tokens: &canvas, pass: Pass::Full, rows: Some(&rows) };
+                let c = model2.forward_seqs_candidates(&[seq], &[1.0 / sampler.temp], DEVICE_CANDIDATES).unwrap();
+                let mut out: Vec<Option<Candidate>> = c.par_iter().enumerate().map(|(k, c)| sampler.sample_candidates(c, 32000, &mut Rng::for_position(7, 1, k as u64), all)).collect();
+                let miss: Vec<usize> = (0..out.len()).filter(|&k| out[k].is_none()).collect();
+                if !miss.is_empty() {
+                    let l = model2.read_kept_rows(&miss).unwrap();
+                    for (r, &k) in l.chunks(32000).zip(&miss) {
+                        out[k] = Some(sampler.sample_scores(r, &mut Rng::for_position(7, 1, k as u64), all));
+                    }
+                }
+                (out.into_iter().map(Option::unwrap).collect::<Vec<_>>(), miss.len(), model2.bytes_read_back() - before)
+            };
+            let (a, (b, miss, bytes)) = (host(), device());
+            let same = a.iter().zip(&b).filter(|(x, y)| x.token == y.token).count();
+            let th = median((0..3).map(|_| time(&mut host).0 * 1e3).collect());
+            let td = median((0..3).map(|_| time(&mut device).0 * 1e3).collect());
+            println!();
+            println!("| sampled step, {name}, 256 rows × 32000 ids | ms/step | bytes to the host per step | same tokens |");
+            println!("|---|---|---|---|");
+            println!("| logits, then the host sampler | {th:.0} | {} | - |", 256 * 32000 * 4);
+            println!("| {DEVICE_CANDIDATES} candidates per row from the graph, {miss} rows read back | {td:.0} | {bytes} | {same}/256 |");
+        }
         Some(ms)
     } else {
         None

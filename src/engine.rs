@@ -2,8 +2,8 @@
 //! parameters, unmasking rule and seeded schedule.
 //!
 //! Every pass runs all sequences that have work through one [`Forward::forward_seqs`] (one read
-//! of the weights for all of them; a second call for greedy sequences whose rows the backend
-//! reduces), then each samples and commits on its own schedule, exactly
+//! of the weights for all of them; another call each for greedy and for sampled sequences whose
+//! rows the backend reduces), then each samples and commits on its own schedule, exactly
 //! as [`crate::generate::generate`] does for it alone. A sequence added between passes joins at
 //! the next one; a finished one leaves. `generate` and `generate_batch` are this engine with a
 //! fixed set of sequences; `dlm-server` keeps one engine on a thread and feeds it requests.
@@ -20,7 +20,12 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::generate::{check_finite, guide, non_finite, Blind, CacheId, Forward, GenParams, Generation, Pass, Seq, SeqPass};
-use crate::sample::{RowStats, Scores, Unmasker};
+use crate::graph::Reduce;
+use crate::sample::{Candidate, RowStats, Scores, Unmasker};
+
+/// Candidates per row a sampled step brings back from the backend (more when a sequence's top-k
+/// asks for more): enough for the nucleus of a confident row, 520 bytes per row.
+pub const DEVICE_CANDIDATES: usize = 64;
 
 /// Names a sequence of an [`Engine`] (given out by [`Engine::add`], from 0, never reused).
 pub type SeqId = u64;
@@ -173,15 +178,25 @@ impl<'r> Engine<'r> {
                 Work { i, positions, chosen, pass }
             })
             .collect();
-        // Greedy sequences without guidance and with the LM head on their own rows take the
-        // backend's row statistics when the model offers them (the logits stay there); the
-        // others their logits. Each kind is one forward pass, cached sequences or not.
-        let reduce = model.device_candidates();
-        let (stats, logits): (Vec<Work>, Vec<Work>) = work.into_iter().partition(|w| {
+        // Sequences without guidance and with the LM head on their own rows take the backend's
+        // reduction when the model offers one (the logits stay there): greedy ones its row
+        // statistics, sampled ones its candidates. The others take their logits. Each kind is
+        // one forward pass, cached sequences or not.
+        let offered = model.device_candidates();
+        let (mut stats, mut cands, mut logits) = (Vec::new(), Vec::new(), Vec::new());
+        for w in work {
             let p = &self.slots[w.i].p;
-            reduce && p.sampler.temp <= 0.0 && p.cfg_scale == 0.0 && !p.full_lm_head
-        });
-        for (group, reduce) in [(stats, true), (logits, false)] {
+            let plain = offered && p.cfg_scale == 0.0 && !p.full_lm_head;
+            if plain && p.sampler.temp <= 0.0 {
+                stats.push(w);
+            } else if plain && p.sampler.draws_from_candidates() {
+                cands.push(w);
+            } else {
+                logits.push(w);
+            }
+        }
+        let k = cands.iter().map(|w| self.slots[w.i].p.sampler.top_k).filter(|&k| k > 0 && k < 1024).map(|k| k + 1).fold(DEVICE_CANDIDATES, usize::max);
+        for (group, reduce) in [(stats, Reduce::Stats), (cands, Reduce::Candidates { k }), (logits, Reduce::Logits)] {
             if group.is_empty() {
                 continue;
             }
@@ -202,7 +217,7 @@ impl<'r> Engine<'r> {
             let dt = t0.elapsed().as_secs_f64();
             out.forward_seconds += dt;
             for (group, result) in runs {
-                let rows = match result {
+                let mut rows = match result {
                     Ok(r) => r,
                     Err(e) => {
                         // Alone (or the only one): the sequence gets the error itself.
@@ -215,7 +230,7 @@ impl<'r> Engine<'r> {
                     let slot = &mut self.slots[w.i];
                     let (seq, p) = (&mut slot.seq, &slot.p);
                     let positions = &w.positions;
-                    let cands = match &rows {
+                    let cands = match &mut rows {
                         Rows::Logits(logits) => {
                             let shift = usize::from(p.shift_logits);
                             let mine = &logits.rows[offset..offset + logits.lens[k]];
@@ -244,6 +259,13 @@ impl<'r> Engine<'r> {
                             }
                             mine.iter().map(RowStats::candidate).collect()
                         }
+                        Rows::Candidates(per_seq) => match std::mem::replace(&mut per_seq[k], Ok(Vec::new())) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                out.failed.push((slot.id, e));
+                                continue;
+                            }
+                        },
                     };
                     seq.forward_seconds.push(dt);
                     let committed = if w.chosen {
@@ -278,9 +300,9 @@ impl<'r> Engine<'r> {
     }
 
     /// One forward pass for the sequences of `group`: their row statistics (`reduce`: greedy,
-    /// unguided sequences with the LM head on their sampled rows) or their logits, guided where
-    /// asked, sequence after sequence.
-    fn run(&self, model: &mut dyn Forward, group: &[Work], reduce: bool) -> Result<Rows> {
+    /// unguided sequences with the LM head on their sampled rows), their candidates sampled
+    /// (sampled sequences alike), or their logits, guided where asked, sequence after sequence.
+    fn run(&self, model: &mut dyn Forward, group: &[Work], reduce: Reduce) -> Result<Rows> {
         let n_vocab = model.n_vocab();
         // Each sequence's logits rows: the rows before its sampled positions, or every computed
         // position (`full_lm_head`).
@@ -291,9 +313,12 @@ impl<'r> Engine<'r> {
                 (!s.p.full_lm_head).then(|| w.positions.iter().map(|&q| q - usize::from(s.p.shift_logits)).collect())
             })
             .collect();
-        if reduce {
+        if reduce != Reduce::Logits {
             let items: Vec<SeqPass<'_>> = group.iter().zip(&rows).map(|(w, r)| SeqPass { tokens: self.slots[w.i].seq.tokens(), pass: w.pass, rows: r.as_deref() }).collect();
-            return model.forward_stats(&items).map(Rows::Stats);
+            return match reduce {
+                Reduce::Candidates { k } => self.sample_candidates(model, group, &items, k).map(Rows::Candidates),
+                _ => model.forward_stats(&items).map(Rows::Stats),
+            };
         }
         // With guidance each sequence brings its prompt-masked canvas too, right after it.
         let uncond: Vec<Option<Vec<u32>>> = group
@@ -336,6 +361,73 @@ impl<'r> Engine<'r> {
     }
 }
 
+impl Engine<'_> {
+    /// The candidates of the sequences of `group` (passes `items`) for a sampled step: drawn
+    /// from the `k` candidates per row the backend returns where that draw is certain
+    /// ([`crate::sample::TokenSampler::sample_candidates`]), from the row's logits, read back
+    /// from the backend, where it is not. Per sequence: its candidates, or why it fails.
+    fn sample_candidates(&self, model: &mut dyn Forward, group: &[Work], items: &[SeqPass<'_>], k: usize) -> Result<Vec<Result<Vec<Candidate>>>> {
+        use rayon::prelude::*;
+        let n_vocab = model.n_vocab();
+        let inv_temp: Vec<f32> = group.iter().map(|w| 1.0 / self.slots[w.i].p.sampler.temp).collect();
+        let rows = model.forward_candidates(items, &inv_temp, k)?;
+        // (sequence, row of the pass) of every sampled position, in order.
+        let mut at = Vec::new();
+        for (j, w) in group.iter().enumerate() {
+            at.extend((0..w.positions.len()).map(|q| (j, q)));
+        }
+        if rows.len() != at.len() {
+            return Err(Error::Invalid(format!("the model returned {} row candidates for a pass that needs {}", rows.len(), at.len())));
+        }
+        // Per sequence: its sampler, the scores its rule reads, its canvas and positions.
+        let of: Vec<_> = group
+            .iter()
+            .map(|w| {
+                let s = &self.slots[w.i];
+                (s.p.sampler, if w.chosen { Scores::NONE } else { s.rule.scores() }, &s.seq, &w.positions)
+            })
+            .collect();
+        let mut drawn: Vec<Option<Candidate>> = rows
+            .par_iter()
+            .zip(&at)
+            .map(|(c, &(j, q))| {
+                let (sampler, scores, seq, positions) = of[j];
+                sampler.sample_candidates(c, n_vocab, &mut seq.position_rng(positions[q]), scores)
+            })
+            .collect();
+        // The rows the candidates cannot serve: their logits, sampled as the host always does.
+        let missing: Vec<usize> = (0..drawn.len()).filter(|&r| drawn[r].is_none()).collect();
+        let mut failed: Vec<Option<Error>> = group.iter().map(|_| None).collect();
+        if !missing.is_empty() {
+            let logits = model.read_kept_rows(&missing)?;
+            if logits.len() != missing.len() * n_vocab {
+                return Err(Error::Invalid(format!("the model returned {} logits for {} kept rows", logits.len(), missing.len())));
+            }
+            for (row, &r) in logits.chunks_exact(n_vocab).zip(&missing) {
+                let (j, q) = at[r];
+                let (sampler, scores, seq, positions) = of[j];
+                if let Err(e) = check_finite(row, seq.forward_seconds.len()) {
+                    failed[j].get_or_insert(e);
+                    continue;
+                }
+                drawn[r] = Some(sampler.sample_scores(row, &mut seq.position_rng(positions[q]), scores));
+            }
+        }
+        let mut drawn = drawn.into_iter();
+        Ok(group
+            .iter()
+            .zip(failed)
+            .map(|(w, f)| {
+                let mine: Vec<Option<Candidate>> = drawn.by_ref().take(w.positions.len()).collect();
+                match f {
+                    Some(e) => Err(e),
+                    None => Ok(mine.into_iter().map(|c| c.expect("every row drawn")).collect()),
+                }
+            })
+            .collect())
+    }
+}
+
 /// One sequence's part of a pass: its slot, the positions it samples (all its masked ones, or
 /// those its rule chose blind: `chosen`), and what the pass computes for it.
 struct Work {
@@ -350,6 +442,8 @@ enum Rows {
     Logits(Logits),
     /// Each sequence's sampled positions' statistics, in order, sequence after sequence.
     Stats(Vec<RowStats>),
+    /// Each sequence's candidates (sampled steps), or why it fails.
+    Candidates(Vec<Result<Vec<Candidate>>>),
 }
 
 /// Logits of a group, sequence after sequence.

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::engine::{Engine, SeqId};
 use crate::error::{Error, Result};
-use crate::sample::{Candidate, Rng, RowStats, Scores, TokenSampler, Unmasker};
+use crate::sample::{Candidate, Rng, RowCandidates, RowStats, Scores, TokenSampler, Unmasker};
 pub use crate::graph::CacheId;
 
 /// Which positions a forward pass computes, and through which key/value cache.
@@ -120,6 +120,18 @@ pub trait Forward {
         let _ = seqs;
         Err(Error::Invalid("this model does not reduce rows on its backend".into()))
     }
+    /// The [`RowCandidates`] (`k` per row, at sequence `i`'s inverse temperature `inv_temp[i]`)
+    /// of the rows of each sequence of `seqs`, keeping the logits for
+    /// [`Forward::read_kept_rows`]. Only called when [`Forward::device_candidates`] says so.
+    fn forward_candidates(&mut self, seqs: &[SeqPass<'_>], inv_temp: &[f32], k: usize) -> Result<Vec<RowCandidates>> {
+        let _ = (seqs, inv_temp, k);
+        Err(Error::Invalid("this model does not reduce rows on its backend".into()))
+    }
+    /// Logits of rows (indices among its rows) of the last [`Forward::forward_candidates`] pass.
+    fn read_kept_rows(&mut self, rows: &[usize]) -> Result<Vec<f32>> {
+        let _ = rows;
+        Err(Error::Invalid("this model keeps no logits on its backend".into()))
+    }
 }
 
 #[cfg(feature = "ggml")]
@@ -147,6 +159,12 @@ impl Forward for crate::Model {
     }
     fn forward_stats(&mut self, seqs: &[SeqPass<'_>]) -> Result<Vec<RowStats>> {
         crate::Model::forward_seqs_stats(self, seqs)
+    }
+    fn forward_candidates(&mut self, seqs: &[SeqPass<'_>], inv_temp: &[f32], k: usize) -> Result<Vec<RowCandidates>> {
+        crate::Model::forward_seqs_candidates(self, seqs, inv_temp, k)
+    }
+    fn read_kept_rows(&mut self, rows: &[usize]) -> Result<Vec<f32>> {
+        crate::Model::read_kept_rows(self, rows)
     }
 }
 
@@ -369,17 +387,20 @@ impl Seq {
     /// Samples every position of `positions` from its logits row (`row_of(k)` for the k-th, in
     /// `logits`), in parallel, each with its own random stream, computing the scores `scores`.
     pub(crate) fn candidates(&self, p: &GenParams, positions: &[usize], logits: &[f32], n_vocab: usize, scores: Scores, row_of: impl Fn(usize) -> usize + Sync) -> Vec<Candidate> {
-        // Counted from 1, the pass this step would be if every step ran one (as before steps
-        // that commit nothing were skipped), so a seed draws the same tokens as it always did.
-        let global_step = self.steps_taken + 1;
         (0..positions.len())
             .into_par_iter()
             .map(|k| {
                 let r = row_of(k);
-                let mut rng = Rng::for_position(self.seed, global_step, positions[k] as u64);
-                p.sampler.sample_scores(&logits[r * n_vocab..(r + 1) * n_vocab], &mut rng, scores)
+                p.sampler.sample_scores(&logits[r * n_vocab..(r + 1) * n_vocab], &mut self.position_rng(positions[k]), scores)
             })
             .collect()
+    }
+
+    /// The random stream a token of canvas position `position` is drawn with at this step:
+    /// counted from 1, the pass this step would be if every step ran one (as before steps that
+    /// commit nothing were skipped), so a seed draws the same tokens as it always did.
+    pub(crate) fn position_rng(&self, position: usize) -> Rng {
+        Rng::for_position(self.seed, self.steps_taken + 1, position as u64)
     }
 
     /// Lets `unmasker` choose among `cands` (one per position of `positions`), commits them,

@@ -12,6 +12,9 @@ pub trait Ops {
 
     /// An i32 vector of `n` values, set by the caller before compute (token ids, positions).
     fn input_i32(&mut self, n: usize) -> Self::T;
+    /// An f32 vector of `n` values, set by the caller before compute through the same i32
+    /// inputs as [`Ops::input_i32`]: each value as its bit pattern (`f32::to_bits() as i32`).
+    fn input_f32(&mut self, n: usize) -> Self::T;
     /// Rows `ids` of `table` (`[ne0, rows]`, any weight type), as f32 `[ne0, n_ids]`.
     fn get_rows(&mut self, table: Self::T, ids: Self::T) -> Self::T;
     /// `w` `[k, m]` times `x` `[k, n]`: `[m, n]` f32.
@@ -50,6 +53,17 @@ pub trait Ops {
     /// `Σ exp(x − m)·(x − m)`, the largest `x − m` below 0 (−1e30 if none), and how many entries
     /// are below the maximum.
     fn row_stats(&mut self, x: Self::T) -> Self::T;
+    /// What a sampled step needs of each row of logits `x` `[n, rows]` (contiguous) at
+    /// temperature `1 / inv_temp[row]` (`inv_temp` an f32 `[rows]` from [`Ops::input_f32`]),
+    /// so that `5 + 2k` numbers per row leave the device ([`crate::sample::RowCandidates`]):
+    /// f32 `[5 + 2k, rows]` holding [`Ops::row_stats`] of the row times its `inv_temp`, then
+    /// the ids (as f32) of `k` largest logits of the row, then those logits unscaled; the `k`
+    /// in no particular order, any of equal logits at the boundary. `1 ≤ k ≤ n`.
+    fn row_candidates(&mut self, x: Self::T, inv_temp: Self::T, k: usize) -> Self::T;
+    /// Keeps `x` (f32 `[n, rows]`, contiguous) readable after the graph runs, through
+    /// [`Engine::read_kept`]: the logits behind a reduction, for the rows it cannot serve. At
+    /// most one tensor per graph.
+    fn keep(&mut self, x: Self::T);
     /// Writes `fresh` `[a, b, m]` over tokens `start..start + m` of the persistent tensor
     /// `cache` `[a, b, total]` and returns the whole cache, ordered after the write.
     fn write_tokens(&mut self, cache: Self::T, fresh: Self::T, start: usize) -> Self::T;
@@ -92,6 +106,11 @@ pub trait Engine {
     /// How many graphs were planned since the engine was created.
     fn plans_built(&self) -> usize;
 
+    /// Rows `rows` (each `n` values, in that order) of the tensor the last graph run kept with
+    /// [`Ops::keep`]. An error when that graph kept nothing, a row is out of range, or its plan
+    /// has been dropped since (by [`Engine::free_kv`]).
+    fn read_kept(&mut self, rows: &[usize]) -> crate::Result<Vec<f32>>;
+
     /// The key/value cache `id` (one sequence's): f32 `[head_dim, n_head_kv, total]` tensors
     /// for each of `layers`, allocated on first use and again whenever its shape changes
     /// (contents then undefined). Each id has its own memory; graphs may read several. The
@@ -128,11 +147,23 @@ pub struct GraphKey {
 pub enum GraphKind {
     /// A forward pass over independent sequences (`parts`, in order; attention stays within
     /// each), the LM head on `out_rows` rows (0: every computed row of the one sequence),
-    /// reduced to [`Ops::row_stats`] when `stats`.
-    Forward { parts: Vec<SeqShape>, out_rows: usize, stats: bool },
+    /// reduced as `reduce` says.
+    Forward { parts: Vec<SeqShape>, out_rows: usize, reduce: Reduce },
     /// Any other graph (kernel tests, benchmarks): the caller's own numbers, which must
     /// determine it.
     Other(Vec<usize>),
+}
+
+/// What a forward graph returns of its LM head's rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduce {
+    /// The logits.
+    Logits,
+    /// [`Ops::row_stats`] of each row (greedy steps).
+    Stats,
+    /// [`Ops::row_candidates`] with `k` candidates per row, the logits kept ([`Ops::keep`])
+    /// for the rows those cannot serve (sampled steps).
+    Candidates { k: usize },
 }
 
 /// One sequence of a [`GraphKind::Forward`] pass: `total` tokens, positions `start..end`
@@ -232,6 +263,11 @@ impl<P> PlanCache<P> {
     /// Keeps only the plans whose key `keep` accepts.
     pub fn retain(&mut self, keep: impl Fn(&GraphKey) -> bool) {
         self.plans.retain(|(k, _)| keep(k));
+    }
+
+    /// The plan run last (every use moves a plan last) and its key.
+    pub fn last(&self) -> Option<(&GraphKey, &P)> {
+        self.plans.last().map(|(k, p)| (k, p))
     }
 
     /// The plans held, least recently used first.

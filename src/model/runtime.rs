@@ -1,12 +1,12 @@
 //! A loaded model: weights as backend tensors (ggml CPU/GPU or wgpu), `forward(tokens) -> logits`.
 
-use crate::sample::RowStats;
+use crate::sample::{RowCandidates, RowStats};
 use std::path::Path;
 
 use crate::backend::ggml::{Executor, TensorRef, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::graph::{CacheId, Engine, GraphKey, GraphKind, Ops, PassKind, SeqShape};
+use crate::graph::{CacheId, Engine, GraphKey, GraphKind, Ops, PassKind, Reduce, SeqShape};
 use super::{load_network, DiffusionOverrides, DiffusionParams, Hparams, Inputs, Kv, Network, SeqKv};
 use crate::generate::{Pass, SeqPass};
 
@@ -124,9 +124,12 @@ impl Backend {
 
 /// A network on one backend with its executor: what [`Model`] runs, whichever backend.
 trait Runner: Send {
-    /// Logits of the sequences `seqs` in one pass, or with `stats` each row's
-    /// [`Ops::row_stats`] (5 values per row); `kv_for` holds how many tokens each cache stores.
-    fn forward_seqs(&mut self, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], stats: bool) -> Result<Vec<f32>>;
+    /// Logits of the sequences `seqs` in one pass, or each row reduced as `reduce` says
+    /// ([`Reduce::Candidates`] at `inv_temp[i]` for sequence `i`); `kv_for` holds how many
+    /// tokens each cache stores.
+    fn forward_seqs(&mut self, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], reduce: Reduce, inv_temp: &[f32]) -> Result<Vec<f32>>;
+    /// Rows of the logits the last pass kept ([`Reduce::Candidates`]).
+    fn read_kept(&mut self, rows: &[usize]) -> Result<Vec<f32>>;
     /// Frees the key/value cache `id`.
     fn free_kv(&mut self, id: CacheId);
     /// Which backend runs the forward pass, in words.
@@ -181,9 +184,13 @@ impl Drop for OnGgml {
 }
 
 impl Runner for OnGgml {
-    fn forward_seqs(&mut self, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], stats: bool) -> Result<Vec<f32>> {
+    fn forward_seqs(&mut self, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], reduce: Reduce, inv_temp: &[f32]) -> Result<Vec<f32>> {
         let _watch = self.watch();
-        forward_seqs_on(&mut self.executor, self.net.as_ref(), kv_for, seqs, stats)
+        forward_seqs_on(&mut self.executor, self.net.as_ref(), kv_for, seqs, reduce, inv_temp)
+    }
+    fn read_kept(&mut self, rows: &[usize]) -> Result<Vec<f32>> {
+        let _watch = self.watch();
+        self.executor.read_kept(rows)
     }
     fn free_kv(&mut self, id: CacheId) {
         let _watch = self.watch();
@@ -221,8 +228,11 @@ struct OnWgpu {
 
 #[cfg(feature = "wgpu")]
 impl Runner for OnWgpu {
-    fn forward_seqs(&mut self, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], stats: bool) -> Result<Vec<f32>> {
-        forward_seqs_on(&mut self.executor, self.net.as_ref(), kv_for, seqs, stats)
+    fn forward_seqs(&mut self, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], reduce: Reduce, inv_temp: &[f32]) -> Result<Vec<f32>> {
+        forward_seqs_on(&mut self.executor, self.net.as_ref(), kv_for, seqs, reduce, inv_temp)
+    }
+    fn read_kept(&mut self, rows: &[usize]) -> Result<Vec<f32>> {
+        self.executor.read_kept(rows)
     }
     fn free_kv(&mut self, id: CacheId) {
         self.executor.free_kv(id)
@@ -254,6 +264,8 @@ pub struct Model {
     warnings: Vec<String>,
     /// [`Model::set_device_candidates`]; `None`: by backend.
     device_candidates: Option<bool>,
+    /// Bytes of pass results brought back from the backend so far ([`Model::bytes_read_back`]).
+    read_back: u64,
 }
 
 // A server thread can own a model: checked at compile time.
@@ -281,7 +293,7 @@ impl Model {
             super::check_values(&gguf)?;
         }
         let runner = Self::on_backend(&gguf, &params, opts, &unused)?;
-        Ok(Model { runner, kv_for: KvFor::default(), params, diffusion, gguf, warnings, device_candidates: None })
+        Ok(Model { runner, kv_for: KvFor::default(), params, diffusion, gguf, warnings, device_candidates: None, read_back: 0 })
     }
 
     fn on_backend(gguf: &Gguf, params: &Hparams, opts: &LoadOptions, unused: &[String]) -> Result<Box<dyn Runner>> {
@@ -505,7 +517,15 @@ impl Model {
     /// sequence and each has its own positions from 0, so every sequence's logits are those of
     /// [`Model::forward_rows`] on it alone.
     pub fn forward_seqs(&mut self, seqs: &[SeqPass<'_>]) -> Result<Vec<f32>> {
-        self.runner.forward_seqs(&mut self.kv_for, seqs, false)
+        let out = self.runner.forward_seqs(&mut self.kv_for, seqs, Reduce::Logits, &[])?;
+        self.read_back += 4 * out.len() as u64;
+        Ok(out)
+    }
+
+    /// Bytes of results the forward passes brought back from the backend so far (logits, row
+    /// statistics, candidates, kept rows read): what crosses from a GPU to the host.
+    pub fn bytes_read_back(&self) -> u64 {
+        self.read_back
     }
 
     /// [`Model::forward_seqs`] reduced as [`Model::forward_rows_stats`] (every sequence names its rows).
@@ -514,8 +534,34 @@ impl Model {
         if seqs.iter().any(|s| s.rows.is_none()) {
             return Err(Error::Invalid("row statistics need the rows of every sequence".into()));
         }
-        let raw = self.runner.forward_seqs(&mut self.kv_for, seqs, true)?;
+        let raw = self.runner.forward_seqs(&mut self.kv_for, seqs, Reduce::Stats, &[])?;
+        self.read_back += 4 * raw.len() as u64;
         Ok(RowStats::parse(&raw, self.params.n_vocab))
+    }
+
+    /// [`Model::forward_seqs`] with each row reduced on the backend to what a sampled step
+    /// needs ([`RowCandidates`]: statistics at sequence `i`'s temperature `1 / inv_temp[i]` and
+    /// the `k` largest logits, `k` capped at the vocabulary), `20 + 8k` bytes per row instead of
+    /// `4 × n_vocab`. The logits stay on the backend until the next pass, for the rows the
+    /// candidates cannot serve: [`Model::read_kept_rows`]. Every sequence names its rows.
+    pub fn forward_seqs_candidates(&mut self, seqs: &[SeqPass<'_>], inv_temp: &[f32], k: usize) -> Result<Vec<RowCandidates>> {
+        self.check_row_stats()?;
+        if let Some(t) = inv_temp.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
+            return Err(Error::Invalid(format!("an inverse temperature of {t} (candidates need a finite temperature above 0)")));
+        }
+        let k = k.clamp(1, self.params.n_vocab);
+        let raw = self.runner.forward_seqs(&mut self.kv_for, seqs, Reduce::Candidates { k }, inv_temp)?;
+        self.read_back += 4 * raw.len() as u64;
+        RowCandidates::parse(&raw, self.params.n_vocab, k).ok_or_else(|| Error::Invalid("the backend returned malformed row candidates".into()))
+    }
+
+    /// Logits of rows of the last [`Model::forward_seqs_candidates`] pass (indices into its
+    /// rows, sequence after sequence), read from the backend: `rows.len() × n_vocab`. An error
+    /// when another pass ran since.
+    pub fn read_kept_rows(&mut self, rows: &[usize]) -> Result<Vec<f32>> {
+        let out = self.runner.read_kept(rows)?;
+        self.read_back += 4 * out.len() as u64;
+        Ok(out)
     }
 
     /// Frees the key/value cache `id` (a sequence that has finished): its memory and the
@@ -593,7 +639,7 @@ fn batch_of<'a>(seqs: &[&'a [u32]], rows: &[&'a [usize]]) -> Result<Vec<SeqPass<
 struct KvFor(std::collections::HashMap<CacheId, usize>);
 
 /// [`Model::forward_seqs`] on one engine.
-fn forward_seqs_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], stats: bool) -> Result<Vec<f32>> {
+fn forward_seqs_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, kv_for: &mut KvFor, seqs: &[SeqPass<'_>], reduce: Reduce, inv_temp: &[f32]) -> Result<Vec<f32>> {
     let p = net.hparams();
     let n_vocab = p.n_vocab;
     if seqs.is_empty() {
@@ -601,8 +647,13 @@ fn forward_seqs_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, kv_for:
     }
     let alone = seqs.len() == 1;
     let named = |i: usize, e: Error| if alone { e } else { Error::Invalid(format!("sequence {i} of the batch: {e}")) };
+    if let Reduce::Candidates { .. } = reduce {
+        if inv_temp.len() != seqs.len() || seqs.iter().any(|s| s.rows.is_none()) {
+            return Err(Error::Invalid("candidates need every sequence's rows and temperature".into()));
+        }
+    }
     let mut shapes = Vec::with_capacity(seqs.len());
-    let (mut ids, mut pos, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut pos, mut out, mut temps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, s) in seqs.iter().enumerate() {
         let total = s.tokens.len();
         check_tokens(s.tokens, n_vocab, net.max_positions()).map_err(|e| named(i, e))?;
@@ -638,6 +689,9 @@ fn forward_seqs_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, kv_for:
                     return Err(named(i, Error::Invalid(why)));
                 }
                 out.extend(rows.iter().map(|&r| (base + r - start) as i32));
+                if let Some(&t) = inv_temp.get(i) {
+                    temps.extend(std::iter::repeat_n(t.to_bits() as i32, rows.len()));
+                }
             }
             None => out.extend((base..base + end - start).map(|r| r as i32)),
         }
@@ -675,14 +729,28 @@ fn forward_seqs_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, kv_for:
             Some(id) => executor.kv_cache(id, p.n_layer, p.head_dim(), p.n_head_kv, sh.total)?,
         });
     }
-    let key = GraphKey { kind: GraphKind::Forward { parts: shapes.clone(), out_rows: out_rows.as_ref().map_or(0, |r| r.len()), stats }, max_nodes: graph_size(p.n_layer, seqs.len()) };
+    let reduce = match reduce {
+        Reduce::Candidates { k } => Reduce::Candidates { k: k.clamp(1, n_vocab) },
+        r => r,
+    };
+    let key = GraphKey { kind: GraphKind::Forward { parts: shapes.clone(), out_rows: out_rows.as_ref().map_or(0, |r| r.len()), reduce }, max_nodes: graph_size(p.n_layer, seqs.len()) };
     let mut inputs: Vec<&[i32]> = vec![&ids, &pos];
     if let Some(r) = &out_rows {
         inputs.push(r);
     }
+    if let (Reduce::Candidates { .. }, Some(r)) = (reduce, &out_rows) {
+        // The padding rows repeat the last row, at its temperature.
+        let last = *temps.last().expect("rows were asked for");
+        temps.resize(r.len(), last);
+        inputs.push(&temps);
+    }
     let mut logits = executor.run(&key, &inputs, |b| {
         let (t, ps) = (b.input_i32(n), b.input_i32(n));
         let rows = out_rows.as_ref().map(|r| b.input_i32(r.len()));
+        let inv_t = match (reduce, &out_rows) {
+            (Reduce::Candidates { .. }, Some(r)) => Some(b.input_f32(r.len())),
+            _ => None,
+        };
         let parts: Vec<SeqKv<'_, E::T>> = shapes
             .iter()
             .zip(&caches)
@@ -696,21 +764,33 @@ fn forward_seqs_on<E: Engine>(executor: &mut E, net: &dyn Network<E::T>, kv_for:
             })
             .collect();
         let logits = net.forward(b, &Inputs { tokens: t, pos: ps, n, out_rows: rows, seqs: &parts });
-        if stats {
-            b.row_stats(logits)
-        } else {
-            logits
+        match (reduce, inv_t) {
+            (Reduce::Stats, _) => b.row_stats(logits),
+            (Reduce::Candidates { k }, Some(t)) => {
+                b.keep(logits);
+                b.row_candidates(logits, t, k)
+            }
+            _ => logits,
         }
     })?;
     for sh in shapes.iter().filter(|sh| sh.pass == PassKind::Store) {
         kv_for.0.insert(sh.cache.expect("a storing pass has a cache"), sh.total);
     }
-    logits.truncate(n_rows * if stats { ROW_STATS } else { n_vocab });
+    logits.truncate(n_rows * reduced_width(reduce, n_vocab));
     Ok(logits)
 }
 
 /// Values per row of [`Ops::row_stats`].
 const ROW_STATS: usize = 5;
+
+/// Values per row a pass returns.
+fn reduced_width(reduce: Reduce, n_vocab: usize) -> usize {
+    match reduce {
+        Reduce::Logits => n_vocab,
+        Reduce::Stats => ROW_STATS,
+        Reduce::Candidates { k } => ROW_STATS + 2 * k.clamp(1, n_vocab),
+    }
+}
 
 /// Tensors and nodes a forward graph may need, generously: a layer makes about 30, plus up to
 /// about 17 per sequence of a batch (views, cache writes and attention) and one to join them.

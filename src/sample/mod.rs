@@ -4,6 +4,7 @@
 //! Samplers never see a backend: they get logits rows and return decisions. All randomness
 //! comes from one seeded [`Rng`] passed in explicitly, so the same seed gives the same canvas.
 
+mod candidates;
 mod confidence;
 mod entropy;
 mod margin;
@@ -14,6 +15,7 @@ mod timestep;
 mod token;
 mod threshold;
 
+pub use candidates::RowCandidates;
 pub use confidence::Confidence;
 pub use entropy::Entropy;
 pub use margin::Margin;

@@ -332,6 +332,8 @@ pub(crate) struct Builder<'c> {
     ctx: &'c Context,
     inputs: Vec<TensorRef>,
     flash_attn: bool,
+    /// The tensor [`Ops::keep`] named.
+    kept: Option<TensorRef>,
 }
 
 macro_rules! node {
@@ -405,6 +407,35 @@ impl Ops for Builder<'_> {
         unsafe { sys::ggml_set_input(t.ptr()) };
         self.inputs.push(t);
         t
+    }
+    fn input_f32(&mut self, n: usize) -> TensorRef {
+        // The caller's i32 values are copied as bytes: f32 bit patterns land as f32.
+        let t = node!(self, sys::ggml_new_tensor_1d(self.ctx.raw(), ggml_type(GgmlType::F32), n as i64));
+        // SAFETY: a live tensor of this context.
+        unsafe { sys::ggml_set_input(t.ptr()) };
+        self.inputs.push(t);
+        t
+    }
+    fn row_candidates(&mut self, x: TensorRef, inv_temp: TensorRef, k: usize) -> TensorRef {
+        // SAFETY: `x` is a live tensor (TensorRef invariant); reading its header is plain access.
+        let [n, rows, _, _] = unsafe { x.0.as_ref() }.ne;
+        let c = self.ctx.raw();
+        let k = (k as i64).clamp(1, n);
+        let t = node!(self, sys::ggml_reshape_2d(c, inv_temp.ptr(), 1, rows));
+        let scaled = node!(self, sys::ggml_mul(c, x.ptr(), t.ptr()));
+        let stats = self.row_stats(scaled);
+        // The k largest (i32 [k, rows]; partial sort on the CPU, a parallel select on CUDA and
+        // Vulkan), their logits gathered one row of ids per row of logits.
+        let ids = node!(self, sys::ggml_top_k(c, x.ptr(), k as i32));
+        let cols = node!(self, sys::ggml_reshape_3d(c, x.ptr(), 1, n, rows));
+        let vals = node!(self, sys::ggml_get_rows(c, cols.ptr(), ids.ptr()));
+        let vals = node!(self, sys::ggml_reshape_2d(c, vals.ptr(), k, rows));
+        let ids = node!(self, sys::ggml_cast(c, ids.ptr(), ggml_type(GgmlType::F32)));
+        let out = node!(self, sys::ggml_concat(c, stats.ptr(), ids.ptr(), 0));
+        node!(self, sys::ggml_concat(c, out.ptr(), vals.ptr(), 0))
+    }
+    fn keep(&mut self, x: TensorRef) {
+        self.kept = Some(x);
     }
     fn get_rows(&mut self, table: TensorRef, ids: TensorRef) -> TensorRef {
         node!(self, sys::ggml_get_rows(self.ctx.raw(), table.ptr(), ids.ptr()))
@@ -582,6 +613,8 @@ struct CachedGraph {
     graph: NonNull<sys::ggml_cgraph>,
     inputs: Vec<TensorRef>,
     output: TensorRef,
+    /// What [`Ops::keep`] named (also an output: its memory is its own).
+    kept: Option<TensorRef>,
     // Drop order: the activation memory, then the context owning the graph and its headers.
     alloc: GraphAlloc,
     // Owns the graph and its tensors; only kept alive, never read.
@@ -608,6 +641,8 @@ pub(crate) struct Executor {
     /// Per layer, the device (index into `gpu`'s backends) its key/value cache lives on;
     /// `None` or past the end: the host. Empty: every layer on the first device, if any.
     kv_places: Vec<Option<usize>>,
+    /// The key of the last graph that ran to the end (what [`Executor::read_kept`] reads).
+    last_run: Option<GraphKey>,
     backend: CpuBackend,
 }
 
@@ -625,7 +660,7 @@ impl Executor {
         let backend = CpuBackend(NonNull::new(unsafe { sys::ggml_backend_cpu_init() }).ok_or_else(|| Error::Ggml("ggml_backend_cpu_init failed".into()))?);
         // SAFETY: a live CPU backend.
         unsafe { sys::ggml_backend_cpu_set_n_threads(backend.0.as_ptr(), threads.clamp(1, 512) as i32) };
-        Ok(Executor { plans: PlanCache::new(PlanCache::<CachedGraph>::DEFAULT_CAPACITY), kv: KvStore::default(), flash_attn, gpu: None, kv_places: Vec::new(), backend })
+        Ok(Executor { plans: PlanCache::new(PlanCache::<CachedGraph>::DEFAULT_CAPACITY), kv: KvStore::default(), flash_attn, gpu: None, kv_places: Vec::new(), last_run: None, backend })
     }
 
     /// An executor whose graphs run on the devices `devs` (GPUs, local or behind RPC servers)
@@ -719,8 +754,9 @@ impl Executor {
     /// graph, and kept among the last few), with `inputs` copied into the graph's i32 inputs in
     /// the order `build` created them, and returns the output tensor as f32.
     pub fn run(&mut self, key: &GraphKey, inputs: &[&[i32]], build: impl FnOnce(&mut Builder<'_>) -> TensorRef) -> Result<Vec<f32>> {
-        let Executor { plans, flash_attn, gpu, backend, .. } = self;
+        let Executor { plans, flash_attn, gpu, backend, last_run, .. } = self;
         let cpu = backend.0;
+        *last_run = None;
         let g = plans.get_or_make(key, || build_graph(key, *flash_attn, gpu.as_ref(), cpu, build))?;
         // SAFETY: live input tensors (i32 vectors made by input_i32).
         let sizes: Vec<usize> = g.inputs.iter().map(|t| unsafe { sys::ggml_nelements(t.ptr()) } as usize).collect();
@@ -747,6 +783,35 @@ impl Executor {
         let mut out = vec![0f32; bytes / 4];
         // SAFETY: `out` has room for `bytes` bytes; the tensor holds exactly that many.
         unsafe { sys::ggml_backend_tensor_get(g.output.ptr(), out.as_mut_ptr().cast(), 0, bytes) };
+        *last_run = Some(key.clone());
+        Ok(out)
+    }
+
+    /// Rows of the tensor the last graph run kept (see [`Engine::read_kept`]).
+    pub fn read_kept(&mut self, rows: &[usize]) -> Result<Vec<f32>> {
+        let g = match (self.plans.last(), &self.last_run) {
+            (Some((k, g)), Some(ran)) if k == ran => g,
+            _ => return Err(Error::Invalid("no graph ran since the kept rows were asked for".into())),
+        };
+        let Some(kept) = g.kept else {
+            return Err(Error::Invalid("the last graph kept no tensor".into()));
+        };
+        // SAFETY: a live tensor of the plan's context (TensorRef invariant).
+        let (ty, [n, total, _, _], nb1) = unsafe { ((*kept.0.as_ptr()).type_, (*kept.0.as_ptr()).ne, (*kept.0.as_ptr()).nb[1]) };
+        if ty != ggml_type(GgmlType::F32) || nb1 != n as usize * 4 {
+            return Err(Error::Invalid("the kept tensor is not contiguous f32 rows".into()));
+        }
+        let n = n as usize;
+        let mut out = vec![0f32; rows.len() * n];
+        for (dst, &r) in out.chunks_exact_mut(n).zip(rows) {
+            if r >= total as usize {
+                return Err(Error::Invalid(format!("row {r} of a kept tensor of {total} rows")));
+            }
+            // SAFETY: `kept` is an output of the graph that ran last (its memory is not reused
+            // by another node, and no other graph of this plan ran since), allocated with the
+            // plan; row `r` lies inside it (checked) and `dst` holds exactly `n` f32.
+            unsafe { sys::ggml_backend_tensor_get(kept.ptr(), dst.as_mut_ptr().cast(), r * nb1, nb1) };
+        }
         Ok(out)
     }
 }
@@ -756,11 +821,16 @@ impl Executor {
 fn build_graph(key: &GraphKey, flash_attn: bool, gpu: Option<&Gpu>, cpu: NonNull<sys::ggml_backend>, build: impl FnOnce(&mut Builder<'_>) -> TensorRef) -> Result<CachedGraph> {
     let graph_size = key.max_nodes.max(64);
     let ctx = Context::metadata_only(graph_size, true)?;
-    let mut b = Builder { ctx: &ctx, inputs: Vec::new(), flash_attn };
+    let mut b = Builder { ctx: &ctx, inputs: Vec::new(), flash_attn, kept: None };
     let output = build(&mut b);
-    let inputs = b.inputs;
-    // SAFETY: a live tensor of `ctx`.
+    let (inputs, kept) = (b.inputs, b.kept);
+    // SAFETY: live tensors of `ctx`. An output's memory is not reused by any other node, so a
+    // kept tensor still holds its values after the graph ran.
     unsafe { sys::ggml_set_output(output.ptr()) };
+    if let Some(k) = kept {
+        // SAFETY: as above.
+        unsafe { sys::ggml_set_output(k.ptr()) };
+    }
     // SAFETY: `ctx` was sized for a custom graph of `graph_size` nodes.
     let graph = unsafe { sys::ggml_new_graph_custom(ctx.raw(), graph_size, false) };
     let graph = NonNull::new(graph).ok_or_else(|| Error::Ggml("ggml_new_graph_custom failed".into()))?;
@@ -781,7 +851,7 @@ fn build_graph(key: &GraphKey, flash_attn: bool, gpu: Option<&Gpu>, cpu: NonNull
         }
         Some(gpu) => GraphAlloc::Sched(gpu.alloc(graph, graph_size, cpu, key)?),
     };
-    Ok(CachedGraph { graph, inputs, output, alloc, _ctx: ctx })
+    Ok(CachedGraph { graph, inputs, output, kept, alloc, _ctx: ctx })
 }
 
 /// Pins each row gather from a weight table in host memory (the token embeddings, which stay
@@ -817,6 +887,9 @@ impl Engine for Executor {
 
     fn plans_built(&self) -> usize {
         self.plans.built()
+    }
+    fn read_kept(&mut self, rows: &[usize]) -> Result<Vec<f32>> {
+        Executor::read_kept(self, rows)
     }
 
     fn kv_cache(&mut self, id: CacheId, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<TensorRef>>> {

@@ -80,6 +80,8 @@ pub struct Recorder<'e> {
     inputs: Vec<usize>,
     /// Bytes of each activation store.
     acts: Vec<u64>,
+    /// The tensor [`Ops::keep`] named.
+    kept: Option<GpuTensor>,
     error: Option<Error>,
 }
 
@@ -186,6 +188,33 @@ impl Ops for Recorder<'_> {
     fn input_i32(&mut self, n: usize) -> GpuTensor {
         self.inputs.push(n);
         self.push(Desc { store: Store::Input(self.inputs.len() - 1), off: 0, ne: [n, 1, 1] })
+    }
+
+    fn input_f32(&mut self, n: usize) -> GpuTensor {
+        // Inputs are bytes: f32 bit patterns written as i32 are f32 to the kernels.
+        self.input_i32(n)
+    }
+
+    fn row_candidates(&mut self, x: GpuTensor, inv_temp: GpuTensor, k: usize) -> GpuTensor {
+        let (dx, dt) = (self.desc(x), self.desc(inv_temp));
+        let rows = dx.ne[1] * dx.ne[2];
+        if dt.numel() < rows {
+            self.fail(format!("row_candidates: {} inverse temperatures for {rows} rows", dt.numel()));
+        }
+        let k = k.clamp(1, dx.ne[0].max(1));
+        let (y, dy) = self.act([5 + 2 * k, rows, 1]);
+        let (gx, gy) = groups_2d(rows);
+        let (bx, bt) = (self.f32_bind(dx), self.f32_bind(dt));
+        let p = params::RowCandidates { ne0: dx.ne[0] as u32, rows: rows as u32, x_off: dx.off as u32, y_off: dy.off as u32, groups_x: gx, k: k as u32, t_off: dt.off as u32, ..Default::default() };
+        self.dispatch(Kernel::RowCandidates, p, vec![bx, bt, Bind::Store(dy.store)], (gx, gy));
+        y
+    }
+
+    fn keep(&mut self, x: GpuTensor) {
+        if matches!(self.desc(x).store, Store::Weight(_)) {
+            self.fail("keep: a weight is not an activation to keep".into());
+        }
+        self.kept = Some(x);
     }
 
     fn get_rows(&mut self, table: GpuTensor, ids: GpuTensor) -> GpuTensor {
@@ -355,6 +384,8 @@ struct Plan {
     steps: Vec<Step>,
     output: (Buffer, u64, u64),
     staging: wgpu::Buffer,
+    /// What [`Ops::keep`] named: its buffer, byte offset, and f32 values per row and rows.
+    kept: Option<(Buffer, u64, usize, usize)>,
     // Kept alive for the bind groups.
     _uniforms: wgpu::Buffer,
     _acts: Vec<Buffer>,
@@ -381,6 +412,8 @@ pub struct Executor {
     /// Per cache id: its buffers (k, v per layer), in the order of `caches`.
     kv: KvStore<Vec<Buffer>>,
     plans: PlanCache<Plan>,
+    /// The key of the last graph that ran to the end (what [`Executor::read_kept`] reads).
+    last_run: Option<GraphKey>,
 }
 
 impl Executor {
@@ -391,7 +424,7 @@ impl Executor {
             .enumerate()
             .map(|(i, w)| Desc { store: Store::Weight(i), off: 0, ne: [w.ne[0], w.ne[1], 1] })
             .collect();
-        Executor { gpu, weights, base, caches: Vec::new(), kv: KvStore::default(), plans: PlanCache::new(PlanCache::<Plan>::DEFAULT_CAPACITY) }
+        Executor { gpu, weights, base, caches: Vec::new(), kv: KvStore::default(), plans: PlanCache::new(PlanCache::<Plan>::DEFAULT_CAPACITY), last_run: None }
     }
 
     /// Keeps up to `n` planned graphs (at least 1; each holds its own activation buffers).
@@ -487,16 +520,18 @@ impl Executor {
     /// the graph), with `inputs` written into the graph's i32 inputs in the order `build`
     /// created them, and returns the output tensor's values.
     pub fn run(&mut self, key: &GraphKey, inputs: &[&[i32]], build: impl FnOnce(&mut Recorder<'_>) -> GpuTensor) -> Result<Vec<f32>> {
-        let Executor { gpu, weights, base, plans, caches, .. } = self;
+        let Executor { gpu, weights, base, plans, caches, last_run, .. } = self;
+        *last_run = None;
         let plan = plans.get_or_make(key, || {
-            let mut r = Recorder { weights, subgroups: gpu.subgroups, matvec: gpu.matvec, f16: gpu.f16, descs: base.clone(), nodes: Vec::new(), inputs: Vec::new(), acts: Vec::new(), error: None };
+            let mut r = Recorder { weights, subgroups: gpu.subgroups, matvec: gpu.matvec, f16: gpu.f16, descs: base.clone(), nodes: Vec::new(), inputs: Vec::new(), acts: Vec::new(), kept: None, error: None };
             let out = build(&mut r);
             let out = r.descs[out.0];
+            let kept = r.kept.map(|k| r.descs[k.0]);
             if let Some(e) = r.error {
                 return Err(e);
             }
             let (nodes, input_sizes, acts) = (r.nodes, r.inputs, r.acts);
-            make_plan(gpu, weights, caches, nodes, input_sizes, acts, out)
+            make_plan(gpu, weights, caches, nodes, input_sizes, acts, out, kept)
         })?;
         let plan = &*plan;
         if inputs.iter().map(|i| i.len()).ne(plan.input_lens.iter().copied()) {
@@ -527,24 +562,65 @@ impl Executor {
             enc.copy_buffer_to_buffer(buf, *off, &plan.staging, 0, *bytes);
             gpu.queue.submit([enc.finish()]);
         })?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        plan.staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("{}: waiting for the graph: {e}", gpu.adapter().name)))?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("the device dropped the read-back".into()))?
-            .map_err(|e| Error::Gpu(format!("reading the output back: {e}")))?;
-        let view = plan.staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("reading the output back: {e}")))?;
-        let out = view.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        drop(view);
-        plan.staging.unmap();
+        let out = read_back(gpu, &plan.staging)?;
+        self.last_run = Some(key.clone());
         Ok(out)
+    }
+
+    /// Rows of the tensor the last graph run kept (see [`Engine::read_kept`]).
+    pub fn read_kept(&mut self, rows: &[usize]) -> Result<Vec<f32>> {
+        let plan = match (self.plans.last(), &self.last_run) {
+            (Some((k, p)), Some(ran)) if k == ran => p,
+            _ => return Err(Error::Invalid("no graph ran since the kept rows were asked for".into())),
+        };
+        let Some((buf, off, n, total)) = &plan.kept else {
+            return Err(Error::Invalid("the last graph kept no tensor".into()));
+        };
+        if let Some(&r) = rows.iter().find(|&&r| r >= *total) {
+            return Err(Error::Invalid(format!("row {r} of a kept tensor of {total} rows")));
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let gpu = &self.gpu;
+        let row_bytes = (*n * 4) as u64;
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kept rows"),
+            size: row_bytes * rows.len() as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        gpu.checked("reading kept rows", || {
+            let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kept rows") });
+            for (i, &r) in rows.iter().enumerate() {
+                enc.copy_buffer_to_buffer(buf, off + r as u64 * row_bytes, &staging, i as u64 * row_bytes, row_bytes);
+            }
+            gpu.queue.submit([enc.finish()]);
+        })?;
+        read_back(gpu, &staging)
     }
 }
 
+/// Waits for the queue and reads a mapped-for-reading buffer as f32.
+fn read_back(gpu: &Gpu, staging: &wgpu::Buffer) -> Result<Vec<f32>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("{}: waiting for the graph: {e}", gpu.adapter().name)))?;
+    rx.recv()
+        .map_err(|_| Error::Gpu("the device dropped the read-back".into()))?
+        .map_err(|e| Error::Gpu(format!("reading the output back: {e}")))?;
+    let view = staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("reading the output back: {e}")))?;
+    let out = view.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    drop(view);
+    staging.unmap();
+    Ok(out)
+}
+
 /// Plans a recorded graph: pipelines, activation buffers shared by liveness, bind groups.
-fn make_plan(gpu: &mut Gpu, weights: &WeightSet, caches: &[Buffer], nodes: Vec<Node>, input_sizes: Vec<usize>, acts: Vec<u64>, out: Desc) -> Result<Plan> {
+#[allow(clippy::too_many_arguments)]
+fn make_plan(gpu: &mut Gpu, weights: &WeightSet, caches: &[Buffer], nodes: Vec<Node>, input_sizes: Vec<usize>, acts: Vec<u64>, out: Desc, kept: Option<Desc>) -> Result<Plan> {
     let max = gpu.max_binding();
     if let Some(&big) = acts.iter().find(|&&b| b > max) {
         return Err(Error::Gpu(format!(
@@ -565,7 +641,8 @@ fn make_plan(gpu: &mut Gpu, weights: &WeightSet, caches: &[Buffer], nodes: Vec<N
             Node::Copy { src, dst, .. } => vec![*src, *dst],
         }
     };
-    // Last node using each activation; the output lives to the end.
+    // Last node using each activation; the output and the kept tensor live to the end (so no
+    // other activation shares their buffers).
     let mut last = vec![0usize; acts.len()];
     for (i, n) in nodes.iter().enumerate() {
         for s in stores(n) {
@@ -574,8 +651,10 @@ fn make_plan(gpu: &mut Gpu, weights: &WeightSet, caches: &[Buffer], nodes: Vec<N
             }
         }
     }
-    if let Store::Act(a) = out.store {
-        last[a] = usize::MAX;
+    for d in std::iter::once(out).chain(kept) {
+        if let Store::Act(a) = d.store {
+            last[a] = usize::MAX;
+        }
     }
     let gpu = &*gpu;
     let device = &gpu.device;
@@ -657,6 +736,7 @@ fn make_plan(gpu: &mut Gpu, weights: &WeightSet, caches: &[Buffer], nodes: Vec<N
         Plan {
             input_lens: input_sizes.clone(),
             output: (buffer_of(out.store), (out.off * 4) as u64, out_bytes),
+            kept: kept.map(|d| (buffer_of(d.store), (d.off * 4) as u64, d.ne[0], d.ne[1] * d.ne[2])),
             inputs,
             steps,
             staging,
@@ -677,6 +757,10 @@ impl Engine for Executor {
 
     fn plans_built(&self) -> usize {
         self.plans.built()
+    }
+
+    fn read_kept(&mut self, rows: &[usize]) -> Result<Vec<f32>> {
+        Executor::read_kept(self, rows)
     }
 
     fn kv_cache(&mut self, id: CacheId, layers: usize, head_dim: usize, n_head_kv: usize, total: usize) -> Result<Vec<LayerKv<GpuTensor>>> {

@@ -14,7 +14,10 @@ const MATVEC: &str = <params::MatVec as KernelParams>::SOURCE;
 const GET_ROWS: &str = <params::GetRows as KernelParams>::SOURCE;
 const RMS_NORM: &str = <params::RmsNorm as KernelParams>::SOURCE;
 const ROW_STATS: &str = <params::RowStats as KernelParams>::SOURCE;
-/// Workgroup tree reductions shared by [`RMS_NORM`] and [`ROW_STATS`].
+const ROW_CANDIDATES: &str = <params::RowCandidates as KernelParams>::SOURCE;
+/// One row's statistics, shared by [`ROW_STATS`] and [`ROW_CANDIDATES`].
+const ROW_STATS_FN: &str = include_str!("../../../kernels/row_stats_fn.wgsl");
+/// Workgroup tree reductions shared by [`RMS_NORM`], [`ROW_STATS`] and [`ROW_CANDIDATES`].
 const REDUCE: &str = include_str!("../../../kernels/reduce.wgsl");
 const ELEMENTWISE: &str = <params::Elementwise as KernelParams>::SOURCE;
 const ROPE: &str = <params::Rope as KernelParams>::SOURCE;
@@ -134,6 +137,7 @@ pub enum Kernel {
     Rope,
     Slice,
     RowStats,
+    RowCandidates,
     /// Head dimension.
     Attention(u32),
 }
@@ -194,7 +198,8 @@ impl Kernel {
             Kernel::GetRows(l) => format!("{GET_ROWS}\n{}", l.loader()),
             Kernel::Norm(_) => format!("{RMS_NORM}\n{REDUCE}"),
             Kernel::Slice => SLICE.into(),
-            Kernel::RowStats => format!("{ROW_STATS}\n{REDUCE}"),
+            Kernel::RowStats => format!("{ROW_STATS}\n{ROW_STATS_FN}\n{REDUCE}"),
+            Kernel::RowCandidates => format!("{ROW_CANDIDATES}\n{ROW_STATS_FN}\n{REDUCE}"),
             Kernel::Elementwise(_) => ELEMENTWISE.into(),
             Kernel::Rope => ROPE.into(),
             Kernel::Attention(hd) => {

@@ -88,6 +88,16 @@ params! {
 }
 
 params! {
+    /// `row_candidates.wgsl`: each of `rows` rows of `ne0` logits, `k` candidates each, the
+    /// inverse temperatures at `t_off` of their own binding.
+    RowCandidates = "row_candidates.wgsl" {
+        ne0: u32, rows: u32, x_off: u32, y_off: u32,
+        groups_x: u32, k: u32, t_off: u32, _pad0: u32,
+        _pad1: u32, _pad2: u32, _pad3: u32, _pad4: u32,
+    }
+}
+
+params! {
     /// `slice.wgsl`: values `start..start + len` along `ne0` of `[ne0, n]`, made contiguous.
     Slice = "slice.wgsl" {
         ne0: u32, len: u32, n: u32, groups_x: u32,
@@ -158,6 +168,7 @@ mod tests {
         check::<Rope>(&types_of(Rope { theta: 0.5, ..Default::default() }));
         check::<Slice>(&types_of(Slice::default()));
         check::<RowStats>(&types_of(RowStats::default()));
+        check::<RowCandidates>(&types_of(RowCandidates::default()));
         check::<Attention>(&types_of(Attention { scale: 0.5, ..Default::default() }));
     }
 
