@@ -7,6 +7,7 @@ Converts the model (q8_0 unless --type; target/long/), splits models/tasks/long.
 dlm-eval for every setting and region on `--limit` problems per task (the exact setting at 512
 tokens is 512 passes of a 1000-token canvas per problem: minutes each on 2 cores, so the
 default limits shrink with the length). Greedy tokens throughout. Writes models/eval-long.json
+(rows of regions this run does not measure are kept from the file, so 512 can be run on its own)
 and prints the Markdown table for README.md / models/MODEL-long.md.
 
     cargo build --release --workspace && python3 train/sweep_long.py [--regions 64,128] [--limit N]
@@ -128,7 +129,11 @@ def main():
             rows.append(r)
             print(f"{region:4} {name:45} {100 * r['overall']:5.1f} %  {r['passes']:6.1f} passes  "
                   f"{r['tokens_per_second']:8.1f} tok/s", flush=True)
-    (ROOT / "models" / "eval-long.json").write_text(json.dumps(rows, indent=1) + "\n")
+    path = ROOT / "models" / "eval-long.json"
+    run = {r["region"] for r in rows}
+    kept = [r for r in json.loads(path.read_text()) if r["region"] not in run] if path.exists() else []
+    rows = sorted(kept + rows, key=lambda r: r["region"])  # stable: each region keeps its row order
+    path.write_text(json.dumps(rows, indent=1) + "\n")
     print_table(rows)
 
 
