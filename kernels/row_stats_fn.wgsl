@@ -1,9 +1,10 @@
 // The statistics of one row of `x` (a storage array of f32 named `x` in the kernel that appends
-// this), times `scale`, for kernels with one 256-thread workgroup per row (row_stats.wgsl,
-// row_candidates.wgsl): ne0 − i for the lowest index i of the row's maximum m, Σ exp(v − m),
-// Σ exp(v − m)(v − m), the largest v − m below 0 (−1e30 if none), how many entries are below m,
-// where v = x·scale. Σ exp is −1 when a value is a NaN or an infinity. Every thread calls it and
-// gets the result. `partial`, `reduce` and `reduce_max` come from reduce.wgsl.
+// this) scaled by `scale` > 0, for kernels with one 256-thread workgroup per row (row_stats.wgsl,
+// row_candidates.wgsl): ne0 − i for the lowest index i of the row's maximum m, Σ exp(d),
+// Σ exp(d)·d, the largest d below 0 (−1e30 if none), how many entries are below m, where
+// d = (x − m)·scale (the maximum subtracted before scaling, as the host sampler scales a row).
+// Σ exp is −1 when a value is a NaN or an infinity. Every thread calls it and gets the result.
+// `partial`, `reduce` and `reduce_max` come from reduce.wgsl.
 
 var<workgroup> idx: array<u32, 256>;
 
@@ -13,7 +14,7 @@ fn row_stats_of(xb: u32, ne0: u32, scale: f32, lid: u32) -> array<f32, 5> {
     var m = -3.40282347e38; // the lowest f32 (an infinite constant is not valid WGSL)
     var mi = 0xffffffffu;
     for (var i = lid; i < ne0; i += 256u) {
-        let v = x[xb + i] * scale;
+        let v = x[xb + i];
         if (v > m) {
             m = v;
             mi = i;
@@ -42,10 +43,10 @@ fn row_stats_of(xb: u32, ne0: u32, scale: f32, lid: u32) -> array<f32, 5> {
     var below = 0.0;
     var bad = 0.0;
     for (var i = lid; i < ne0; i += 256u) {
-        let v = x[xb + i] * scale;
+        let v = x[xb + i];
+        let d = (v - m) * scale;
         // Non-finite values by their bits: WGSL lets a compiler assume floats are finite.
-        bad += select(0.0, 1.0, (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u);
-        let d = v - m;
+        bad += select(0.0, 1.0, (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u || (bitcast<u32>(d) & 0x7f800000u) == 0x7f800000u);
         let e = exp(d);
         z += e;
         s += e * d;

@@ -23,9 +23,12 @@ use crate::generate::{check_finite, guide, non_finite, Blind, CacheId, Forward, 
 use crate::graph::Reduce;
 use crate::sample::{Candidate, RowStats, Scores, Unmasker};
 
-/// Candidates per row a sampled step brings back from the backend (more when a sequence's top-k
-/// asks for more): enough for the nucleus of a confident row, 520 bytes per row.
+/// Candidates per row a sampled step brings back from the backend (top-k + 1 when a sequence's
+/// top-k asks for more): enough for the nucleus of a confident row, 532 bytes per row.
 pub const DEVICE_CANDIDATES: usize = 64;
+
+/// Sampled sequences with a top-k of this or more take their logits rather than candidates.
+pub const MAX_TOP_K: usize = 1024;
 
 /// Names a sequence of an [`Engine`] (given out by [`Engine::add`], from 0, never reused).
 pub type SeqId = u64;
@@ -182,6 +185,9 @@ impl<'r> Engine<'r> {
         // reduction when the model offers one (the logits stay there): greedy ones its row
         // statistics, sampled ones its candidates. The others take their logits. Each kind is
         // one forward pass, cached sequences or not.
+        // Sampled sequences join the logits group when there is one anyway (one pass, one read
+        // of the weights, rather than two), and so do those whose top-k asks for more
+        // candidates than a row should bring back.
         let offered = model.device_candidates();
         let (mut stats, mut cands, mut logits) = (Vec::new(), Vec::new(), Vec::new());
         for w in work {
@@ -189,13 +195,17 @@ impl<'r> Engine<'r> {
             let plain = offered && p.cfg_scale == 0.0 && !p.full_lm_head;
             if plain && p.sampler.temp <= 0.0 {
                 stats.push(w);
-            } else if plain && p.sampler.draws_from_candidates() {
+            } else if plain && p.sampler.draws_from_candidates() && p.sampler.top_k < MAX_TOP_K {
                 cands.push(w);
             } else {
                 logits.push(w);
             }
         }
-        let k = cands.iter().map(|w| self.slots[w.i].p.sampler.top_k).filter(|&k| k > 0 && k < 1024).map(|k| k + 1).fold(DEVICE_CANDIDATES, usize::max);
+        if !logits.is_empty() {
+            logits.append(&mut cands);
+            logits.sort_by_key(|w| w.i);
+        }
+        let k = cands.iter().map(|w| self.slots[w.i].p.sampler.top_k).filter(|&k| k > 0).map(|k| k + 1).fold(DEVICE_CANDIDATES, usize::max);
         for (group, reduce) in [(stats, Reduce::Stats), (cands, Reduce::Candidates { k }), (logits, Reduce::Logits)] {
             if group.is_empty() {
                 continue;

@@ -191,12 +191,22 @@ impl GraphKey {
     /// only ever makes one kind holds one plan's memory, as before plans were cached.
     fn class(&self) -> u8 {
         match &self.kind {
-            GraphKind::Forward { parts, .. } => match parts.as_slice() {
-                [one] => one.pass as u8,
-                many if many.iter().all(|p| p.pass == PassKind::Full) => 3,
-                _ => 4,
-            },
-            GraphKind::Other(_) => 5,
+            GraphKind::Forward { parts, reduce, .. } => {
+                let pass = match parts.as_slice() {
+                    [one] => one.pass as u8,
+                    many if many.iter().all(|p| p.pass == PassKind::Full) => 3,
+                    _ => 4,
+                };
+                // Each reduction is its own kind: a step that runs reduced and unreduced
+                // groups keeps a plan of each.
+                let r = match reduce {
+                    Reduce::Logits => 0,
+                    Reduce::Stats => 1,
+                    Reduce::Candidates { .. } => 2,
+                };
+                pass * 3 + r
+            }
+            GraphKind::Other(_) => 15,
         }
     }
 

@@ -111,33 +111,6 @@ fn reduced_rows_equal_the_host_sampler_on_wgpu() {
     passes_match(&trained(tmp.path(), OutType::F16), Backend::Wgpu, "wgpu f16");
 }
 
-/// A random f32 model whose LM head repeats the row of each id in `dups` at a lower id, so those
-/// logits tie exactly.
-fn with_tied_rows(f32_model: &Path, dups: &[(usize, usize)], out: &Path) {
-    let g = Gguf::open(f32_model).unwrap();
-    let mut w = dlm::GgufWriter::new();
-    for (k, v) in g.metadata() {
-        w.set(k, v.clone()).unwrap();
-    }
-    let mut blobs = Vec::new();
-    for info in g.tensors() {
-        let mut data = g.tensor_data(info).to_vec();
-        if info.name == "output.weight" {
-            let row = info.shape[0] as usize * 4;
-            for &(from, to) in dups {
-                data.copy_within(from * row..(from + 1) * row, to * row);
-            }
-        }
-        w.add_tensor(&info.name, &info.shape, info.ggml_type).unwrap();
-        blobs.push(data);
-    }
-    let mut s = w.create(out).unwrap();
-    for b in &blobs {
-        s.write_tensor(b).unwrap();
-    }
-    s.finish().unwrap();
-}
-
 fn tied_rows_go_to_the_lowest_id_on(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
     let hf = tmp.path().join("hf");
@@ -154,7 +127,7 @@ fn tied_rows_go_to_the_lowest_id_on(backend: Backend) {
     dups.dedup();
     drop(m);
     let tied = tmp.path().join("tied.gguf");
-    with_tied_rows(&base, &dups, &tied);
+    common::with_tied_rows(&base, &dups, &tied);
     let mut m = load(&tied, backend);
     let logits = m.forward_rows(&canvas, Pass::Full, Some(&rows)).unwrap();
     let stats = m.forward_rows_stats(&canvas, Pass::Full, &rows).unwrap();

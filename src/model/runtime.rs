@@ -266,6 +266,9 @@ pub struct Model {
     device_candidates: Option<bool>,
     /// Bytes of pass results brought back from the backend so far ([`Model::bytes_read_back`]).
     read_back: u64,
+    /// Rows of the last pass when it was [`Model::forward_seqs_candidates`] (what
+    /// [`Model::read_kept_rows`] may read); `None` after any other pass.
+    kept_rows: Option<usize>,
 }
 
 // A server thread can own a model: checked at compile time.
@@ -293,7 +296,7 @@ impl Model {
             super::check_values(&gguf)?;
         }
         let runner = Self::on_backend(&gguf, &params, opts, &unused)?;
-        Ok(Model { runner, kv_for: KvFor::default(), params, diffusion, gguf, warnings, device_candidates: None, read_back: 0 })
+        Ok(Model { runner, kv_for: KvFor::default(), params, diffusion, gguf, warnings, device_candidates: None, read_back: 0, kept_rows: None })
     }
 
     fn on_backend(gguf: &Gguf, params: &Hparams, opts: &LoadOptions, unused: &[String]) -> Result<Box<dyn Runner>> {
@@ -517,6 +520,7 @@ impl Model {
     /// sequence and each has its own positions from 0, so every sequence's logits are those of
     /// [`Model::forward_rows`] on it alone.
     pub fn forward_seqs(&mut self, seqs: &[SeqPass<'_>]) -> Result<Vec<f32>> {
+        self.kept_rows = None;
         let out = self.runner.forward_seqs(&mut self.kv_for, seqs, Reduce::Logits, &[])?;
         self.read_back += 4 * out.len() as u64;
         Ok(out)
@@ -534,6 +538,7 @@ impl Model {
         if seqs.iter().any(|s| s.rows.is_none()) {
             return Err(Error::Invalid("row statistics need the rows of every sequence".into()));
         }
+        self.kept_rows = None;
         let raw = self.runner.forward_seqs(&mut self.kv_for, seqs, Reduce::Stats, &[])?;
         self.read_back += 4 * raw.len() as u64;
         Ok(RowStats::parse(&raw, self.params.n_vocab))
@@ -550,8 +555,11 @@ impl Model {
             return Err(Error::Invalid(format!("an inverse temperature of {t} (candidates need a finite temperature above 0)")));
         }
         let k = k.clamp(1, self.params.n_vocab);
+        self.kept_rows = None;
         let raw = self.runner.forward_seqs(&mut self.kv_for, seqs, Reduce::Candidates { k }, inv_temp)?;
         self.read_back += 4 * raw.len() as u64;
+        // A pass of no rows runs no graph: nothing of it is kept.
+        self.kept_rows = Some(raw.len() / reduced_width(Reduce::Candidates { k }, self.params.n_vocab)).filter(|&n| n > 0);
         RowCandidates::parse(&raw, self.params.n_vocab, k).ok_or_else(|| Error::Invalid("the backend returned malformed row candidates".into()))
     }
 
@@ -559,6 +567,12 @@ impl Model {
     /// rows, sequence after sequence), read from the backend: `rows.len() × n_vocab`. An error
     /// when another pass ran since.
     pub fn read_kept_rows(&mut self, rows: &[usize]) -> Result<Vec<f32>> {
+        let Some(n) = self.kept_rows else {
+            return Err(Error::Invalid("no logits are kept: the last pass was not a candidates pass".into()));
+        };
+        if let Some(&r) = rows.iter().find(|&&r| r >= n) {
+            return Err(Error::Invalid(format!("row {r} of a pass of {n} rows")));
+        }
         let out = self.runner.read_kept(rows)?;
         self.read_back += 4 * out.len() as u64;
         Ok(out)
@@ -567,6 +581,8 @@ impl Model {
     /// Frees the key/value cache `id` (a sequence that has finished): its memory and the
     /// graphs that read it. A later [`Pass::Store`] under the same id starts it again.
     pub fn free_cache(&mut self, id: CacheId) {
+        // The graphs reading the cache go, the last one's kept logits with them.
+        self.kept_rows = None;
         self.kv_for.0.remove(&id);
         self.runner.free_kv(id);
     }

@@ -14,10 +14,13 @@
 //!
 //! What differs from the host sampler on the full row: the softmax denominator comes from the
 //! device (an exact sum up to f32 rounding, where the host's f32 sum in id order can be ~1e-3
-//! low: README "Token sampler"), so probabilities differ in the last bits and a draw whose
-//! uniform lands within that distance of a boundary between two tokens can take the other one.
-//! Equality with the host path is therefore statistical (tested on many rows and seeds), not
-//! bit for bit.
+//! low at high temperatures: README "Token sampler"). So probabilities differ in their last
+//! bits, or by that much: a draw whose uniform lands that close to a boundary between two
+//! tokens can take the other one, two near-equal probabilities can round equal under one
+//! denominator and not the other (their ids then swap places in the order), and the host's
+//! top-p cut can fall one id earlier. Equality with the host path is therefore statistical
+//! (tested on many rows and seeds); with the device's denominator a certified draw is the host
+//! algorithm's exactly.
 
 use super::{Candidate, Rng, RowStats, Scores, TokenSampler};
 
@@ -51,10 +54,12 @@ impl RowCandidates {
 }
 
 impl TokenSampler {
-    /// Whether [`TokenSampler::sample_candidates`] can serve this sampler at all: sampled
-    /// (temperature > 0, finite) and not Gumbel (whose scores and draw need two temperatures).
+    /// Whether [`TokenSampler::sample_candidates`] can serve this sampler at all: sampled, at a
+    /// temperature whose inverse is a finite positive f32 (what the backend scales rows by), and
+    /// not Gumbel (whose scores and draw need two temperatures).
     pub fn draws_from_candidates(&self) -> bool {
-        self.temp > 0.0 && self.temp.is_finite() && !self.gumbel
+        let inv = 1.0 / self.temp;
+        self.temp > 0.0 && self.temp.is_finite() && inv.is_finite() && inv > 0.0 && !self.gumbel
     }
 
     /// The token and scores [`TokenSampler::sample_scores`] would give the full row of `c`

@@ -39,7 +39,9 @@ pub(super) fn draw(s: &TokenSampler, probs: &[f32], rng: &mut Rng) -> usize {
     let mut order: Vec<usize> = (0..probs.len()).collect();
     let keep_k = if s.top_k > 0 { s.top_k.min(probs.len()) } else { probs.len() };
     if keep_k < probs.len() {
-        order.select_nth_unstable_by(keep_k - 1, |&a, &b| probs[b].total_cmp(&probs[a]));
+        // Ties to the lower id here too, so that which of equal probabilities top-k keeps is
+        // the order's, not the select's (it was unspecified before device candidates).
+        order.select_nth_unstable_by(keep_k - 1, |&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
         order.truncate(keep_k);
     }
     order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));

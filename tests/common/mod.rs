@@ -135,3 +135,30 @@ pub fn have_adapter() -> bool {
     }
     !list.is_empty()
 }
+
+/// A copy of the f32 model `f32_model` whose LM head has the row of id `from` at id `to` for each
+/// `(from, to)` of `dups`, so those logits tie exactly.
+pub fn with_tied_rows(f32_model: &Path, dups: &[(usize, usize)], out: &Path) {
+    let g = dlm::Gguf::open(f32_model).unwrap();
+    let mut w = dlm::GgufWriter::new();
+    for (k, v) in g.metadata() {
+        w.set(k, v.clone()).unwrap();
+    }
+    let mut blobs = Vec::new();
+    for info in g.tensors() {
+        let mut data = g.tensor_data(info).to_vec();
+        if info.name == "output.weight" {
+            let row = info.shape[0] as usize * 4;
+            for &(from, to) in dups {
+                data.copy_within(from * row..(from + 1) * row, to * row);
+            }
+        }
+        w.add_tensor(&info.name, &info.shape, info.ggml_type).unwrap();
+        blobs.push(data);
+    }
+    let mut s = w.create(out).unwrap();
+    for b in &blobs {
+        s.write_tensor(b).unwrap();
+    }
+    s.finish().unwrap();
+}

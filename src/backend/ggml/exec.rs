@@ -421,13 +421,21 @@ impl Ops for Builder<'_> {
         let [n, rows, _, _] = unsafe { x.0.as_ref() }.ne;
         let c = self.ctx.raw();
         let k = (k as i64).clamp(1, n);
+        // (x − max)·inv_temp, as the host scales a row: the maximum subtracted before scaling,
+        // so the scaled values carry the rounding of (x − max) only. Their maximum is 0, at the
+        // same (first) index as the row's.
+        let at = node!(self, sys::ggml_argmax(c, x.ptr()));
+        let at = node!(self, sys::ggml_reshape_2d(c, at.ptr(), 1, rows));
+        let cols = node!(self, sys::ggml_reshape_3d(c, x.ptr(), 1, n, rows));
+        let m = node!(self, sys::ggml_get_rows(c, cols.ptr(), at.ptr()));
+        let m = node!(self, sys::ggml_reshape_2d(c, m.ptr(), 1, rows));
+        let d = node!(self, sys::ggml_sub(c, x.ptr(), m.ptr()));
         let t = node!(self, sys::ggml_reshape_2d(c, inv_temp.ptr(), 1, rows));
-        let scaled = node!(self, sys::ggml_mul(c, x.ptr(), t.ptr()));
+        let scaled = node!(self, sys::ggml_mul(c, d.ptr(), t.ptr()));
         let stats = self.row_stats(scaled);
         // The k largest (i32 [k, rows]; partial sort on the CPU, a parallel select on CUDA and
         // Vulkan), their logits gathered one row of ids per row of logits.
         let ids = node!(self, sys::ggml_top_k(c, x.ptr(), k as i32));
-        let cols = node!(self, sys::ggml_reshape_3d(c, x.ptr(), 1, n, rows));
         let vals = node!(self, sys::ggml_get_rows(c, cols.ptr(), ids.ptr()));
         let vals = node!(self, sys::ggml_reshape_2d(c, vals.ptr(), k, rows));
         let ids = node!(self, sys::ggml_cast(c, ids.ptr(), ggml_type(GgmlType::F32)));
@@ -758,14 +766,15 @@ impl Executor {
         let cpu = backend.0;
         *last_run = None;
         let g = plans.get_or_make(key, || build_graph(key, *flash_attn, gpu.as_ref(), cpu, build))?;
-        // SAFETY: live input tensors (i32 vectors made by input_i32).
+        // SAFETY: live input tensors (4-byte vectors made by input_i32 or input_f32).
         let sizes: Vec<usize> = g.inputs.iter().map(|t| unsafe { sys::ggml_nelements(t.ptr()) } as usize).collect();
         if inputs.len() != sizes.len() || inputs.iter().zip(&sizes).any(|(i, &n)| i.len() != n) {
             return Err(Error::Invalid(format!("graph takes inputs of {sizes:?} values")));
         }
         for (t, data) in g.inputs.iter().zip(inputs) {
-            // SAFETY: the input tensor was allocated with its graph, i32, with exactly
-            // `data.len()` elements (checked above).
+            // SAFETY: the input tensor was allocated with its graph, of 4-byte elements (i32,
+            // or f32 taking the caller's bit patterns), exactly `data.len()` of them (checked
+            // above).
             unsafe { sys::ggml_backend_tensor_set(t.ptr(), data.as_ptr().cast(), 0, data.len() * 4) };
         }
         let status = match &g.alloc {
@@ -836,6 +845,11 @@ fn build_graph(key: &GraphKey, flash_attn: bool, gpu: Option<&Gpu>, cpu: NonNull
     let graph = NonNull::new(graph).ok_or_else(|| Error::Ggml("ggml_new_graph_custom failed".into()))?;
     // SAFETY: graph and output belong to `ctx`.
     unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), output.ptr()) };
+    if let Some(k) = kept {
+        // SAFETY: as above; a kept tensor the output does not depend on is computed (and so
+        // allocated) too.
+        unsafe { sys::ggml_build_forward_expand(graph.as_ptr(), k.ptr()) };
+    }
     let alloc = match gpu {
         None => {
             // SAFETY: returns the static CPU buffer type.

@@ -584,12 +584,13 @@ impl Executor {
         }
         let gpu = &self.gpu;
         let row_bytes = (*n * 4) as u64;
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kept rows"),
-            size: row_bytes * rows.len() as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let size = row_bytes * rows.len() as u64;
+        if size > gpu.device.limits().max_buffer_size {
+            return Err(Error::Gpu(format!("{} kept rows are more than one read-back buffer holds", rows.len())));
+        }
+        let staging = gpu.checked("reading kept rows", || {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some("kept rows"), size, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
+        })?;
         gpu.checked("reading kept rows", || {
             let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kept rows") });
             for (i, &r) in rows.iter().enumerate() {

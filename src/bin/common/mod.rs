@@ -106,11 +106,11 @@ pub struct ModelArgs {
     /// Reduce each step's logits on the backend, so 20 bytes (greedy) or 532 bytes (sampled:
     /// the 64 largest logits) per masked position come to the host instead of the whole
     /// vocabulary's logits: auto (on a GPU backend, off on the CPU, where the logits are
-    /// already in memory), on, or off. Not with --cfg-scale or Gumbel sampling. A sampled row
-    /// whose draw the 64 cannot decide (a nucleus wider than that) is read back whole. Tokens
-    /// are the host sampler's but where values are within rounding; the scores are exact up to
-    /// f32 rounding where the host's f32 sums are up to ~1e-3 off, so a generation can commit in
-    /// another order (README: Backends)
+    /// already in memory), on, or off. Not with --cfg-scale, Gumbel sampling or --top-k 1024 and
+    /// more. A sampled row whose draw the 64 cannot decide (a nucleus wider than that) is read
+    /// back whole. The scores are exact up to f32 rounding where the host's f32 sums are up to
+    /// ~1e-3 off (more at high temperature), so a token can differ where values are that close
+    /// and a generation can commit in another order (README: Backends)
     #[arg(long = "device-candidates", value_enum, value_name = "on|off|auto", default_value = "auto")]
     pub device_candidates: Switch,
     /// Check every tensor's values at load: floats finite, every quantized block's scale
