@@ -30,22 +30,6 @@ fn trained(dir: &Path, kind: OutType) -> PathBuf {
     out
 }
 
-/// Held-out prompts of the trained tiny model with their answers' positions masked.
-fn canvases(tok: &Tokenizer, n: usize) -> Vec<(Vec<u32>, Vec<usize>)> {
-    let text = std::fs::read_to_string(root().join("models/tasks/test.jsonl")).unwrap();
-    text.lines()
-        .step_by(53)
-        .take(n)
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let mut canvas = tok.prompt_ids(v["prompt"].as_str().unwrap()).unwrap();
-            let (len, gen) = (canvas.len(), v["n"].as_u64().unwrap() as usize);
-            canvas.extend(std::iter::repeat_n(dlm::keys::DIFFULLAMA_MASK_ID, gen));
-            (canvas, (len - 1..len - 1 + gen).collect())
-        })
-        .collect()
-}
-
 /// The candidates of `row` at inverse temperature `inv_t`, computed here in f64: the
 /// statistics of the scaled row and the `k` largest logits (lowest ids first among equals).
 fn host_candidates(row: &[f32], inv_t: f32, k: usize) -> RowCandidates {
@@ -106,7 +90,7 @@ fn passes_match(gguf: &Path, backend: Backend, what: &str) {
     let tok = Tokenizer::from_gguf(&Gguf::open(gguf).unwrap()).unwrap();
     let mut m = load(gguf, backend);
     let v = m.params().n_vocab;
-    let cases = canvases(&tok, 4);
+    let cases = common::masked_canvases(&tok, 53, 4);
     for (n, (canvas, rows)) in cases.iter().enumerate() {
         let k = [1, 5, 64, v + 100][n % 4];
         let inv_t = [1.0 / 0.7, 1.0, 20.0, 0.5][n % 4];
@@ -270,7 +254,7 @@ fn draws_from_candidates_equal_the_host_sampler() {
     let mut m = load(&gguf, Backend::Cpu);
     let v = m.params().n_vocab;
     let mut rows: Vec<Vec<f32>> = Vec::new();
-    for (canvas, r) in canvases(&tok, 6) {
+    for (canvas, r) in common::masked_canvases(&tok, 53, 6) {
         let logits = m.forward_rows(&canvas, Pass::Full, Some(&r)).unwrap();
         for row in logits.chunks(v) {
             rows.push(row.to_vec());
@@ -327,6 +311,25 @@ fn draws_from_candidates_equal_the_host_sampler() {
     assert!(refused > 0 && certified > refused, "{certified} certified, {refused} refused");
 }
 
+/// Twelve tokens in one block, 12 steps, seed 5, with `sampler`: what the generation tests run.
+fn twelve_tokens(m: &Model, tok: &Tokenizer, sampler: TokenSampler) -> GenParams {
+    let d = m.diffusion();
+    GenParams {
+        n_gen: 12,
+        steps: 12,
+        block_length: None,
+        sampler,
+        seed: 5,
+        mask_id: d.mask_id,
+        shift_logits: d.shift_logits,
+        eos: tok.eos,
+        cache: Cache::None,
+        full_lm_head: false,
+        cfg_scale: 0.0,
+        prune: Default::default(),
+    }
+}
+
 /// Whole sampled generations with the reduction forced on agree with it off (statistically: a
 /// draw within rounding of a boundary can go the other way), one at a time and in a batch, with
 /// a fraction of the bytes read back.
@@ -336,21 +339,7 @@ fn sampled_generations_agree_with_the_reduction_on_and_off() {
     let gguf = trained(tmp.path(), OutType::Q8_0);
     let tok = Tokenizer::from_gguf(&Gguf::open(&gguf).unwrap()).unwrap();
     let mut m = load(&gguf, Backend::Cpu);
-    let d = m.diffusion().clone();
-    let base = GenParams {
-        n_gen: 12,
-        steps: 12,
-        block_length: None,
-        sampler: samplers()[0],
-        seed: 5,
-        mask_id: d.mask_id,
-        shift_logits: d.shift_logits,
-        eos: tok.eos,
-        cache: Cache::None,
-        full_lm_head: false,
-        cfg_scale: 0.0,
-        prune: Default::default(),
-    };
+    let base = twelve_tokens(&m, &tok, samplers()[0]);
     let prompts = ["add 17 38:", "reverse 4821:", "copy 90713:", "add 5 991:"];
     let (mut compared, mut agree) = (0, 0);
     for sampler in samplers() {
@@ -417,21 +406,7 @@ fn candidates_hold_the_largest_logits_on_a_ggml_gpu() {
     let tok = Tokenizer::from_gguf(&Gguf::open(&gguf).unwrap()).unwrap();
     let (mut gpu, mut cpu) = (load(&gguf, backend), load(&gguf, Backend::Cpu));
     assert!(gpu.device_candidates());
-    let d = cpu.diffusion().clone();
-    let p = GenParams {
-        n_gen: 12,
-        steps: 12,
-        block_length: None,
-        sampler: samplers()[1],
-        seed: 5,
-        mask_id: d.mask_id,
-        shift_logits: d.shift_logits,
-        eos: tok.eos,
-        cache: Cache::None,
-        full_lm_head: false,
-        cfg_scale: 0.0,
-        prune: Default::default(),
-    };
+    let p = twelve_tokens(&cpu, &tok, samplers()[1]);
     let mut agree = 0;
     let prompts = ["add 17 38:", "reverse 4821:", "copy 90713:", "add 5 991:"];
     for prompt in prompts {

@@ -48,29 +48,13 @@ fn check_rows(logits: &[f32], stats: &[RowStats], n_vocab: usize, what: &str) {
     }
 }
 
-/// Held-out prompts of the trained tiny model with their answers' positions masked.
-fn canvases(tok: &Tokenizer) -> Vec<(Vec<u32>, Vec<usize>)> {
-    let text = std::fs::read_to_string(root().join("models/tasks/test.jsonl")).unwrap();
-    text.lines()
-        .step_by(97)
-        .take(6)
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let mut canvas = tok.prompt_ids(v["prompt"].as_str().unwrap()).unwrap();
-            let (n, gen) = (canvas.len(), v["n"].as_u64().unwrap() as usize);
-            canvas.extend(std::iter::repeat_n(dlm::keys::DIFFULLAMA_MASK_ID, gen));
-            (canvas, (n - 1..n - 1 + gen).collect())
-        })
-        .collect()
-}
-
 /// Every way a pass can be reduced (full, stored, reused, batched) against the logits of the
 /// same pass, on `backend`.
 fn passes_match(gguf: &Path, backend: Backend, what: &str) {
     let tok = Tokenizer::from_gguf(&Gguf::open(gguf).unwrap()).unwrap();
     let mut m = load(gguf, backend);
     let v = m.params().n_vocab;
-    let cases = canvases(&tok);
+    let cases = common::masked_canvases(&tok, 97, 6);
     for (canvas, rows) in &cases {
         let logits = m.forward_rows(canvas, Pass::Full, Some(rows)).unwrap();
         check_rows(&logits, &m.forward_rows_stats(canvas, Pass::Full, rows).unwrap(), v, &format!("{what} full"));

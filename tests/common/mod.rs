@@ -162,3 +162,21 @@ pub fn with_tied_rows(f32_model: &Path, dups: &[(usize, usize)], out: &Path) {
     }
     s.finish().unwrap();
 }
+
+/// `n` held-out prompts of the trained tiny model (every `step`-th line of
+/// models/tasks/test.jsonl) with their answers' positions masked: (canvas, the rows whose
+/// logits predict the masked positions).
+pub fn masked_canvases(tok: &dlm::Tokenizer, step: usize, n: usize) -> Vec<(Vec<u32>, Vec<usize>)> {
+    let text = std::fs::read_to_string(root().join("models/tasks/test.jsonl")).unwrap();
+    text.lines()
+        .step_by(step)
+        .take(n)
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let mut canvas = tok.prompt_ids(v["prompt"].as_str().unwrap()).unwrap();
+            let (len, gen) = (canvas.len(), v["n"].as_u64().unwrap() as usize);
+            canvas.extend(std::iter::repeat_n(dlm::keys::DIFFULLAMA_MASK_ID, gen));
+            (canvas, (len - 1..len - 1 + gen).collect())
+        })
+        .collect()
+}
