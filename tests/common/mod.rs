@@ -78,35 +78,40 @@ pub fn tiny_gqa_gguf(kind: dlm_convert::OutType) -> (tempfile::TempDir, PathBuf)
     (tmp, gguf)
 }
 
-/// Rewrites an f32 model with every matrix quantized to `t` by ggml (llama-quantize's `--pure`:
-/// no per-tensor mix), vectors kept f32, metadata unchanged.
-pub fn pure_gguf(f32_model: &Path, t: dlm::GgmlType, out: &Path) {
-    let g = dlm::Gguf::open(f32_model).unwrap();
+/// Copies the GGUF `src` to `out` with its metadata, each tensor as `map(info, data)` gives it
+/// (its type and bytes).
+pub fn rewrite_gguf(src: &Path, out: &Path, map: impl Fn(&dlm::gguf::TensorInfo, &[u8]) -> (dlm::GgmlType, Vec<u8>)) {
+    let g = dlm::Gguf::open(src).unwrap();
     let mut w = dlm::GgufWriter::new();
     for (k, v) in g.metadata() {
         w.set(k, v.clone()).unwrap();
     }
     let mut blobs = Vec::new();
     for info in g.tensors() {
-        assert_eq!(info.ggml_type, dlm::GgmlType::F32, "{} is not f32", info.name);
-        let data = g.tensor_data(info);
-        if info.shape.len() < 2 {
-            w.add_tensor(&info.name, &info.shape, dlm::GgmlType::F32).unwrap();
-            blobs.push(data.to_vec());
-            continue;
-        }
-        let vals: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        let ne0 = info.shape[0] as usize;
-        let mut q = vec![0u8; t.tensor_bytes(&info.shape).unwrap() as usize];
-        dlm::backend::ggml::quantize(t, &vals, ne0, &mut q).unwrap();
+        let (t, data) = map(info, g.tensor_data(info));
         w.add_tensor(&info.name, &info.shape, t).unwrap();
-        blobs.push(q);
+        blobs.push(data);
     }
     let mut s = w.create(out).unwrap();
     for b in &blobs {
         s.write_tensor(b).unwrap();
     }
     s.finish().unwrap();
+}
+
+/// Rewrites an f32 model with every matrix quantized to `t` by ggml (llama-quantize's `--pure`:
+/// no per-tensor mix), vectors kept f32, metadata unchanged.
+pub fn pure_gguf(f32_model: &Path, t: dlm::GgmlType, out: &Path) {
+    rewrite_gguf(f32_model, out, |info, data| {
+        assert_eq!(info.ggml_type, dlm::GgmlType::F32, "{} is not f32", info.name);
+        if info.shape.len() < 2 {
+            return (dlm::GgmlType::F32, data.to_vec());
+        }
+        let vals: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let mut q = vec![0u8; t.tensor_bytes(&info.shape).unwrap() as usize];
+        dlm::backend::ggml::quantize(t, &vals, info.shape[0] as usize, &mut q).unwrap();
+        (t, q)
+    });
 }
 
 /// The first device of the first compiled-in ggml GPU backend (software ones included: an
@@ -139,28 +144,16 @@ pub fn have_adapter() -> bool {
 /// A copy of the f32 model `f32_model` whose LM head has the row of id `from` at id `to` for each
 /// `(from, to)` of `dups`, so those logits tie exactly.
 pub fn with_tied_rows(f32_model: &Path, dups: &[(usize, usize)], out: &Path) {
-    let g = dlm::Gguf::open(f32_model).unwrap();
-    let mut w = dlm::GgufWriter::new();
-    for (k, v) in g.metadata() {
-        w.set(k, v.clone()).unwrap();
-    }
-    let mut blobs = Vec::new();
-    for info in g.tensors() {
-        let mut data = g.tensor_data(info).to_vec();
+    rewrite_gguf(f32_model, out, |info, data| {
+        let mut data = data.to_vec();
         if info.name == "output.weight" {
             let row = info.shape[0] as usize * 4;
             for &(from, to) in dups {
                 data.copy_within(from * row..(from + 1) * row, to * row);
             }
         }
-        w.add_tensor(&info.name, &info.shape, info.ggml_type).unwrap();
-        blobs.push(data);
-    }
-    let mut s = w.create(out).unwrap();
-    for b in &blobs {
-        s.write_tensor(b).unwrap();
-    }
-    s.finish().unwrap();
+        (info.ggml_type, data)
+    });
 }
 
 /// `n` held-out prompts of the trained tiny model (every `step`-th line of
