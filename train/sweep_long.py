@@ -11,6 +11,12 @@ default limits shrink with the length). Greedy tokens throughout. Writes models/
 and prints the Markdown table for README.md / models/MODEL-long.md.
 
     cargo build --release --workspace && python3 train/sweep_long.py [--regions 64,128] [--limit N]
+
+Rows are kept by (region, setting): a run replaces the rows it measures and keeps the others, so
+`--missing` can fill in the settings a region lacks, and `--only` can re-measure a few. Ratios
+are best read between rows of one run (this machine's speed drifts between runs). `--model DIR
+--out FILE` evaluates another checkpoint (a candidate retrain) without touching the committed
+table.
 """
 import argparse
 import json
@@ -68,8 +74,10 @@ PEER = [
 
 
 def convert(folder, kind):
-    out = OUT / f"{folder.name}-{kind}.gguf"
-    if not out.exists():
+    """The GGUF of `folder`, converted again when the weights are newer than it."""
+    out = OUT / f"{folder.parent.name}-{folder.name}-{kind}.gguf"
+    weights = max(p.stat().st_mtime for p in folder.glob("*.safetensors"))
+    if not out.exists() or out.stat().st_mtime < weights:
         subprocess.run([str(BIN / "dlm-convert"), str(folder), "-o", str(out), "--type", kind, "-q"], check=True)
     return out
 
@@ -108,12 +116,23 @@ def main():
                     help="at these regions (e.g. 256,512) run only the rows the headline needs: dlm exact, the "
                          "Fast-dLLM settings with and without caches and pruning, the defaults, and the peer")
     ap.add_argument("--type", default="q8_0", help="the weights' type in the GGUF both sides run (default q8_0)")
-    ap.add_argument("--table", action="store_true", help="print the table of models/eval-long.json and stop")
+    ap.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    ap.add_argument("--only", default="", metavar="PREFIXES",
+                    help="run only the settings whose names start with one of these comma-separated prefixes")
+    ap.add_argument("--missing", action="store_true",
+                    help="run only the settings that --out has no row for at the region")
+    ap.add_argument("--model", type=Path, default=ROOT / "models" / "diffullama-long",
+                    help="the Hugging Face folder to evaluate (default models/diffullama-long)")
+    ap.add_argument("--out", type=Path, default=ROOT / "models" / "eval-long.json",
+                    help="the rows file to merge into (default models/eval-long.json)")
     a = ap.parse_args()
+    old = json.loads(a.out.read_text()) if a.out.exists() else []
     if a.table:
-        return print_table(json.loads((ROOT / "models" / "eval-long.json").read_text()))
+        return print_table(old)
     OUT.mkdir(parents=True, exist_ok=True)
-    model = convert(ROOT / "models" / "diffullama-long", a.type)
+    model = convert(a.model, a.type)
+    only = [p for p in a.only.split(",") if p]
+    have = {(r["region"], r["name"]) for r in old}
     rows = []
     for region in [int(x) for x in a.regions.split(",")]:
         probs, limit = split(region), a.limit or LIMITS[region]
@@ -121,19 +140,23 @@ def main():
         for name, args in SETTINGS + ([] if a.no_peer else PEER):
             if short and not any(name.startswith(h) for h in HEADLINE):
                 continue
+            if (only and not any(name.startswith(p) for p in only)) or (a.missing and (region, name) in have):
+                continue
             r = evaluate(model, probs, region, args, limit, peer=name.startswith("llama.cpp"))
             r.update(name=name, region=region, passes=passes(r))
-            if name in CACHED:  # the share of answers the cache changed
-                base = next(x for x in rows if x["region"] == region and x["name"] == CACHED[name])
-                r["changed"] = sum(base["outputs"][k] != v for k, v in r["outputs"].items()) / len(r["outputs"])
+            if name in CACHED:  # the share of answers the cache changed (its base from this run if it ran)
+                base = next((x for x in rows + old if x["region"] == region and x["name"] == CACHED[name]), None)
+                if base is not None:
+                    r["changed"] = sum(base["outputs"].get(k) != v for k, v in r["outputs"].items()) / len(r["outputs"])
             rows.append(r)
             print(f"{region:4} {name:45} {100 * r['overall']:5.1f} %  {r['passes']:6.1f} passes  "
                   f"{r['tokens_per_second']:8.1f} tok/s", flush=True)
-    path = ROOT / "models" / "eval-long.json"
-    run = {r["region"] for r in rows}
-    kept = [r for r in json.loads(path.read_text()) if r["region"] not in run] if path.exists() else []
-    rows = sorted(kept + rows, key=lambda r: r["region"])  # stable: each region keeps its row order
-    path.write_text(json.dumps(rows, indent=1) + "\n")
+    run = {(r["region"], r["name"]) for r in rows}
+    order = {name: i for i, (name, _) in enumerate(SETTINGS + PEER)}
+    rows = sorted([r for r in old if (r["region"], r["name"]) not in run] + rows,
+                  key=lambda r: (r["region"], order.get(r["name"], len(order))))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(rows, indent=1) + "\n")
     print_table(rows)
 
 

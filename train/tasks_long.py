@@ -47,9 +47,16 @@ NUMBER = 5           # " 4821"
 STORY_SENTENCE = 13  # " 12. Tom sleeps behind the window." at most
 
 
-def make(task, rng, region):
-    """One problem of `task` whose answer fills 55-95 % of `region` tokens: (prompt, answer, suffix)."""
-    fill = rng.uniform(0.55, 0.95) * (region - 1)
+# How much of its region an answer fills: the held-out split and dlm's evaluations use FILL;
+# training may draw from a wider range (`train.py --fill`), so that where the canvas ends says
+# little about where the answer ends and the model has to take the length from the prompt.
+FILL = (0.55, 0.95)
+
+
+def make(task, rng, region, fill=FILL):
+    """One problem of `task` whose answer fills a share of `region` tokens drawn uniformly from
+    `fill` (55-95 % by default): (prompt, answer, suffix)."""
+    fill = rng.uniform(*fill) * (region - 1)
     if task in ("count", "step", "infill"):
         n = max(2, int(fill // NUMBER))
         by = 1 if task == "count" else rng.randint(2, 9)
@@ -97,10 +104,10 @@ def correct(task, prompt, answer, suffix, output):
     return out == answer.strip()
 
 
-def draw(task, rng, split, region):
+def draw(task, rng, split, region, fill=FILL):
     """A problem of `task` and answer region `region` from `split` ("train" or "test")."""
     while True:
-        p, a, s = make(task, rng, region)
+        p, a, s = make(task, rng, region, fill)
         # A story's prompt fixes only the animal and the length: any story of the grammar is
         # fair game, so there is nothing to hold out (as for the short suite's English).
         if task == "story" or is_test(task, p, s) == (split == "test"):

@@ -54,8 +54,9 @@ class Suite:
     """What one model is trained on: the short tasks (`tasks.py`, a fixed region per task) or the
     long ones (`tasks_long.py`, regions of 64-512 tokens, batches of one region each)."""
 
-    def __init__(self, name):
+    def __init__(self, name, fill=tasks_long.FILL):
         self.name, self.long = name, name == "long"
+        self.fill = fill  # long suite: the answer's share of its region in training draws
         self.mod = tasks_long if self.long else tasks
         self.weights = tasks_long.WEIGHTS if self.long else WEIGHTS
         self.ar, self.dlm = ("llama-long-ar", "diffullama-long") if self.long else ("llama-tiny-ar", "diffullama-tiny")
@@ -72,7 +73,8 @@ class Suite:
         """(prompt, answer, suffix, region)."""
         if self.long:
             region = region or rng.choice(tasks_long.REGIONS)
-            return (*tasks_long.draw(task, rng, split, region), region)
+            fill = self.fill if split == "train" else tasks_long.FILL
+            return (*tasks_long.draw(task, rng, split, region, fill), region)
         return (*tasks.draw(task, rng, split), tasks.REGION[task])
 
     def make(self, task, rng, region):
@@ -494,11 +496,17 @@ def main():
                          "before a block boundary, the block masked with probability t and scored, all masked "
                          "and not scored after it, a random tail of that dropped from the canvas); default 0. "
                          "Tried at 0.5 on the long model: see models/MODEL-long.md")
+    ap.add_argument("--fill", type=float, nargs=2, default=list(tasks_long.FILL), metavar=("LO", "HI"),
+                    help="long suite: a training answer fills a share of its region drawn uniformly from [LO, HI] "
+                         "(default 0.55 0.95, as the held-out split, which never changes). A wide range such as "
+                         "0.1 0.95 makes where the canvas ends say little about where the answer ends")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from a saved state (models/.state/*.pt, same suite and seed): an AR state skips "
                          "stage 1, a diffusion state continues stage 2")
     a = ap.parse_args()
-    suite = Suite(a.suite)
+    if not 0 < a.fill[0] <= a.fill[1] <= 0.95:
+        sys.exit(f"--fill {a.fill[0]} {a.fill[1]}: expected 0 < LO <= HI <= 0.95 (an answer must fit its region)")
+    suite = Suite(a.suite, tuple(a.fill))
     if a.batch is None:
         a.batch = 4096 if suite.long else 64
     torch.manual_seed(a.seed)
