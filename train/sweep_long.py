@@ -21,6 +21,7 @@ table.
 import argparse
 import json
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,6 +134,7 @@ def main():
     model = convert(a.model, a.type)
     only = [p for p in a.only.split(",") if p]
     have = {(r["region"], r["name"]) for r in old}
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())  # which run measured a row
     rows = []
     for region in [int(x) for x in a.regions.split(",")]:
         probs, limit = split(region), a.limit or LIMITS[region]
@@ -143,7 +145,7 @@ def main():
             if (only and not any(name.startswith(p) for p in only)) or (a.missing and (region, name) in have):
                 continue
             r = evaluate(model, probs, region, args, limit, peer=name.startswith("llama.cpp"))
-            r.update(name=name, region=region, passes=passes(r))
+            r.update(name=name, region=region, passes=passes(r), run=started)
             if name in CACHED:  # the share of answers the cache changed (its base from this run if it ran)
                 base = next((x for x in rows + old if x["region"] == region and x["name"] == CACHED[name]), None)
                 if base is not None:
@@ -163,7 +165,9 @@ def main():
 def print_table(rows):
     """One Markdown table. "vs llama.cpp best" divides by the peer's fastest setting whose accuracy
     is at least this row's less one point (its own best setting of equal accuracy); "changed" is
-    the share of answers a cache changed against the same setting without it."""
+    the share of answers a cache changed against the same setting without it. A ratio between rows
+    of different runs (the "run" field: rows written before it existed count as one run) is marked
+    with a dagger: it carries the machine's drift between the runs."""
     print("\n| region | setting | " + " | ".join(TASKS) + " | all | passes | tokens/s | vs dlm exact "
           "| vs llama.cpp exact | vs llama.cpp best | changed |")
     print("|" + "---|" * (len(TASKS) + 9))
@@ -175,7 +179,8 @@ def print_table(rows):
         equal = [x for x in peers if x["overall"] >= r["overall"] - 0.01]
         best = max(equal, key=lambda x: x["tokens_per_second"]) if equal else None
         cells = " | ".join(f"{100 * r['tasks'][t]['accuracy']:.0f}" if t in r["tasks"] else "-" for t in TASKS)
-        ratio = lambda x: f"{r['tokens_per_second'] / x['tokens_per_second']:.2f}x" if x else "-"
+        ratio = lambda x: (f"{r['tokens_per_second'] / x['tokens_per_second']:.2f}x"
+                           + ("†" if x.get("run") != r.get("run") else "")) if x else "-"
         changed = f"{100 * r['changed']:.0f} %" if "changed" in r else ""
         print(f"| {r['region']} | {r['name']} | {cells} | **{100 * r['overall']:.1f}** | {r['passes']:.1f} | "
               f"{r['tokens_per_second']:.1f} | {ratio(exact)} | {ratio(peer)} | {ratio(best)} | {changed} |")
@@ -190,9 +195,10 @@ def print_table(rows):
         top = max(ok, key=lambda x: x["tokens_per_second"])
         peers = [x for x in same if x["name"].startswith("llama.cpp") and x["overall"] >= top["overall"] - 0.01]
         best = max(peers, key=lambda x: x["tokens_per_second"]) if peers else None
-        vs = f"{top['tokens_per_second'] / best['tokens_per_second']:.2f}x the llama.cpp loop at {best['name'][16:]}" \
+        mark = lambda x: "\u2020" if x.get("run") != top.get("run") else ""
+        vs = f"{top['tokens_per_second'] / best['tokens_per_second']:.2f}x{mark(best)} the llama.cpp loop at {best['name'][16:]}" \
             if best else "no llama.cpp setting reaches its accuracy"
-        against = ", ".join(f"{top['tokens_per_second'] / x['tokens_per_second']:.2f}x dlm {x['name']} "
+        against = ", ".join(f"{top['tokens_per_second'] / x['tokens_per_second']:.2f}x{mark(x)} dlm {x['name']} "
                             f"({100 * x['overall']:.1f} %)" for x in exacts)
         print(f"headline {region}: {top['name']} ({100 * top['overall']:.1f} %): {against}; {vs}")
 
