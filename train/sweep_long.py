@@ -6,9 +6,9 @@ beside dlm's exact setting and llama.cpp's own diffusion loop (the peer), in the
 Converts the model (q8_0 unless --type; target/long/), splits models/tasks/long.jsonl by region, and runs
 dlm-eval for every setting and region on `--limit` problems per task (the exact setting at 512
 tokens is 512 passes of a 1000-token canvas per problem: minutes each on 2 cores, so the
-default limits shrink with the length). Greedy tokens throughout. Writes models/eval-long.json
-(rows of regions this run does not measure are kept from the file, so 512 can be run on its own)
-and prints the Markdown table for README.md / models/MODEL-long.md.
+default limits shrink with the length). Greedy tokens throughout. Writes --out
+(models/eval-long.json) after every row and prints the Markdown table for README.md /
+models/MODEL-long.md.
 
     cargo build --release --workspace && python3 train/sweep_long.py [--regions 64,128] [--limit N]
 
@@ -21,6 +21,7 @@ table.
 import argparse
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,11 +76,13 @@ PEER = [
 
 
 def convert(folder, kind):
-    """The GGUF of `folder`, converted again when the weights are newer than it."""
-    out = OUT / f"{folder.parent.name}-{folder.name}-{kind}.gguf"
-    weights = max(p.stat().st_mtime for p in folder.glob("*.safetensors"))
-    if not out.exists() or out.stat().st_mtime < weights:
-        subprocess.run([str(BIN / "dlm-convert"), str(folder), "-o", str(out), "--type", kind, "-q"], check=True)
+    """The GGUF of `folder`, converted on every run (a fraction of a second for these models), so
+    that it can never be a stale file of other weights."""
+    if not (folder / "config.json").is_file():
+        sys.exit(f"sweep_long: --model {folder}: expected a Hugging Face folder with config.json")
+    out = OUT / f"model-{kind}.gguf"
+    out.unlink(missing_ok=True)
+    subprocess.run([str(BIN / "dlm-convert"), str(folder), "-o", str(out), "--type", kind, "-q"], check=True)
     return out
 
 
@@ -118,8 +121,9 @@ def main():
                          "Fast-dLLM settings with and without caches and pruning, the defaults, and the peer")
     ap.add_argument("--type", default="q8_0", help="the weights' type in the GGUF both sides run (default q8_0)")
     ap.add_argument("--table", action="store_true", help="print the table of --out and stop")
-    ap.add_argument("--only", default="", metavar="PREFIXES",
-                    help="run only the settings whose names start with one of these comma-separated prefixes")
+    ap.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                    help="run only the settings whose names start with PREFIX (repeat for more; names hold "
+                         "commas, so one PREFIX is one argument)")
     ap.add_argument("--missing", action="store_true",
                     help="run only the settings that --out has no row for at the region")
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "diffullama-long",
@@ -127,12 +131,22 @@ def main():
     ap.add_argument("--out", type=Path, default=ROOT / "models" / "eval-long.json",
                     help="the rows file to merge into (default models/eval-long.json)")
     a = ap.parse_args()
+    default_model = a.model.resolve() == (ROOT / "models" / "diffullama-long").resolve()
+    default_out = a.out.resolve() == (ROOT / "models" / "eval-long.json").resolve()
+    if not default_model and default_out:
+        sys.exit("sweep_long: --model without --out would mix another checkpoint's rows into models/eval-long.json")
+    if (a.table or a.missing) and not a.out.is_file():
+        sys.exit(f"sweep_long: --out {a.out}: no such rows file (--table and --missing read it)")
     old = json.loads(a.out.read_text()) if a.out.exists() else []
     if a.table:
         return print_table(old)
+    names = [n for n, _ in SETTINGS + PEER]
+    for p in a.only:
+        if not any(n.startswith(p) for n in names):
+            sys.exit(f"sweep_long: --only {p!r}: no setting's name starts with it")
     OUT.mkdir(parents=True, exist_ok=True)
     model = convert(a.model, a.type)
-    only = [p for p in a.only.split(",") if p]
+    only = a.only
     have = {(r["region"], r["name"]) for r in old}
     started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())  # which run measured a row
     rows = []
@@ -148,32 +162,44 @@ def main():
             r.update(name=name, region=region, passes=passes(r), run=started)
             if name in CACHED:  # the share of answers the cache changed (its base from this run if it ran)
                 base = next((x for x in rows + old if x["region"] == region and x["name"] == CACHED[name]), None)
-                if base is not None:
-                    r["changed"] = sum(base["outputs"].get(k) != v for k, v in r["outputs"].items()) / len(r["outputs"])
+                common = [k for k in r["outputs"] if base is not None and k in base["outputs"]]
+                if common:  # the same problems only (another --limit answers other lines)
+                    r["changed"] = sum(base["outputs"][k] != r["outputs"][k] for k in common) / len(common)
+                    r["changed_against_run"] = base.get("run")
             rows.append(r)
             print(f"{region:4} {name:45} {100 * r['overall']:5.1f} %  {r['passes']:6.1f} passes  "
                   f"{r['tokens_per_second']:8.1f} tok/s", flush=True)
+            save(a.out, old, rows)  # after every row: a failure later keeps what was measured
+    if not rows:
+        print("sweep_long: nothing to run (every selected setting has a row)", file=sys.stderr)
+    print_table(save(a.out, old, rows))
+
+
+def save(path, old, rows):
+    """`old` with the rows of `rows` replaced or added, by (region, setting), in table order."""
     run = {(r["region"], r["name"]) for r in rows}
     order = {name: i for i, (name, _) in enumerate(SETTINGS + PEER)}
-    rows = sorted([r for r in old if (r["region"], r["name"]) not in run] + rows,
-                  key=lambda r: (r["region"], order.get(r["name"], len(order))))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(rows, indent=1) + "\n")
-    print_table(rows)
+    merged = sorted([r for r in old if (r["region"], r["name"]) not in run] + rows,
+                    key=lambda r: (r["region"], order.get(r["name"], len(order))))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=1) + "\n")
+    tmp.replace(path)
+    return merged
 
 
 def print_table(rows):
     """One Markdown table. "vs llama.cpp best" divides by the peer's fastest setting whose accuracy
     is at least this row's less one point (its own best setting of equal accuracy); "changed" is
     the share of answers a cache changed against the same setting without it. A ratio between rows
-    of different runs (the "run" field: rows written before it existed count as one run) is marked
-    with a dagger: it carries the machine's drift between the runs."""
+    of different runs (the "run" field) is marked with a dagger: it carries the machine's drift
+    between the runs."""
     print("\n| region | setting | " + " | ".join(TASKS) + " | all | passes | tokens/s | vs dlm exact "
           "| vs llama.cpp exact | vs llama.cpp best | changed |")
     print("|" + "---|" * (len(TASKS) + 9))
     for r in rows:
         same = [x for x in rows if x["region"] == r["region"]]
-        exact = next(x for x in same if x["name"].startswith("exact: confidence"))
+        exact = next((x for x in same if x["name"].startswith("exact: confidence")), None)
         peers = [x for x in same if x["name"].startswith("llama.cpp")]
         peer = next((x for x in peers if x["name"] == "llama.cpp loop: exact, blocks of 32"), None)
         equal = [x for x in peers if x["overall"] >= r["overall"] - 0.01]
@@ -190,6 +216,9 @@ def print_table(rows):
     for region in sorted({r["region"] for r in rows}):
         same = [x for x in rows if x["region"] == region]
         exacts = [x for x in same if x["name"].startswith("exact")]
+        if not exacts:
+            print(f"headline {region}: no exact row to compare with")
+            continue
         ref = max(x["overall"] for x in exacts)
         ok = [x for x in same if not x["name"].startswith("llama.cpp") and x["overall"] >= ref - 0.01]
         top = max(ok, key=lambda x: x["tokens_per_second"])
@@ -197,7 +226,8 @@ def print_table(rows):
         best = max(peers, key=lambda x: x["tokens_per_second"]) if peers else None
         mark = lambda x: "\u2020" if x.get("run") != top.get("run") else ""
         vs = f"{top['tokens_per_second'] / best['tokens_per_second']:.2f}x{mark(best)} the llama.cpp loop at {best['name'][16:]}" \
-            if best else "no llama.cpp setting reaches its accuracy"
+            if best else ("no llama.cpp setting reaches its accuracy" if any(
+                x["name"].startswith("llama.cpp") for x in same) else "no llama.cpp row")
         against = ", ".join(f"{top['tokens_per_second'] / x['tokens_per_second']:.2f}x{mark(x)} dlm {x['name']} "
                             f"({100 * x['overall']:.1f} %)" for x in exacts)
         print(f"headline {region}: {top['name']} ({100 * top['overall']:.1f} %): {against}; {vs}")
