@@ -506,6 +506,8 @@ def main():
     a = ap.parse_args()
     if not 0 < a.fill[0] <= a.fill[1] <= 0.95:
         sys.exit(f"--fill {a.fill[0]} {a.fill[1]}: expected 0 < LO <= HI <= 0.95 (an answer must fit its region)")
+    if a.suite == "short" and tuple(a.fill) != tasks_long.FILL:
+        sys.exit("--fill: only the long suite has answer regions to fill (--suite long)")
     suite = Suite(a.suite, tuple(a.fill))
     if a.batch is None:
         a.batch = 4096 if suite.long else 64
